@@ -1,0 +1,303 @@
+"""
+What the reference stores hold: templates, preset configuration, instances,
+builds, and the requests handed to the host's provisioner.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from datetime import datetime, timedelta
+from uuid import UUID
+
+import attrs
+
+from prebuilds._model import PrebuildSchedule, Transition
+from prebuilds._validate import (
+    aware,
+    non_negative,
+    optional_aware,
+    optional_non_negative_delta,
+)
+
+
+#: The ID of the pool's system owner: an instance is pooled exactly while its
+#: owner is this ID (the same value as Coder's prebuilds system user).
+PREBUILDS_OWNER_ID = UUID("c42fdf75-3097-471c-8c33-fb52454d81c0")
+
+
+class BuildStatus(enum.Enum):
+    """
+    Where a build's job is.
+
+    .. versionadded:: 0.1.0
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def in_progress(self) -> bool:
+        """Pending or running."""
+        return self in (BuildStatus.PENDING, BuildStatus.RUNNING)
+
+
+@attrs.frozen(kw_only=True)
+class Template:
+    """
+    A template: the thing whose versions presets belong to.
+
+    Attributes:
+        id: The template's ID.
+        active_version_id: The version new instances are built from; presets
+            of other versions drain.
+        name: A human name.
+        organization_id: The owning organisation, if any.
+        deleted: A deleted template's pools drain.
+        deprecated: A deprecated template's pools drain.
+        default_ttl: The TTL a claimed instance gets when the claim gives
+            none.
+
+    .. versionadded:: 0.1.0
+    """
+
+    id: UUID
+    active_version_id: UUID
+    name: str = ""
+    organization_id: UUID | None = None
+    deleted: bool = False
+    deprecated: bool = False
+    default_ttl: timedelta | None = attrs.field(
+        default=None, validator=optional_non_negative_delta
+    )
+
+
+@attrs.frozen(kw_only=True)
+class PresetConfig:
+    """
+    A preset as the host writes it to a store.
+
+    Whether it uses the active version, and whether its template is deleted
+    or deprecated, come from its :class:`Template`; its status and
+    invalidation time are kept by the store.
+
+    .. versionadded:: 0.1.0
+    """
+
+    id: UUID
+    template_id: UUID
+    template_version_id: UUID
+    desired_instances: int = attrs.field(validator=non_negative)
+    name: str = ""
+    ttl: timedelta | None = attrs.field(
+        default=None, validator=optional_non_negative_delta
+    )
+    scheduling_timezone: str = ""
+    schedules: tuple[PrebuildSchedule, ...] = attrs.field(
+        default=(), converter=tuple
+    )
+    parameters: tuple[tuple[str, str], ...] = attrs.field(
+        default=(), converter=tuple
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Lifecycle:
+    """
+    The scheduling fields of an instance. All unset while it is pooled; set
+    from the claim and the template when it is claimed.
+
+    .. versionadded:: 0.1.0
+    """
+
+    autostart_schedule: str | None = None
+    next_start_at: datetime | None = attrs.field(
+        default=None, validator=optional_aware
+    )
+    ttl: timedelta | None = attrs.field(
+        default=None, validator=optional_non_negative_delta
+    )
+    deadline: datetime | None = attrs.field(default=None, validator=optional_aware)
+    max_deadline: datetime | None = attrs.field(
+        default=None, validator=optional_aware
+    )
+    dormant_at: datetime | None = attrs.field(default=None, validator=optional_aware)
+    deleting_at: datetime | None = attrs.field(
+        default=None, validator=optional_aware
+    )
+    last_used_at: datetime | None = attrs.field(
+        default=None, validator=optional_aware
+    )
+
+    @property
+    def is_unset(self) -> bool:
+        """True when no scheduling field is set (``last_used_at`` aside)."""
+        return (
+            self.autostart_schedule is None
+            and self.next_start_at is None
+            and self.ttl is None
+            and self.deadline is None
+            and self.max_deadline is None
+            and self.dormant_at is None
+            and self.deleting_at is None
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Instance:
+    """
+    An instance, pooled or owned.
+
+    Attributes:
+        id: The instance's ID.
+        preset_id: The preset it was prebuilt from.
+        template_id: Its template.
+        template_version_id: The version it was built from.
+        owner_id: :data:`PREBUILDS_OWNER_ID` while pooled, the user after a
+            claim.
+        name: Its name (a generated one while pooled).
+        created_at: When it was created (a claim keeps it).
+        ready: Whether the host reported it ready.
+        lifecycle: Its scheduling fields.
+        deleted: Whether its delete build succeeded.
+        latest_transition: The transition of its latest build.
+        latest_status: The status of its latest build.
+        claimed_at: When it was claimed, if it was.
+
+    .. versionadded:: 0.1.0
+    """
+
+    id: UUID
+    preset_id: UUID
+    template_id: UUID
+    template_version_id: UUID
+    owner_id: UUID
+    name: str
+    created_at: datetime = attrs.field(validator=aware)
+    ready: bool = False
+    lifecycle: Lifecycle = Lifecycle()
+    deleted: bool = False
+    latest_transition: Transition = Transition.START
+    latest_status: BuildStatus = BuildStatus.PENDING
+    claimed_at: datetime | None = None
+
+    @property
+    def is_prebuild(self) -> bool:
+        """True while the instance is in the pool (owned by the system)."""
+        return self.owner_id == PREBUILDS_OWNER_ID
+
+
+@attrs.frozen(kw_only=True)
+class Build:
+    """
+    One build of an instance: a start, stop or delete job.
+
+    .. versionadded:: 0.1.0
+    """
+
+    id: UUID
+    instance_id: UUID
+    preset_id: UUID
+    template_version_id: UUID
+    transition: Transition
+    status: BuildStatus
+    build_number: int
+    initiator_id: UUID
+    created_at: datetime = attrs.field(validator=aware)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error_kind: str | None = None
+    error: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class BuildRequest:
+    """
+    What the host's provisioner is asked to do, after the store committed it.
+
+    Attributes:
+        build_id: The build to report on (``build_started``/``build_finished``).
+        instance_id: The instance to build or destroy.
+        preset_id: Its preset.
+        template_id: Its template.
+        template_version_id: The version to build (delete: the version it has).
+        transition: Start or delete.
+        name: The instance's name.
+        parameters: The preset's ``(name, value)`` pairs.
+        orphan: A delete of an instance that was never provisioned: nothing
+            to destroy.
+
+    .. versionadded:: 0.1.0
+    """
+
+    build_id: UUID
+    instance_id: UUID
+    preset_id: UUID
+    template_id: UUID
+    template_version_id: UUID
+    transition: Transition
+    name: str
+    parameters: tuple[tuple[str, str], ...] = ()
+    orphan: bool = False
+
+
+class EventKind(enum.Enum):
+    """
+    What happened to a pool.
+
+    .. versionadded:: 0.1.0
+    """
+
+    CREATED = "created"
+    READY = "ready"
+    CLAIMED = "claimed"
+    EXPIRED = "expired"
+    DELETED = "deleted"
+    FAILED = "failed"
+    BACKOFF = "backoff"
+    HARD_LIMITED = "hard_limited"
+    VALIDATION_FAILED = "validation_failed"
+    REPLACEMENT = "replacement"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    CANCELED = "canceled"
+    STUCK = "stuck"
+    INVALID_PRESET = "invalid_preset"
+    PRESET_ERROR = "preset_error"
+    PASS_ERROR = "pass_error"
+
+
+@attrs.frozen(kw_only=True)
+class Event:
+    """
+    One thing that happened, for logs, audit and notifications.
+
+    .. versionadded:: 0.1.0
+    """
+
+    kind: EventKind
+    at: datetime
+    preset_id: UUID | None = None
+    instance_id: UUID | None = None
+    build_id: UUID | None = None
+    detail: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class ResourceReplacement:
+    """
+    A resource the host's provisioner had to replace when it applied a claim
+    (drift that defeats the point of prebuilding it).
+
+    Attributes:
+        resource: The resource's address, e.g. ``docker_container.main``.
+        paths: The attribute paths whose change forced the replacement.
+
+    .. versionadded:: 0.1.0
+    """
+
+    resource: str
+    paths: tuple[str, ...] = attrs.field(default=(), converter=tuple)

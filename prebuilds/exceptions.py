@@ -1,0 +1,194 @@
+"""
+The errors prebuilds raises, all rooted at :class:`PrebuildsError`.
+
+.. code-block:: text
+
+    PrebuildsError
+    ├── InvalidInputError (ValueError)       bad input; names the field and value
+    ├── PresetNotFoundError (LookupError)    an unknown preset ID
+    ├── InstanceNotFoundError (LookupError)  an unknown instance ID
+    ├── BuildNotFoundError (LookupError)     an unknown build ID
+    ├── NoClaimablePrebuildsError            a claim found nothing: cold-build instead
+    ├── PresetInactiveError                  a claim for a preset that is not active
+    ├── PrebuildsNotSupportedError           the no-op claimer: prebuilds are off
+    ├── StoreError                           the storage seam failed
+    │   └── SchemaVersionError               the store's schema is newer than this library
+    └── ProvisionerError                     the host's provisioner failed
+        └── ProvisionerValidationError       a deterministic, 400-style failure
+
+Each error carries machine-readable attributes where they apply
+(``field``, ``value``, ``preset_id``, ``instance_id``, ``build_id``).
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+
+class PrebuildsError(Exception):
+    """
+    The root of every error prebuilds raises.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+class InvalidInputError(PrebuildsError, ValueError):
+    """
+    A value given to prebuilds is not valid.
+
+    Attributes:
+        field: The name of the offending field or argument.
+        value: The offending value.
+        reason: Why the value was rejected.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, field: str, value: Any, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"invalid {field}={value!r}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.field, self.value, self.reason))
+
+
+class PresetNotFoundError(PrebuildsError, LookupError):
+    """
+    No preset has the given ID.
+
+    Attributes:
+        preset_id: The ID that was looked up.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, preset_id: UUID) -> None:
+        self.preset_id = preset_id
+        super().__init__(f"no preset found with ID {str(preset_id)!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.preset_id,))
+
+
+class InstanceNotFoundError(PrebuildsError, LookupError):
+    """
+    No instance has the given ID.
+
+    Attributes:
+        instance_id: The ID that was looked up.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, instance_id: UUID) -> None:
+        self.instance_id = instance_id
+        super().__init__(f"no instance found with ID {str(instance_id)!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.instance_id,))
+
+
+class BuildNotFoundError(PrebuildsError, LookupError):
+    """
+    No build has the given ID.
+
+    Attributes:
+        build_id: The ID that was looked up.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, build_id: UUID) -> None:
+        self.build_id = build_id
+        super().__init__(f"no build found with ID {str(build_id)!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.build_id,))
+
+
+class NoClaimablePrebuildsError(PrebuildsError):
+    """
+    A claim found no ready, unexpired prebuilt instance; the host should build
+    one the ordinary (cold) way.
+
+    Attributes:
+        preset_id: The preset the claim was for.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, preset_id: UUID | None = None) -> None:
+        self.preset_id = preset_id
+        super().__init__("no claimable prebuilt instances found")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.preset_id,))
+
+
+class PresetInactiveError(PrebuildsError):
+    """
+    A claim named a preset that is not active (an old template version, a
+    deleted or a deprecated template).
+
+    Attributes:
+        preset_id: The preset the claim was for.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, preset_id: UUID) -> None:
+        self.preset_id = preset_id
+        super().__init__(f"preset {str(preset_id)!r} is not active")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.preset_id,))
+
+
+class PrebuildsNotSupportedError(PrebuildsError):
+    """
+    Prebuilds are not enabled: raised by the no-op claimer.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self) -> None:
+        super().__init__("prebuilt instances are not enabled in this host")
+
+
+class StoreError(PrebuildsError):
+    """
+    The storage seam failed (a database error, a broken connection).
+
+    .. versionadded:: 0.1.0
+    """
+
+
+class SchemaVersionError(StoreError):
+    """
+    The database holds a schema newer than this library knows.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+class ProvisionerError(PrebuildsError):
+    """
+    The host's provisioner failed to submit a build.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+class ProvisionerValidationError(ProvisionerError):
+    """
+    The provisioner rejected a build deterministically (a 400-style error such
+    as a missing parameter): retrying cannot help until the template changes.
+
+    .. versionadded:: 0.1.0
+    """

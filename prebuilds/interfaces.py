@@ -1,0 +1,311 @@
+"""
+The seams of prebuilds: what the library offers (``Reconciler``,
+``Claimer``, …) and what a host injects (``Store``, ``Provisioner``,
+``Clock``, ``EventSink``).
+
+Every Protocol here has a no-op or a reference implementation in the
+library; a host may write its own and check it with
+:mod:`prebuilds.testing`.
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from uuid import UUID
+
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from prebuilds._model import (
+        GlobalSnapshot,
+        Preset,
+        PresetStatus,
+        ReconcileStats,
+    )
+    from prebuilds._records import (
+        Build,
+        BuildRequest,
+        Event,
+        Instance,
+        Lifecycle,
+        PresetConfig,
+        ResourceReplacement,
+        Template,
+    )
+
+__all__ = [
+    "Claimer",
+    "Clock",
+    "EventSink",
+    "Provisioner",
+    "ReconciliationOrchestrator",
+    "Reconciler",
+    "StateSnapshotter",
+    "Store",
+]
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """
+    **Protocol:** the source of the current time.
+
+    ``now()`` returns a timezone-aware datetime; the reference stores and
+    reconciler never read the system clock except through it.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def now(self) -> datetime:
+        """The current time, timezone-aware."""
+
+
+class EventSink(Protocol):
+    """
+    **Protocol:** where the reference engine reports what happened.
+
+    ``emit`` must not raise: an event sink that fails must log and return.
+    It is called from the reconciler's worker threads.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def emit(self, event: Event) -> None:
+        """Record *event*."""
+
+
+class Provisioner(Protocol):
+    """
+    **Protocol:** the host's builder of real instances.
+
+    ``submit`` is called *after* the store committed the build, and must not
+    wait for it: it queues the work and returns. The host later reports
+    through the store: ``build_started``, ``build_finished`` and
+    ``set_ready``.
+
+    ``submit`` may raise :class:`~prebuilds.exceptions.ProvisionerValidationError`
+    for a deterministic rejection (the preset is then marked
+    ``VALIDATION_FAILED`` and no longer creates); any other exception is
+    recorded as a failed build and the preset backs off.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def submit(self, request: BuildRequest) -> None:
+        """Queue *request* for building; return at once."""
+
+
+class Store(Protocol):
+    """
+    **Protocol:** the storage seam: presets, instances, builds, settings.
+
+    Every method is one transaction. The store derives running, in-progress,
+    pending, backoff and hard-limit from build history; it never decides
+    policy (that is the calculator's job).
+
+    Guarantees every implementation gives:
+
+    - ``snapshot`` is one consistent read, in a constant number of queries.
+    - ``claim`` is one atomic transition: an instance is handed to at most one
+      user, and only while it is pooled, ready, unexpired and on the active
+      version.
+    - ``delete_prebuild`` re-checks, inside its transaction, that the
+      instance is still pooled; it never deletes a claimed instance.
+    - ``create_prebuild`` writes the instance and its first build together.
+    - ``leader()`` is non-blocking: it yields ``False`` when another holder
+      has it.
+
+    Lookups of unknown IDs raise the matching ``…NotFoundError``; a backend
+    failure raises :class:`~prebuilds.exceptions.StoreError`.
+
+    .. versionadded:: 0.1.0
+    """
+
+    # -- configuration, written by the host --------------------------------
+    def put_template(self, template: Template) -> None:
+        """Insert or replace *template*; a new active version drains the old presets."""
+
+    def put_preset(self, preset: PresetConfig) -> None:
+        """Insert or replace a preset's configuration."""
+
+    def invalidate_preset(self, preset_id: UUID, *, at: datetime) -> None:
+        """Expire every pooled instance of the preset created before *at*."""
+
+    def set_paused(self, paused: bool) -> None:  # noqa: FBT001
+        """Pause or resume reconciliation (persisted)."""
+
+    def is_paused(self) -> bool:
+        """Whether reconciliation is paused."""
+
+    def get_template(self, template_id: UUID) -> Template:
+        """The template with *template_id*."""
+
+    def get_preset(self, preset_id: UUID) -> Preset:
+        """The preset as the calculator sees it (derived fields included)."""
+
+    # -- the reconciler --------------------------------------------------------
+    def leader(self) -> AbstractContextManager[bool]:
+        """A non-blocking leader scope: yields whether this caller leads."""
+
+    def snapshot(
+        self, *, now: datetime, backoff_lookback: timedelta, hard_limit: int
+    ) -> GlobalSnapshot:
+        """One consistent read of every pool."""
+
+    def create_prebuild(
+        self, preset_id: UUID, *, now: datetime, name: str
+    ) -> BuildRequest | None:
+        """A new pooled instance and its pending start build; None if the preset is no longer active."""
+
+    def delete_prebuild(
+        self, instance_id: UUID, *, now: datetime
+    ) -> BuildRequest | None:
+        """A pending delete build; None if the instance was claimed, is gone or already deleting."""
+
+    def cancel_pending(
+        self, preset_id: UUID, *, now: datetime
+    ) -> list[BuildRequest]:
+        """Cancel queued creations of an inactive preset; the orphan deletes to submit."""
+
+    def set_preset_status(self, preset_id: UUID, status: PresetStatus) -> None:
+        """Record the preset's health."""
+
+    def fail_stuck_builds(
+        self, *, older_than: datetime, now: datetime
+    ) -> list[Build]:
+        """Fail the pool's builds pending or running since before *older_than*."""
+
+    # -- reports from the host's provisioner -------------------------------
+    def build_started(self, build_id: UUID, *, now: datetime) -> None:
+        """A worker picked the build up."""
+
+    def build_finished(
+        self,
+        build_id: UUID,
+        *,
+        now: datetime,
+        succeeded: bool,
+        error_kind: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """The build ended; a report on an already finished build is ignored."""
+
+    def set_ready(self, instance_id: UUID, *, ready: bool = True) -> None:
+        """The instance's agents are (or are no longer) ready."""
+
+    # -- the claimer -------------------------------------------------------------
+    def claim(
+        self,
+        *,
+        preset_id: UUID,
+        user_id: UUID,
+        name: str,
+        lifecycle: Lifecycle,
+        now: datetime,
+    ) -> Instance | None:
+        """Atomically hand the oldest claimable instance to *user_id*; None on a miss."""
+
+    # -- reads -------------------------------------------------------------------
+    def get_instance(self, instance_id: UUID) -> Instance:
+        """The instance with *instance_id*."""
+
+    def list_instances(
+        self,
+        *,
+        preset_id: UUID | None = None,
+        owner_id: UUID | None = None,
+        include_deleted: bool = False,
+    ) -> list[Instance]:
+        """Instances, oldest first, filtered by preset and owner."""
+
+    def get_build(self, build_id: UUID) -> Build:
+        """The build with *build_id*."""
+
+    def list_builds(self, *, instance_id: UUID | None = None) -> list[Build]:
+        """Builds, in creation order."""
+
+
+class StateSnapshotter(Protocol):
+    """
+    **Protocol:** captures every pool's state in one consistent read.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def snapshot_state(self, store: Store) -> GlobalSnapshot:
+        """One consistent read of *store*."""
+
+
+class Reconciler(StateSnapshotter, Protocol):
+    """
+    **Protocol:** runs one reconciliation pass over every pool.
+
+    ``reconcile_all`` never raises for a failure of one preset: it reports
+    it and goes on. It returns what the pass did.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def reconcile_all(self) -> ReconcileStats:
+        """Snapshot, calculate and execute, once, for every preset."""
+
+
+class ReconciliationOrchestrator(Reconciler, Protocol):
+    """
+    **Protocol:** runs :meth:`Reconciler.reconcile_all` on an interval.
+
+    ``run`` blocks until ``stop`` is called. ``stop`` is idempotent and
+    thread-safe: it waits up to *timeout* seconds (``None``: forever) for
+    the current pass to end.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def run(self) -> None:
+        """Reconcile on an interval until stopped."""
+
+    def stop(
+        self, cause: BaseException | None = None, *, timeout: float | None = None
+    ) -> None:
+        """Stop the loop, recording *cause*."""
+
+    def track_resource_replacement(
+        self,
+        workspace_id: UUID,
+        build_id: UUID,
+        replacements: Sequence[ResourceReplacement],
+    ) -> None:
+        """Record that claiming *workspace_id* replaced resources."""
+
+
+class Claimer(Protocol):
+    """
+    **Protocol:** hands a prebuilt instance to a user.
+
+    ``claim`` is one atomic transition; it returns the claimed instance's ID
+    or raises :class:`~prebuilds.exceptions.NoClaimablePrebuildsError` so the
+    host builds one cold. ``initiator`` is the ID of the pool's system owner.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def claim(
+        self,
+        *,
+        now: datetime,
+        user_id: UUID,
+        name: str,
+        preset_id: UUID,
+        autostart_schedule: str | None = None,
+        next_start_at: datetime | None = None,
+        ttl: timedelta | None = None,
+    ) -> UUID:
+        """Claim a prebuilt instance of *preset_id* for *user_id*."""
+
+    def initiator(self) -> UUID:
+        """The pool's system owner."""
