@@ -340,16 +340,33 @@ class PresetSnapshot:
     is_hard_limited: bool = False
 
 
+def expired_at(
+    *,
+    created_at: datetime,
+    ttl: timedelta | None,
+    last_invalidated_at: datetime | None,
+    now: datetime,
+) -> bool:
+    """
+    The expiry rule: created strictly before *last_invalidated_at*, or older
+    than a non-zero *ttl* (strictly) at *now*.
+    """
+    if last_invalidated_at is not None and created_at < last_invalidated_at:
+        return True
+    return ttl is not None and bool(ttl) and now - created_at > ttl
+
+
 def is_expired(preset: Preset, prebuild: RunningPrebuild, now: datetime) -> bool:
     """
     Whether *prebuild* has expired at *now*: created strictly before the
     preset's invalidation, or older than a non-zero TTL (strictly).
     """
-    invalidated = preset.last_invalidated_at
-    if invalidated is not None and prebuild.created_at < invalidated:
-        return True
-    ttl = preset.ttl
-    return bool(ttl) and now - prebuild.created_at > ttl  # type: ignore[operator]
+    return expired_at(
+        created_at=prebuild.created_at,
+        ttl=preset.ttl,
+        last_invalidated_at=preset.last_invalidated_at,
+        now=now,
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -1,0 +1,145 @@
+"""StoreClaimer: the reference Claimer, one atomic store transition."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from prebuilds._lifecycle import claimed_lifecycle
+from prebuilds._records import PREBUILDS_OWNER_ID, Event, EventKind
+from prebuilds._validate import check_aware
+from prebuilds.exceptions import (
+    InvalidInputError,
+    NoClaimablePrebuildsError,
+    PresetInactiveError,
+)
+
+
+if TYPE_CHECKING:
+    from datetime import datetime, timedelta
+    from uuid import UUID
+
+    from prebuilds._model import Preset
+    from prebuilds.interfaces import EventSink, Store
+
+
+class StoreClaimer:
+    """
+    Claim prebuilt instances from a :class:`~prebuilds.interfaces.Store`.
+
+    A claim takes the *oldest* ready, unexpired instance of the preset on the
+    template's active version, so the pool turns over, and moves it to the
+    user in one atomic transition that also sets its lifecycle fields.
+
+    Args:
+        store: Where the pool lives.
+        events: Told of every claim and miss (optional).
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, store: Store, *, events: EventSink | None = None) -> None:
+        self._store = store
+        self._events = events
+
+    def claim(
+        self,
+        *,
+        now: datetime,
+        user_id: UUID,
+        name: str,
+        preset_id: UUID,
+        autostart_schedule: str | None = None,
+        next_start_at: datetime | None = None,
+        ttl: timedelta | None = None,
+    ) -> UUID:
+        """
+        Hand a prebuilt instance of *preset_id* to *user_id*.
+
+        The instance is renamed *name*; its autostart schedule and next start
+        come from the arguments, its TTL from *ttl* or else the template's
+        default; ``last_used_at`` is *now*; dormancy and deletion dates are
+        cleared.
+
+        Returns:
+            The claimed instance's ID.
+
+        Raises:
+            NoClaimablePrebuildsError: nothing to claim: build one cold.
+            PresetNotFoundError: the preset is unknown.
+            PresetInactiveError: the preset is not on the active version, or
+                its template is deleted or deprecated.
+            InvalidInputError: a naive datetime or a negative TTL.
+        """
+        check_aware("now", now)
+        preset = self._store.get_preset(preset_id)
+        if not preset.is_active:
+            raise PresetInactiveError(preset_id)
+        template = self._store.get_template(preset.template_id)
+        lifecycle = claimed_lifecycle(
+            now=now,
+            autostart_schedule=autostart_schedule,
+            next_start_at=next_start_at,
+            ttl=ttl,
+            template_default_ttl=template.default_ttl,
+        )
+        instance = self._store.claim(
+            preset_id=preset_id,
+            user_id=user_id,
+            name=name,
+            lifecycle=lifecycle,
+            now=now,
+        )
+        if instance is None:
+            raise NoClaimablePrebuildsError(preset_id)
+        if self._events is not None:
+            self._events.emit(
+                Event(
+                    kind=EventKind.CLAIMED,
+                    at=now,
+                    preset_id=preset_id,
+                    instance_id=instance.id,
+                    detail=f"user={user_id}",
+                )
+            )
+        return instance.id
+
+    def initiator(self) -> UUID:
+        """The pool's system owner, :data:`~prebuilds.PREBUILDS_OWNER_ID`."""
+        return PREBUILDS_OWNER_ID
+
+
+def match_preset(
+    presets: Iterable[Preset],
+    parameters: Mapping[str, str] | Iterable[tuple[str, str]],
+) -> Preset | None:
+    """
+    The most specific preset whose parameters all appear in *parameters*.
+
+    A preset matches when each of its ``(name, value)`` pairs is in
+    *parameters* (extra parameters are fine); among matches, the one with the
+    most parameters wins, ties broken by the lowest ID. A preset with no
+    parameters matches anything, at the lowest priority.
+
+    Raises:
+        InvalidInputError: *parameters* names one parameter twice with
+            different values.
+
+    .. versionadded:: 0.1.0
+    """
+    given: dict[str, str] = {}
+    pairs = parameters.items() if isinstance(parameters, Mapping) else parameters
+    for key, value in pairs:
+        if given.setdefault(key, value) != value:
+            raise InvalidInputError(
+                "parameters", key, "the same parameter is given two values"
+            )
+    best: Preset | None = None
+    for preset in presets:
+        if all(given.get(k) == v for k, v in preset.parameters) and (
+            best is None
+            or (-len(preset.parameters), preset.id)
+            < (-len(best.parameters), best.id)
+        ):
+            best = preset
+    return best

@@ -1,0 +1,525 @@
+"""StoreReconciler: the reference reconcile loop."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+import threading
+import time
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+import attrs
+
+from prebuilds._calculate import calculate_actions, can_skip_reconciliation
+from prebuilds._clock import SystemClock
+from prebuilds._events import LoggingEventSink
+from prebuilds._model import (
+    ActionType,
+    PresetSnapshot,
+    PresetStatus,
+    ReconcileStats,
+    ReconciliationActions,
+)
+from prebuilds._records import Event, EventKind
+from prebuilds.exceptions import InvalidInputError, ProvisionerValidationError
+
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from uuid import UUID
+
+    from prebuilds._model import GlobalSnapshot
+    from prebuilds._records import BuildRequest, ResourceReplacement
+    from prebuilds.interfaces import Clock, EventSink, Provisioner, Store
+
+log = logging.getLogger("prebuilds")
+
+
+def generate_name() -> str:
+    """A random pooled-instance name: ``prebuild-`` and 15 base32 characters."""
+    token = base64.b32encode(secrets.token_bytes(9)).decode().rstrip("=")
+    return f"prebuild-{token.lower()}"
+
+
+@attrs.define
+class _PresetResult:
+    created: int = 0
+    deleted: int = 0
+    canceled: int = 0
+    failed: bool = False
+
+
+class StoreReconciler:
+    """
+    Keep every pool of a :class:`~prebuilds.interfaces.Store` at its desired
+    size by running the pure calculator and executing its actions.
+
+    One pass (:meth:`reconcile_all`): take the store's leader lock (skip the
+    pass if another replica holds it); stop if paused; fail stuck builds;
+    take one snapshot; for each preset, in parallel on at most *max_workers*
+    threads, calculate and execute its actions. A preset that raises is
+    logged, counted and skipped; the pass goes on. A store failure ends the
+    pass (logged, counted); the next pass starts clean.
+
+    :meth:`run` passes once at start, then every *interval*, until
+    :meth:`stop`.
+
+    Args:
+        store: The pools.
+        provisioner: Builds and destroys real instances; called after the
+            store committed each build.
+        clock: The time (injected; tests use a fake).
+        events: Where to report what happened (default: logging).
+        interval: Time between passes of :meth:`run`.
+        backoff_interval: Wait this long per recent failure before creating
+            again (linear backoff).
+        backoff_lookback: Failures older than this do not count.
+        hard_limit: Stop creating for a preset whose last *hard_limit*
+            creations all failed (0 disables).
+        build_timeout: Fail builds pending or running longer than this, so
+            they are replaced (``None`` disables).
+        submit_timeout: Give up waiting for ``provisioner.submit`` after this
+            many seconds and record the build as failed (``None``: wait).
+        max_workers: Presets reconciled in parallel (1: in order, in the
+            calling thread).
+        name_factory: Names for new pooled instances.
+
+    Raises:
+        InvalidInputError: a negative interval, limit or worker count.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(  # noqa: PLR0913
+        self,
+        store: Store,
+        provisioner: Provisioner,
+        *,
+        clock: Clock | None = None,
+        events: EventSink | None = None,
+        interval: timedelta = timedelta(minutes=1),
+        backoff_interval: timedelta = timedelta(minutes=1),
+        backoff_lookback: timedelta = timedelta(hours=1),
+        hard_limit: int = 3,
+        build_timeout: timedelta | None = timedelta(minutes=30),
+        submit_timeout: float | None = 60.0,
+        max_workers: int = 5,
+        name_factory: Callable[[], str] = generate_name,
+    ) -> None:
+        if interval <= timedelta(0):
+            raise InvalidInputError("interval", interval, "must be > 0")
+        if backoff_interval < timedelta(0):
+            raise InvalidInputError("backoff_interval", backoff_interval, "must be >= 0")
+        if backoff_lookback < timedelta(0):
+            raise InvalidInputError("backoff_lookback", backoff_lookback, "must be >= 0")
+        if hard_limit < 0:
+            raise InvalidInputError("hard_limit", hard_limit, "must be >= 0")
+        if build_timeout is not None and build_timeout <= timedelta(0):
+            raise InvalidInputError("build_timeout", build_timeout, "must be > 0")
+        if max_workers < 1:
+            raise InvalidInputError("max_workers", max_workers, "must be >= 1")
+        self._store = store
+        self._provisioner = provisioner
+        self._clock: Clock = clock or SystemClock()
+        self._events: EventSink = events or LoggingEventSink()
+        self._interval = interval
+        self._backoff_interval = backoff_interval
+        self._backoff_lookback = backoff_lookback
+        self._hard_limit = hard_limit
+        self._build_timeout = build_timeout
+        self._submit_timeout = submit_timeout
+        self._max_workers = max_workers
+        self._name_factory = name_factory
+        self._state_lock = threading.Lock()
+        self._stop_event = threading.Event()
+        self._done = threading.Event()
+        self._running = False
+        self._stopped = False
+        self._cause: BaseException | None = None
+        self._submitter: ThreadPoolExecutor | None = None
+        #: Passes that ended with an error (a store failure), since start.
+        self.pass_errors = 0
+        #: Resource replacements seen at claim, per preset.
+        self.replacements: Counter[UUID] = Counter()
+        self._ready_seen: frozenset[UUID] = frozenset()
+
+    # -- loop ------------------------------------------------------------------
+    def run(self) -> None:
+        """
+        Reconcile at once, then every *interval*, until :meth:`stop`.
+
+        Returns at once if the reconciler is already running or was stopped.
+        A pass never raises out of the loop.
+        """
+        with self._state_lock:
+            if self._running or self._stopped:
+                return
+            self._running = True
+            self._done.clear()
+        try:
+            while not self._stop_event.is_set():
+                self.reconcile_all()
+                self._stop_event.wait(self._interval.total_seconds())
+        finally:
+            with self._state_lock:
+                self._running = False
+            self._shutdown_submitter()
+            self._done.set()
+
+    def stop(
+        self, cause: BaseException | None = None, *, timeout: float | None = None
+    ) -> None:
+        """
+        Stop the loop; idempotent and thread-safe.
+
+        Waits up to *timeout* seconds (``None``: until it ends) for a running
+        pass to finish. *cause* is kept in :attr:`stop_cause` and logged.
+        """
+        with self._state_lock:
+            first = not self._stopped
+            self._stopped = True
+            running = self._running
+            if first:
+                self._cause = cause
+        self._stop_event.set()
+        if first:
+            log.info("prebuilds reconciler stopping: %r", cause)
+        if running and not self._done.wait(timeout):
+            log.warning("prebuilds reconciler did not stop within %ss", timeout)
+        if not running:
+            self._shutdown_submitter()
+
+    @property
+    def stop_cause(self) -> BaseException | None:
+        """What :meth:`stop` was called with."""
+        return self._cause
+
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopped
+
+    # -- pausing ---------------------------------------------------------------
+    def pause(self) -> None:
+        """Pause reconciliation for every replica (persisted in the store)."""
+        self._store.set_paused(True)
+        self._emit(EventKind.PAUSED)
+
+    def resume(self) -> None:
+        """Resume reconciliation."""
+        self._store.set_paused(False)
+        self._emit(EventKind.RESUMED)
+
+    # -- one pass --------------------------------------------------------------
+    def snapshot_state(self, store: Store) -> GlobalSnapshot:
+        """One consistent read of *store* at the clock's now."""
+        return store.snapshot(
+            now=self._clock.now(),
+            backoff_lookback=self._backoff_lookback,
+            hard_limit=self._hard_limit,
+        )
+
+    def reconcile_all(self) -> ReconcileStats:
+        """
+        One reconciliation pass over every preset.
+
+        Never raises: a failure of the store ends the pass with
+        ``stats.error`` set; a failure of one preset is counted in
+        ``stats.presets_failed``.
+        """
+        started = time.perf_counter()
+        stats = ReconcileStats()
+        try:
+            with self._store.leader() as acquired:
+                stats = attrs.evolve(stats, leader=acquired)
+                if acquired:
+                    stats = self._pass(stats)
+        except Exception as e:  # noqa: BLE001 - the loop must survive anything
+            self.pass_errors += 1
+            log.exception("prebuilds reconciliation pass failed")
+            self._emit(EventKind.PASS_ERROR, detail=repr(e))
+            stats = attrs.evolve(stats, error=repr(e))
+        return attrs.evolve(
+            stats, elapsed=timedelta(seconds=time.perf_counter() - started)
+        )
+
+    def _pass(self, stats: ReconcileStats) -> ReconcileStats:
+        if self._store.is_paused():
+            return attrs.evolve(stats, paused=True)
+        now = self._clock.now()
+        if self._build_timeout is not None:
+            for build in self._store.fail_stuck_builds(
+                older_than=now - self._build_timeout, now=now
+            ):
+                self._emit(
+                    EventKind.STUCK,
+                    preset_id=build.preset_id,
+                    instance_id=build.instance_id,
+                    build_id=build.id,
+                    detail=f"{build.transition.value} build timed out",
+                )
+        snapshot = self.snapshot_state(self._store)
+        now = self._clock.now()
+        for invalid in snapshot.invalid_presets:
+            self._emit(
+                EventKind.INVALID_PRESET,
+                preset_id=invalid.preset_id,
+                detail=f"{invalid.field}={invalid.value}: {invalid.reason}",
+            )
+        self._report_ready(snapshot)
+        todo = []
+        for preset in snapshot.presets:
+            preset_snapshot = snapshot.filter_by_preset(preset.id, now=now)
+            if not can_skip_reconciliation(preset_snapshot):
+                todo.append(preset_snapshot)
+        if self._max_workers == 1 or len(todo) <= 1:
+            results = [self._reconcile_preset(ps, now) for ps in todo]
+        else:
+            with ThreadPoolExecutor(
+                self._max_workers, thread_name_prefix="prebuilds"
+            ) as pool:
+                results = list(
+                    pool.map(lambda ps: self._reconcile_preset(ps, now), todo)
+                )
+        return attrs.evolve(
+            stats,
+            presets_total=len(snapshot.presets) + len(snapshot.invalid_presets),
+            presets_reconciled=len(todo),
+            presets_failed=sum(r.failed for r in results),
+            presets_invalid=len(snapshot.invalid_presets),
+            created=sum(r.created for r in results),
+            deleted=sum(r.deleted for r in results),
+            canceled=sum(r.canceled for r in results),
+        )
+
+    def _report_ready(self, snapshot: GlobalSnapshot) -> None:
+        """Emit READY for pooled instances that became ready since last pass."""
+        ready = frozenset(p.id for p in snapshot.running if p.ready)
+        for prebuild in snapshot.running:
+            if prebuild.ready and prebuild.id not in self._ready_seen:
+                self._emit(
+                    EventKind.READY,
+                    preset_id=prebuild.preset_id,
+                    instance_id=prebuild.id,
+                )
+        self._ready_seen = ready
+
+    def _reconcile_preset(self, ps: PresetSnapshot, now: datetime) -> _PresetResult:
+        result = _PresetResult()
+        preset = ps.preset
+        try:
+            self._update_hard_limit(ps)
+            actions = calculate_actions(
+                ps, now=now, backoff_interval=self._backoff_interval
+            )
+        except Exception as e:  # noqa: BLE001 - one preset never stops the rest
+            self._preset_error(preset.id, e, result)
+            return result
+        expired = {p.id for p in ps.expired}
+        for action in actions:
+            try:
+                self._execute(ps, action, now, expired, result)
+            except Exception as e:  # noqa: BLE001 - go on with the next action
+                self._preset_error(preset.id, e, result)
+        return result
+
+    def _preset_error(
+        self, preset_id: UUID, error: Exception, result: _PresetResult
+    ) -> None:
+        result.failed = True
+        log.warning(
+            "prebuilds preset %s failed: %r", preset_id, error, exc_info=error
+        )
+        self._emit(EventKind.PRESET_ERROR, preset_id=preset_id, detail=repr(error))
+
+    def _update_hard_limit(self, ps: PresetSnapshot) -> None:
+        status = ps.preset.status
+        if ps.is_hard_limited and status is PresetStatus.HEALTHY:
+            self._store.set_preset_status(ps.preset.id, PresetStatus.HARD_LIMITED)
+            self._emit(
+                EventKind.HARD_LIMITED,
+                preset_id=ps.preset.id,
+                detail=f"the last {self._hard_limit} creations failed",
+            )
+        elif not ps.is_hard_limited and status is PresetStatus.HARD_LIMITED:
+            self._store.set_preset_status(ps.preset.id, PresetStatus.HEALTHY)
+
+    def _execute(
+        self,
+        ps: PresetSnapshot,
+        action: ReconciliationActions,
+        now: datetime,
+        expired: set[UUID],
+        result: _PresetResult,
+    ) -> None:
+        preset_id = ps.preset.id
+        if action.action_type is ActionType.BACKOFF:
+            self._emit(
+                EventKind.BACKOFF,
+                preset_id=preset_id,
+                detail=f"until {action.backoff_until}",
+            )
+        elif action.action_type is ActionType.CANCEL_PENDING:
+            for request in self._store.cancel_pending(preset_id, now=now):
+                result.canceled += 1
+                self._emit(
+                    EventKind.CANCELED,
+                    preset_id=preset_id,
+                    instance_id=request.instance_id,
+                    build_id=request.build_id,
+                )
+                self._submit(request, now)
+        elif action.action_type is ActionType.DELETE:
+            for instance_id in action.delete_ids:
+                request = self._store.delete_prebuild(instance_id, now=now)
+                if request is None:  # claimed or already going meanwhile
+                    continue
+                result.deleted += 1
+                kind = EventKind.EXPIRED if instance_id in expired else EventKind.DELETED
+                self._emit(
+                    kind,
+                    preset_id=preset_id,
+                    instance_id=instance_id,
+                    build_id=request.build_id,
+                )
+                self._submit(request, now)
+        else:
+            self._create(ps, action.create, now, result)
+
+    def _create(
+        self, ps: PresetSnapshot, count: int, now: datetime, result: _PresetResult
+    ) -> None:
+        preset_id = ps.preset.id
+        for _ in range(count):
+            request = self._store.create_prebuild(
+                preset_id, now=now, name=self._name_factory()
+            )
+            if request is None:  # the preset became inactive meanwhile
+                return
+            result.created += 1
+            self._emit(
+                EventKind.CREATED,
+                preset_id=preset_id,
+                instance_id=request.instance_id,
+                build_id=request.build_id,
+            )
+            if not self._submit(request, now):
+                return  # the provisioner is failing: let the backoff decide
+
+    def _submit(self, request: BuildRequest, now: datetime) -> bool:
+        """Hand *request* to the provisioner; record a failure as a failed build."""
+        try:
+            if self._submit_timeout is None:
+                self._provisioner.submit(request)
+            else:
+                future = self._submitter_pool().submit(
+                    self._provisioner.submit, request
+                )
+                future.result(timeout=self._submit_timeout)
+        except ProvisionerValidationError as e:
+            self._store.build_finished(
+                request.build_id,
+                now=now,
+                succeeded=False,
+                error_kind="validation",
+                error=str(e),
+            )
+            self._store.set_preset_status(
+                request.preset_id, PresetStatus.VALIDATION_FAILED
+            )
+            self._emit(
+                EventKind.VALIDATION_FAILED,
+                preset_id=request.preset_id,
+                instance_id=request.instance_id,
+                build_id=request.build_id,
+                detail=str(e),
+            )
+            return False
+        except Exception as e:  # noqa: BLE001 - any provisioner failure
+            kind = "timeout" if isinstance(e, FutureTimeoutError) else "provisioner"
+            self._store.build_finished(
+                request.build_id,
+                now=now,
+                succeeded=False,
+                error_kind=kind,
+                error=repr(e),
+            )
+            self._emit(
+                EventKind.FAILED,
+                preset_id=request.preset_id,
+                instance_id=request.instance_id,
+                build_id=request.build_id,
+                detail=repr(e),
+            )
+            return False
+        return True
+
+    def _submitter_pool(self) -> ThreadPoolExecutor:
+        with self._state_lock:
+            if self._submitter is None:
+                self._submitter = ThreadPoolExecutor(
+                    self._max_workers, thread_name_prefix="prebuilds-submit"
+                )
+            return self._submitter
+
+    def _shutdown_submitter(self) -> None:
+        with self._state_lock:
+            submitter, self._submitter = self._submitter, None
+        if submitter is not None:
+            submitter.shutdown(wait=False, cancel_futures=True)
+
+    # -- replacements ------------------------------------------------------------
+    def track_resource_replacement(
+        self,
+        workspace_id: UUID,
+        build_id: UUID,
+        replacements: Sequence[ResourceReplacement],
+    ) -> None:
+        """
+        Record that applying the claim of *workspace_id* replaced resources:
+        count it per preset and emit a ``REPLACEMENT`` event. Never raises.
+        """
+        try:
+            instance = self._store.get_instance(workspace_id)
+            self.replacements[instance.preset_id] += 1
+            detail = "; ".join(
+                f"{r.resource}: {', '.join(r.paths)}" for r in replacements
+            )
+            self._emit(
+                EventKind.REPLACEMENT,
+                preset_id=instance.preset_id,
+                instance_id=workspace_id,
+                build_id=build_id,
+                detail=detail,
+            )
+        except Exception:  # noqa: BLE001 - fire and forget
+            log.warning("prebuilds could not track a replacement", exc_info=True)
+
+    def _emit(
+        self,
+        kind: EventKind,
+        *,
+        preset_id: UUID | None = None,
+        instance_id: UUID | None = None,
+        build_id: UUID | None = None,
+        detail: str = "",
+    ) -> None:
+        try:
+            self._events.emit(
+                Event(
+                    kind=kind,
+                    at=self._clock.now(),
+                    preset_id=preset_id,
+                    instance_id=instance_id,
+                    build_id=build_id,
+                    detail=detail,
+                )
+            )
+        except Exception:  # noqa: BLE001 - a broken sink must not break a pass
+            log.warning("prebuilds event sink failed", exc_info=True)

@@ -1,0 +1,634 @@
+"""MemoryStore: the reference semantics of the Store seam, in dicts."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+from collections import defaultdict
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
+
+import attrs
+
+from prebuilds._model import (
+    Backoff,
+    GlobalSnapshot,
+    InProgressCount,
+    PendingCount,
+    Preset,
+    PresetStatus,
+    RunningPrebuild,
+    Transition,
+    expired_at,
+)
+from prebuilds._records import (
+    PREBUILDS_OWNER_ID,
+    Build,
+    BuildRequest,
+    BuildStatus,
+    Instance,
+    Lifecycle,
+    PresetConfig,
+    Template,
+)
+from prebuilds._validate import check_aware
+from prebuilds.exceptions import (
+    BuildNotFoundError,
+    InstanceNotFoundError,
+    InvalidInputError,
+    PresetNotFoundError,
+)
+from prebuilds.stores._common import assemble_preset, invalid_preset
+
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from uuid import UUID
+
+_UTC = timezone.utc
+
+
+@attrs.define
+class _PresetRow:
+    config: PresetConfig
+    status: PresetStatus = PresetStatus.HEALTHY
+    last_invalidated_at: datetime | None = None
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(_UTC)
+
+
+class MemoryStore:
+    """
+    A :class:`~prebuilds.interfaces.Store` in process memory.
+
+    Thread-safe (one lock); every method is atomic. Nothing survives the
+    process: use it for tests, simulations and hosts that rebuild their pools
+    at start.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._leader = threading.Lock()
+        self._paused = False
+        self._templates: dict[UUID, Template] = {}
+        self._presets: dict[UUID, _PresetRow] = {}
+        self._instances: dict[UUID, Instance] = {}
+        self._builds: dict[UUID, Build] = {}
+        self._builds_of: dict[UUID, list[UUID]] = defaultdict(list)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    # -- configuration -------------------------------------------------------
+    def put_template(self, template: Template) -> None:
+        """Insert or replace *template*."""
+        with self._lock:
+            self._templates[template.id] = template
+
+    def put_preset(self, preset: PresetConfig) -> None:
+        """Insert or replace a preset's configuration, keeping its status."""
+        with self._lock:
+            if preset.template_id not in self._templates:
+                raise InvalidInputError(
+                    "template_id", preset.template_id, "unknown template"
+                )
+            row = self._presets.get(preset.id)
+            if row is None:
+                self._presets[preset.id] = _PresetRow(preset)
+            else:
+                row.config = preset
+
+    def invalidate_preset(self, preset_id: UUID, *, at: datetime) -> None:
+        """Expire the preset's pooled instances created before *at*."""
+        check_aware("at", at)
+        with self._lock:
+            self._row(preset_id).last_invalidated_at = _utc(at)
+
+    def set_paused(self, paused: bool) -> None:
+        """Pause or resume reconciliation."""
+        with self._lock:
+            self._paused = paused
+
+    def is_paused(self) -> bool:
+        """Whether reconciliation is paused."""
+        with self._lock:
+            return self._paused
+
+    def get_template(self, template_id: UUID) -> Template:
+        """The template with *template_id*."""
+        with self._lock:
+            try:
+                return self._templates[template_id]
+            except KeyError:
+                raise InvalidInputError(
+                    "template_id", template_id, "unknown template"
+                ) from None
+
+    def get_preset(self, preset_id: UUID) -> Preset:
+        """The calculator's view of the preset."""
+        with self._lock:
+            return self._preset(self._row(preset_id))
+
+    def set_preset_status(self, preset_id: UUID, status: PresetStatus) -> None:
+        """Record the preset's health."""
+        with self._lock:
+            self._row(preset_id).status = status
+
+    # -- reconciler ----------------------------------------------------------
+    @contextmanager
+    def leader(self) -> Iterator[bool]:
+        """Non-blocking leadership within this process."""
+        acquired = self._leader.acquire(blocking=False)
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                self._leader.release()
+
+    def snapshot(
+        self, *, now: datetime, backoff_lookback: timedelta, hard_limit: int
+    ) -> GlobalSnapshot:
+        """One consistent read of every pool."""
+        check_aware("now", now)
+        with self._lock:
+            presets: list[Preset] = []
+            invalid = []
+            for preset_id in sorted(self._presets):
+                try:
+                    presets.append(self._preset(self._presets[preset_id]))
+                except InvalidInputError as e:
+                    invalid.append(invalid_preset(preset_id, e))
+            return GlobalSnapshot(
+                presets=presets,
+                running=self._running(),
+                in_progress=self._in_progress(),
+                pending=self._pending(),
+                backoffs=self._backoffs(now - backoff_lookback),
+                hard_limited=self._hard_limited(hard_limit),
+                invalid_presets=invalid,
+            )
+
+    def create_prebuild(
+        self, preset_id: UUID, *, now: datetime, name: str
+    ) -> BuildRequest | None:
+        """A new pooled instance and its pending start build."""
+        check_aware("now", now)
+        now = _utc(now)
+        with self._lock:
+            row = self._row(preset_id)
+            template = self._templates[row.config.template_id]
+            if not self._active(row.config, template):
+                return None
+            config = row.config
+            instance = Instance(
+                id=uuid.uuid4(),
+                preset_id=config.id,
+                template_id=config.template_id,
+                template_version_id=config.template_version_id,
+                owner_id=PREBUILDS_OWNER_ID,
+                name=name,
+                created_at=now,
+                lifecycle=Lifecycle(last_used_at=now),
+            )
+            self._instances[instance.id] = instance
+            build = self._add_build(instance, Transition.START, now)
+            return self._request(instance, build, config.parameters)
+
+    def delete_prebuild(
+        self, instance_id: UUID, *, now: datetime
+    ) -> BuildRequest | None:
+        """A pending delete build, unless the instance left the pool."""
+        check_aware("now", now)
+        now = _utc(now)
+        with self._lock:
+            instance = self._instances.get(instance_id)
+            if (
+                instance is None
+                or instance.deleted
+                or instance.owner_id != PREBUILDS_OWNER_ID
+            ):
+                return None
+            latest = self._latest(instance_id)
+            if (
+                latest is not None
+                and latest.transition is Transition.DELETE
+                and latest.status is not BuildStatus.FAILED
+                and latest.status is not BuildStatus.CANCELED
+            ):
+                return None
+            build = self._add_build(instance, Transition.DELETE, now)
+            self._instances[instance_id] = attrs.evolve(instance, ready=False)
+            return self._request(instance, build, ())
+
+    def cancel_pending(self, preset_id: UUID, *, now: datetime) -> list[BuildRequest]:
+        """Cancel queued creations of an inactive version; orphan-delete them."""
+        check_aware("now", now)
+        now = _utc(now)
+        with self._lock:
+            row = self._row(preset_id)
+            active = self._templates[row.config.template_id].active_version_id
+            requests = []
+            for build in list(self._builds.values()):
+                if (
+                    build.preset_id == preset_id
+                    and build.build_number == 1
+                    and build.transition is Transition.START
+                    and build.status is BuildStatus.PENDING
+                    and build.started_at is None
+                    and build.template_version_id != active
+                ):
+                    self._builds[build.id] = attrs.evolve(
+                        build, status=BuildStatus.CANCELED, finished_at=now
+                    )
+                    instance = self._instances[build.instance_id]
+                    delete = self._add_build(instance, Transition.DELETE, now)
+                    requests.append(
+                        attrs.evolve(
+                            self._request(instance, delete, ()), orphan=True
+                        )
+                    )
+            return requests
+
+    def fail_stuck_builds(self, *, older_than: datetime, now: datetime) -> list[Build]:
+        """Fail the pool's builds in progress since before *older_than*."""
+        check_aware("older_than", older_than)
+        check_aware("now", now)
+        now = _utc(now)
+        with self._lock:
+            failed = []
+            for build in sorted(self._builds.values(), key=_build_order):
+                if (
+                    build.initiator_id == PREBUILDS_OWNER_ID
+                    and build.status.in_progress
+                    and build.created_at < older_than
+                ):
+                    updated = attrs.evolve(
+                        build,
+                        status=BuildStatus.FAILED,
+                        finished_at=now,
+                        error_kind="timeout",
+                        error="stuck: no result before the timeout",
+                    )
+                    self._builds[build.id] = updated
+                    failed.append(updated)
+            return failed
+
+    # -- provisioner reports -------------------------------------------------
+    def build_started(self, build_id: UUID, *, now: datetime) -> None:
+        """Mark a pending build running."""
+        check_aware("now", now)
+        with self._lock:
+            build = self._build(build_id)
+            if build.status is BuildStatus.PENDING:
+                self._builds[build_id] = attrs.evolve(
+                    build, status=BuildStatus.RUNNING, started_at=_utc(now)
+                )
+
+    def build_finished(
+        self,
+        build_id: UUID,
+        *,
+        now: datetime,
+        succeeded: bool,
+        error_kind: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record a build's result; a late report is ignored."""
+        check_aware("now", now)
+        now = _utc(now)
+        with self._lock:
+            build = self._build(build_id)
+            if not build.status.in_progress:
+                return
+            self._builds[build_id] = attrs.evolve(
+                build,
+                status=BuildStatus.SUCCEEDED if succeeded else BuildStatus.FAILED,
+                started_at=build.started_at or now,
+                finished_at=now,
+                error_kind=error_kind,
+                error=error,
+            )
+            if succeeded and build.transition is Transition.DELETE:
+                instance = self._instances[build.instance_id]
+                self._instances[instance.id] = attrs.evolve(
+                    instance, deleted=True, ready=False
+                )
+
+    def set_ready(self, instance_id: UUID, *, ready: bool = True) -> None:
+        """Record whether the instance is ready."""
+        with self._lock:
+            instance = self._instances.get(instance_id)
+            if instance is None:
+                raise InstanceNotFoundError(instance_id)
+            if not instance.deleted:
+                self._instances[instance_id] = attrs.evolve(instance, ready=ready)
+
+    # -- claimer ---------------------------------------------------------------
+    def claim(
+        self,
+        *,
+        preset_id: UUID,
+        user_id: UUID,
+        name: str,
+        lifecycle: Lifecycle,
+        now: datetime,
+    ) -> Instance | None:
+        """Hand the oldest claimable instance of the preset to *user_id*."""
+        check_aware("now", now)
+        now = _utc(now)
+        with self._lock:
+            row = self._presets.get(preset_id)
+            if row is None:
+                return None
+            template = self._templates[row.config.template_id]
+            if template.deleted:
+                return None
+            candidates = [
+                i
+                for i in self._instances.values()
+                if i.preset_id == preset_id
+                and i.owner_id == PREBUILDS_OWNER_ID
+                and not i.deleted
+                and i.ready
+                and i.template_version_id == template.active_version_id
+                and self._is_running(i.id)
+                and not expired_at(
+                    created_at=i.created_at,
+                    ttl=row.config.ttl,
+                    last_invalidated_at=row.last_invalidated_at,
+                    now=now,
+                )
+            ]
+            if not candidates:
+                return None
+            chosen = min(candidates, key=lambda i: (i.created_at, i.id))
+            claimed = attrs.evolve(
+                chosen,
+                owner_id=user_id,
+                name=name,
+                lifecycle=lifecycle,
+                claimed_at=now,
+            )
+            self._instances[chosen.id] = claimed
+            return self._view(claimed)
+
+    # -- reads -------------------------------------------------------------------
+    def get_instance(self, instance_id: UUID) -> Instance:
+        """The instance with *instance_id*."""
+        with self._lock:
+            instance = self._instances.get(instance_id)
+            if instance is None:
+                raise InstanceNotFoundError(instance_id)
+            return self._view(instance)
+
+    def list_instances(
+        self,
+        *,
+        preset_id: UUID | None = None,
+        owner_id: UUID | None = None,
+        include_deleted: bool = False,
+    ) -> list[Instance]:
+        """Instances, oldest first."""
+        with self._lock:
+            found = [
+                self._view(i)
+                for i in self._instances.values()
+                if (preset_id is None or i.preset_id == preset_id)
+                and (owner_id is None or i.owner_id == owner_id)
+                and (include_deleted or not i.deleted)
+            ]
+        return sorted(found, key=lambda i: (i.created_at, i.id))
+
+    def get_build(self, build_id: UUID) -> Build:
+        """The build with *build_id*."""
+        with self._lock:
+            return self._build(build_id)
+
+    def list_builds(self, *, instance_id: UUID | None = None) -> list[Build]:
+        """Builds in creation order."""
+        with self._lock:
+            found = [
+                b
+                for b in self._builds.values()
+                if instance_id is None or b.instance_id == instance_id
+            ]
+        return sorted(found, key=_build_order)
+
+    # -- internals -------------------------------------------------------------
+    def _row(self, preset_id: UUID) -> _PresetRow:
+        row = self._presets.get(preset_id)
+        if row is None:
+            raise PresetNotFoundError(preset_id)
+        return row
+
+    def _build(self, build_id: UUID) -> Build:
+        build = self._builds.get(build_id)
+        if build is None:
+            raise BuildNotFoundError(build_id)
+        return build
+
+    def _preset(self, row: _PresetRow) -> Preset:
+        return assemble_preset(
+            row.config,
+            self._templates[row.config.template_id],
+            status=row.status,
+            last_invalidated_at=row.last_invalidated_at,
+        )
+
+    @staticmethod
+    def _active(config: PresetConfig, template: Template) -> bool:
+        return (
+            config.template_version_id == template.active_version_id
+            and not template.deleted
+            and not template.deprecated
+        )
+
+    def _add_build(
+        self, instance: Instance, transition: Transition, now: datetime
+    ) -> Build:
+        number = len(self._builds_of[instance.id]) + 1
+        build = Build(
+            id=uuid.uuid4(),
+            instance_id=instance.id,
+            preset_id=instance.preset_id,
+            template_version_id=instance.template_version_id,
+            transition=transition,
+            status=BuildStatus.PENDING,
+            build_number=number,
+            initiator_id=PREBUILDS_OWNER_ID,
+            created_at=now,
+        )
+        self._builds[build.id] = build
+        self._builds_of[instance.id].append(build.id)
+        return build
+
+    @staticmethod
+    def _request(
+        instance: Instance, build: Build, parameters: tuple[tuple[str, str], ...]
+    ) -> BuildRequest:
+        return BuildRequest(
+            build_id=build.id,
+            instance_id=instance.id,
+            preset_id=instance.preset_id,
+            template_id=instance.template_id,
+            template_version_id=instance.template_version_id,
+            transition=build.transition,
+            name=instance.name,
+            parameters=parameters,
+        )
+
+    def _latest(self, instance_id: UUID) -> Build | None:
+        ids = self._builds_of.get(instance_id)
+        return self._builds[ids[-1]] if ids else None
+
+    def _is_running(self, instance_id: UUID) -> bool:
+        latest = self._latest(instance_id)
+        return (
+            latest is not None
+            and latest.transition is Transition.START
+            and latest.status is BuildStatus.SUCCEEDED
+        )
+
+    def _view(self, instance: Instance) -> Instance:
+        latest = self._latest(instance.id)
+        if latest is None:  # pragma: no cover - every instance has a build
+            return instance
+        return attrs.evolve(
+            instance,
+            latest_transition=latest.transition,
+            latest_status=latest.status,
+        )
+
+    def _running(self) -> list[RunningPrebuild]:
+        return [
+            RunningPrebuild(
+                id=i.id,
+                preset_id=i.preset_id,
+                created_at=i.created_at,
+                ready=i.ready,
+                name=i.name,
+                template_id=i.template_id,
+                template_version_id=i.template_version_id,
+            )
+            for _, i in sorted(self._instances.items())
+            if i.owner_id == PREBUILDS_OWNER_ID
+            and not i.deleted
+            and self._is_running(i.id)
+        ]
+
+    def _in_progress(self) -> list[InProgressCount]:
+        counts: dict[tuple[UUID, Transition], int] = defaultdict(int)
+        versions: dict[UUID, tuple[UUID, UUID]] = {}
+        for instance_id in self._builds_of:
+            build = self._latest(instance_id)
+            if build is None or not build.status.in_progress:
+                continue
+            if build.initiator_id != PREBUILDS_OWNER_ID:  # pragma: no cover
+                continue
+            instance = self._instances[instance_id]
+            template = self._templates.get(instance.template_id)
+            if template is None or build.template_version_id != template.active_version_id:
+                continue
+            counts[build.preset_id, build.transition] += 1
+            versions[build.preset_id] = (template.id, build.template_version_id)
+        return [
+            InProgressCount(
+                preset_id=preset_id,
+                transition=transition,
+                count=count,
+                template_id=versions[preset_id][0],
+                template_version_id=versions[preset_id][1],
+            )
+            for (preset_id, transition), count in sorted(
+                counts.items(), key=lambda kv: (kv[0][0], kv[0][1].value)
+            )
+        ]
+
+    def _pending(self) -> list[PendingCount]:
+        counts: dict[UUID, int] = defaultdict(int)
+        for build in self._builds.values():
+            row = self._presets.get(build.preset_id)
+            if row is None:  # pragma: no cover - builds belong to presets
+                continue
+            template = self._templates[row.config.template_id]
+            if (
+                build.build_number == 1
+                and build.transition is Transition.START
+                and build.status is BuildStatus.PENDING
+                and build.started_at is None
+                and build.template_version_id != template.active_version_id
+            ):
+                counts[build.preset_id] += 1
+        return [PendingCount(preset_id=p, count=n) for p, n in sorted(counts.items())]
+
+    def _candidates(self, *, skip_deleted_templates: bool) -> dict[UUID, list[Build]]:
+        """Latest start builds of pool-owned instances on the active version."""
+        by_preset: dict[UUID, list[Build]] = defaultdict(list)
+        for instance_id in self._builds_of:
+            instance = self._instances[instance_id]
+            if instance.owner_id != PREBUILDS_OWNER_ID:
+                continue
+            build = self._latest(instance_id)
+            if build is None or build.transition is not Transition.START:
+                continue
+            template = self._templates.get(instance.template_id)
+            if template is None or build.template_version_id != template.active_version_id:
+                continue
+            if skip_deleted_templates and template.deleted:
+                continue
+            by_preset[build.preset_id].append(build)
+        for builds in by_preset.values():
+            builds.sort(key=lambda b: (b.created_at, b.id), reverse=True)
+        return by_preset
+
+    def _backoffs(self, since: datetime) -> list[Backoff]:
+        rows = []
+        for preset_id, builds in sorted(
+            self._candidates(skip_deleted_templates=True).items()
+        ):
+            row = self._presets.get(preset_id)
+            if row is None:  # pragma: no cover
+                continue
+            top = builds[: max(row.config.desired_instances, 0)]
+            recent = [
+                b
+                for b in top
+                if b.status is BuildStatus.FAILED and b.created_at >= since
+            ]
+            if not recent:
+                continue
+            num_failed = sum(
+                1
+                for b in builds
+                if b.status is BuildStatus.FAILED and b.created_at >= since
+            )
+            rows.append(
+                Backoff(
+                    preset_id=preset_id,
+                    num_failed=num_failed,
+                    last_build_at=max(b.created_at for b in recent),
+                )
+            )
+        return rows
+
+    def _hard_limited(self, hard_limit: int) -> frozenset[UUID]:
+        if hard_limit <= 0:
+            return frozenset()
+        return frozenset(
+            preset_id
+            for preset_id, builds in self._candidates(
+                skip_deleted_templates=False
+            ).items()
+            if len(builds) >= hard_limit
+            and all(b.status is BuildStatus.FAILED for b in builds[:hard_limit])
+        )
+
+
+def _build_order(build: Build) -> tuple[datetime, UUID, int]:
+    return (build.created_at, build.instance_id, build.build_number)

@@ -1,0 +1,74 @@
+"""Shared fixtures: one store factory per backend, a fake clock."""
+
+from __future__ import annotations
+
+import os
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from hypothesis import HealthCheck, settings
+
+from prebuilds.interfaces import Store
+
+
+settings.register_profile(
+    "dev",
+    max_examples=100,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "thorough",
+    max_examples=2000,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+if not os.environ.get("CI"):
+    settings.load_profile("dev")
+
+STORE_KINDS = ["memory", "sqlite", "postgres"]
+
+StoreFactory = Callable[[], Store]
+
+
+@pytest.fixture(name="store_factory", params=STORE_KINDS)
+def _store_factory(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[StoreFactory]:
+    """A callable that returns a new, empty store of one backend."""
+    kind = request.param
+    made: list[Store] = []
+    if kind == "memory":
+        from prebuilds.stores import MemoryStore
+
+        def make() -> Store:
+            store = MemoryStore()
+            made.append(store)
+            return store
+
+    elif kind == "sqlite":
+        from prebuilds.stores import SQLiteStore
+
+        counter = iter(range(1_000_000))
+
+        def make() -> Store:
+            store = SQLiteStore(tmp_path / f"pool-{next(counter)}.sqlite3")
+            made.append(store)
+            return store
+
+    else:
+        make = request.getfixturevalue("make_postgres_store")
+    yield make
+    for store in made:
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()
+
+
+@pytest.fixture(name="store")
+def _store(store_factory: StoreFactory) -> Store:
+    """A new, empty store of each backend."""
+    return store_factory()
