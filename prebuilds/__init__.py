@@ -13,7 +13,9 @@ from prebuilds._calculate import (
     calculate_state,
     can_skip_reconciliation,
 )
+from prebuilds._claimer import StoreClaimer, match_preset
 from prebuilds._clock import SystemClock
+from prebuilds._events import CollectingEventSink, LoggingEventSink
 from prebuilds._lifecycle import (
     claimed_lifecycle,
     is_lifecycle_managed,
@@ -43,6 +45,7 @@ from prebuilds._noop import (
     NoopClaimer,
     NoopReconciler,
 )
+from prebuilds._reconciler import StoreReconciler, generate_name
 from prebuilds._records import (
     PREBUILDS_OWNER_ID,
     Build,
@@ -76,8 +79,8 @@ from prebuilds.interfaces import (
     Clock,
     EventSink,
     Provisioner,
-    ReconciliationOrchestrator,
     Reconciler,
+    ReconciliationOrchestrator,
     StateSnapshotter,
     Store,
 )
@@ -95,6 +98,7 @@ __all__ = [
     "BuildStatus",
     "Claimer",
     "Clock",
+    "CollectingEventSink",
     "Event",
     "EventKind",
     "EventSink",
@@ -105,6 +109,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidPreset",
     "Lifecycle",
+    "LoggingEventSink",
     "NoClaimablePrebuildsError",
     "NoopClaimer",
     "NoopReconciler",
@@ -122,16 +127,18 @@ __all__ = [
     "ProvisionerError",
     "ProvisionerValidationError",
     "ReconcileStats",
+    "Reconciler",
     "ReconciliationActions",
     "ReconciliationOrchestrator",
     "ReconciliationState",
-    "Reconciler",
     "ResourceReplacement",
     "RunningPrebuild",
     "SchemaVersionError",
     "StateSnapshotter",
     "Store",
+    "StoreClaimer",
     "StoreError",
+    "StoreReconciler",
     "SystemClock",
     "Template",
     "Transition",
@@ -141,8 +148,10 @@ __all__ = [
     "can_skip_reconciliation",
     "claimed_lifecycle",
     "desired_instances",
+    "generate_name",
     "is_expired",
     "is_lifecycle_managed",
+    "match_preset",
     "next_change",
     "pooled_lifecycle",
 ]
@@ -155,3 +164,27 @@ def __getattr__(name: str) -> str:
         return version("prebuilds")
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)
+
+
+def _fixup_module_metadata() -> None:
+    # Re-exported classes and functions name their public path, so that
+    # reprs, pickles and the API docs say ``prebuilds.Preset`` rather than
+    # ``prebuilds._model.Preset`` (like trio's fixup_module_metadata).
+    # ``prebuilds.interfaces`` and ``prebuilds.exceptions`` are public
+    # modules and keep their own path.
+    import contextlib  # noqa: PLC0415
+    import inspect  # noqa: PLC0415
+
+    namespace = globals()
+    for name in __all__:
+        obj = namespace[name]
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue
+        if not obj.__module__.startswith(f"{__name__}._"):
+            continue
+        with contextlib.suppress(AttributeError, TypeError):
+            obj.__module__ = __name__
+
+
+_fixup_module_metadata()
+del _fixup_module_metadata
