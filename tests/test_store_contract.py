@@ -1,0 +1,588 @@
+"""
+The Store contract, run on every backend (memory, SQLite, PostgreSQL).
+
+Each test states one rule of the storage seam; all stores must agree.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from prebuilds import (
+    PREBUILDS_OWNER_ID,
+    Backoff,
+    BuildNotFoundError,
+    BuildStatus,
+    InProgressCount,
+    InstanceNotFoundError,
+    InvalidInputError,
+    Lifecycle,
+    PendingCount,
+    PrebuildSchedule,
+    PresetConfig,
+    PresetNotFoundError,
+    PresetStatus,
+    Template,
+    Transition,
+)
+from prebuilds.interfaces import Store
+
+
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+LOOKBACK = timedelta(hours=1)
+
+
+def seed(store: Store, *, desired: int = 2, ttl: timedelta | None = None):
+    """One template with one preset on its active version."""
+    template = Template(
+        id=uuid.uuid4(),
+        active_version_id=uuid.uuid4(),
+        name="t",
+        default_ttl=timedelta(hours=8),
+    )
+    store.put_template(template)
+    preset = PresetConfig(
+        id=uuid.uuid4(),
+        template_id=template.id,
+        template_version_id=template.active_version_id,
+        desired_instances=desired,
+        name="p",
+        ttl=ttl,
+        parameters=(("region", "eu"),),
+    )
+    store.put_preset(preset)
+    return template, preset
+
+
+def snap(store: Store, now: datetime = T0, *, hard_limit: int = 3):
+    return store.snapshot(now=now, backoff_lookback=LOOKBACK, hard_limit=hard_limit)
+
+
+def ready_prebuild(store: Store, preset_id, now: datetime = T0):
+    """Create a prebuild and report it built and ready."""
+    request = store.create_prebuild(preset_id, now=now, name=f"pb-{uuid.uuid4().hex[:6]}")
+    assert request is not None
+    store.build_finished(request.build_id, now=now, succeeded=True)
+    store.set_ready(request.instance_id)
+    return request
+
+
+def claim(store: Store, preset_id, now: datetime = T0, user=None):
+    return store.claim(
+        preset_id=preset_id,
+        user_id=user or uuid.uuid4(),
+        name="mine",
+        lifecycle=Lifecycle(ttl=timedelta(hours=1), last_used_at=now),
+        now=now,
+    )
+
+
+class TestConfiguration:
+    def test_preset_is_derived_from_its_template(self, store):
+        """get_preset derives active version, deletion and deprecation from the template."""
+        template, config = seed(store)
+
+        preset = store.get_preset(config.id)
+
+        assert preset.using_active_version
+        assert preset.is_active
+        assert preset.parameters == (("region", "eu"),)
+        assert preset.status is PresetStatus.HEALTHY
+
+    def test_new_active_version_makes_old_presets_inactive(self, store):
+        """Publishing a version is one put_template; old presets are no longer active."""
+        from attrs import evolve
+
+        template, config = seed(store)
+        store.put_template(evolve(template, active_version_id=uuid.uuid4()))
+
+        assert not store.get_preset(config.id).using_active_version
+
+    def test_put_preset_keeps_status_and_invalidation(self, store):
+        """Replacing a preset's config keeps its status and invalidation time."""
+        from attrs import evolve
+
+        _, config = seed(store)
+        store.set_preset_status(config.id, PresetStatus.VALIDATION_FAILED)
+        store.invalidate_preset(config.id, at=T0)
+        store.put_preset(evolve(config, desired_instances=5))
+
+        preset = store.get_preset(config.id)
+
+        assert (5, PresetStatus.VALIDATION_FAILED, T0) == (
+            preset.desired_instances,
+            preset.status,
+            preset.last_invalidated_at,
+        )
+
+    def test_schedules_round_trip(self, store):
+        """Schedules and time zones come back as written."""
+        from attrs import evolve
+
+        _, config = seed(store)
+        schedules = (PrebuildSchedule(cron="* 9-17 * * 1-5", instances=4),)
+        store.put_preset(
+            evolve(config, scheduling_timezone="Europe/Berlin", schedules=schedules)
+        )
+
+        preset = store.get_preset(config.id)
+
+        assert ("Europe/Berlin", schedules) == (
+            preset.scheduling_timezone,
+            preset.schedules,
+        )
+
+    def test_unknown_ids(self, store):
+        """Lookups of unknown IDs raise the named errors."""
+        with pytest.raises(PresetNotFoundError):
+            store.get_preset(uuid.uuid4())
+        with pytest.raises(InstanceNotFoundError):
+            store.get_instance(uuid.uuid4())
+        with pytest.raises(BuildNotFoundError):
+            store.get_build(uuid.uuid4())
+        with pytest.raises(InstanceNotFoundError):
+            store.set_ready(uuid.uuid4())
+        with pytest.raises(BuildNotFoundError):
+            store.build_finished(uuid.uuid4(), now=T0, succeeded=True)
+
+    def test_preset_needs_a_known_template(self, store):
+        """A preset of an unknown template is rejected, naming the field."""
+        with pytest.raises(InvalidInputError) as e:
+            store.put_preset(
+                PresetConfig(
+                    id=uuid.uuid4(),
+                    template_id=uuid.uuid4(),
+                    template_version_id=uuid.uuid4(),
+                    desired_instances=1,
+                )
+            )
+
+        assert "template_id" == e.value.field
+
+    def test_pause_is_persisted(self, store):
+        """Pause and resume are stored settings."""
+        assert not store.is_paused()
+        store.set_paused(True)
+        assert store.is_paused()
+        store.set_paused(False)
+        assert not store.is_paused()
+
+
+class TestCreateAndReport:
+    def test_create_writes_instance_and_pending_start_build(self, store):
+        """create_prebuild writes a pooled instance and its first, pending start build."""
+        _, config = seed(store)
+
+        request = store.create_prebuild(config.id, now=T0, name="pb-1")
+
+        assert request is not None
+        instance = store.get_instance(request.instance_id)
+        build = store.get_build(request.build_id)
+        assert PREBUILDS_OWNER_ID == instance.owner_id
+        assert instance.lifecycle == Lifecycle(last_used_at=T0)
+        assert (Transition.START, BuildStatus.PENDING, 1) == (
+            build.transition,
+            build.status,
+            build.build_number,
+        )
+        assert (("region", "eu"),) == request.parameters
+        assert (Transition.START, False) == (request.transition, request.orphan)
+
+    def test_create_for_inactive_preset_returns_none(self, store):
+        """A preset that became inactive creates nothing."""
+        from attrs import evolve
+
+        template, config = seed(store)
+        store.put_template(evolve(template, deprecated=True))
+
+        assert store.create_prebuild(config.id, now=T0, name="x") is None
+
+    def test_build_reports_move_status(self, store):
+        """build_started then build_finished move a build to running then succeeded."""
+        _, config = seed(store)
+        request = store.create_prebuild(config.id, now=T0, name="pb")
+        assert request is not None
+
+        store.build_started(request.build_id, now=T0 + timedelta(seconds=1))
+        assert BuildStatus.RUNNING == store.get_build(request.build_id).status
+        store.build_finished(
+            request.build_id, now=T0 + timedelta(seconds=2), succeeded=True
+        )
+        build = store.get_build(request.build_id)
+
+        assert BuildStatus.SUCCEEDED == build.status
+        assert T0 + timedelta(seconds=2) == build.finished_at
+
+    def test_late_report_is_ignored(self, store):
+        """A report on a build that already finished changes nothing."""
+        _, config = seed(store)
+        request = ready_prebuild(store, config.id)
+
+        store.build_finished(request.build_id, now=T0, succeeded=False, error_kind="x")
+        store.build_started(request.build_id, now=T0)
+
+        assert BuildStatus.SUCCEEDED == store.get_build(request.build_id).status
+
+    def test_failed_build_keeps_its_error(self, store):
+        """A failed build records the error kind and message."""
+        _, config = seed(store)
+        request = store.create_prebuild(config.id, now=T0, name="pb")
+        assert request is not None
+
+        store.build_finished(
+            request.build_id, now=T0, succeeded=False, error_kind="quota", error="no"
+        )
+        build = store.get_build(request.build_id)
+
+        assert (BuildStatus.FAILED, "quota", "no") == (
+            build.status,
+            build.error_kind,
+            build.error,
+        )
+
+
+class TestSnapshot:
+    def test_running_needs_a_successful_start(self, store):
+        """Only pooled instances whose latest build is a successful start are running."""
+        _, config = seed(store, desired=5)
+        ready = ready_prebuild(store, config.id)
+        built_not_ready = store.create_prebuild(config.id, now=T0, name="b")
+        assert built_not_ready is not None
+        store.build_finished(built_not_ready.build_id, now=T0, succeeded=True)
+        failed = store.create_prebuild(config.id, now=T0, name="c")
+        assert failed is not None
+        store.build_finished(failed.build_id, now=T0, succeeded=False)
+        store.create_prebuild(config.id, now=T0, name="pending")
+
+        running = {(p.id, p.ready) for p in snap(store).running}
+
+        assert {(ready.instance_id, True), (built_not_ready.instance_id, False)} == running
+
+    def test_in_progress_counts_by_transition(self, store):
+        """Pending and running builds of the active version are counted per transition."""
+        _, config = seed(store, desired=5)
+        store.create_prebuild(config.id, now=T0, name="a")
+        started = store.create_prebuild(config.id, now=T0, name="b")
+        assert started is not None
+        store.build_started(started.build_id, now=T0)
+        to_delete = ready_prebuild(store, config.id)
+        store.delete_prebuild(to_delete.instance_id, now=T0)
+
+        counts = {
+            (r.preset_id, r.transition, r.count) for r in snap(store).in_progress
+        }
+
+        assert {
+            (config.id, Transition.START, 2),
+            (config.id, Transition.DELETE, 1),
+        } == counts
+
+    def test_claimed_instances_leave_the_pool(self, store):
+        """A claimed instance is neither running nor claimable again."""
+        _, config = seed(store)
+        ready_prebuild(store, config.id)
+
+        claimed = claim(store, config.id)
+
+        assert claimed is not None
+        assert () == snap(store).running
+        assert claim(store, config.id) is None
+
+    def test_pending_counts_only_queued_creations_of_inactive_versions(self, store):
+        """Queued first builds of an old version are pending; started ones are not."""
+        from attrs import evolve
+
+        template, config = seed(store, desired=3)
+        store.create_prebuild(config.id, now=T0, name="a")
+        store.create_prebuild(config.id, now=T0, name="b")
+        picked = store.create_prebuild(config.id, now=T0, name="c")
+        assert picked is not None
+        store.build_started(picked.build_id, now=T0)
+        store.put_template(evolve(template, active_version_id=uuid.uuid4()))
+
+        snapshot = snap(store)
+
+        assert (PendingCount(preset_id=config.id, count=2),) == snapshot.pending
+        assert () == snapshot.in_progress
+
+    def test_backoff_counts_recent_failures(self, store):
+        """Failures among the last N starts within the look-back give a backoff row."""
+        _, config = seed(store, desired=2)
+        times = [T0, T0 + timedelta(minutes=1), T0 + timedelta(minutes=2)]
+        for at in times:
+            request = store.create_prebuild(config.id, now=at, name="x")
+            assert request is not None
+            store.build_finished(request.build_id, now=at, succeeded=False)
+
+        snapshot = snap(store, T0 + timedelta(minutes=3))
+
+        assert (
+            Backoff(preset_id=config.id, num_failed=3, last_build_at=times[2]),
+        ) == snapshot.backoffs
+
+    def test_old_failures_do_not_back_off(self, store):
+        """Failures older than the look-back window are forgotten."""
+        _, config = seed(store, desired=2)
+        request = store.create_prebuild(config.id, now=T0, name="x")
+        assert request is not None
+        store.build_finished(request.build_id, now=T0, succeeded=False)
+
+        assert () == snap(store, T0 + LOOKBACK + timedelta(seconds=1)).backoffs
+
+    def test_success_in_the_top_n_hides_older_failures(self, store):
+        """Only the desired-most-recent starts decide whether a preset backs off."""
+        _, config = seed(store, desired=1)
+        failed = store.create_prebuild(config.id, now=T0, name="x")
+        assert failed is not None
+        store.build_finished(failed.build_id, now=T0, succeeded=False)
+        ready_prebuild(store, config.id, T0 + timedelta(minutes=1))
+
+        assert () == snap(store, T0 + timedelta(minutes=2)).backoffs
+
+    def test_hard_limit_needs_the_last_n_all_failed(self, store):
+        """A preset is hard-limited when its last `hard_limit` starts all failed."""
+        _, config = seed(store, desired=5)
+        for minute in range(3):
+            at = T0 + timedelta(minutes=minute)
+            request = store.create_prebuild(config.id, now=at, name="x")
+            assert request is not None
+            store.build_finished(request.build_id, now=at, succeeded=False)
+
+        later = T0 + timedelta(days=1)
+        assert frozenset({config.id}) == snap(store, later, hard_limit=3).hard_limited
+        assert frozenset() == snap(store, later, hard_limit=4).hard_limited
+        assert frozenset() == snap(store, later, hard_limit=0).hard_limited
+
+    def test_snapshot_feeds_the_calculator(self, store):
+        """filter_by_preset on a store snapshot splits expired from running."""
+        _, config = seed(store, ttl=timedelta(minutes=10))
+        old = ready_prebuild(store, config.id, T0)
+        new = ready_prebuild(store, config.id, T0 + timedelta(minutes=5))
+
+        preset_snapshot = snap(store, T0 + timedelta(minutes=12)).filter_by_preset(
+            config.id, now=T0 + timedelta(minutes=12)
+        )
+
+        assert [new.instance_id] == [p.id for p in preset_snapshot.running]
+        assert [old.instance_id] == [p.id for p in preset_snapshot.expired]
+
+    def test_in_progress_carries_the_template(self, store):
+        """In-progress rows name their template and version."""
+        template, config = seed(store)
+        store.create_prebuild(config.id, now=T0, name="a")
+
+        assert (
+            InProgressCount(
+                preset_id=config.id,
+                transition=Transition.START,
+                count=1,
+                template_id=template.id,
+                template_version_id=template.active_version_id,
+            ),
+        ) == snap(store).in_progress
+
+
+class TestDelete:
+    def test_delete_writes_a_pending_delete_build(self, store):
+        """delete_prebuild adds build 2, a pending delete; success marks the instance deleted."""
+        _, config = seed(store)
+        created = ready_prebuild(store, config.id)
+
+        request = store.delete_prebuild(created.instance_id, now=T0)
+
+        assert request is not None
+        build = store.get_build(request.build_id)
+        assert (Transition.DELETE, BuildStatus.PENDING, 2) == (
+            build.transition,
+            build.status,
+            build.build_number,
+        )
+        store.build_finished(request.build_id, now=T0, succeeded=True)
+        assert store.get_instance(created.instance_id).deleted
+        assert [] == store.list_instances(preset_id=config.id)
+        assert 1 == len(store.list_instances(preset_id=config.id, include_deleted=True))
+
+    def test_delete_refuses_a_claimed_instance(self, store):
+        """A claimed instance is never deleted by the pool."""
+        _, config = seed(store)
+        created = ready_prebuild(store, config.id)
+        assert claim(store, config.id) is not None
+
+        assert store.delete_prebuild(created.instance_id, now=T0) is None
+        assert 1 == len(store.list_builds(instance_id=created.instance_id))
+
+    def test_delete_is_not_repeated(self, store):
+        """A second delete of an instance already being deleted does nothing."""
+        _, config = seed(store)
+        created = ready_prebuild(store, config.id)
+        assert store.delete_prebuild(created.instance_id, now=T0) is not None
+
+        assert store.delete_prebuild(created.instance_id, now=T0) is None
+        assert store.delete_prebuild(uuid.uuid4(), now=T0) is None
+
+    def test_a_failed_delete_may_be_retried(self, store):
+        """After a failed delete build the instance can be deleted again."""
+        _, config = seed(store)
+        created = ready_prebuild(store, config.id)
+        first = store.delete_prebuild(created.instance_id, now=T0)
+        assert first is not None
+        store.build_finished(first.build_id, now=T0, succeeded=False)
+
+        assert store.delete_prebuild(created.instance_id, now=T0) is not None
+
+
+class TestCancelPending:
+    def test_cancel_marks_queued_creations_canceled_and_orphans_them(self, store):
+        """cancel_pending cancels queued first builds of an old version and orphan-deletes."""
+        from attrs import evolve
+
+        template, config = seed(store)
+        queued = store.create_prebuild(config.id, now=T0, name="a")
+        started = store.create_prebuild(config.id, now=T0, name="b")
+        assert queued is not None
+        assert started is not None
+        store.build_started(started.build_id, now=T0)
+        store.put_template(evolve(template, active_version_id=uuid.uuid4()))
+
+        requests = store.cancel_pending(config.id, now=T0)
+
+        assert [(queued.instance_id, Transition.DELETE, True)] == [
+            (r.instance_id, r.transition, r.orphan) for r in requests
+        ]
+        assert BuildStatus.CANCELED == store.get_build(queued.build_id).status
+        assert BuildStatus.RUNNING == store.get_build(started.build_id).status
+        assert () == snap(store).pending
+
+    def test_cancel_leaves_the_active_version_alone(self, store):
+        """Queued creations of the active version are not canceled."""
+        _, config = seed(store)
+        store.create_prebuild(config.id, now=T0, name="a")
+
+        assert [] == store.cancel_pending(config.id, now=T0)
+
+
+class TestStuckBuilds:
+    def test_builds_older_than_the_timeout_fail(self, store):
+        """fail_stuck_builds fails in-progress builds created before the cutoff."""
+        _, config = seed(store)
+        old = store.create_prebuild(config.id, now=T0, name="a")
+        young = store.create_prebuild(
+            config.id, now=T0 + timedelta(minutes=20), name="b"
+        )
+        assert old is not None
+        assert young is not None
+
+        failed = store.fail_stuck_builds(
+            older_than=T0 + timedelta(minutes=10), now=T0 + timedelta(minutes=30)
+        )
+
+        assert [old.build_id] == [b.id for b in failed]
+        assert ("timeout", BuildStatus.FAILED) == (failed[0].error_kind, failed[0].status)
+        assert BuildStatus.PENDING == store.get_build(young.build_id).status
+
+
+class TestClaim:
+    def test_claim_takes_the_oldest_ready_instance(self, store):
+        """Claims take ready instances oldest first, and set owner, name and lifecycle."""
+        _, config = seed(store, desired=3)
+        first = ready_prebuild(store, config.id, T0)
+        not_ready = store.create_prebuild(config.id, now=T0, name="nr")
+        assert not_ready is not None
+        store.build_finished(not_ready.build_id, now=T0, succeeded=True)
+        second = ready_prebuild(store, config.id, T0 + timedelta(seconds=1))
+        user = uuid.uuid4()
+        now = T0 + timedelta(minutes=1)
+
+        got = [claim(store, config.id, now, user), claim(store, config.id, now, user)]
+
+        assert [first.instance_id, second.instance_id] == [i.id for i in got if i]
+        instance = store.get_instance(first.instance_id)
+        assert (user, "mine", now) == (
+            instance.owner_id,
+            instance.name,
+            instance.claimed_at,
+        )
+        assert Lifecycle(ttl=timedelta(hours=1), last_used_at=now) == instance.lifecycle
+        assert claim(store, config.id, now) is None
+
+    def test_claim_never_hands_out_expired_instances(self, store):
+        """Expired (by TTL or invalidation) instances are not claimable."""
+        _, config = seed(store, ttl=timedelta(minutes=10))
+        ready_prebuild(store, config.id, T0)
+
+        assert claim(store, config.id, T0 + timedelta(minutes=11)) is None
+        assert claim(store, config.id, T0 + timedelta(minutes=10)) is not None
+
+    def test_claim_respects_invalidation(self, store):
+        """Instances created before the preset's invalidation are not claimable."""
+        _, config = seed(store)
+        ready_prebuild(store, config.id, T0)
+        store.invalidate_preset(config.id, at=T0 + timedelta(seconds=1))
+
+        assert claim(store, config.id, T0 + timedelta(minutes=1)) is None
+
+    def test_claim_needs_the_active_version(self, store):
+        """Instances of an old version are not claimable."""
+        from attrs import evolve
+
+        template, config = seed(store)
+        ready_prebuild(store, config.id)
+        store.put_template(evolve(template, active_version_id=uuid.uuid4()))
+
+        assert claim(store, config.id) is None
+
+    def test_claim_of_unknown_preset_misses(self, store):
+        """A claim for a preset with no instances returns None."""
+        assert claim(store, uuid.uuid4()) is None
+
+    def test_list_instances_filters_by_owner(self, store):
+        """list_instances filters by preset and owner, oldest first."""
+        _, config = seed(store)
+        a = ready_prebuild(store, config.id, T0)
+        b = ready_prebuild(store, config.id, T0 + timedelta(seconds=1))
+        user = uuid.uuid4()
+        claim(store, config.id, T0, user)
+
+        assert [a.instance_id] == [i.id for i in store.list_instances(owner_id=user)]
+        assert [b.instance_id] == [
+            i.id for i in store.list_instances(owner_id=PREBUILDS_OWNER_ID)
+        ]
+        assert [a.instance_id, b.instance_id] == [
+            i.id for i in store.list_instances(preset_id=config.id)
+        ]
+
+
+class TestLeader:
+    def test_leader_is_exclusive_and_released(self, store):
+        """Only one leader scope at a time; leaving it releases leadership."""
+        with store.leader() as first:
+            assert first
+            with store.leader() as second:
+                assert not second
+        with store.leader() as again:
+            assert again
+
+    def test_snapshot_inside_the_leader_scope(self, store):
+        """The snapshot can be taken inside the leader scope."""
+        _, config = seed(store)
+        with store.leader() as acquired:
+            assert acquired
+            assert [config.id] == [p.id for p in snap(store).presets]
+
+
+class TestNaiveTimes:
+    def test_naive_datetimes_are_rejected(self, store):
+        """Every time argument must be timezone-aware."""
+        _, config = seed(store)
+        naive = datetime(2024, 1, 1)  # noqa: DTZ001
+
+        with pytest.raises(InvalidInputError):
+            store.create_prebuild(config.id, now=naive, name="x")
+        with pytest.raises(InvalidInputError):
+            snap(store, naive)
+        with pytest.raises(InvalidInputError):
+            claim(store, config.id, naive)
