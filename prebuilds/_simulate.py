@@ -1,0 +1,184 @@
+"""
+A built-in simulation: a day of a small host's pools on a real store.
+
+It is the library's main job in miniature: a SQLite store, the reference
+reconciler and claimer, a fake provisioner and a fake clock, and users who
+arrive through the day and claim instances.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, TextIO
+
+import attrs
+
+from prebuilds._claimer import StoreClaimer
+from prebuilds._events import CollectingEventSink
+from prebuilds._model import PrebuildSchedule
+from prebuilds._reconciler import StoreReconciler
+from prebuilds._records import (
+    PREBUILDS_OWNER_ID,
+    BuildStatus,
+    PresetConfig,
+    Template,
+)
+from prebuilds._schedule import desired_instances
+from prebuilds.exceptions import NoClaimablePrebuildsError
+from prebuilds.testing._fakes import FakeClock, FakeProvisioner
+
+
+if TYPE_CHECKING:
+    from prebuilds.interfaces import Store
+
+#: A Monday, 00:00 in UTC.
+START = datetime(2025, 6, 2, tzinfo=timezone.utc)
+
+
+@attrs.frozen(kw_only=True)
+class SimulationResult:
+    """What a simulated run measured."""
+
+    claims: int
+    warm: int
+    cold: int
+    created: int
+    deleted: int
+    passes: int
+
+    @property
+    def hit_rate(self) -> float:
+        """The share of claims served from the pool."""
+        return self.warm / self.claims if self.claims else 0.0
+
+
+def seed_example(store: Store) -> list[PresetConfig]:
+    """Write the example's template and presets to *store*."""
+    template = Template(
+        id=uuid.UUID(int=1),
+        active_version_id=uuid.UUID(int=2),
+        name="python-dev",
+        default_ttl=timedelta(hours=8),
+    )
+    store.put_template(template)
+    presets = [
+        PresetConfig(
+            id=uuid.UUID(int=11),
+            template_id=template.id,
+            template_version_id=template.active_version_id,
+            desired_instances=1,
+            name="small",
+            ttl=timedelta(hours=6),
+            scheduling_timezone="Europe/Berlin",
+            schedules=(PrebuildSchedule(cron="* 8-17 * * 1-5", instances=4),),
+            parameters=(("size", "small"),),
+        ),
+        PresetConfig(
+            id=uuid.UUID(int=12),
+            template_id=template.id,
+            template_version_id=template.active_version_id,
+            desired_instances=1,
+            name="gpu",
+            parameters=(("size", "gpu"),),
+        ),
+    ]
+    for preset in presets:
+        store.put_preset(preset)
+    return presets
+
+
+def simulate(
+    store: Store,
+    *,
+    hours: int = 24,
+    step: timedelta = timedelta(minutes=5),
+    seed: int = 0,
+    out: TextIO | None = None,
+) -> SimulationResult:
+    """
+    Run the example for *hours* of simulated time on *store*, printing one
+    line per hour to *out* (if given).
+    """
+    rng = random.Random(seed)  # noqa: S311 - a simulation, not cryptography
+    clock = FakeClock(START)
+    provisioner = FakeProvisioner(
+        store,
+        clock,
+        build_time=timedelta(minutes=3),
+        failure_rate=0.05,
+        seed=seed,
+    )
+    events = CollectingEventSink()
+    reconciler = StoreReconciler(
+        store,
+        provisioner,
+        clock=clock,
+        events=events,
+        max_workers=1,
+        submit_timeout=None,
+    )
+    claimer = StoreClaimer(store, events=events)
+    presets = seed_example(store)
+    warm = cold = created = deleted = passes = 0
+    end = START + timedelta(hours=hours)
+    if out is not None:
+        names = "  ".join(f"{p.name:<24}" for p in presets)
+        print(f"{'time (UTC)':<17} {names}   warm/cold", file=out)
+    while clock.now() < end:
+        provisioner.process()
+        stats = reconciler.reconcile_all()
+        passes += 1
+        created += stats.created
+        deleted += stats.deleted
+        now = clock.now()
+        for preset in presets:
+            if rng.random() < _demand(preset, now):
+                try:
+                    claimer.claim(
+                        now=now,
+                        user_id=uuid.uuid4(),
+                        name=f"ws-{rng.randrange(10**6):06d}",
+                        preset_id=preset.id,
+                    )
+                    warm += 1
+                except NoClaimablePrebuildsError:
+                    cold += 1
+        if out is not None and now.minute == 0 and now.second == 0:
+            print(_status_line(store, presets, now, warm, cold), file=out)
+        clock.advance(step)
+    return SimulationResult(
+        claims=warm + cold,
+        warm=warm,
+        cold=cold,
+        created=created,
+        deleted=deleted,
+        passes=passes,
+    )
+
+
+def _demand(preset: PresetConfig, now: datetime) -> float:
+    """Chance per step that a user asks for *preset*: busy in office hours."""
+    local_hour = (now + timedelta(hours=2)).hour
+    busy = 8 <= local_hour < 18  # noqa: PLR2004
+    return (0.5 if busy else 0.02) if preset.name == "small" else 0.03
+
+
+def _status_line(
+    store: Store,
+    presets: list[PresetConfig],
+    now: datetime,
+    warm: int,
+    cold: int,
+) -> str:
+    cells = []
+    for config in presets:
+        preset = store.get_preset(config.id)
+        pooled = store.list_instances(preset_id=config.id, owner_id=PREBUILDS_OWNER_ID)
+        ready = sum(1 for i in pooled if i.ready)
+        failed = sum(1 for i in pooled if i.latest_status is BuildStatus.FAILED)
+        want = desired_instances(preset, at=now)
+        cells.append(f"want {want} ready {ready} failed {failed}")
+    return f"{now:%a %H:%M}        " + "  ".join(f"{c:<24}" for c in cells) + f" {warm}/{cold}"
