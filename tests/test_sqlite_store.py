@@ -1,0 +1,843 @@
+"""
+SQLiteStore-specific behaviour: schema versioning, pragmas, the constant cost
+of a snapshot, hand-written invalid rows, error wrapping, and atomicity of
+claims, deletes and the leader lease across threads and processes.
+
+The store contract shared with the other backends is in
+``test_store_contract.py``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import sqlite3
+import threading
+import uuid
+
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import attrs
+import pytest
+
+from prebuilds import (
+    PREBUILDS_OWNER_ID,
+    BuildNotFoundError,
+    InstanceNotFoundError,
+    InvalidInputError,
+    Lifecycle,
+    PrebuildSchedule,
+    PresetConfig,
+    PresetNotFoundError,
+    SchemaVersionError,
+    StoreError,
+    Template,
+    Transition,
+)
+from prebuilds.interfaces import Store
+from prebuilds.stores import SQLiteStore
+from prebuilds.stores._sqlite import SCHEMA_VERSION
+
+
+OpenStore = Callable[..., SQLiteStore]
+
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+LOOKBACK = timedelta(hours=1)
+#: Generous bound for joins and barriers: only reached if something hangs.
+WAIT = 60.0
+
+
+@pytest.fixture(name="path")
+def _path(tmp_path: Path) -> Path:
+    return tmp_path / "pool.sqlite3"
+
+
+@pytest.fixture(name="open_store")
+def _open_store(path: Path) -> Iterator[OpenStore]:
+    """Open SQLiteStores (on *path* unless told otherwise); all closed after the test."""
+    opened: list[SQLiteStore] = []
+
+    def open_store(where: str | Path = path, **kwargs: Any) -> SQLiteStore:
+        store = SQLiteStore(where, **kwargs)
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        store.close()
+
+
+def raw(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """Run one statement on the file outside the store ("by hand") and commit."""
+    with closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute(sql, params).fetchall()
+        conn.commit()
+    return rows
+
+
+def add_template(store: SQLiteStore) -> Template:
+    template = Template(id=uuid.uuid4(), active_version_id=uuid.uuid4(), name="t")
+    store.put_template(template)
+    return template
+
+
+def add_preset(store: SQLiteStore, template: Template, **kwargs: Any) -> PresetConfig:
+    config = PresetConfig(
+        id=uuid.uuid4(),
+        template_id=template.id,
+        template_version_id=template.active_version_id,
+        desired_instances=kwargs.pop("desired_instances", 1),
+        **kwargs,
+    )
+    store.put_preset(config)
+    return config
+
+
+def ready_pool(store: SQLiteStore, count: int) -> tuple[UUID, list[UUID]]:
+    """A preset with *count* ready, running prebuilds; their IDs oldest first."""
+    preset = add_preset(store, add_template(store), desired_instances=count)
+    ids = []
+    for i in range(count):
+        request = store.create_prebuild(
+            preset.id, now=T0 + timedelta(seconds=i), name=f"prebuild-{i}"
+        )
+        assert request is not None
+        store.build_finished(request.build_id, now=T0, succeeded=True)
+        store.set_ready(request.instance_id)
+        ids.append(request.instance_id)
+    return preset.id, ids
+
+
+def claim_all(store: SQLiteStore, preset_id: UUID, user_id: UUID) -> list[UUID]:
+    """Claim until the pool is empty; the claimed IDs."""
+    claimed: list[UUID] = []
+    while True:
+        instance = store.claim(
+            preset_id=preset_id,
+            user_id=user_id,
+            name=f"claimed-{len(claimed)}",
+            lifecycle=Lifecycle(last_used_at=T0),
+            now=T0 + timedelta(minutes=10),
+        )
+        if instance is None:
+            return claimed
+        assert instance.owner_id == user_id
+        claimed.append(instance.id)
+
+
+def run_threads(count: int, target: Callable[[int], object]) -> None:
+    """Run *target(i)* in *count* threads; re-raise the first failure."""
+    errors: list[BaseException] = []
+
+    def wrapped(i: int) -> None:
+        try:
+            target(i)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=wrapped, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+        assert not thread.is_alive()
+    if errors:
+        raise errors[0]
+
+
+class DeleteClaimRace:
+    """
+    Claimers claim until the pool is empty; deleters start after the first
+    claim and sweep every instance until the claimers are done, then once
+    more, so that a delete of a claimed instance could not go unnoticed.
+    """
+
+    def __init__(
+        self,
+        store: SQLiteStore,
+        preset_id: UUID,
+        ids: list[UUID],
+        *,
+        claimers: int,
+        deleters: int,
+    ) -> None:
+        self.store = store
+        self.preset_id = preset_id
+        self.ids = ids
+        self.claimers = claimers
+        self.claimed: list[list[UUID]] = [[] for _ in range(claimers)]
+        self.deleted: list[list[UUID]] = [[] for _ in range(deleters)]
+        self.first_claim = threading.Event()
+        self.claimers_done = threading.Event()
+        self._lock = threading.Lock()
+        self._finished = 0
+
+    def run(self, i: int) -> None:
+        if i < self.claimers:
+            self.claim(i)
+        else:
+            self.delete(i - self.claimers)
+
+    def claim(self, i: int) -> None:
+        user = uuid.uuid4()
+        try:
+            while True:
+                instance = self.store.claim(
+                    preset_id=self.preset_id,
+                    user_id=user,
+                    name="claimed",
+                    lifecycle=Lifecycle(last_used_at=T0),
+                    now=T0 + timedelta(minutes=10),
+                )
+                if instance is None:
+                    return
+                self.claimed[i].append(instance.id)
+                self.first_claim.set()
+        finally:
+            with self._lock:
+                self._finished += 1
+                if self._finished == self.claimers:
+                    self.first_claim.set()
+                    self.claimers_done.set()
+
+    def delete(self, i: int) -> None:
+        assert self.first_claim.wait(WAIT)
+        order = list(self.ids)
+        random.Random(i).shuffle(order)
+        while True:
+            last_sweep = self.claimers_done.is_set()
+            for instance_id in order:
+                request = self.store.delete_prebuild(instance_id, now=T0)
+                if request is not None:
+                    self.deleted[i].append(request.instance_id)
+            if last_sweep:
+                return
+
+
+# -- child processes (module level: spawn imports them by name) ---------------
+
+
+def _child_open(path: str, barrier: Any, queue: Any) -> None:
+    try:
+        barrier.wait(WAIT)
+        with SQLiteStore(path) as store:
+            queue.put(("ok", store.is_paused()))
+    except BaseException as e:
+        queue.put(("error", repr(e)))
+
+
+def _child_claim(path: str, preset_id: str, barrier: Any, queue: Any) -> None:
+    try:
+        user = uuid.uuid4()
+        with SQLiteStore(path) as store:
+            barrier.wait(WAIT)
+            claimed = claim_all(store, UUID(preset_id), user)
+            owners = {store.get_instance(i).owner_id for i in claimed}
+        queue.put(
+            ("ok", [str(i) for i in claimed], [str(o) for o in owners], str(user))
+        )
+    except BaseException as e:
+        queue.put(("error", repr(e)))
+
+
+def _child_lead(path: str, held: Any, release: Any, queue: Any, lease_us: int) -> None:
+    try:
+        lease_ttl = timedelta(microseconds=lease_us)
+        with (
+            SQLiteStore(path, lease_ttl=lease_ttl) as store,
+            store.leader() as acquired,
+        ):
+            queue.put(("ok", acquired))
+            held.set()
+            if release is None:
+                queue.close()
+                queue.join_thread()
+                os._exit(0)  # die holding the lease
+            release.wait(WAIT)
+    except BaseException as e:
+        queue.put(("error", repr(e)))
+
+
+def spawn() -> Any:
+    return multiprocessing.get_context("spawn")
+
+
+def result(queue: Any) -> Any:
+    item = queue.get(timeout=WAIT)
+    assert item[0] == "ok", item
+    return item
+
+
+# -- schema --------------------------------------------------------------------
+
+
+class TestSchema:
+    def test_fresh_file_gets_the_current_schema(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """A new file is created with prefixed tables and user_version = SCHEMA_VERSION."""
+        open_store()
+        assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+        tables = {
+            name
+            for (name,) in raw(
+                path, "SELECT name FROM sqlite_master WHERE type = 'table'"
+            )
+        }
+        assert {
+            "prebuilds_settings",
+            "prebuilds_templates",
+            "prebuilds_presets",
+            "prebuilds_instances",
+            "prebuilds_builds",
+            "prebuilds_leader",
+        } <= tables
+        assert all(name.startswith("prebuilds_") for name in tables)
+
+    def test_reopen_keeps_data_and_version(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """Re-opening a file is a no-op migration and sees what was written."""
+        first = open_store()
+        template = add_template(first)
+        first.set_paused(True)
+        first.close()
+        second = open_store()
+        assert second.get_template(template.id) == template
+        assert second.is_paused()
+        assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+    def test_newer_schema_is_refused(self, open_store: OpenStore, path: Path) -> None:
+        """A file written by a newer library raises SchemaVersionError (a StoreError)."""
+        open_store().close()
+        raw(path, f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        with pytest.raises(SchemaVersionError, match="schema version"):
+            open_store()
+        assert issubclass(SchemaVersionError, StoreError)
+
+    def test_threads_migrating_one_file_at_once(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """Eight threads opening a new file together all succeed; it is migrated once."""
+        barrier = threading.Barrier(8)
+        stores: list[SQLiteStore] = []
+
+        def open_one(_: int) -> None:
+            barrier.wait(WAIT)
+            stores.append(open_store())
+
+        run_threads(8, open_one)
+        assert len(stores) == 8
+        template = add_template(stores[0])
+        assert all(s.get_template(template.id) == template for s in stores)
+        assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+    def test_processes_migrating_one_file_at_once(self, path: Path) -> None:
+        """Two processes opening a new file together both succeed."""
+        ctx = spawn()
+        barrier = ctx.Barrier(2)
+        queue = ctx.Queue()
+        procs = [
+            ctx.Process(target=_child_open, args=(str(path), barrier, queue))
+            for _ in range(2)
+        ]
+        for proc in procs:
+            proc.start()
+        results = [result(queue) for _ in procs]
+        for proc in procs:
+            proc.join(WAIT)
+        assert results == [("ok", False), ("ok", False)]
+        assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+    def test_pragmas(self, open_store: OpenStore, path: Path) -> None:
+        """Files use WAL; connections use synchronous=NORMAL, foreign keys and a busy timeout."""
+        store = open_store(busy_timeout=2.5)
+        assert raw(path, "PRAGMA journal_mode") == [("wal",)]
+        conn = store._handle().conn
+        assert conn.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+        assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
+        assert conn.execute("PRAGMA busy_timeout").fetchone() == (2500,)
+
+    def test_in_memory_store_works_across_threads(self, open_store: OpenStore) -> None:
+        """':memory:' shares one connection under a lock: threads see one database."""
+        store = open_store(":memory:")
+        preset_id, ids = ready_pool(store, 40)
+        claimed: list[list[UUID]] = [[] for _ in range(4)]
+        run_threads(
+            4, lambda i: claimed[i].extend(claim_all(store, preset_id, uuid.uuid4()))
+        )
+        every = [i for chunk in claimed for i in chunk]
+        assert sorted(every) == sorted(ids)
+
+
+# -- snapshot ----------------------------------------------------------------------
+
+
+class TestSnapshot:
+    @staticmethod
+    def statements_per_snapshot(store: SQLiteStore) -> int:
+        before = store.statement_count()
+        store.snapshot(now=T0, backoff_lookback=LOOKBACK, hard_limit=3)
+        return store.statement_count() - before
+
+    def test_statement_count_is_constant(
+        self, open_store: OpenStore, tmp_path: Path
+    ) -> None:
+        """A snapshot costs the same few statements for 10 presets as for 1000."""
+        counts = []
+        for presets in (10, 1000):
+            store = open_store(tmp_path / f"{presets}.sqlite3")
+            templates = [add_template(store) for _ in range(5)]
+            for i in range(presets):
+                add_preset(
+                    store,
+                    templates[i % 5],
+                    scheduling_timezone="UTC",
+                    schedules=[PrebuildSchedule(cron="* 8-18 * * 1-5", instances=2)],
+                )
+            ready_pool(store, 3)
+            snapshot = store.snapshot(now=T0, backoff_lookback=LOOKBACK, hard_limit=3)
+            assert len(snapshot.presets) == presets + 1
+            assert len(snapshot.running) == 3
+            counts.append(self.statements_per_snapshot(store))
+        assert counts[0] == counts[1]
+        assert counts[0] <= 7  # BEGIN, five queries, COMMIT
+
+    def test_snapshot_is_one_read_transaction(self, open_store: OpenStore) -> None:
+        """Every query of a snapshot runs between one BEGIN and its COMMIT."""
+        store = open_store()
+        ready_pool(store, 2)
+        seen: list[str] = []
+        conn = store._handle().conn
+        conn.set_trace_callback(seen.append)
+        try:
+            store.snapshot(now=T0, backoff_lookback=LOOKBACK, hard_limit=3)
+        finally:
+            conn.set_trace_callback(None)
+        assert seen[0] == "BEGIN"
+        assert seen[-1] == "COMMIT"
+        assert not any(s.startswith(("BEGIN", "COMMIT")) for s in seen[1:-1])
+        assert len(seen) == self.statements_per_snapshot(store)
+
+    def test_hand_written_invalid_presets_are_reported_and_skipped(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """Bad stored configs go to invalid_presets; the other presets still appear."""
+        store = open_store()
+        template = add_template(store)
+        good = add_preset(store, template)
+        bad = {
+            "cron": add_preset(store, template),
+            "scheduling_timezone": add_preset(store, template),
+            "desired_instances": add_preset(store, template),
+            "schedules": add_preset(store, template),
+            "status": add_preset(store, template),
+        }
+        updates = {
+            "cron": ("schedules", '[["0 8 * * *", 1]]'),
+            "scheduling_timezone": ("scheduling_timezone", "Mars/Olympus_Mons"),
+            "desired_instances": ("desired_instances", -1),
+            "schedules": ("schedules", "not json"),
+            "status": ("status", "sleepy"),
+        }
+        for key, (column, value) in updates.items():
+            raw(
+                path,
+                f"UPDATE prebuilds_presets SET {column} = ? WHERE id = ?",  # noqa: S608
+                (value, str(bad[key].id)),
+            )
+        snapshot = store.snapshot(now=T0, backoff_lookback=LOOKBACK, hard_limit=3)
+        assert [p.id for p in snapshot.presets] == [good.id]
+        reported = {i.preset_id: i for i in snapshot.invalid_presets}
+        assert set(reported) == {c.id for c in bad.values()}
+        for key, config in bad.items():
+            assert reported[config.id].field == key
+            assert reported[config.id].reason
+        with pytest.raises(InvalidInputError) as info:
+            store.get_preset(bad["scheduling_timezone"].id)
+        assert info.value.field == "scheduling_timezone"
+        assert store.get_preset(good.id).id == good.id
+
+
+# -- concurrency -----------------------------------------------------------------
+
+
+class TestClaims:
+    def test_eight_threads_claim_each_instance_once(
+        self, open_store: OpenStore
+    ) -> None:
+        """200 prebuilds claimed by 8 threads: none twice, each owned by its claimer."""
+        store = open_store()
+        preset_id, ids = ready_pool(store, 200)
+        users = [uuid.uuid4() for _ in range(8)]
+        claimed: list[list[UUID]] = [[] for _ in range(8)]
+        barrier = threading.Barrier(8)
+
+        def claimer(i: int) -> None:
+            barrier.wait(WAIT)
+            claimed[i].extend(claim_all(store, preset_id, users[i]))
+
+        run_threads(8, claimer)
+        every = [i for chunk in claimed for i in chunk]
+        assert len(every) == len(set(every)) == 200
+        assert set(every) == set(ids)
+        for user, chunk in zip(users, claimed, strict=True):
+            for instance_id in chunk:
+                assert store.get_instance(instance_id).owner_id == user
+        assert store.list_instances(owner_id=PREBUILDS_OWNER_ID) == []
+
+    def test_two_processes_claim_each_instance_once(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """Two processes claiming from one file never get the same instance."""
+        store = open_store()
+        preset_id, ids = ready_pool(store, 100)
+        ctx = spawn()
+        barrier = ctx.Barrier(2)
+        queue = ctx.Queue()
+        procs = [
+            ctx.Process(
+                target=_child_claim, args=(str(path), str(preset_id), barrier, queue)
+            )
+            for _ in range(2)
+        ]
+        for proc in procs:
+            proc.start()
+        results = [result(queue) for _ in procs]
+        for proc in procs:
+            proc.join(WAIT)
+        every = [UUID(i) for _, claimed, _, _ in results for i in claimed]
+        assert len(every) == len(set(every))
+        assert set(every) == set(ids)
+        for _, claimed, owners, user in results:
+            assert owners == ([user] if claimed else [])
+        assert store.list_instances(owner_id=PREBUILDS_OWNER_ID) == []
+
+    @pytest.mark.skipif(
+        "fork" not in multiprocessing.get_all_start_methods(), reason="no fork"
+    )
+    @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
+    def test_forked_child_uses_its_own_connection(self, open_store: OpenStore) -> None:
+        """A store used in a forked child opens new connections and still claims atomically."""
+        store = open_store()
+        preset_id, ids = ready_pool(store, 2)
+        parent_handle = store._handle()
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+
+        def child() -> None:
+            try:
+                claimed = claim_all(store, preset_id, uuid.uuid4())
+                fresh = store._handle() is not parent_handle
+                queue.put(("ok", [str(i) for i in claimed], fresh))
+            except BaseException as e:
+                queue.put(("error", repr(e)))
+
+        proc = ctx.Process(target=child)
+        proc.start()
+        outcome = result(queue)
+        proc.join(WAIT)
+        assert sorted(UUID(i) for i in outcome[1]) == sorted(ids)
+        assert outcome[2]  # the child did not use the parent's connection
+        assert store._handle() is parent_handle
+        assert claim_all(store, preset_id, uuid.uuid4()) == []
+
+    def test_delete_and_claim_never_both_win(self, open_store: OpenStore) -> None:
+        """
+        Racing claims and deletes: each instance is claimed or deleted, never
+        both, and a claimed instance never gets a delete build.
+        """
+        store = open_store()
+        preset_id, ids = ready_pool(store, 120)
+        race = DeleteClaimRace(store, preset_id, ids, claimers=4, deleters=4)
+        run_threads(8, race.run)
+        won_claim = [i for chunk in race.claimed for i in chunk]
+        won_delete = [i for chunk in race.deleted for i in chunk]
+        assert won_claim  # the deleters waited for a first claim
+        assert len(won_claim) == len(set(won_claim))
+        assert len(won_delete) == len(set(won_delete))
+        assert not set(won_claim) & set(won_delete)
+        assert set(won_claim) | set(won_delete) == set(ids)
+        for instance_id in won_claim:
+            transitions = [
+                b.transition for b in store.list_builds(instance_id=instance_id)
+            ]
+            assert Transition.DELETE not in transitions
+        for instance_id in won_delete:
+            assert store.get_instance(instance_id).owner_id == PREBUILDS_OWNER_ID
+
+
+class TestLeader:
+    def test_lease_across_threads(self, open_store: OpenStore) -> None:
+        """One thread leads inside its scope; others get False until it exits."""
+        store = open_store()
+        other = open_store()  # another store object on the same file
+        held, release = threading.Event(), threading.Event()
+        outcome: list[bool] = []
+
+        def lead(_: int) -> None:
+            with store.leader() as acquired:
+                outcome.append(acquired)
+                held.set()
+                assert release.wait(WAIT)
+
+        thread = threading.Thread(target=lead, args=(0,))
+        thread.start()
+        assert held.wait(WAIT)
+        with store.leader() as second, other.leader() as third:
+            assert (second, third) == (False, False)
+        release.set()
+        thread.join(WAIT)
+        assert outcome == [True]
+        with other.leader() as after:
+            assert after
+        with store.leader() as after_again:
+            assert after_again
+
+    def test_nested_scope_in_one_thread_is_not_reentrant(
+        self, open_store: OpenStore
+    ) -> None:
+        """Each leader() call has its own token: a nested call yields False."""
+        store = open_store()
+        with store.leader() as outer:
+            with store.leader() as inner:
+                assert (outer, inner) == (True, False)
+            with store.leader() as inner_again:
+                assert not inner_again
+        with store.leader() as later:
+            assert later
+
+    def test_expired_lease_is_taken_over_and_not_released_by_its_old_holder(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """A lease past expires_at is taken; the old holder's exit leaves the new one."""
+        store = open_store()
+        with store.leader() as first:
+            assert first
+            raw(path, "UPDATE prebuilds_leader SET expires_at = 0")
+            with store.leader() as second:
+                assert second
+                holder = raw(path, "SELECT holder FROM prebuilds_leader")
+            # the second scope released its own row
+            assert raw(path, "SELECT holder FROM prebuilds_leader") == []
+            raw(
+                path,
+                "INSERT INTO prebuilds_leader VALUES ('reconciler', 'someone', ?)",
+                (2**62,),
+            )
+        # the first scope's exit must not delete someone else's lease
+        assert raw(path, "SELECT holder FROM prebuilds_leader") == [("someone",)]
+        assert len(holder) == 1
+        with store.leader() as blocked:
+            assert not blocked
+
+    def test_lease_across_processes(self, open_store: OpenStore, path: Path) -> None:
+        """A lease held in another process blocks this one until it is released."""
+        store = open_store()
+        ctx = spawn()
+        held, release, queue = ctx.Event(), ctx.Event(), ctx.Queue()
+        proc = ctx.Process(
+            target=_child_lead, args=(str(path), held, release, queue, 60_000_000)
+        )
+        proc.start()
+        assert result(queue) == ("ok", True)
+        assert held.wait(WAIT)
+        with store.leader() as acquired:
+            assert not acquired
+        release.set()
+        proc.join(WAIT)
+        assert proc.exitcode == 0
+        with store.leader() as acquired:
+            assert acquired
+
+    def test_lease_of_a_dead_process_expires(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """A process that dies holding the lease blocks others only until it expires."""
+        store = open_store()
+        ctx = spawn()
+        held, queue = ctx.Event(), ctx.Queue()
+        # a one-microsecond lease: expired by the time the child has exited
+        proc = ctx.Process(target=_child_lead, args=(str(path), held, None, queue, 1))
+        proc.start()
+        assert result(queue) == ("ok", True)
+        proc.join(WAIT)
+        assert len(raw(path, "SELECT holder FROM prebuilds_leader")) == 1
+        with store.leader() as acquired:
+            assert acquired
+
+
+# -- errors and encoding ------------------------------------------------------------
+
+
+class TestErrors:
+    def test_closed_store_raises_store_error(self, open_store: OpenStore) -> None:
+        """Every call on a closed store raises StoreError; close is idempotent."""
+        store = open_store()
+        template = add_template(store)
+        store.close()
+        store.close()
+        calls: list[Callable[[], object]] = [
+            lambda: store.get_template(template.id),
+            store.is_paused,
+            lambda: store.snapshot(now=T0, backoff_lookback=LOOKBACK, hard_limit=1),
+            lambda: store.claim(
+                preset_id=uuid.uuid4(),
+                user_id=uuid.uuid4(),
+                name="x",
+                lifecycle=Lifecycle(),
+                now=T0,
+            ),
+            lambda: store.leader().__enter__(),
+        ]
+        for call in calls:
+            with pytest.raises(StoreError, match="closed"):
+                call()
+
+    def test_context_manager_closes(self, path: Path) -> None:
+        """`with SQLiteStore(...)` closes the store on exit."""
+        with SQLiteStore(path) as store:
+            assert not store.is_paused()
+        with pytest.raises(StoreError):
+            store.is_paused()
+
+    def test_dropped_table_is_a_store_error(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """A driver error (here a missing table) is wrapped in StoreError from sqlite3.Error."""
+        store = open_store()
+        raw(path, "DROP TABLE prebuilds_settings")
+        with pytest.raises(StoreError) as info:
+            store.is_paused()
+        assert isinstance(info.value.__cause__, sqlite3.Error)
+
+    def test_corrupt_row_is_a_store_error(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """A row that cannot be decoded raises StoreError, not a bare ValueError."""
+        store = open_store()
+        _, (instance_id, *_) = ready_pool(store, 1)
+        raw(
+            path,
+            "UPDATE prebuilds_instances SET created_at = 'yesterday' WHERE id = ?",
+            (str(instance_id),),
+        )
+        with pytest.raises(StoreError, match="corrupt instance"):
+            store.get_instance(instance_id)
+
+    def test_not_a_database(self, tmp_path: Path) -> None:
+        """Opening a file that is not SQLite raises StoreError."""
+        path = tmp_path / "junk.sqlite3"
+        path.write_bytes(b"this is not a database" * 100)
+        with pytest.raises(StoreError):
+            SQLiteStore(path)
+
+    def test_locked_database_is_a_store_error(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """A writer blocked past busy_timeout gets StoreError; the store stays usable."""
+        store = open_store(busy_timeout=0)
+        template = add_template(store)
+        with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreError, match="locked"):
+                add_preset(store, template)
+            conn.execute("ROLLBACK")
+        add_preset(store, template)
+
+    def test_not_found_errors_pass_through(self, open_store: OpenStore) -> None:
+        """Not-found errors are raised as such, not wrapped."""
+        store = open_store()
+        with pytest.raises(InstanceNotFoundError):
+            store.get_instance(uuid.uuid4())
+        with pytest.raises(BuildNotFoundError):
+            store.build_started(uuid.uuid4(), now=T0)
+        with pytest.raises(PresetNotFoundError):
+            store.create_prebuild(uuid.uuid4(), now=T0, name="x")
+        with pytest.raises(InvalidInputError):
+            store.get_template(uuid.uuid4())
+
+    def test_invalid_constructor_arguments(self, path: Path) -> None:
+        """A non-positive lease TTL or a negative busy timeout is rejected."""
+        with pytest.raises(InvalidInputError):
+            SQLiteStore(path, lease_ttl=timedelta(0))
+        with pytest.raises(InvalidInputError):
+            SQLiteStore(path, busy_timeout=-1)
+
+
+class TestEncoding:
+    def test_datetimes_round_trip_exactly_as_utc(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """Datetimes keep their microseconds and come back as aware UTC."""
+        store = open_store()
+        template = add_template(store)
+        preset = add_preset(store, template)
+        paris = timezone(timedelta(hours=2))
+        created = datetime(2024, 6, 1, 12, 0, 0, 123457, tzinfo=paris)
+        request = store.create_prebuild(preset.id, now=created, name="p")
+        assert request is not None
+        instance = store.get_instance(request.instance_id)
+        assert instance.created_at == created
+        assert instance.created_at.tzinfo is timezone.utc
+        assert instance.created_at.microsecond == 123457
+        stored = raw(path, "SELECT created_at FROM prebuilds_instances")
+        assert stored == [
+            (
+                (created - datetime(1970, 1, 1, tzinfo=timezone.utc))
+                // timedelta(microseconds=1),
+            )
+        ]
+
+    def test_extreme_values_round_trip_or_are_rejected(
+        self, open_store: OpenStore
+    ) -> None:
+        """datetime.min/max round-trip; a TTL beyond 64-bit microseconds is InvalidInputError."""
+        store: Store = open_store()  # also checks SQLiteStore against the Protocol
+        template = Template(
+            id=uuid.uuid4(),
+            active_version_id=uuid.uuid4(),
+            default_ttl=timedelta(days=100_000),
+        )
+        store.put_template(template)
+        assert store.get_template(template.id) == template
+        preset = PresetConfig(
+            id=uuid.uuid4(),
+            template_id=template.id,
+            template_version_id=template.active_version_id,
+            desired_instances=1,
+        )
+        store.put_preset(preset)
+        utc = timezone.utc
+        for at in (datetime.min.replace(tzinfo=utc), datetime.max.replace(tzinfo=utc)):
+            store.invalidate_preset(preset.id, at=at)
+            assert store.get_preset(preset.id).last_invalidated_at == at
+        with pytest.raises(InvalidInputError) as info:
+            store.put_template(attrs.evolve(template, default_ttl=timedelta.max))
+        assert info.value.field == "default_ttl"
+
+    def test_naive_datetime_is_rejected(self, open_store: OpenStore) -> None:
+        """A naive datetime raises InvalidInputError before touching the database."""
+        store = open_store()
+        naive = datetime(2024, 1, 1)  # noqa: DTZ001
+        with pytest.raises(InvalidInputError):
+            store.snapshot(now=naive, backoff_lookback=LOOKBACK, hard_limit=1)
+
+    def test_connections_of_finished_threads_are_closed(
+        self, open_store: OpenStore
+    ) -> None:
+        """A new connection closes those of threads that have ended; close() closes the rest."""
+        store = open_store()
+        for _ in range(3):
+            run_threads(1, lambda _: store.is_paused())
+            assert len(store._handles) <= 2  # the main thread's + the latest thread's
+        run_threads(2, lambda _: store.is_paused())
+        assert len(store._handles) <= 3
+        store.close()
+        assert store._handles == []
