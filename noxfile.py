@@ -70,7 +70,7 @@ def typing(session: nox.Session) -> None:
 @nox.session(python=LATEST)
 def docs(session: nox.Session) -> None:
     """Build the docs, nitpicky, warnings as errors (examples run in tests)."""
-    session.install("-e", ".[testing]", *group("docs"))
+    session.install("-e", ".[postgres,testing]", *group("docs"))
     session.run(
         "sphinx-build",
         "-n",

@@ -63,6 +63,9 @@ class CollectingEventSink:
     """
     Keep every event in :attr:`events`, in order (tests, simulations).
 
+    Attributes:
+        events: The events emitted so far, oldest first.
+
     .. versionadded:: 0.1.0
     """
 
