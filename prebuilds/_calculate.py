@@ -103,9 +103,10 @@ def calculate_actions(
     The actions that reconcile one preset's pool at *now*.
 
     Returns:
-        A new list with no no-op actions, in execution order: ``[BACKOFF]``
-        alone; or ``[CANCEL_PENDING?, DELETE?]`` for an inactive preset; or
-        ``[DELETE(expired)?, DELETE(extraneous)?, CREATE?]`` for an active one.
+        A new list with no no-op actions, in execution order. It is
+        ``[BACKOFF]`` alone; or ``[CANCEL_PENDING?, DELETE?]`` for an
+        inactive preset; or ``[DELETE(expired)?, DELETE(extraneous)?,
+        CREATE?]`` for an active one.
 
     Raises:
         InvalidInputError: *now* is naive or *backoff_interval* negative.

@@ -75,6 +75,12 @@ def _tuple(value: Iterable[object]) -> tuple[object, ...]:
     return tuple(value)
 
 
+def _frozenset(value: Iterable[UUID]) -> frozenset[UUID]:
+    # A typed converter: with the generic ``frozenset`` mypy cannot infer the
+    # parameter type and rejects every argument.
+    return frozenset(value)
+
+
 def _check_instances(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
     non_negative(_inst, attribute, value)
 
@@ -396,7 +402,7 @@ class GlobalSnapshot:
     pending: tuple[PendingCount, ...] = attrs.field(default=(), converter=_tuple)
     backoffs: tuple[Backoff, ...] = attrs.field(default=(), converter=_tuple)
     hard_limited: frozenset[UUID] = attrs.field(
-        default=frozenset(), converter=frozenset
+        default=frozenset(), converter=_frozenset
     )
     invalid_presets: tuple[InvalidPreset, ...] = attrs.field(
         default=(), converter=_tuple

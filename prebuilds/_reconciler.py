@@ -27,7 +27,11 @@ from prebuilds._model import (
     ReconciliationActions,
 )
 from prebuilds._records import Event, EventKind
-from prebuilds.exceptions import InvalidInputError, ProvisionerValidationError
+from prebuilds.exceptions import (
+    InvalidInputError,
+    ProvisionerValidationError,
+    StoreError,
+)
 
 
 if TYPE_CHECKING:
@@ -61,11 +65,12 @@ class StoreReconciler:
     size by running the pure calculator and executing its actions.
 
     One pass (:meth:`reconcile_all`): take the store's leader lock (skip the
-    pass if another replica holds it); stop if paused; fail stuck builds;
-    take one snapshot; for each preset, in parallel on at most *max_workers*
-    threads, calculate and execute its actions. A preset that raises is
-    logged, counted and skipped; the pass goes on. A store failure ends the
-    pass (logged, counted); the next pass starts clean.
+    pass if another replica holds it); stop if paused; take one snapshot;
+    fail stuck builds (they are replaced from the next pass on); for each
+    preset, in parallel on at most *max_workers* threads, calculate and
+    execute its actions. A preset that raises is logged, counted and
+    skipped; the pass goes on. A store failure (:class:`StoreError`) ends
+    the pass (logged, counted); the next pass starts clean.
 
     :meth:`run` passes once at start, then every *interval*, until
     :meth:`stop`.
@@ -89,6 +94,13 @@ class StoreReconciler:
         max_workers: Presets reconciled in parallel (1: in order, in the
             calling thread).
         name_factory: Names for new pooled instances.
+
+    Attributes:
+        pass_errors: Passes that ended with an error (a store failure),
+            since start.
+        replacements: Resource replacements reported through
+            :meth:`track_resource_replacement`, counted per preset ID (a
+            ``collections.Counter``).
 
     Raises:
         InvalidInputError: a negative interval, limit or worker count.
@@ -140,6 +152,7 @@ class StoreReconciler:
         self._stop_event = threading.Event()
         self._done = threading.Event()
         self._running = False
+        self._loop_thread: int | None = None
         self._stopped = False
         self._cause: BaseException | None = None
         self._submitter: ThreadPoolExecutor | None = None
@@ -161,6 +174,7 @@ class StoreReconciler:
             if self._running or self._stopped:
                 return
             self._running = True
+            self._loop_thread = threading.get_ident()
             self._done.clear()
         try:
             while not self._stop_event.is_set():
@@ -184,7 +198,11 @@ class StoreReconciler:
         with self._state_lock:
             first = not self._stopped
             self._stopped = True
-            running = self._running
+            # Called from the loop itself (an event sink, a provisioner):
+            # the pass cannot be waited for; the loop ends after it.
+            running = (
+                self._running and self._loop_thread != threading.get_ident()
+            )
             if first:
                 self._cause = cause
         self._stop_event.set()
@@ -252,6 +270,11 @@ class StoreReconciler:
     def _pass(self, stats: ReconcileStats) -> ReconcileStats:
         if self._store.is_paused():
             return attrs.evolve(stats, paused=True)
+        # The snapshot comes first: a store may read it through a transaction
+        # opened with the leader scope (PostgreSQL), which would not see the
+        # stuck builds failed below. They are replaced from the next pass on,
+        # the same on every store.
+        snapshot = self.snapshot_state(self._store)
         now = self._clock.now()
         if self._build_timeout is not None:
             for build in self._store.fail_stuck_builds(
@@ -264,8 +287,6 @@ class StoreReconciler:
                     build_id=build.id,
                     detail=f"{build.transition.value} build timed out",
                 )
-        snapshot = self.snapshot_state(self._store)
-        now = self._clock.now()
         for invalid in snapshot.invalid_presets:
             self._emit(
                 EventKind.INVALID_PRESET,
@@ -318,6 +339,8 @@ class StoreReconciler:
             actions = calculate_actions(
                 ps, now=now, backoff_interval=self._backoff_interval
             )
+        except StoreError:
+            raise  # a store failure ends the pass
         except Exception as e:  # noqa: BLE001 - one preset never stops the rest
             self._preset_error(preset.id, e, result)
             return result
@@ -325,6 +348,8 @@ class StoreReconciler:
         for action in actions:
             try:
                 self._execute(ps, action, now, expired, result)
+            except StoreError:
+                raise  # a store failure ends the pass
             except Exception as e:  # noqa: BLE001 - go on with the next action
                 self._preset_error(preset.id, e, result)
         return result
@@ -418,10 +443,16 @@ class StoreReconciler:
             if self._submit_timeout is None:
                 self._provisioner.submit(request)
             else:
-                future = self._submitter_pool().submit(
-                    self._provisioner.submit, request
-                )
-                future.result(timeout=self._submit_timeout)
+                pool = self._submitter_pool()
+                future = pool.submit(self._provisioner.submit, request)
+                try:
+                    future.result(timeout=self._submit_timeout)
+                except FutureTimeoutError:
+                    # The worker is stuck in the host's submit: leave that
+                    # pool behind so that later submits get fresh threads.
+                    future.cancel()
+                    self._abandon_submitter(pool)
+                    raise
         except ProvisionerValidationError as e:
             self._store.build_finished(
                 request.build_id,
@@ -467,6 +498,13 @@ class StoreReconciler:
                     self._max_workers, thread_name_prefix="prebuilds-submit"
                 )
             return self._submitter
+
+    def _abandon_submitter(self, pool: ThreadPoolExecutor) -> None:
+        with self._state_lock:
+            if self._submitter is not pool:
+                return
+            self._submitter = None
+        pool.shutdown(wait=False)
 
     def _shutdown_submitter(self) -> None:
         with self._state_lock:

@@ -26,7 +26,7 @@ from prebuilds.exceptions import InvalidInputError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from prebuilds._model import Preset, PrebuildSchedule
+    from prebuilds._model import PrebuildSchedule, Preset
 
 _UTC = timezone.utc
 
@@ -67,13 +67,19 @@ class CronWindow:
         return dom_ok or dow_ok
 
 
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def _parse_field(text: str, name: str, low: int, high: int) -> frozenset[int]:
     if text == "*":
         return frozenset(range(low, high + 1))
     values: set[int] = set()
     for part in text.split(","):
         first, sep, last = part.partition("-")
-        if not first.isdigit() or (sep and not last.isdigit()):
+        # ASCII only: str.isdigit() also accepts "\u0661" (Arabic-Indic one),
+        # which int() reads as 1; cron (and Coder) know only 0-9.
+        if not _is_number(first) or (sep and not _is_number(last)):
             msg = f"{name} field {text!r}: expected *, N, N-M or a comma list"
             raise ValueError(msg)
         start = int(first)
@@ -102,7 +108,7 @@ def parse_cron(cron: str) -> CronWindow:
     try:
         sets = [
             _parse_field(text, name, low, high)
-            for text, (name, low, high) in zip(parts[1:], _FIELDS)
+            for text, (name, low, high) in zip(parts[1:], _FIELDS, strict=True)
         ]
     except ValueError as e:
         raise InvalidInputError("cron", cron, str(e)) from None

@@ -107,7 +107,7 @@ def simulate(
     provisioner = FakeProvisioner(
         store,
         clock,
-        build_time=timedelta(minutes=3),
+        build_time=timedelta(minutes=12),
         failure_rate=0.05,
         seed=seed,
     )
@@ -163,7 +163,7 @@ def _demand(preset: PresetConfig, now: datetime) -> float:
     """Chance per step that a user asks for *preset*: busy in office hours."""
     local_hour = (now + timedelta(hours=2)).hour
     busy = 8 <= local_hour < 18  # noqa: PLR2004
-    return (0.5 if busy else 0.02) if preset.name == "small" else 0.03
+    return (0.6 if busy else 0.02) if preset.name == "small" else 0.03
 
 
 def _status_line(

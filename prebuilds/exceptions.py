@@ -160,6 +160,9 @@ class PrebuildsNotSupportedError(PrebuildsError):
     def __init__(self) -> None:
         super().__init__("prebuilt instances are not enabled in this host")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), ())
+
 
 class StoreError(PrebuildsError):
     """

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from prebuilds.interfaces import Store
+from tests.postgres_cluster import make_postgres_store, postgres_cluster, postgres_dsn  # noqa: F401
 
 
 settings.register_profile(

@@ -64,7 +64,9 @@ def snap(store: Store, now: datetime = T0, *, hard_limit: int = 3):
 
 def ready_prebuild(store: Store, preset_id, now: datetime = T0):
     """Create a prebuild and report it built and ready."""
-    request = store.create_prebuild(preset_id, now=now, name=f"pb-{uuid.uuid4().hex[:6]}")
+    request = store.create_prebuild(
+        preset_id, now=now, name=f"pb-{uuid.uuid4().hex[:6]}"
+    )
     assert request is not None
     store.build_finished(request.build_id, now=now, succeeded=True)
     store.set_ready(request.instance_id)
@@ -260,7 +262,10 @@ class TestSnapshot:
 
         running = {(p.id, p.ready) for p in snap(store).running}
 
-        assert {(ready.instance_id, True), (built_not_ready.instance_id, False)} == running
+        assert {
+            (ready.instance_id, True),
+            (built_not_ready.instance_id, False),
+        } == running
 
     def test_in_progress_counts_by_transition(self, store):
         """Pending and running builds of the active version are counted per transition."""
@@ -272,9 +277,7 @@ class TestSnapshot:
         to_delete = ready_prebuild(store, config.id)
         store.delete_prebuild(to_delete.instance_id, now=T0)
 
-        counts = {
-            (r.preset_id, r.transition, r.count) for r in snap(store).in_progress
-        }
+        counts = {(r.preset_id, r.transition, r.count) for r in snap(store).in_progress}
 
         assert {
             (config.id, Transition.START, 2),
@@ -481,7 +484,10 @@ class TestStuckBuilds:
         )
 
         assert [old.build_id] == [b.id for b in failed]
-        assert ("timeout", BuildStatus.FAILED) == (failed[0].error_kind, failed[0].status)
+        assert ("timeout", BuildStatus.FAILED) == (
+            failed[0].error_kind,
+            failed[0].status,
+        )
         assert BuildStatus.PENDING == store.get_build(young.build_id).status
 
 
