@@ -174,6 +174,7 @@ def _fixup_module_metadata() -> None:
     # modules and keep their own path.
     import contextlib  # noqa: PLC0415
     import inspect  # noqa: PLC0415
+    import typing  # noqa: PLC0415
 
     namespace = globals()
     for name in __all__:
@@ -182,6 +183,13 @@ def _fixup_module_metadata() -> None:
             continue
         if not obj.__module__.startswith(f"{__name__}._"):
             continue
+        if inspect.isclass(obj):
+            # Resolve string annotations while the defining module is still
+            # known, so typing.get_type_hints works on the public classes.
+            own = obj.__dict__.get("__annotations__", {})
+            hints = typing.get_type_hints(obj)
+            with contextlib.suppress(AttributeError, TypeError):
+                obj.__annotations__ = {k: hints[k] for k in own}
         with contextlib.suppress(AttributeError, TypeError):
             obj.__module__ = __name__
 

@@ -112,7 +112,8 @@ def calculate_actions(
         InvalidInputError: *now* is naive or *backoff_interval* negative.
     """
     check_aware("now", now)
-    if not isinstance(backoff_interval, timedelta) or backoff_interval < timedelta(0):
+    interval: object = backoff_interval  # checked: callers may pass anything
+    if not isinstance(interval, timedelta) or interval < timedelta(0):
         raise InvalidInputError(
             "backoff_interval", backoff_interval, "must be a timedelta >= 0"
         )

@@ -131,7 +131,8 @@ def _check_parameters(
     attribute: attrs.Attribute[tuple[tuple[str, str], ...]],
     value: tuple[tuple[str, str], ...],
 ) -> None:
-    for pair in value:
+    pairs: tuple[object, ...] = value  # checked: callers may pass anything
+    for pair in pairs:
         if (
             not isinstance(pair, tuple)
             or len(pair) != 2  # noqa: PLR2004

@@ -1,0 +1,1572 @@
+"""
+PostgresStore: the Store seam on PostgreSQL (psycopg 3), for many replicas.
+
+Needs the ``postgres`` extra (``psycopg`` and ``psycopg-pool``); this is the
+only module of prebuilds that imports them.
+
+How it keeps the store's guarantees:
+
+- every method is one transaction, most of them one statement;
+- ``snapshot`` reads in a constant number of statements inside a
+  ``REPEATABLE READ READ ONLY`` transaction;
+- ``leader()`` takes a transaction-scoped advisory lock
+  (``pg_try_advisory_xact_lock``) inside such a transaction and keeps it open
+  for the scope; a ``snapshot`` in the same thread inside the scope reads
+  through it (Coder's "lock tx");
+- ``claim`` is one ``UPDATE`` whose target is picked by a sub-select with
+  ``FOR UPDATE OF i SKIP LOCKED`` and which re-checks
+  ``owner_id = PREBUILDS_OWNER_ID`` (compare-and-set);
+- ``delete_prebuild`` locks the instance row (``SELECT … FOR UPDATE``) and
+  re-checks its owner and latest build before it writes the delete build.
+
+The library owns its tables: they live in their own schema (``prebuilds`` by
+default), created and upgraded by :meth:`PostgresStore.migrate`.
+"""
+
+# The SQL below is assembled from module constants only; the one variable
+# part, the schema name, is checked against an identifier pattern and quoted.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import uuid
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+from typing_extensions import Self
+
+from prebuilds._model import (
+    Backoff,
+    GlobalSnapshot,
+    InProgressCount,
+    InvalidPreset,
+    PendingCount,
+    Preset,
+    PresetStatus,
+    RunningPrebuild,
+    Transition,
+)
+from prebuilds._records import (
+    PREBUILDS_OWNER_ID,
+    Build,
+    BuildRequest,
+    BuildStatus,
+    Instance,
+    Lifecycle,
+    PresetConfig,
+    Template,
+)
+from prebuilds._validate import check_aware
+from prebuilds.exceptions import (
+    BuildNotFoundError,
+    InstanceNotFoundError,
+    InvalidInputError,
+    PresetNotFoundError,
+    SchemaVersionError,
+    StoreError,
+)
+from prebuilds.stores._common import build_preset, invalid_preset
+
+
+__all__ = ["SCHEMA_VERSION", "PostgresStore"]
+
+#: The schema version this library writes and reads.
+SCHEMA_VERSION = 1
+
+_UTC = timezone.utc
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_STUCK_ERROR = "stuck: no result before the timeout"
+#: How many times a claim retries when its compare-and-set lost a race.
+_CLAIM_ATTEMPTS = 3
+
+_Row = tuple[Any, ...]
+_Connection = psycopg.Connection[Any]
+_Cursor = psycopg.Cursor[Any]
+
+_BEGIN = "BEGIN"
+_BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+
+def _lock_key(purpose: str, schema: str) -> int:
+    """A stable signed 64-bit advisory lock key for *purpose* in *schema*."""
+    digest = hashlib.sha256(f"prebuilds:{purpose}:{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+# -- the schema -----------------------------------------------------------------
+# "{s}" is the quoted schema name, "{pool}" the pool owner's UUID literal.
+# No CHECK constraints on preset fields: a preset written by hand with a bad
+# value must be readable, so that snapshot can report it as invalid.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """
+        CREATE TABLE {s}.settings (
+            singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+            paused boolean NOT NULL DEFAULT false
+        )
+        """,
+        "INSERT INTO {s}.settings (singleton, paused) VALUES (true, false)",
+        """
+        CREATE TABLE {s}.templates (
+            id uuid PRIMARY KEY,
+            active_version_id uuid NOT NULL,
+            name text NOT NULL DEFAULT '',
+            organization_id uuid,
+            deleted boolean NOT NULL DEFAULT false,
+            deprecated boolean NOT NULL DEFAULT false,
+            default_ttl interval
+        )
+        """,
+        """
+        CREATE TABLE {s}.presets (
+            id uuid PRIMARY KEY,
+            template_id uuid NOT NULL REFERENCES {s}.templates (id),
+            template_version_id uuid NOT NULL,
+            desired_instances integer NOT NULL,
+            name text NOT NULL DEFAULT '',
+            ttl interval,
+            scheduling_timezone text NOT NULL DEFAULT '',
+            schedules jsonb NOT NULL DEFAULT '[]',
+            parameters jsonb NOT NULL DEFAULT '[]',
+            status text NOT NULL DEFAULT 'healthy',
+            last_invalidated_at timestamptz
+        )
+        """,
+        "CREATE INDEX presets_template ON {s}.presets (template_id)",
+        """
+        CREATE TABLE {s}.instances (
+            id uuid PRIMARY KEY,
+            preset_id uuid NOT NULL REFERENCES {s}.presets (id),
+            template_id uuid NOT NULL,
+            template_version_id uuid NOT NULL,
+            owner_id uuid NOT NULL,
+            name text NOT NULL,
+            created_at timestamptz NOT NULL,
+            ready boolean NOT NULL DEFAULT false,
+            autostart_schedule text,
+            next_start_at timestamptz,
+            ttl interval,
+            deadline timestamptz,
+            max_deadline timestamptz,
+            dormant_at timestamptz,
+            deleting_at timestamptz,
+            last_used_at timestamptz,
+            deleted boolean NOT NULL DEFAULT false,
+            claimed_at timestamptz
+        )
+        """,
+        # Claims and the running set: the live pool, oldest first.
+        """
+        CREATE INDEX instances_pooled ON {s}.instances (preset_id, created_at, id)
+        WHERE owner_id = '{pool}' AND NOT deleted
+        """,
+        "CREATE INDEX instances_owner ON {s}.instances (owner_id, preset_id)",
+        "CREATE INDEX instances_created ON {s}.instances (created_at, id)",
+        """
+        CREATE TABLE {s}.builds (
+            id uuid PRIMARY KEY,
+            instance_id uuid NOT NULL REFERENCES {s}.instances (id),
+            preset_id uuid NOT NULL,
+            template_version_id uuid NOT NULL,
+            transition text NOT NULL,
+            status text NOT NULL,
+            build_number integer NOT NULL,
+            initiator_id uuid NOT NULL,
+            created_at timestamptz NOT NULL,
+            started_at timestamptz,
+            finished_at timestamptz,
+            error_kind text,
+            error text,
+            CONSTRAINT builds_number UNIQUE (instance_id, build_number)
+        )
+        """,
+        """
+        CREATE INDEX builds_in_progress ON {s}.builds (preset_id)
+        WHERE status IN ('pending', 'running')
+        """,
+        "CREATE INDEX builds_created ON {s}.builds (created_at, instance_id, build_number)",
+    ),
+}
+
+# -- queries ----------------------------------------------------------------------
+_INSTANCE_COLUMNS = """
+    i.id, i.preset_id, i.template_id, i.template_version_id, i.owner_id, i.name,
+    i.created_at, i.ready, i.autostart_schedule, i.next_start_at, i.ttl,
+    i.deadline, i.max_deadline, i.dormant_at, i.deleting_at, i.last_used_at,
+    i.deleted, i.claimed_at
+"""
+_BUILD_COLUMNS = """
+    b.id, b.instance_id, b.preset_id, b.template_version_id, b.transition, b.status,
+    b.build_number, b.initiator_id, b.created_at, b.started_at, b.finished_at,
+    b.error_kind, b.error
+"""
+# The latest build of instance i (highest build number): one index probe.
+_LATEST_BUILD = """
+    JOIN LATERAL (
+        SELECT lb.transition, lb.status
+        FROM {s}.builds lb
+        WHERE lb.instance_id = i.id
+        ORDER BY lb.build_number DESC
+        LIMIT 1
+    ) latest ON true
+"""
+_PRESET_COLUMNS = """
+    p.id, p.template_id, p.template_version_id, p.desired_instances, p.name, p.ttl,
+    p.scheduling_timezone, p.schedules::text, p.parameters::text, p.status,
+    p.last_invalidated_at, t.active_version_id, t.organization_id, t.deleted,
+    t.deprecated
+"""
+
+_SQL_SNAPSHOT_PRESETS = f"""
+    SELECT {_PRESET_COLUMNS}
+    FROM {{s}}.presets p
+    JOIN {{s}}.templates t ON t.id = p.template_id
+    ORDER BY p.id
+"""
+_SQL_SNAPSHOT_RUNNING = f"""
+    SELECT i.id, i.preset_id, i.created_at, i.ready, i.name, i.template_id,
+        i.template_version_id
+    FROM {{s}}.instances i
+    {_LATEST_BUILD}
+    WHERE i.owner_id = '{{pool}}' AND NOT i.deleted
+        AND latest.transition = 'start' AND latest.status = 'succeeded'
+    ORDER BY i.id
+"""
+# Latest builds of the pool, pending or running, on the active version.
+_SQL_SNAPSHOT_IN_PROGRESS = """
+    SELECT b.preset_id, b.transition, count(*), t.id, b.template_version_id
+    FROM {s}.builds b
+    JOIN {s}.instances i ON i.id = b.instance_id
+    JOIN {s}.templates t ON t.id = i.template_id
+    WHERE b.status IN ('pending', 'running')
+        AND b.initiator_id = '{pool}'
+        AND b.template_version_id = t.active_version_id
+        AND NOT EXISTS (
+            SELECT 1 FROM {s}.builds nb
+            WHERE nb.instance_id = b.instance_id AND nb.build_number > b.build_number
+        )
+    GROUP BY b.preset_id, b.transition, t.id, b.template_version_id
+    ORDER BY b.preset_id, b.transition COLLATE "C"
+"""
+# Queued first builds of a version that is no longer the active one.
+_SQL_SNAPSHOT_PENDING = """
+    SELECT b.preset_id, count(*)
+    FROM {s}.builds b
+    JOIN {s}.presets p ON p.id = b.preset_id
+    JOIN {s}.templates t ON t.id = p.template_id
+    WHERE b.status = 'pending'
+        AND b.build_number = 1
+        AND b.transition = 'start'
+        AND b.started_at IS NULL
+        AND b.template_version_id <> t.active_version_id
+    GROUP BY b.preset_id
+    ORDER BY b.preset_id
+"""
+# Backoff and hard limit share their candidates: the latest build of every
+# pool-owned instance, a start on the template's active version, ranked newest
+# first per preset (Coder's GetPresetsBackoff and GetPresetsAtFailureLimit, in
+# one statement). "Deleted or not does not matter, the latest build decides":
+# an instance is marked deleted only by the success of its latest build, a
+# delete, and gets no build after that, so a deleted instance is never a
+# candidate; "NOT i.deleted" says so to the planner, which then reads the live
+# pool (the instances_pooled index) instead of the whole history.
+_SQL_SNAPSHOT_FAILURES = """
+    WITH candidates AS (
+        SELECT b.id, b.preset_id, b.status, b.created_at, t.deleted AS template_deleted
+        FROM {s}.instances i
+        JOIN {s}.templates t ON t.id = i.template_id
+        JOIN LATERAL (
+            SELECT lb.id, lb.preset_id, lb.transition, lb.status, lb.created_at,
+                lb.template_version_id
+            FROM {s}.builds lb
+            WHERE lb.instance_id = i.id
+            ORDER BY lb.build_number DESC
+            LIMIT 1
+        ) b ON true
+        WHERE i.owner_id = '{pool}'
+            AND NOT i.deleted
+            AND b.transition = 'start'
+            AND b.template_version_id = t.active_version_id
+    ),
+    ranked AS (
+        SELECT c.*,
+            row_number() OVER (
+                PARTITION BY c.preset_id ORDER BY c.created_at DESC, c.id DESC
+            ) AS rank_all,
+            row_number() OVER (
+                PARTITION BY c.preset_id, c.template_deleted
+                ORDER BY c.created_at DESC, c.id DESC
+            ) AS rank_live
+        FROM candidates c
+    ),
+    backoff AS (
+        SELECT r.preset_id,
+            count(*) FILTER (
+                WHERE r.status = 'failed' AND r.created_at >= %(since)s
+            ) AS num_failed,
+            max(r.created_at) FILTER (
+                WHERE r.status = 'failed' AND r.created_at >= %(since)s
+                    AND r.rank_live <= p.desired_instances
+            ) AS last_build_at
+        FROM ranked r
+        JOIN {s}.presets p ON p.id = r.preset_id
+        WHERE NOT r.template_deleted
+        GROUP BY r.preset_id
+    ),
+    hard_limited AS (
+        SELECT r.preset_id
+        FROM ranked r
+        WHERE r.rank_all <= %(hard_limit)s
+        GROUP BY r.preset_id
+        HAVING count(*) = %(hard_limit)s AND bool_and(r.status = 'failed')
+    )
+    SELECT 'backoff', preset_id, num_failed, last_build_at
+    FROM backoff WHERE last_build_at IS NOT NULL
+    UNION ALL
+    SELECT 'hard_limited', preset_id, NULL, NULL FROM hard_limited
+    ORDER BY 1, 2
+"""
+
+_SQL_GET_PRESET = f"""
+    SELECT {_PRESET_COLUMNS}
+    FROM {{s}}.presets p
+    JOIN {{s}}.templates t ON t.id = p.template_id
+    WHERE p.id = %(id)s
+"""
+_SQL_GET_INSTANCE = f"""
+    SELECT {_INSTANCE_COLUMNS}, latest.transition, latest.status
+    FROM {{s}}.instances i
+    {_LATEST_BUILD}
+    WHERE i.id = %(id)s
+"""
+_SQL_GET_BUILD = f"SELECT {_BUILD_COLUMNS} FROM {{s}}.builds b WHERE b.id = %(id)s"
+
+_SQL_PUT_TEMPLATE = """
+    INSERT INTO {s}.templates
+        (id, active_version_id, name, organization_id, deleted, deprecated, default_ttl)
+    VALUES (%(id)s, %(active_version_id)s, %(name)s, %(organization_id)s::uuid,
+        %(deleted)s, %(deprecated)s, %(default_ttl)s::interval)
+    ON CONFLICT (id) DO UPDATE SET
+        active_version_id = EXCLUDED.active_version_id,
+        name = EXCLUDED.name,
+        organization_id = EXCLUDED.organization_id,
+        deleted = EXCLUDED.deleted,
+        deprecated = EXCLUDED.deprecated,
+        default_ttl = EXCLUDED.default_ttl
+"""
+# Replaces the configuration, keeps status and last_invalidated_at.
+_SQL_PUT_PRESET = """
+    INSERT INTO {s}.presets
+        (id, template_id, template_version_id, desired_instances, name, ttl,
+         scheduling_timezone, schedules, parameters)
+    SELECT %(id)s::uuid, %(template_id)s::uuid, %(template_version_id)s::uuid,
+        %(desired_instances)s::integer, %(name)s::text, %(ttl)s::interval,
+        %(scheduling_timezone)s::text, %(schedules)s::jsonb, %(parameters)s::jsonb
+    WHERE EXISTS (SELECT 1 FROM {s}.templates WHERE id = %(template_id)s::uuid)
+    ON CONFLICT (id) DO UPDATE SET
+        template_id = EXCLUDED.template_id,
+        template_version_id = EXCLUDED.template_version_id,
+        desired_instances = EXCLUDED.desired_instances,
+        name = EXCLUDED.name,
+        ttl = EXCLUDED.ttl,
+        scheduling_timezone = EXCLUDED.scheduling_timezone,
+        schedules = EXCLUDED.schedules,
+        parameters = EXCLUDED.parameters
+"""
+
+_SQL_CREATE_SOURCE = """
+    SELECT p.template_id, p.template_version_id, p.parameters,
+        p.template_version_id = t.active_version_id
+            AND NOT t.deleted AND NOT t.deprecated
+    FROM {s}.presets p
+    JOIN {s}.templates t ON t.id = p.template_id
+    WHERE p.id = %(id)s
+"""
+_SQL_INSERT_INSTANCE = """
+    INSERT INTO {s}.instances
+        (id, preset_id, template_id, template_version_id, owner_id, name, created_at,
+         ready, last_used_at, deleted)
+    VALUES (%(id)s, %(preset_id)s, %(template_id)s, %(template_version_id)s,
+        '{pool}', %(name)s, %(now)s, false, %(now)s, false)
+"""
+_SQL_INSERT_BUILD = """
+    INSERT INTO {s}.builds
+        (id, instance_id, preset_id, template_version_id, transition, status,
+         build_number, initiator_id, created_at)
+    VALUES (%(id)s, %(instance_id)s, %(preset_id)s, %(template_version_id)s,
+        %(transition)s, 'pending', %(build_number)s, '{pool}', %(now)s)
+"""
+
+_SQL_LOCK_INSTANCE = """
+    SELECT i.owner_id, i.deleted, i.preset_id, i.template_id, i.template_version_id,
+        i.name
+    FROM {s}.instances i
+    WHERE i.id = %(id)s
+    FOR UPDATE
+"""
+_SQL_LATEST_BUILD = """
+    SELECT b.transition, b.status, b.build_number
+    FROM {s}.builds b
+    WHERE b.instance_id = %(id)s
+    ORDER BY b.build_number DESC
+    LIMIT 1
+"""
+_SQL_UNREADY = "UPDATE {s}.instances SET ready = false WHERE id = %(id)s"
+
+_SQL_PRESET_EXISTS = "SELECT 1 FROM {s}.presets WHERE id = %(id)s"
+# Cancel the queued first builds of an inactive version and, in the same
+# statement, give each instance an orphan delete build (number 2).
+_SQL_CANCEL_PENDING = """
+    WITH canceled AS (
+        UPDATE {s}.builds b
+        SET status = 'canceled', finished_at = %(now)s
+        FROM {s}.presets p, {s}.templates t
+        WHERE b.preset_id = %(preset_id)s
+            AND p.id = b.preset_id
+            AND t.id = p.template_id
+            AND b.build_number = 1
+            AND b.transition = 'start'
+            AND b.status = 'pending'
+            AND b.started_at IS NULL
+            AND b.template_version_id <> t.active_version_id
+        RETURNING b.instance_id, b.created_at
+    ),
+    deletes AS (
+        INSERT INTO {s}.builds
+            (id, instance_id, preset_id, template_version_id, transition, status,
+             build_number, initiator_id, created_at)
+        SELECT gen_random_uuid(), i.id, i.preset_id, i.template_version_id, 'delete',
+            'pending',
+            (SELECT max(nb.build_number) + 1 FROM {s}.builds nb
+             WHERE nb.instance_id = i.id),
+            '{pool}', %(now)s
+        FROM canceled c
+        JOIN {s}.instances i ON i.id = c.instance_id
+        RETURNING id, instance_id
+    )
+    SELECT d.id, i.id, i.preset_id, i.template_id, i.template_version_id, i.name
+    FROM deletes d
+    JOIN canceled c ON c.instance_id = d.instance_id
+    JOIN {s}.instances i ON i.id = d.instance_id
+    ORDER BY c.created_at, i.id
+"""
+_SQL_FAIL_STUCK = f"""
+    WITH failed AS (
+        UPDATE {{s}}.builds
+        SET status = 'failed', finished_at = %(now)s, error_kind = 'timeout',
+            error = %(error)s
+        WHERE initiator_id = '{{pool}}'
+            AND status IN ('pending', 'running')
+            AND created_at < %(older_than)s
+        RETURNING *
+    )
+    SELECT {_BUILD_COLUMNS}
+    FROM failed b
+    ORDER BY b.created_at, b.instance_id, b.build_number
+"""
+_SQL_BUILD_STARTED = """
+    WITH started AS (
+        UPDATE {s}.builds SET status = 'running', started_at = %(now)s
+        WHERE id = %(id)s AND status = 'pending'
+        RETURNING id
+    )
+    SELECT EXISTS (SELECT 1 FROM {s}.builds WHERE id = %(id)s)
+"""
+_SQL_BUILD_FINISHED = """
+    WITH finished AS (
+        UPDATE {s}.builds
+        SET status = %(status)s, started_at = coalesce(started_at, %(now)s),
+            finished_at = %(now)s, error_kind = %(error_kind)s, error = %(error)s
+        WHERE id = %(id)s AND status IN ('pending', 'running')
+        RETURNING instance_id, transition
+    ),
+    gone AS (
+        UPDATE {s}.instances SET deleted = true, ready = false
+        WHERE %(succeeded)s
+            AND id = (SELECT instance_id FROM finished WHERE transition = 'delete')
+        RETURNING id
+    )
+    SELECT EXISTS (SELECT 1 FROM {s}.builds WHERE id = %(id)s)
+"""
+_SQL_SET_READY = """
+    WITH updated AS (
+        UPDATE {s}.instances SET ready = %(ready)s
+        WHERE id = %(id)s AND NOT deleted
+        RETURNING id
+    )
+    SELECT EXISTS (SELECT 1 FROM {s}.instances WHERE id = %(id)s)
+"""
+
+# One statement: pick the oldest claimable instance, skipping rows another
+# transaction holds, lock it, and move it to the user only if it is still the
+# pool's (compare-and-set). The outer SELECT says whether a candidate was
+# found, so a lost compare-and-set (retry) is told apart from an empty pool.
+_SQL_CLAIM = f"""
+    WITH candidate AS MATERIALIZED (
+        SELECT i.id, latest.transition, latest.status
+        FROM {{s}}.instances i
+        JOIN {{s}}.presets p ON p.id = i.preset_id
+        JOIN {{s}}.templates t ON t.id = p.template_id
+        {_LATEST_BUILD}
+        WHERE i.preset_id = %(preset_id)s
+            AND i.owner_id = '{{pool}}'
+            AND NOT i.deleted
+            AND i.ready
+            AND latest.transition = 'start'
+            AND latest.status = 'succeeded'
+            AND i.template_version_id = t.active_version_id
+            AND NOT t.deleted
+            AND NOT (
+                p.last_invalidated_at IS NOT NULL
+                AND i.created_at < p.last_invalidated_at
+            )
+            AND NOT (
+                p.ttl IS NOT NULL
+                AND p.ttl <> interval '0'
+                AND %(now)s - i.created_at > p.ttl
+            )
+        ORDER BY i.created_at, i.id
+        LIMIT 1
+        FOR UPDATE OF i SKIP LOCKED
+    ),
+    claimed AS (
+        UPDATE {{s}}.instances i
+        SET owner_id = %(user_id)s,
+            name = %(name)s,
+            autostart_schedule = %(autostart_schedule)s,
+            next_start_at = %(next_start_at)s,
+            ttl = %(ttl)s,
+            deadline = %(deadline)s,
+            max_deadline = %(max_deadline)s,
+            dormant_at = %(dormant_at)s,
+            deleting_at = %(deleting_at)s,
+            last_used_at = %(last_used_at)s,
+            claimed_at = %(now)s
+        WHERE i.id = (SELECT id FROM candidate)
+            AND i.owner_id = '{{pool}}'
+            AND NOT i.deleted
+            AND i.ready
+        RETURNING {_INSTANCE_COLUMNS}
+    )
+    SELECT (SELECT count(*) FROM candidate), claimed.*, c.transition, c.status
+    FROM (VALUES (1)) AS one (x)
+    LEFT JOIN claimed ON true
+    LEFT JOIN candidate c ON c.id = claimed.id
+"""
+
+
+# -- row conversion ---------------------------------------------------------------
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(_UTC)
+
+
+def _utc_opt(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(_UTC)
+
+
+def _instance(row: Sequence[Any]) -> Instance:
+    return Instance(
+        id=row[0],
+        preset_id=row[1],
+        template_id=row[2],
+        template_version_id=row[3],
+        owner_id=row[4],
+        name=row[5],
+        created_at=_utc(row[6]),
+        ready=row[7],
+        lifecycle=Lifecycle(
+            autostart_schedule=row[8],
+            next_start_at=_utc_opt(row[9]),
+            ttl=row[10],
+            deadline=_utc_opt(row[11]),
+            max_deadline=_utc_opt(row[12]),
+            dormant_at=_utc_opt(row[13]),
+            deleting_at=_utc_opt(row[14]),
+            last_used_at=_utc_opt(row[15]),
+        ),
+        deleted=row[16],
+        claimed_at=_utc_opt(row[17]),
+        latest_transition=Transition(row[18]),
+        latest_status=BuildStatus(row[19]),
+    )
+
+
+def _build(row: Sequence[Any]) -> Build:
+    return Build(
+        id=row[0],
+        instance_id=row[1],
+        preset_id=row[2],
+        template_version_id=row[3],
+        transition=Transition(row[4]),
+        status=BuildStatus(row[5]),
+        build_number=row[6],
+        initiator_id=row[7],
+        created_at=_utc(row[8]),
+        started_at=_utc_opt(row[9]),
+        finished_at=_utc_opt(row[10]),
+        error_kind=row[11],
+        error=row[12],
+    )
+
+
+def _json(text: str) -> Any:
+    """A JSON column read as text (most are empty lists: skip the parser)."""
+    return [] if text == "[]" else json.loads(text)
+
+
+def _schedules(raw: Any) -> list[tuple[str, int]]:
+    """Stored schedules (a JSON list of {"cron", "instances"}) as pairs."""
+    if not isinstance(raw, list):
+        raise InvalidInputError("schedules", raw, "must be a JSON list")
+    pairs = []
+    for item in raw:
+        if not isinstance(item, dict) or set(item) != {"cron", "instances"}:
+            raise InvalidInputError(
+                "schedules", item, 'must be {"cron": ..., "instances": ...}'
+            )
+        cron, instances = item["cron"], item["instances"]
+        if not isinstance(cron, str):
+            raise InvalidInputError("cron", cron, "must be a string")
+        if not isinstance(instances, int) or isinstance(instances, bool):
+            raise InvalidInputError("instances", instances, "must be an int")
+        pairs.append((cron, instances))
+    return pairs
+
+
+def _parameters(raw: Any) -> tuple[tuple[str, str], ...]:
+    """Stored parameters (a JSON list of [name, value]) as pairs."""
+    if not isinstance(raw, list):
+        raise InvalidInputError("parameters", raw, "must be a JSON list")
+    pairs = []
+    for item in raw:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2  # noqa: PLR2004
+            or not all(isinstance(v, str) for v in item)
+        ):
+            raise InvalidInputError(
+                "parameters", item, "must be [name, value] string pairs"
+            )
+        pairs.append((item[0], item[1]))
+    return tuple(pairs)
+
+
+def _status(raw: Any) -> PresetStatus:
+    try:
+        return PresetStatus(raw)
+    except ValueError:
+        raise InvalidInputError("status", raw, "unknown preset status") from None
+
+
+def _preset(row: Sequence[Any]) -> Preset:
+    """
+    The calculator's view of a preset row joined with its template.
+
+    Raises:
+        InvalidInputError: the stored preset is not valid.
+    """
+    template = Template(
+        id=row[1],
+        active_version_id=row[11],
+        organization_id=row[12],
+        deleted=row[13],
+        deprecated=row[14],
+    )
+    return build_preset(
+        id=row[0],
+        template_id=row[1],
+        template_version_id=row[2],
+        desired_instances=row[3],
+        name=row[4],
+        ttl=row[5],
+        scheduling_timezone=row[6],
+        schedules=_schedules(_json(row[7])),
+        parameters=_parameters(_json(row[8])),
+        template=template,
+        status=_status(row[9]),
+        last_invalidated_at=_utc_opt(row[10]),
+    )
+
+
+def _preset_or_invalid(row: Sequence[Any]) -> Preset | InvalidPreset:
+    """The preset of *row*, or why it cannot be read."""
+    try:
+        return _preset(row)
+    except InvalidInputError as e:
+        return invalid_preset(row[0], e)
+
+
+def _schedules_json(config: PresetConfig) -> Jsonb:
+    return Jsonb([{"cron": s.cron, "instances": s.instances} for s in config.schedules])
+
+
+def _parameters_json(parameters: tuple[tuple[str, str], ...]) -> Jsonb:
+    return Jsonb([[name, value] for name, value in parameters])
+
+
+class PostgresStore:
+    """
+    A :class:`~prebuilds.interfaces.Store` on PostgreSQL, shared by many
+    replicas.
+
+    Give exactly one source of connections:
+
+    - *conninfo*: a libpq connection string; the store opens its own
+      :class:`psycopg_pool.ConnectionPool` (*min_size*, *max_size*) and
+      closes it in :meth:`close`;
+    - *pool*: the host's :class:`psycopg_pool.ConnectionPool`; the store
+      borrows connections and never closes the pool;
+    - *connect*: a callable returning a new :class:`psycopg.Connection`; the
+      store calls it whenever it needs a connection and closes that
+      connection when done.
+
+    The store runs its transactions with explicit ``BEGIN``/``COMMIT`` in
+    autocommit mode; a borrowed connection that was not in autocommit mode is
+    switched for the duration of the call and switched back.
+
+    A leader scope holds one connection for its whole duration, so a pool
+    needs at least two connections.
+
+    Args:
+        conninfo: A libpq connection string.
+        pool: A host's connection pool.
+        connect: A host's connection factory.
+        schema: The schema holding the store's tables (created if missing).
+        migrate: Create or upgrade the tables now (see :meth:`migrate`).
+        min_size: The own pool's minimum size.
+        max_size: The own pool's maximum size.
+        timeout: Seconds to wait for a connection from a pool.
+
+    Raises:
+        InvalidInputError: not exactly one source of connections, or a bad
+            schema name or pool size.
+        SchemaVersionError: the database holds a newer schema.
+        StoreError: the database could not be reached or migrated.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        conninfo: str | None = None,
+        *,
+        pool: ConnectionPool[Any] | None = None,
+        connect: Callable[[], _Connection] | None = None,
+        schema: str = "prebuilds",
+        migrate: bool = True,
+        min_size: int = 1,
+        max_size: int = 10,
+        timeout: float = 30.0,
+    ) -> None:
+        sources = [s for s in (conninfo, pool, connect) if s is not None]
+        if len(sources) != 1:
+            raise InvalidInputError(
+                "conninfo", conninfo, "give exactly one of conninfo, pool, connect"
+            )
+        if not _SCHEMA_NAME.fullmatch(schema):
+            raise InvalidInputError(
+                "schema", schema, "must be a plain identifier (letters, digits, _)"
+            )
+        if conninfo is not None and (min_size < 1 or max_size < max(2, min_size)):
+            raise InvalidInputError(
+                "max_size",
+                max_size,
+                "need min_size >= 1 and max_size >= max(2, min_size)",
+            )
+        self._schema = schema
+        self._quoted = f'"{schema}"'
+        self._leader_key = _lock_key("leader", schema)
+        self._migrate_key = _lock_key("migrate", schema)
+        self._timeout = timeout
+        self._connect = connect
+        self._pool = pool
+        self._owns_pool = False
+        self._closed = False
+        self._local = threading.local()
+        self._count_lock = threading.Lock()
+        self._statements = 0
+        self._sql: dict[str, str] = {}
+        if conninfo is not None:
+            own = ConnectionPool(
+                conninfo,
+                min_size=min_size,
+                max_size=max_size,
+                kwargs={"autocommit": True},
+                open=False,
+                timeout=timeout,
+                name=f"prebuilds-{schema}",
+            )
+            try:
+                own.open(wait=True, timeout=timeout)
+            except psycopg.Error as e:
+                own.close()
+                raise StoreError(f"cannot connect to PostgreSQL: {e}") from e
+            self._pool = own
+            self._owns_pool = True
+        if migrate:
+            try:
+                self.migrate()
+            except BaseException:
+                self.close()
+                raise
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore schema={self._schema!r}>"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def schema(self) -> str:
+        """The schema holding the store's tables."""
+        return self._schema
+
+    def close(self) -> None:
+        """Close the pool the store opened (a host's pool is left open)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_pool and self._pool is not None:
+            self._pool.close()
+
+    def statement_count(self) -> int:
+        """How many SQL statements the store has sent (BEGIN/COMMIT included)."""
+        with self._count_lock:
+            return self._statements
+
+    # -- plumbing ----------------------------------------------------------------
+    def _q(self, template: str) -> str:
+        """*template* with the schema and the pool owner filled in (cached)."""
+        sql = self._sql.get(template)
+        if sql is None:
+            sql = template.replace("{s}", self._quoted).replace(
+                "{pool}", str(PREBUILDS_OWNER_ID)
+            )
+            self._sql[template] = sql
+        return sql
+
+    def _count(self) -> None:
+        with self._count_lock:
+            self._statements += 1
+
+    def _execute(
+        self, cur: _Cursor, template: str, params: dict[str, Any] | None = None
+    ) -> int:
+        """Run one statement; its row count."""
+        self._count()
+        try:
+            cur.execute(self._q(template), params)
+        except psycopg.Error as e:
+            raise StoreError(f"PostgreSQL error: {e}") from e
+        return cur.rowcount
+
+    def _fetchall(
+        self, cur: _Cursor, template: str, params: dict[str, Any] | None = None
+    ) -> list[_Row]:
+        self._count()
+        try:
+            cur.execute(self._q(template), params)
+            return cur.fetchall()
+        except psycopg.Error as e:
+            raise StoreError(f"PostgreSQL error: {e}") from e
+
+    def _fetchone(
+        self, cur: _Cursor, template: str, params: dict[str, Any] | None = None
+    ) -> _Row | None:
+        rows = self._fetchall(cur, template, params)
+        return rows[0] if rows else None
+
+    @contextmanager
+    def _borrow(self) -> Iterator[_Connection]:
+        """
+        A connection in autocommit mode, for the duration of the block.
+
+        A psycopg error in getting or giving back the connection becomes a
+        StoreError; exceptions of the block itself pass through untouched.
+        """
+        if self._closed:
+            raise StoreError("the store is closed")
+        stack = ExitStack()
+        try:
+            if self._pool is not None:
+                conn = stack.enter_context(self._pool.connection(timeout=self._timeout))
+            elif self._connect is not None:
+                conn = self._connect()
+                stack.callback(conn.close)
+            else:  # pragma: no cover - the constructor requires a source
+                raise StoreError("no source of connections")
+            if not conn.autocommit:
+                conn.autocommit = True
+                stack.callback(_restore_autocommit, conn)
+        except psycopg.Error as e:
+            with suppress(psycopg.Error):
+                stack.close()
+            raise StoreError(f"cannot get a PostgreSQL connection: {e}") from e
+        try:
+            yield conn
+        except BaseException:
+            with suppress(psycopg.Error):
+                stack.close()
+            raise
+        try:
+            stack.close()
+        except psycopg.Error as e:
+            raise StoreError(f"cannot give back a PostgreSQL connection: {e}") from e
+
+    @staticmethod
+    @contextmanager
+    def _cursor(conn: _Connection) -> Iterator[_Cursor]:
+        """A cursor of *conn*; a psycopg error in opening or closing it is a StoreError."""
+        try:
+            cur = conn.cursor()
+        except psycopg.Error as e:
+            raise StoreError(f"PostgreSQL error: {e}") from e
+        try:
+            yield cur
+        finally:
+            with suppress(psycopg.Error):
+                cur.close()
+
+    @contextmanager
+    def _transaction(self, begin: str = _BEGIN) -> Iterator[_Cursor]:
+        """One transaction on a borrowed connection: COMMIT, or ROLLBACK on error."""
+        with self._borrow() as conn, self._cursor(conn) as cur:
+            self._execute(cur, begin)
+            try:
+                yield cur
+            except BaseException:
+                _rollback_quietly(self, cur)
+                raise
+            self._execute(cur, "COMMIT")
+
+    @contextmanager
+    def _statement(self) -> Iterator[_Cursor]:
+        """A cursor for one statement, its own (implicit) transaction."""
+        with self._borrow() as conn, self._cursor(conn) as cur:
+            yield cur
+
+    # -- schema ------------------------------------------------------------------
+    def migrate(self) -> None:
+        """
+        Create or upgrade the store's schema; idempotent.
+
+        Safe when several replicas start at once: the migration runs in one
+        transaction under a transaction-scoped advisory lock, and records the
+        version in ``schema_version``.
+
+        Raises:
+            SchemaVersionError: the database holds a newer schema than this
+                library knows.
+        """
+        with self._transaction() as cur:
+            self._execute(
+                cur, "SELECT pg_advisory_xact_lock(%(key)s)", {"key": self._migrate_key}
+            )
+            exists = self._fetchone(
+                cur,
+                "SELECT 1 FROM pg_namespace WHERE nspname = %(name)s",
+                {"name": self._schema},
+            )
+            if exists is None:
+                self._execute(cur, "CREATE SCHEMA {s}")
+            version = self._installed_version(cur)
+            if version is None:
+                self._execute(
+                    cur,
+                    """
+                    CREATE TABLE {s}.schema_version (
+                        singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+                        version integer NOT NULL
+                    )
+                    """,
+                )
+                version = 0
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"schema {self._schema!r} is at version {version}; this "
+                    f"prebuilds knows up to {SCHEMA_VERSION}: upgrade prebuilds"
+                )
+            if version == SCHEMA_VERSION:
+                return
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[step]:
+                    self._execute(cur, statement)
+            self._execute(
+                cur,
+                """
+                INSERT INTO {s}.schema_version (singleton, version)
+                VALUES (true, %(version)s)
+                ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version
+                """,
+                {"version": SCHEMA_VERSION},
+            )
+
+    def schema_version(self) -> int:
+        """The schema version installed in the database (0: none)."""
+        with self._transaction() as cur:
+            return self._installed_version(cur) or 0
+
+    def _installed_version(self, cur: _Cursor) -> int | None:
+        """The recorded version; None when there is no schema_version table."""
+        table = self._fetchone(
+            cur,
+            "SELECT to_regclass(%(name)s)",
+            {"name": f"{self._quoted}.schema_version"},
+        )
+        if table is None or table[0] is None:
+            return None
+        row = self._fetchone(cur, "SELECT max(version) FROM {s}.schema_version")
+        return 0 if row is None or row[0] is None else int(row[0])
+
+    # -- configuration -----------------------------------------------------------
+    def put_template(self, template: Template) -> None:
+        """Insert or replace *template*."""
+        with self._statement() as cur:
+            self._execute(
+                cur,
+                _SQL_PUT_TEMPLATE,
+                {
+                    "id": template.id,
+                    "active_version_id": template.active_version_id,
+                    "name": template.name,
+                    "organization_id": template.organization_id,
+                    "deleted": template.deleted,
+                    "deprecated": template.deprecated,
+                    "default_ttl": template.default_ttl,
+                },
+            )
+
+    def put_preset(self, preset: PresetConfig) -> None:
+        """Insert or replace a preset's configuration, keeping its status."""
+        with self._statement() as cur:
+            written = self._execute(
+                cur,
+                _SQL_PUT_PRESET,
+                {
+                    "id": preset.id,
+                    "template_id": preset.template_id,
+                    "template_version_id": preset.template_version_id,
+                    "desired_instances": preset.desired_instances,
+                    "name": preset.name,
+                    "ttl": preset.ttl,
+                    "scheduling_timezone": preset.scheduling_timezone,
+                    "schedules": _schedules_json(preset),
+                    "parameters": _parameters_json(preset.parameters),
+                },
+            )
+        if written == 0:
+            raise InvalidInputError(
+                "template_id", preset.template_id, "unknown template"
+            )
+
+    def invalidate_preset(self, preset_id: UUID, *, at: datetime) -> None:
+        """Expire the preset's pooled instances created before *at*."""
+        check_aware("at", at)
+        with self._statement() as cur:
+            updated = self._execute(
+                cur,
+                "UPDATE {s}.presets SET last_invalidated_at = %(at)s WHERE id = %(id)s",
+                {"id": preset_id, "at": at},
+            )
+        if updated == 0:
+            raise PresetNotFoundError(preset_id)
+
+    def set_paused(self, paused: bool) -> None:
+        """Pause or resume reconciliation (persisted)."""
+        with self._statement() as cur:
+            self._execute(
+                cur,
+                """
+                INSERT INTO {s}.settings (singleton, paused) VALUES (true, %(paused)s)
+                ON CONFLICT (singleton) DO UPDATE SET paused = EXCLUDED.paused
+                """,
+                {"paused": bool(paused)},
+            )
+
+    def is_paused(self) -> bool:
+        """Whether reconciliation is paused."""
+        with self._statement() as cur:
+            row = self._fetchone(cur, "SELECT paused FROM {s}.settings")
+        return bool(row is not None and row[0])
+
+    def get_template(self, template_id: UUID) -> Template:
+        """The template with *template_id*."""
+        with self._statement() as cur:
+            row = self._fetchone(
+                cur,
+                """
+                SELECT id, active_version_id, name, organization_id, deleted,
+                    deprecated, default_ttl
+                FROM {s}.templates WHERE id = %(id)s
+                """,
+                {"id": template_id},
+            )
+        if row is None:
+            raise InvalidInputError("template_id", template_id, "unknown template")
+        return Template(
+            id=row[0],
+            active_version_id=row[1],
+            name=row[2],
+            organization_id=row[3],
+            deleted=row[4],
+            deprecated=row[5],
+            default_ttl=row[6],
+        )
+
+    def get_preset(self, preset_id: UUID) -> Preset:
+        """
+        The calculator's view of the preset.
+
+        Raises:
+            PresetNotFoundError: no preset has *preset_id*.
+            InvalidInputError: the stored preset is not valid.
+        """
+        with self._statement() as cur:
+            row = self._fetchone(cur, _SQL_GET_PRESET, {"id": preset_id})
+        if row is None:
+            raise PresetNotFoundError(preset_id)
+        return _preset(row)
+
+    def set_preset_status(self, preset_id: UUID, status: PresetStatus) -> None:
+        """Record the preset's health."""
+        with self._statement() as cur:
+            updated = self._execute(
+                cur,
+                "UPDATE {s}.presets SET status = %(status)s WHERE id = %(id)s",
+                {"id": preset_id, "status": PresetStatus(status).value},
+            )
+        if updated == 0:
+            raise PresetNotFoundError(preset_id)
+
+    # -- reconciler ----------------------------------------------------------------
+    @contextmanager
+    def leader(self) -> Iterator[bool]:
+        """
+        A non-blocking leader scope, shared by every replica on the schema.
+
+        Takes ``pg_try_advisory_xact_lock`` inside a ``REPEATABLE READ READ
+        ONLY`` transaction on a dedicated connection, kept open for the scope
+        (leaving it ends the transaction, which releases the lock). A
+        :meth:`snapshot` in the same thread inside the scope reads through
+        that transaction. Yields False, holding nothing, when another session
+        has the lock.
+        """
+        with ExitStack() as stack:
+            conn = stack.enter_context(self._borrow())
+            cur = stack.enter_context(self._cursor(conn))
+            self._execute(cur, _BEGIN_SNAPSHOT)
+            try:
+                row = self._fetchone(
+                    cur,
+                    "SELECT pg_try_advisory_xact_lock(%(key)s)",
+                    {"key": self._leader_key},
+                )
+                acquired = bool(row is not None and row[0])
+            except BaseException:
+                _rollback_quietly(self, cur)
+                raise
+            if not acquired:
+                self._execute(cur, "ROLLBACK")
+                stack.close()  # hand the connection back before the scope runs
+                yield False
+                return
+            previous = getattr(self._local, "cursor", None)
+            self._local.cursor = cur
+            try:
+                yield True
+            except BaseException:
+                self._local.cursor = previous
+                _rollback_quietly(self, cur)
+                raise
+            self._local.cursor = previous
+            self._execute(cur, "COMMIT")
+
+    def snapshot(
+        self, *, now: datetime, backoff_lookback: timedelta, hard_limit: int
+    ) -> GlobalSnapshot:
+        """
+        One consistent read of every pool, in a constant number of statements.
+
+        Inside a leader scope (same thread) it reads through the scope's
+        transaction; otherwise in its own ``REPEATABLE READ READ ONLY`` one.
+        """
+        check_aware("now", now)
+        params = {"since": now - backoff_lookback, "hard_limit": hard_limit}
+        cur: _Cursor | None = getattr(self._local, "cursor", None)
+        if cur is not None:
+            return self._snapshot(cur, params)
+        with self._transaction(_BEGIN_SNAPSHOT) as own:
+            return self._snapshot(own, params)
+
+    def _snapshot(self, cur: _Cursor, params: dict[str, Any]) -> GlobalSnapshot:
+        preset_rows = self._fetchall(cur, _SQL_SNAPSHOT_PRESETS)
+        running_rows = self._fetchall(cur, _SQL_SNAPSHOT_RUNNING)
+        in_progress_rows = self._fetchall(cur, _SQL_SNAPSHOT_IN_PROGRESS)
+        pending_rows = self._fetchall(cur, _SQL_SNAPSHOT_PENDING)
+        failure_rows = self._fetchall(cur, _SQL_SNAPSHOT_FAILURES, params)
+
+        presets: list[Preset] = []
+        invalid: list[InvalidPreset] = []
+        for row in preset_rows:
+            read = _preset_or_invalid(row)
+            if isinstance(read, InvalidPreset):
+                invalid.append(read)
+            else:
+                presets.append(read)
+        backoffs = []
+        hard_limited = []
+        for kind, preset_id, num_failed, last_build_at in failure_rows:
+            if kind == "backoff":
+                backoffs.append(
+                    Backoff(
+                        preset_id=preset_id,
+                        num_failed=num_failed,
+                        last_build_at=_utc(last_build_at),
+                    )
+                )
+            else:
+                hard_limited.append(preset_id)
+        return GlobalSnapshot(
+            presets=presets,
+            running=[
+                RunningPrebuild(
+                    id=r[0],
+                    preset_id=r[1],
+                    created_at=_utc(r[2]),
+                    ready=r[3],
+                    name=r[4],
+                    template_id=r[5],
+                    template_version_id=r[6],
+                )
+                for r in running_rows
+            ],
+            in_progress=[
+                InProgressCount(
+                    preset_id=r[0],
+                    transition=Transition(r[1]),
+                    count=r[2],
+                    template_id=r[3],
+                    template_version_id=r[4],
+                )
+                for r in in_progress_rows
+            ],
+            pending=[PendingCount(preset_id=r[0], count=r[1]) for r in pending_rows],
+            backoffs=backoffs,
+            hard_limited=hard_limited,
+            invalid_presets=invalid,
+        )
+
+    def create_prebuild(
+        self, preset_id: UUID, *, now: datetime, name: str
+    ) -> BuildRequest | None:
+        """A new pooled instance and its pending start build, in one transaction."""
+        check_aware("now", now)
+        with self._transaction() as cur:
+            source = self._fetchone(cur, _SQL_CREATE_SOURCE, {"id": preset_id})
+            if source is None:
+                raise PresetNotFoundError(preset_id)
+            template_id, version_id, raw_parameters, active = source
+            if not active:
+                return None
+            parameters = _parameters(raw_parameters)
+            instance_id, build_id = uuid.uuid4(), uuid.uuid4()
+            self._execute(
+                cur,
+                _SQL_INSERT_INSTANCE,
+                {
+                    "id": instance_id,
+                    "preset_id": preset_id,
+                    "template_id": template_id,
+                    "template_version_id": version_id,
+                    "name": name,
+                    "now": now,
+                },
+            )
+            self._execute(
+                cur,
+                _SQL_INSERT_BUILD,
+                {
+                    "id": build_id,
+                    "instance_id": instance_id,
+                    "preset_id": preset_id,
+                    "template_version_id": version_id,
+                    "transition": Transition.START.value,
+                    "build_number": 1,
+                    "now": now,
+                },
+            )
+        return BuildRequest(
+            build_id=build_id,
+            instance_id=instance_id,
+            preset_id=preset_id,
+            template_id=template_id,
+            template_version_id=version_id,
+            transition=Transition.START,
+            name=name,
+            parameters=parameters,
+        )
+
+    def delete_prebuild(
+        self, instance_id: UUID, *, now: datetime
+    ) -> BuildRequest | None:
+        """
+        A pending delete build, unless the instance left the pool.
+
+        Locks the instance row first, so a concurrent claim either commits
+        before (and this sees the new owner) or skips the row.
+        """
+        check_aware("now", now)
+        with self._transaction() as cur:
+            row = self._fetchone(cur, _SQL_LOCK_INSTANCE, {"id": instance_id})
+            if row is None:
+                return None
+            owner_id, deleted, preset_id, template_id, version_id, name = row
+            if deleted or owner_id != PREBUILDS_OWNER_ID:
+                return None
+            latest = self._fetchone(cur, _SQL_LATEST_BUILD, {"id": instance_id})
+            number = 1
+            if latest is not None:
+                transition, status, latest_number = latest
+                if transition == Transition.DELETE.value and status in (
+                    BuildStatus.PENDING.value,
+                    BuildStatus.RUNNING.value,
+                    BuildStatus.SUCCEEDED.value,
+                ):
+                    return None
+                number = latest_number + 1
+            build_id = uuid.uuid4()
+            self._execute(
+                cur,
+                _SQL_INSERT_BUILD,
+                {
+                    "id": build_id,
+                    "instance_id": instance_id,
+                    "preset_id": preset_id,
+                    "template_version_id": version_id,
+                    "transition": Transition.DELETE.value,
+                    "build_number": number,
+                    "now": now,
+                },
+            )
+            self._execute(cur, _SQL_UNREADY, {"id": instance_id})
+        return BuildRequest(
+            build_id=build_id,
+            instance_id=instance_id,
+            preset_id=preset_id,
+            template_id=template_id,
+            template_version_id=version_id,
+            transition=Transition.DELETE,
+            name=name,
+        )
+
+    def cancel_pending(self, preset_id: UUID, *, now: datetime) -> list[BuildRequest]:
+        """Cancel queued creations of an inactive version; orphan-delete them."""
+        check_aware("now", now)
+        with self._transaction() as cur:
+            if self._fetchone(cur, _SQL_PRESET_EXISTS, {"id": preset_id}) is None:
+                raise PresetNotFoundError(preset_id)
+            rows = self._fetchall(
+                cur, _SQL_CANCEL_PENDING, {"preset_id": preset_id, "now": now}
+            )
+        return [
+            BuildRequest(
+                build_id=r[0],
+                instance_id=r[1],
+                preset_id=r[2],
+                template_id=r[3],
+                template_version_id=r[4],
+                transition=Transition.DELETE,
+                name=r[5],
+                orphan=True,
+            )
+            for r in rows
+        ]
+
+    def fail_stuck_builds(self, *, older_than: datetime, now: datetime) -> list[Build]:
+        """Fail the pool's builds in progress since before *older_than*."""
+        check_aware("older_than", older_than)
+        check_aware("now", now)
+        with self._statement() as cur:
+            rows = self._fetchall(
+                cur,
+                _SQL_FAIL_STUCK,
+                {"older_than": older_than, "now": now, "error": _STUCK_ERROR},
+            )
+        return [_build(r) for r in rows]
+
+    # -- provisioner reports ---------------------------------------------------------
+    def build_started(self, build_id: UUID, *, now: datetime) -> None:
+        """Mark a pending build running."""
+        check_aware("now", now)
+        with self._statement() as cur:
+            row = self._fetchone(cur, _SQL_BUILD_STARTED, {"id": build_id, "now": now})
+        if row is None or not row[0]:
+            raise BuildNotFoundError(build_id)
+
+    def build_finished(
+        self,
+        build_id: UUID,
+        *,
+        now: datetime,
+        succeeded: bool,
+        error_kind: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record a build's result; a late report is ignored."""
+        check_aware("now", now)
+        status = BuildStatus.SUCCEEDED if succeeded else BuildStatus.FAILED
+        with self._statement() as cur:
+            row = self._fetchone(
+                cur,
+                _SQL_BUILD_FINISHED,
+                {
+                    "id": build_id,
+                    "now": now,
+                    "status": status.value,
+                    "succeeded": bool(succeeded),
+                    "error_kind": error_kind,
+                    "error": error,
+                },
+            )
+        if row is None or not row[0]:
+            raise BuildNotFoundError(build_id)
+
+    def set_ready(self, instance_id: UUID, *, ready: bool = True) -> None:
+        """Record whether the instance is ready (a deleted one is left alone)."""
+        with self._statement() as cur:
+            row = self._fetchone(
+                cur, _SQL_SET_READY, {"id": instance_id, "ready": bool(ready)}
+            )
+        if row is None or not row[0]:
+            raise InstanceNotFoundError(instance_id)
+
+    # -- claimer ---------------------------------------------------------------------
+    def claim(
+        self,
+        *,
+        preset_id: UUID,
+        user_id: UUID,
+        name: str,
+        lifecycle: Lifecycle,
+        now: datetime,
+    ) -> Instance | None:
+        """
+        Hand the oldest claimable instance of the preset to *user_id*.
+
+        One ``UPDATE`` statement (its own transaction) picks the candidate
+        with ``FOR UPDATE OF i SKIP LOCKED`` and moves it only if it is still
+        the pool's. If a candidate was found but the compare-and-set lost to a
+        concurrent transaction, it tries again, a few times.
+        """
+        check_aware("now", now)
+        params = {
+            "preset_id": preset_id,
+            "user_id": user_id,
+            "name": name,
+            "now": now,
+            "autostart_schedule": lifecycle.autostart_schedule,
+            "next_start_at": lifecycle.next_start_at,
+            "ttl": lifecycle.ttl,
+            "deadline": lifecycle.deadline,
+            "max_deadline": lifecycle.max_deadline,
+            "dormant_at": lifecycle.dormant_at,
+            "deleting_at": lifecycle.deleting_at,
+            "last_used_at": lifecycle.last_used_at,
+        }
+        with self._statement() as cur:
+            for _ in range(_CLAIM_ATTEMPTS):
+                row = self._fetchone(cur, _SQL_CLAIM, params)
+                if row is None or not row[0]:
+                    return None  # no candidate at all
+                if row[1] is not None:
+                    return _instance(row[1:])
+        return None
+
+    # -- reads -------------------------------------------------------------------------
+    def get_instance(self, instance_id: UUID) -> Instance:
+        """The instance with *instance_id*."""
+        with self._statement() as cur:
+            row = self._fetchone(cur, _SQL_GET_INSTANCE, {"id": instance_id})
+        if row is None:
+            raise InstanceNotFoundError(instance_id)
+        return _instance(row)
+
+    def list_instances(
+        self,
+        *,
+        preset_id: UUID | None = None,
+        owner_id: UUID | None = None,
+        include_deleted: bool = False,
+    ) -> list[Instance]:
+        """Instances, oldest first, filtered by preset and owner."""
+        with self._statement() as cur:
+            rows = self._fetchall(
+                cur,
+                f"""
+                SELECT {_INSTANCE_COLUMNS}, latest.transition, latest.status
+                FROM {{s}}.instances i
+                {_LATEST_BUILD}
+                WHERE (%(preset_id)s::uuid IS NULL OR i.preset_id = %(preset_id)s)
+                    AND (%(owner_id)s::uuid IS NULL OR i.owner_id = %(owner_id)s)
+                    AND (%(include_deleted)s OR NOT i.deleted)
+                ORDER BY i.created_at, i.id
+                """,
+                {
+                    "preset_id": preset_id,
+                    "owner_id": owner_id,
+                    "include_deleted": bool(include_deleted),
+                },
+            )
+        return [_instance(r) for r in rows]
+
+    def get_build(self, build_id: UUID) -> Build:
+        """The build with *build_id*."""
+        with self._statement() as cur:
+            row = self._fetchone(cur, _SQL_GET_BUILD, {"id": build_id})
+        if row is None:
+            raise BuildNotFoundError(build_id)
+        return _build(row)
+
+    def list_builds(self, *, instance_id: UUID | None = None) -> list[Build]:
+        """Builds in creation order."""
+        with self._statement() as cur:
+            rows = self._fetchall(
+                cur,
+                f"""
+                SELECT {_BUILD_COLUMNS}
+                FROM {{s}}.builds b
+                WHERE %(instance_id)s::uuid IS NULL OR b.instance_id = %(instance_id)s
+                ORDER BY b.created_at, b.instance_id, b.build_number
+                """,
+                {"instance_id": instance_id},
+            )
+        return [_build(r) for r in rows]
+
+
+def _restore_autocommit(conn: _Connection) -> None:
+    """Give a borrowed connection back in the mode it came in, or close it."""
+    try:
+        conn.autocommit = False
+    except psycopg.Error:
+        conn.close()  # the pool discards a closed connection
+
+
+def _rollback_quietly(store: PostgresStore, cur: _Cursor) -> None:
+    """ROLLBACK after an error; a broken connection is the pool's to discard."""
+    with suppress(StoreError):
+        store._execute(cur, "ROLLBACK")  # noqa: SLF001
