@@ -5,6 +5,7 @@ instances, statements per snapshot, and claim latency with 1 and 8 threads.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import tempfile
 import threading
@@ -32,7 +33,9 @@ def _fill(
     """Write *presets* presets and bring each to *per_preset* ready instances."""
     ids = []
     for t in range(max(presets // 10, 1)):
-        template = Template(id=uuid.uuid4(), active_version_id=uuid.uuid4(), name=f"t{t}")
+        template = Template(
+            id=uuid.uuid4(), active_version_id=uuid.uuid4(), name=f"t{t}"
+        )
         store.put_template(template)
         for p in range(min(10, presets - t * 10)):
             config = PresetConfig(
@@ -72,12 +75,10 @@ def _claims(
         barrier.wait()
         for preset_id in chunk:
             started = time.perf_counter()
-            try:
+            with contextlib.suppress(NoClaimablePrebuildsError):
                 claimer.claim(
                     now=clock.now(), user_id=uuid.uuid4(), name="u", preset_id=preset_id
                 )
-            except NoClaimablePrebuildsError:
-                pass
             mine.append(time.perf_counter() - started)
         with lock:
             latencies.extend(mine)
@@ -125,7 +126,9 @@ def run(*, quick: bool = False) -> dict[str, Any]:
             small = SQLiteStore(Path(tmp) / f"count-{n}.sqlite3")
             _fill(small, clock, n, 1)
             before = small.statement_count()
-            small.snapshot(now=clock.now(), backoff_lookback=timedelta(hours=1), hard_limit=3)
+            small.snapshot(
+                now=clock.now(), backoff_lookback=timedelta(hours=1), hard_limit=3
+            )
             counts.append(small.statement_count() - before)
             small.close()
 
@@ -147,7 +150,10 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         "reconcile_all_steady_runs_s": steady,
         "reconcile_all_refill_first_pass_s": refill[0][0],
         "reconcile_all_refill_created": refill[0][1],
-        "statements_per_snapshot": {"10_presets": counts[0], f"{presets}_presets": counts[1]},
+        "statements_per_snapshot": {
+            "10_presets": counts[0],
+            f"{presets}_presets": counts[1],
+        },
         "claim_1_thread": one,
         "claim_8_threads": eight,
         "target": "reconcile_all <= 1 s for 1,000 presets x 5 instances",

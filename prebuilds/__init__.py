@@ -186,7 +186,7 @@ def _fixup_module_metadata() -> None:
         if inspect.isclass(obj):
             # Resolve string annotations while the defining module is still
             # known, so typing.get_type_hints works on the public classes.
-            own = obj.__dict__.get("__annotations__", {})
+            own = inspect.get_annotations(obj)
             hints = typing.get_type_hints(obj)
             with contextlib.suppress(AttributeError, TypeError):
                 obj.__annotations__ = {k: hints[k] for k in own}

@@ -119,7 +119,9 @@ def calculate_actions(
         )
     until = backoff_until(snapshot, backoff_interval=backoff_interval)
     if until is not None and now <= until:
-        return [ReconciliationActions(action_type=ActionType.BACKOFF, backoff_until=until)]
+        return [
+            ReconciliationActions(action_type=ActionType.BACKOFF, backoff_until=until)
+        ]
 
     actions: list[ReconciliationActions] = []
     preset = snapshot.preset
@@ -155,8 +157,7 @@ def calculate_actions(
         state.desired,
     )
     blocked = (
-        snapshot.is_hard_limited
-        or preset.status is PresetStatus.VALIDATION_FAILED
+        snapshot.is_hard_limited or preset.status is PresetStatus.VALIDATION_FAILED
     )
     if to_create > 0 and not blocked:
         actions.append(

@@ -81,7 +81,9 @@ def _frozenset(value: Iterable[UUID]) -> frozenset[UUID]:
     return frozenset(value)
 
 
-def _check_instances(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
+def _check_instances(
+    _inst: object, attribute: attrs.Attribute[int], value: int
+) -> None:
     non_negative(_inst, attribute, value)
 
 
@@ -195,9 +197,7 @@ class Preset:
         default=None, validator=optional_aware
     )
     scheduling_timezone: str = attrs.field(default="", validator=_check_name)
-    schedules: tuple[PrebuildSchedule, ...] = attrs.field(
-        default=(), converter=_tuple
-    )
+    schedules: tuple[PrebuildSchedule, ...] = attrs.field(default=(), converter=_tuple)
     status: PresetStatus = attrs.field(
         default=PresetStatus.HEALTHY,
         validator=attrs.validators.instance_of(PresetStatus),
@@ -333,15 +333,9 @@ class PresetSnapshot:
     """
 
     preset: Preset
-    running: tuple[RunningPrebuild, ...] = attrs.field(
-        default=(), converter=_tuple
-    )
-    expired: tuple[RunningPrebuild, ...] = attrs.field(
-        default=(), converter=_tuple
-    )
-    in_progress: tuple[InProgressCount, ...] = attrs.field(
-        default=(), converter=_tuple
-    )
+    running: tuple[RunningPrebuild, ...] = attrs.field(default=(), converter=_tuple)
+    expired: tuple[RunningPrebuild, ...] = attrs.field(default=(), converter=_tuple)
+    in_progress: tuple[InProgressCount, ...] = attrs.field(default=(), converter=_tuple)
     pending_count: int = attrs.field(default=0, validator=non_negative)
     backoff: Backoff | None = None
     is_hard_limited: bool = False
@@ -394,12 +388,8 @@ class GlobalSnapshot:
     """
 
     presets: tuple[Preset, ...] = attrs.field(default=(), converter=_tuple)
-    running: tuple[RunningPrebuild, ...] = attrs.field(
-        default=(), converter=_tuple
-    )
-    in_progress: tuple[InProgressCount, ...] = attrs.field(
-        default=(), converter=_tuple
-    )
+    running: tuple[RunningPrebuild, ...] = attrs.field(default=(), converter=_tuple)
+    in_progress: tuple[InProgressCount, ...] = attrs.field(default=(), converter=_tuple)
     pending: tuple[PendingCount, ...] = attrs.field(default=(), converter=_tuple)
     backoffs: tuple[Backoff, ...] = attrs.field(default=(), converter=_tuple)
     hard_limited: frozenset[UUID] = attrs.field(
@@ -435,9 +425,7 @@ class GlobalSnapshot:
         running: list[RunningPrebuild] = []
         expired: list[RunningPrebuild] = []
         for prebuild in index.running.get(preset_id, ()):
-            (expired if is_expired(preset, prebuild, now) else running).append(
-                prebuild
-            )
+            (expired if is_expired(preset, prebuild, now) else running).append(prebuild)
         return PresetSnapshot(
             preset=preset,
             running=running,

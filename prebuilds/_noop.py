@@ -45,13 +45,13 @@ class NoopReconciler:
         """Return empty stats."""
         return ReconcileStats()
 
-    def snapshot_state(self, store: Store) -> GlobalSnapshot:  # noqa: ARG002
+    def snapshot_state(self, store: Store) -> GlobalSnapshot:
         """Return an empty snapshot without reading *store*."""
         return GlobalSnapshot()
 
     def calculate_actions(
         self,
-        snapshot: PresetSnapshot,  # noqa: ARG002
+        snapshot: PresetSnapshot,
     ) -> list[ReconciliationActions]:
         """Return no actions."""
         return []
@@ -65,7 +65,7 @@ class NoopClaimer:
     .. versionadded:: 0.1.0
     """
 
-    def claim(  # noqa: PLR0913
+    def claim(
         self,
         *,
         now: datetime,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -24,6 +25,18 @@ from prebuilds._validate import (
 #: The ID of the pool's system owner: an instance is pooled exactly while its
 #: owner is this ID (the same value as Coder's prebuilds system user).
 PREBUILDS_OWNER_ID = UUID("c42fdf75-3097-471c-8c33-fb52454d81c0")
+
+
+def _schedules(value: Iterable[PrebuildSchedule]) -> tuple[PrebuildSchedule, ...]:
+    return tuple(value)
+
+
+def _pairs(value: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple(value)
+
+
+def _strings(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
 
 
 class BuildStatus(enum.Enum):
@@ -97,11 +110,9 @@ class PresetConfig:
     )
     scheduling_timezone: str = ""
     schedules: tuple[PrebuildSchedule, ...] = attrs.field(
-        default=(), converter=tuple
+        default=(), converter=_schedules
     )
-    parameters: tuple[tuple[str, str], ...] = attrs.field(
-        default=(), converter=tuple
-    )
+    parameters: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_pairs)
 
 
 @attrs.frozen(kw_only=True)
@@ -114,23 +125,15 @@ class Lifecycle:
     """
 
     autostart_schedule: str | None = None
-    next_start_at: datetime | None = attrs.field(
-        default=None, validator=optional_aware
-    )
+    next_start_at: datetime | None = attrs.field(default=None, validator=optional_aware)
     ttl: timedelta | None = attrs.field(
         default=None, validator=optional_non_negative_delta
     )
     deadline: datetime | None = attrs.field(default=None, validator=optional_aware)
-    max_deadline: datetime | None = attrs.field(
-        default=None, validator=optional_aware
-    )
+    max_deadline: datetime | None = attrs.field(default=None, validator=optional_aware)
     dormant_at: datetime | None = attrs.field(default=None, validator=optional_aware)
-    deleting_at: datetime | None = attrs.field(
-        default=None, validator=optional_aware
-    )
-    last_used_at: datetime | None = attrs.field(
-        default=None, validator=optional_aware
-    )
+    deleting_at: datetime | None = attrs.field(default=None, validator=optional_aware)
+    last_used_at: datetime | None = attrs.field(default=None, validator=optional_aware)
 
     @property
     def is_unset(self) -> bool:
@@ -267,7 +270,7 @@ class EventKind(enum.Enum):
     STUCK = "stuck"
     INVALID_PRESET = "invalid_preset"
     PRESET_ERROR = "preset_error"
-    PASS_ERROR = "pass_error"
+    PASS_ERROR = "pass_error"  # noqa: S105 - an event name, not a secret
 
 
 @attrs.frozen(kw_only=True)
@@ -300,4 +303,4 @@ class ResourceReplacement:
     """
 
     resource: str
-    paths: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    paths: tuple[str, ...] = attrs.field(default=(), converter=_strings)

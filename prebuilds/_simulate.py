@@ -181,4 +181,8 @@ def _status_line(
         failed = sum(1 for i in pooled if i.latest_status is BuildStatus.FAILED)
         want = desired_instances(preset, at=now)
         cells.append(f"want {want} ready {ready} failed {failed}")
-    return f"{now:%a %H:%M}        " + "  ".join(f"{c:<24}" for c in cells) + f" {warm}/{cold}"
+    return (
+        f"{now:%a %H:%M}        "
+        + "  ".join(f"{c:<24}" for c in cells)
+        + f" {warm}/{cold}"
+    )

@@ -33,11 +33,10 @@ def optional_aware(_inst: object, attribute: Any, value: datetime | None) -> Non
         check_aware(attribute.name, value)
 
 
-def non_negative(_inst: object, attribute: Any, value: int) -> None:
+def non_negative(_inst: object, attribute: Any, value: Any) -> None:
     """Validate that an int field is a non-negative int (bools rejected)."""
-    if type(value) is not int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise InvalidInputError(attribute.name, value, "must be an int")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(attribute.name, value, "must be an int")
     if value < 0:
         raise InvalidInputError(attribute.name, value, "must be >= 0")
 

@@ -43,8 +43,8 @@ __all__ = [
     "Clock",
     "EventSink",
     "Provisioner",
-    "ReconciliationOrchestrator",
     "Reconciler",
+    "ReconciliationOrchestrator",
     "StateSnapshotter",
     "Store",
 ]
@@ -136,7 +136,7 @@ class Store(Protocol):
     def invalidate_preset(self, preset_id: UUID, *, at: datetime) -> None:
         """Expire every pooled instance of the preset created before *at*."""
 
-    def set_paused(self, paused: bool) -> None:  # noqa: FBT001
+    def set_paused(self, paused: bool) -> None:
         """Pause or resume reconciliation (persisted)."""
 
     def is_paused(self) -> bool:
@@ -167,17 +167,13 @@ class Store(Protocol):
     ) -> BuildRequest | None:
         """A pending delete build; None if the instance was claimed, is gone or already deleting."""
 
-    def cancel_pending(
-        self, preset_id: UUID, *, now: datetime
-    ) -> list[BuildRequest]:
+    def cancel_pending(self, preset_id: UUID, *, now: datetime) -> list[BuildRequest]:
         """Cancel queued creations of an inactive preset; the orphan deletes to submit."""
 
     def set_preset_status(self, preset_id: UUID, status: PresetStatus) -> None:
         """Record the preset's health."""
 
-    def fail_stuck_builds(
-        self, *, older_than: datetime, now: datetime
-    ) -> list[Build]:
+    def fail_stuck_builds(self, *, older_than: datetime, now: datetime) -> list[Build]:
         """Fail the pool's builds pending or running since before *older_than*."""
 
     # -- reports from the host's provisioner -------------------------------

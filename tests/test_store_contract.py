@@ -86,7 +86,7 @@ def claim(store: Store, preset_id, now: datetime = T0, user=None):
 class TestConfiguration:
     def test_preset_is_derived_from_its_template(self, store):
         """get_preset derives active version, deletion and deprecation from the template."""
-        template, config = seed(store)
+        _, config = seed(store)
 
         preset = store.get_preset(config.id)
 

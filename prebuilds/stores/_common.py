@@ -13,7 +13,6 @@ from prebuilds._model import (
     PrebuildSchedule,
     Preset,
     PresetStatus,
-    expired_at,
 )
 from prebuilds.exceptions import InvalidInputError
 
