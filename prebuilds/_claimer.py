@@ -138,8 +138,7 @@ def match_preset(
     for preset in presets:
         if all(given.get(k) == v for k, v in preset.parameters) and (
             best is None
-            or (-len(preset.parameters), preset.id)
-            < (-len(best.parameters), best.id)
+            or (-len(preset.parameters), preset.id) < (-len(best.parameters), best.id)
         ):
             best = preset
     return best

@@ -12,17 +12,19 @@ from prebuilds._records import EventKind
 if TYPE_CHECKING:
     from prebuilds._records import Event
 
-_WARNINGS = frozenset({
-    EventKind.FAILED,
-    EventKind.BACKOFF,
-    EventKind.HARD_LIMITED,
-    EventKind.VALIDATION_FAILED,
-    EventKind.REPLACEMENT,
-    EventKind.STUCK,
-    EventKind.INVALID_PRESET,
-    EventKind.PRESET_ERROR,
-    EventKind.PASS_ERROR,
-})
+_WARNINGS = frozenset(
+    {
+        EventKind.FAILED,
+        EventKind.BACKOFF,
+        EventKind.HARD_LIMITED,
+        EventKind.VALIDATION_FAILED,
+        EventKind.REPLACEMENT,
+        EventKind.STUCK,
+        EventKind.INVALID_PRESET,
+        EventKind.PRESET_ERROR,
+        EventKind.PASS_ERROR,
+    }
+)
 
 
 class LoggingEventSink:
@@ -55,7 +57,7 @@ class LoggingEventSink:
                     "build_id": event.build_id,
                 },
             )
-        except Exception:  # noqa: BLE001 - a sink must never raise
+        except Exception:  # a sink must never raise
             logging.getLogger("prebuilds").debug("event sink failed", exc_info=True)
 
 

@@ -108,7 +108,7 @@ class StoreReconciler:
     .. versionadded:: 0.1.0
     """
 
-    def __init__(  # noqa: PLR0913
+    def __init__(
         self,
         store: Store,
         provisioner: Provisioner,
@@ -127,9 +127,13 @@ class StoreReconciler:
         if interval <= timedelta(0):
             raise InvalidInputError("interval", interval, "must be > 0")
         if backoff_interval < timedelta(0):
-            raise InvalidInputError("backoff_interval", backoff_interval, "must be >= 0")
+            raise InvalidInputError(
+                "backoff_interval", backoff_interval, "must be >= 0"
+            )
         if backoff_lookback < timedelta(0):
-            raise InvalidInputError("backoff_lookback", backoff_lookback, "must be >= 0")
+            raise InvalidInputError(
+                "backoff_lookback", backoff_lookback, "must be >= 0"
+            )
         if hard_limit < 0:
             raise InvalidInputError("hard_limit", hard_limit, "must be >= 0")
         if build_timeout is not None and build_timeout <= timedelta(0):
@@ -200,9 +204,7 @@ class StoreReconciler:
             self._stopped = True
             # Called from the loop itself (an event sink, a provisioner):
             # the pass cannot be waited for; the loop ends after it.
-            running = (
-                self._running and self._loop_thread != threading.get_ident()
-            )
+            running = self._running and self._loop_thread != threading.get_ident()
             if first:
                 self._cause = cause
         self._stop_event.set()
@@ -258,7 +260,7 @@ class StoreReconciler:
                 stats = attrs.evolve(stats, leader=acquired)
                 if acquired:
                     stats = self._pass(stats)
-        except Exception as e:  # noqa: BLE001 - the loop must survive anything
+        except Exception as e:  # the loop must survive anything
             self.pass_errors += 1
             log.exception("prebuilds reconciliation pass failed")
             self._emit(EventKind.PASS_ERROR, detail=repr(e))
@@ -348,7 +350,7 @@ class StoreReconciler:
         for action in actions:
             try:
                 self._execute(ps, action, now, expired, result)
-            except StoreError:
+            except StoreError:  # noqa: PERF203 - a handful of actions
                 raise  # a store failure ends the pass
             except Exception as e:  # noqa: BLE001 - go on with the next action
                 self._preset_error(preset.id, e, result)
@@ -358,9 +360,7 @@ class StoreReconciler:
         self, preset_id: UUID, error: Exception, result: _PresetResult
     ) -> None:
         result.failed = True
-        log.warning(
-            "prebuilds preset %s failed: %r", preset_id, error, exc_info=error
-        )
+        log.warning("prebuilds preset %s failed: %r", preset_id, error, exc_info=error)
         self._emit(EventKind.PRESET_ERROR, preset_id=preset_id, detail=repr(error))
 
     def _update_hard_limit(self, ps: PresetSnapshot) -> None:
@@ -402,18 +402,20 @@ class StoreReconciler:
                 self._submit(request, now)
         elif action.action_type is ActionType.DELETE:
             for instance_id in action.delete_ids:
-                request = self._store.delete_prebuild(instance_id, now=now)
-                if request is None:  # claimed or already going meanwhile
+                deletion = self._store.delete_prebuild(instance_id, now=now)
+                if deletion is None:  # claimed or already going meanwhile
                     continue
                 result.deleted += 1
-                kind = EventKind.EXPIRED if instance_id in expired else EventKind.DELETED
+                kind = (
+                    EventKind.EXPIRED if instance_id in expired else EventKind.DELETED
+                )
                 self._emit(
                     kind,
                     preset_id=preset_id,
                     instance_id=instance_id,
-                    build_id=request.build_id,
+                    build_id=deletion.build_id,
                 )
-                self._submit(request, now)
+                self._submit(deletion, now)
         else:
             self._create(ps, action.create, now, result)
 
@@ -536,7 +538,7 @@ class StoreReconciler:
                 build_id=build_id,
                 detail=detail,
             )
-        except Exception:  # noqa: BLE001 - fire and forget
+        except Exception:  # fire and forget
             log.warning("prebuilds could not track a replacement", exc_info=True)
 
     def _emit(
@@ -559,5 +561,5 @@ class StoreReconciler:
                     detail=detail,
                 )
             )
-        except Exception:  # noqa: BLE001 - a broken sink must not break a pass
+        except Exception:  # a broken sink must not break a pass
             log.warning("prebuilds event sink failed", exc_info=True)

@@ -162,7 +162,7 @@ class MemoryStore:
             for preset_id in sorted(self._presets):
                 try:
                     presets.append(self._preset(self._presets[preset_id]))
-                except InvalidInputError as e:
+                except InvalidInputError as e:  # noqa: PERF203 - reported, not raised
                     invalid.append(invalid_preset(preset_id, e))
             return GlobalSnapshot(
                 presets=presets,
@@ -249,9 +249,7 @@ class MemoryStore:
                     instance = self._instances[build.instance_id]
                     delete = self._add_build(instance, Transition.DELETE, now)
                     requests.append(
-                        attrs.evolve(
-                            self._request(instance, delete, ()), orphan=True
-                        )
+                        attrs.evolve(self._request(instance, delete, ()), orphan=True)
                     )
             return requests
 
@@ -533,7 +531,10 @@ class MemoryStore:
                 continue
             instance = self._instances[instance_id]
             template = self._templates.get(instance.template_id)
-            if template is None or build.template_version_id != template.active_version_id:
+            if (
+                template is None
+                or build.template_version_id != template.active_version_id
+            ):
                 continue
             counts[build.preset_id, build.transition] += 1
             versions[build.preset_id] = (template.id, build.template_version_id)
@@ -578,7 +579,10 @@ class MemoryStore:
             if build is None or build.transition is not Transition.START:
                 continue
             template = self._templates.get(instance.template_id)
-            if template is None or build.template_version_id != template.active_version_id:
+            if (
+                template is None
+                or build.template_version_id != template.active_version_id
+            ):
                 continue
             if skip_deleted_templates and template.deleted:
                 continue

@@ -113,7 +113,7 @@ class FakeProvisioner:
         self._clock = clock
         self._build_time = build_time
         self._failure_rate = failure_rate
-        self._random = random.Random(seed)
+        self._random = random.Random(seed)  # noqa: S311 - a repeatable simulation
         self._ready = ready_on_success
         self._lock = threading.Lock()
         self._jobs: list[_Job] = []
@@ -203,11 +203,7 @@ class FakeProvisioner:
                 error_kind=None if job.succeed else "build",
                 error=None if job.succeed else "the fake build failed",
             )
-            if (
-                job.succeed
-                and self._ready
-                and request.transition is Transition.START
-            ):
+            if job.succeed and self._ready and request.transition is Transition.START:
                 self._store.set_ready(request.instance_id)
             with self._lock:
                 self._jobs.remove(job)
