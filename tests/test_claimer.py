@@ -1,0 +1,442 @@
+"""StoreClaimer on every store, and match_preset."""
+
+from __future__ import annotations
+
+import uuid
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import attrs
+import pytest
+
+from prebuilds import (
+    PREBUILDS_OWNER_ID,
+    EventKind,
+    InvalidInputError,
+    NoClaimablePrebuildsError,
+    Preset,
+    PresetInactiveError,
+    PresetNotFoundError,
+    StoreClaimer,
+    match_preset,
+)
+from prebuilds.stores import MemoryStore
+from tests.conftest import StoreFactory
+from tests.helpers import (
+    World,
+    make_world,
+    new_preset,
+    new_template,
+    new_version,
+    pooled,
+    ready,
+)
+
+
+def _filled(
+    store_factory: StoreFactory, desired: int = 2, **fields: Any
+) -> tuple[World, uuid.UUID]:
+    world = make_world(store_factory())
+    preset = new_preset(
+        world.store, new_template(world.store), desired=desired, **fields
+    )
+    world.settle()
+    return world, preset.id
+
+
+class TestClaim:
+    def test_claim_hands_over_the_instance(self, store_factory: StoreFactory) -> None:
+        """A claim moves a ready instance to the user, renamed, out of the pool."""
+        world, preset_id = _filled(store_factory)
+        user = uuid.uuid4()
+        oldest = ready(world.store, preset_id)[0]
+
+        claimed_id = world.claim(preset_id, user_id=user, name="alice-dev")
+
+        claimed = world.store.get_instance(claimed_id)
+        assert oldest.id == claimed_id
+        assert (user, "alice-dev", world.clock.now(), False) == (
+            claimed.owner_id,
+            claimed.name,
+            claimed.claimed_at,
+            claimed.is_prebuild,
+        )
+        assert oldest.created_at == claimed.created_at
+        assert claimed_id not in {i.id for i in pooled(world.store, preset_id)}
+        assert [claimed_id] == [i.id for i in world.store.list_instances(owner_id=user)]
+
+    def test_oldest_first(self, store_factory: StoreFactory) -> None:
+        """Claims take the oldest ready instance first, so the pool turns over."""
+        world = make_world(store_factory())
+        config = new_preset(world.store, new_template(world.store), desired=1)
+        for size in (1, 2, 3):  # one more instance per pass, each younger
+            world.store.put_preset(attrs.evolve(config, desired_instances=size))
+            world.settle(1)
+        preset_id = config.id
+        by_age = [i.id for i in ready(world.store, preset_id)]
+        created = [world.store.get_instance(i).created_at for i in by_age]
+
+        claimed = [world.claim(preset_id) for _ in range(3)]
+
+        assert sorted(created) == created
+        assert len(set(created)) == 3
+        assert by_age == claimed
+
+    def test_ties_broken_by_id(self, store_factory: StoreFactory) -> None:
+        """Instances created at the same time are claimed in ID order."""
+        world, preset_id = _filled(store_factory, desired=3)
+        ids = sorted(i.id for i in ready(world.store, preset_id))
+
+        claimed = [world.claim(preset_id) for _ in range(3)]
+
+        assert ids == claimed
+
+    def test_miss(self, store_factory: StoreFactory) -> None:
+        """An empty pool raises NoClaimablePrebuildsError naming the preset."""
+        world = make_world(store_factory())
+        preset = new_preset(world.store, new_template(world.store), desired=1)
+
+        with pytest.raises(NoClaimablePrebuildsError) as info:
+            world.claim(preset.id)
+
+        assert preset.id == info.value.preset_id
+
+    def test_drained_pool_misses(self, store_factory: StoreFactory) -> None:
+        """Once every ready instance is claimed the next claim misses."""
+        world, preset_id = _filled(store_factory, desired=2)
+        world.claim(preset_id)
+        world.claim(preset_id)
+
+        with pytest.raises(NoClaimablePrebuildsError):
+            world.claim(preset_id)
+
+    def test_claim_event(self, store_factory: StoreFactory) -> None:
+        """A claim emits CLAIMED with the preset, the instance and the user."""
+        world, preset_id = _filled(store_factory)
+        user = uuid.uuid4()
+
+        claimed = world.claim(preset_id, user_id=user)
+
+        [event] = world.of_kind(EventKind.CLAIMED)
+        assert (preset_id, claimed, world.clock.now(), f"user={user}") == (
+            event.preset_id,
+            event.instance_id,
+            event.at,
+            event.detail,
+        )
+
+    def test_no_sink(self, store_factory: StoreFactory) -> None:
+        """A claimer without an event sink claims all the same."""
+        world, preset_id = _filled(store_factory)
+        claimer = StoreClaimer(world.store)
+
+        claimed = claimer.claim(
+            now=world.clock.now(), user_id=uuid.uuid4(), name="x", preset_id=preset_id
+        )
+
+        assert not world.store.get_instance(claimed).is_prebuild
+
+    def test_initiator(self, store_factory: StoreFactory) -> None:
+        """The initiator is the pool's system owner."""
+        claimer = StoreClaimer(store_factory())
+
+        assert PREBUILDS_OWNER_ID == claimer.initiator()
+
+
+class TestNeverHandedOut:
+    def test_ttl_expired(self, store_factory: StoreFactory) -> None:
+        """An instance past its TTL is not handed out, even before it is deleted."""
+        world, preset_id = _filled(store_factory, desired=1, ttl=timedelta(hours=1))
+        [instance] = ready(world.store, preset_id)
+        world.clock.set(instance.created_at + timedelta(hours=1, seconds=1))
+
+        with pytest.raises(NoClaimablePrebuildsError):
+            world.claim(preset_id)
+
+        assert [instance.id] == [i.id for i in ready(world.store, preset_id)]
+
+    def test_exactly_ttl_old_is_claimable(self, store_factory: StoreFactory) -> None:
+        """An instance exactly TTL old has not expired yet."""
+        world, preset_id = _filled(store_factory, desired=1, ttl=timedelta(hours=1))
+        [instance] = ready(world.store, preset_id)
+        world.clock.set(instance.created_at + timedelta(hours=1))
+
+        assert instance.id == world.claim(preset_id)
+
+    def test_invalidated(self, store_factory: StoreFactory) -> None:
+        """An instance created before the invalidation is not handed out."""
+        world, preset_id = _filled(store_factory, desired=2)
+        world.store.invalidate_preset(preset_id, at=world.clock.now())
+
+        with pytest.raises(NoClaimablePrebuildsError):
+            world.claim(preset_id)
+
+    def test_fresh_one_preferred_over_expired_oldest(
+        self, store_factory: StoreFactory
+    ) -> None:
+        """The oldest unexpired instance is handed out, skipping expired ones."""
+        world, preset_id = _filled(store_factory, desired=1)
+        [old] = ready(world.store, preset_id)
+        world.store.invalidate_preset(preset_id, at=world.clock.now())
+        world.settle(2)
+        [fresh] = ready(world.store, preset_id)
+
+        claimed = world.claim(preset_id)
+
+        assert old.id != fresh.id
+        assert fresh.id == claimed
+
+    def test_not_ready(self, store_factory: StoreFactory) -> None:
+        """A built instance the host has not reported ready is not handed out."""
+        world = make_world(store_factory(), ready_on_success=False)
+        preset = new_preset(world.store, new_template(world.store), desired=1)
+        world.settle()
+        [instance] = pooled(world.store, preset.id)
+
+        with pytest.raises(NoClaimablePrebuildsError):
+            world.claim(preset.id)
+        world.store.set_ready(instance.id)
+        claimed = world.claim(preset.id)
+
+        assert instance.id == claimed
+
+    def test_still_building(self, store_factory: StoreFactory) -> None:
+        """An instance whose start build is still pending is not handed out."""
+        world = make_world(store_factory())
+        preset = new_preset(world.store, new_template(world.store), desired=1)
+        world.reconciler.reconcile_all()
+
+        with pytest.raises(NoClaimablePrebuildsError):
+            world.claim(preset.id)
+
+    def test_being_deleted(self, store_factory: StoreFactory) -> None:
+        """An instance the reconciler is deleting is not handed out."""
+        world, preset_id = _filled(store_factory, desired=1)
+        [instance] = ready(world.store, preset_id)
+        world.store.delete_prebuild(instance.id, now=world.clock.now())
+
+        with pytest.raises(NoClaimablePrebuildsError):
+            world.claim(preset_id)
+
+    def test_other_preset(self, store_factory: StoreFactory) -> None:
+        """A claim takes only instances of the asked preset."""
+        world = make_world(store_factory())
+        template = new_template(world.store)
+        full = new_preset(world.store, template, desired=1)
+        empty = new_preset(world.store, template, desired=0)
+        world.settle()
+
+        with pytest.raises(NoClaimablePrebuildsError):
+            world.claim(empty.id)
+
+        assert 1 == len(ready(world.store, full.id))
+
+
+class TestBadRequests:
+    def test_unknown_preset(self, store_factory: StoreFactory) -> None:
+        """An unknown preset raises PresetNotFoundError."""
+        world = make_world(store_factory())
+        unknown = uuid.uuid4()
+
+        with pytest.raises(PresetNotFoundError) as info:
+            world.claim(unknown)
+
+        assert unknown == info.value.preset_id
+
+    def test_old_version(self, store_factory: StoreFactory) -> None:
+        """A preset of a version that is no longer active raises PresetInactiveError."""
+        world, preset_id = _filled(store_factory)
+        template = world.store.get_template(
+            world.store.get_preset(preset_id).template_id
+        )
+        new_version(world.store, template)
+
+        with pytest.raises(PresetInactiveError) as info:
+            world.claim(preset_id)
+
+        assert preset_id == info.value.preset_id
+        assert 2 == len(ready(world.store, preset_id))  # not yet drained
+
+    @pytest.mark.parametrize("change", ["deprecated", "deleted"])
+    def test_retired_template(self, store_factory: StoreFactory, change: str) -> None:
+        """A deprecated or deleted template's presets raise PresetInactiveError."""
+        world, preset_id = _filled(store_factory)
+        template = world.store.get_template(
+            world.store.get_preset(preset_id).template_id
+        )
+        world.store.put_template(
+            attrs.evolve(
+                template,
+                deprecated=change == "deprecated",
+                deleted=change == "deleted",
+            )
+        )
+
+        with pytest.raises(PresetInactiveError):
+            world.claim(preset_id)
+
+    def test_naive_now(self, store_factory: StoreFactory) -> None:
+        """A naive now raises InvalidInputError."""
+        world, preset_id = _filled(store_factory)
+
+        with pytest.raises(InvalidInputError) as info:
+            world.claimer.claim(
+                now=datetime(2024, 1, 1),  # noqa: DTZ001
+                user_id=uuid.uuid4(),
+                name="x",
+                preset_id=preset_id,
+            )
+
+        assert "now" == info.value.field
+
+    def test_naive_next_start(self, store_factory: StoreFactory) -> None:
+        """A naive next_start_at raises InvalidInputError and claims nothing."""
+        world, preset_id = _filled(store_factory)
+
+        with pytest.raises(InvalidInputError) as info:
+            world.claim(preset_id, next_start_at=datetime(2024, 1, 2))  # noqa: DTZ001
+
+        assert "next_start_at" == info.value.field
+        assert 2 == len(ready(world.store, preset_id))
+
+    def test_negative_ttl(self, store_factory: StoreFactory) -> None:
+        """A negative TTL raises InvalidInputError and claims nothing."""
+        world, preset_id = _filled(store_factory)
+
+        with pytest.raises(InvalidInputError) as info:
+            world.claim(preset_id, ttl=timedelta(seconds=-1))
+
+        assert "ttl" == info.value.field
+        assert 2 == len(ready(world.store, preset_id))
+
+
+def _preset(*parameters: tuple[str, str], n: int = 0) -> Preset:
+    return Preset(
+        id=uuid.UUID(int=n),
+        template_id=uuid.UUID(int=100),
+        template_version_id=uuid.UUID(int=200),
+        desired_instances=1,
+        parameters=parameters,
+    )
+
+
+#: Coder's parameters_test.go presets: P0 "development", and the other one.
+P0 = _preset(("region", "us-west-2"), ("instance_type", "t3.medium"), n=1)
+P1_LARGE = _preset(("region", "us-west-2"), ("instance_type", "t3.large"), n=2)
+P1_EAST = _preset(("region", "us-east-1"), ("instance_type", "t3.large"), n=2)
+P1_REGION = _preset(("region", "us-west-2"), n=2)
+
+
+class TestMatchPreset:
+    @pytest.mark.parametrize(
+        ("presets", "given", "expected"),
+        [
+            pytest.param(
+                [P0, P1_LARGE],
+                {"region": "us-west-2", "instance_type": "t3.medium"},
+                P0,
+                id="exact match",
+            ),
+            pytest.param(
+                [P0, P1_LARGE],
+                {"region": "us-east-1", "instance_type": "t3.medium"},
+                None,
+                id="no match - different values",
+            ),
+            pytest.param(
+                [P0, P1_LARGE],
+                {"region": "us-west-2"},
+                None,
+                id="no match - fewer provided parameters",
+            ),
+            pytest.param(
+                [P0, P1_LARGE],
+                {
+                    "region": "us-west-2",
+                    "instance_type": "t3.medium",
+                    "extra_param": "extra",
+                },
+                P0,
+                id="subset match - extra provided parameter",
+            ),
+            pytest.param(
+                [P0, P1_EAST],
+                {"region": "us-west-2", "instance_type": "t3.medium"},
+                P0,
+                id="multiple presets - match first",
+            ),
+            pytest.param(
+                [P1_REGION, P0],
+                {
+                    "region": "us-west-2",
+                    "instance_type": "t3.medium",
+                    "storage_size": "100gb",
+                },
+                P0,
+                id="largest subset match",
+            ),
+        ],
+    )
+    def test_coder_cases(
+        self, presets: list[Preset], given: dict[str, str], expected: Preset | None
+    ) -> None:
+        """Coder's FindMatchingPresetID cases give the same preset (or none)."""
+        assert expected == match_preset(presets, given)
+
+    def test_pairs_and_mappings_agree(self) -> None:
+        """Parameters may be a mapping or (name, value) pairs."""
+        pairs = [("region", "us-west-2"), ("instance_type", "t3.medium")]
+
+        assert match_preset([P0, P1_LARGE], dict(pairs)) == match_preset(
+            [P0, P1_LARGE], pairs
+        )
+
+    def test_conflicting_duplicates(self) -> None:
+        """One parameter given two different values raises InvalidInputError."""
+        with pytest.raises(InvalidInputError) as info:
+            match_preset([P0], [("region", "us-west-2"), ("region", "us-east-1")])
+
+        assert ("parameters", "region") == (info.value.field, info.value.value)
+
+    def test_repeated_same_value(self) -> None:
+        """The same value given twice is fine."""
+        given = [
+            ("region", "us-west-2"),
+            ("region", "us-west-2"),
+            ("instance_type", "t3.medium"),
+        ]
+
+        assert P0 == match_preset([P0], given)
+
+    def test_parameterless_preset_is_the_fallback(self) -> None:
+        """A preset without parameters matches anything, at the lowest priority."""
+        bare = _preset(n=9)
+
+        assert bare == match_preset([bare, P0], {"region": "eu"})
+        assert P0 == match_preset(
+            [bare, P0], {"region": "us-west-2", "instance_type": "t3.medium"}
+        )
+
+    def test_tie_lowest_id(self) -> None:
+        """Between equally specific matches the lowest ID wins, whatever the order."""
+        a = _preset(("region", "us-west-2"), n=5)
+        b = _preset(("instance_type", "t3.medium"), n=3)
+
+        assert b == match_preset([a, b], dict(P0.parameters))
+        assert b == match_preset([b, a], dict(P0.parameters))
+
+    def test_nothing_to_match(self) -> None:
+        """No presets, no match."""
+        assert None is match_preset([], {"region": "us-west-2"})
+
+    def test_store_presets(self) -> None:
+        """Presets read back from a store match like built ones."""
+        store = MemoryStore()
+        template = new_template(store)
+        config = new_preset(store, template, desired=1, parameters=P0.parameters)
+
+        found = match_preset([store.get_preset(config.id)], dict(P0.parameters))
+
+        assert found is not None
+        assert config.id == found.id
