@@ -10,7 +10,6 @@ import time
 
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeoutError
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -49,6 +48,42 @@ def generate_name() -> str:
     """A random pooled-instance name: ``prebuild-`` and 15 base32 characters."""
     token = base64.b32encode(secrets.token_bytes(9)).decode().rstrip("=")
     return f"prebuild-{token.lower()}"
+
+
+class _SubmitTimeoutError(TimeoutError):
+    """``provisioner.submit`` did not return in time."""
+
+
+def _call_with_timeout(
+    submit: Callable[[BuildRequest], None], request: BuildRequest, timeout: float
+) -> None:
+    """
+    Call ``submit(request)`` on a daemon thread and wait up to *timeout* s.
+
+    A daemon thread, so that a submit hung in the host's code neither holds
+    up later submits nor keeps the interpreter from exiting.
+
+    Raises:
+        _SubmitTimeoutError: *submit* had not returned in time.
+        Exception: whatever *submit* raised.
+    """
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            submit(request)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            failure.append(e)
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="prebuilds-submit", daemon=True).start()
+    if not done.wait(timeout):
+        msg = f"provisioner.submit did not return within {timeout}s"
+        raise _SubmitTimeoutError(msg)
+    if failure:
+        raise failure[0]
 
 
 @attrs.define
@@ -159,7 +194,6 @@ class StoreReconciler:
         self._loop_thread: int | None = None
         self._stopped = False
         self._cause: BaseException | None = None
-        self._submitter: ThreadPoolExecutor | None = None
         #: Passes that ended with an error (a store failure), since start.
         self.pass_errors = 0
         #: Resource replacements seen at claim, per preset.
@@ -187,7 +221,6 @@ class StoreReconciler:
         finally:
             with self._state_lock:
                 self._running = False
-            self._shutdown_submitter()
             self._done.set()
 
     def stop(
@@ -212,8 +245,6 @@ class StoreReconciler:
             log.info("prebuilds reconciler stopping: %r", cause)
         if running and not self._done.wait(timeout):
             log.warning("prebuilds reconciler did not stop within %ss", timeout)
-        if not running:
-            self._shutdown_submitter()
 
     @property
     def stop_cause(self) -> BaseException | None:
@@ -445,16 +476,9 @@ class StoreReconciler:
             if self._submit_timeout is None:
                 self._provisioner.submit(request)
             else:
-                pool = self._submitter_pool()
-                future = pool.submit(self._provisioner.submit, request)
-                try:
-                    future.result(timeout=self._submit_timeout)
-                except FutureTimeoutError:
-                    # The worker is stuck in the host's submit: leave that
-                    # pool behind so that later submits get fresh threads.
-                    future.cancel()
-                    self._abandon_submitter(pool)
-                    raise
+                _call_with_timeout(
+                    self._provisioner.submit, request, self._submit_timeout
+                )
         except ProvisionerValidationError as e:
             self._store.build_finished(
                 request.build_id,
@@ -475,7 +499,7 @@ class StoreReconciler:
             )
             return False
         except Exception as e:  # noqa: BLE001 - any provisioner failure
-            kind = "timeout" if isinstance(e, FutureTimeoutError) else "provisioner"
+            kind = "timeout" if isinstance(e, _SubmitTimeoutError) else "provisioner"
             self._store.build_finished(
                 request.build_id,
                 now=now,
@@ -492,27 +516,6 @@ class StoreReconciler:
             )
             return False
         return True
-
-    def _submitter_pool(self) -> ThreadPoolExecutor:
-        with self._state_lock:
-            if self._submitter is None:
-                self._submitter = ThreadPoolExecutor(
-                    self._max_workers, thread_name_prefix="prebuilds-submit"
-                )
-            return self._submitter
-
-    def _abandon_submitter(self, pool: ThreadPoolExecutor) -> None:
-        with self._state_lock:
-            if self._submitter is not pool:
-                return
-            self._submitter = None
-        pool.shutdown(wait=False)
-
-    def _shutdown_submitter(self) -> None:
-        with self._state_lock:
-            submitter, self._submitter = self._submitter, None
-        if submitter is not None:
-            submitter.shutdown(wait=False, cancel_futures=True)
 
     # -- replacements ------------------------------------------------------------
     def track_resource_replacement(
