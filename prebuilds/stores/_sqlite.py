@@ -831,6 +831,27 @@ class SQLiteStore:
             self._local = threading.local()
 
     def _migrate(self, handle: _Handle) -> None:
+        # Switching a new file to WAL, or reading it while another process
+        # switches it, can return SQLITE_BUSY without consulting the busy
+        # handler; such a failure is retried until the busy timeout is spent.
+        deadline = time.monotonic() + self._busy_timeout
+        delay = 0.01
+        while True:
+            try:
+                self._migrate_once(handle)
+            except StoreError as e:
+                cause = e.__cause__
+                busy = isinstance(cause, sqlite3.OperationalError) and (
+                    "locked" in str(cause) or "busy" in str(cause)
+                )
+                if not busy or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+            else:
+                return
+
+    def _migrate_once(self, handle: _Handle) -> None:
         conn = handle.conn
         with handle.lock:
             try:
