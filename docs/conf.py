@@ -67,6 +67,7 @@ _STDLIB = [
     "logging.Logger",
     "os.PathLike",
     "collections.abc.Callable",
+    "collections.abc.Iterable",
     "collections.abc.Iterator",
 ]
 nitpick_ignore = [

@@ -381,7 +381,7 @@ class StoreReconciler:
         for action in actions:
             try:
                 self._execute(ps, action, now, expired, result)
-            except StoreError:  # noqa: PERF203 - a handful of actions
+            except StoreError:
                 raise  # a store failure ends the pass
             except Exception as e:  # noqa: BLE001 - go on with the next action
                 self._preset_error(preset.id, e, result)

@@ -5,7 +5,6 @@ Snapshots come from the public strategies in prebuilds.testing.strategies.
 """
 
 # Asserts read ``expected == actual`` (the project's test style).
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 
@@ -20,6 +19,7 @@ import pytest
 
 from hypothesis import assume, given
 from hypothesis import strategies as st
+
 from prebuilds import (
     ActionType,
     GlobalSnapshot,

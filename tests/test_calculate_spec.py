@@ -9,7 +9,6 @@ docstring says "differs from Coder".
 """
 
 # Asserts read ``expected == actual`` (the project's test style).
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 

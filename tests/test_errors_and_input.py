@@ -4,7 +4,6 @@ the error tree and its pickling.
 """
 
 # Asserts read ``expected == actual`` (the project's test style).
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 

@@ -4,7 +4,6 @@ version, typing, and the no-op implementations.
 """
 
 # Asserts read ``expected == actual`` (the project's test style).
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 
@@ -20,8 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import attrs
-import prebuilds
 import pytest
+
+import prebuilds
 
 from prebuilds import (
     DEFAULT_CLAIMER,

@@ -24,6 +24,7 @@ import psycopg_pool
 import pytest
 
 from hypothesis import HealthCheck, settings
+
 from prebuilds import (
     PREBUILDS_OWNER_ID,
     BuildRequest,
@@ -39,7 +40,6 @@ from prebuilds import (
 )
 from prebuilds.stores._postgres import SCHEMA_VERSION, PostgresStore
 from prebuilds.testing import check_store
-
 from tests.postgres_cluster import PostgresStoreFactory, fresh_schema_name
 
 

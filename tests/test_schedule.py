@@ -6,7 +6,6 @@ dependency only.
 """
 
 # Asserts read ``expected == actual`` (the project's test style).
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 
@@ -21,6 +20,7 @@ import pytest
 from croniter import croniter
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from prebuilds import (
     InvalidInputError,
     PrebuildSchedule,

@@ -162,7 +162,7 @@ class MemoryStore:
             for preset_id in sorted(self._presets):
                 try:
                     presets.append(self._preset(self._presets[preset_id]))
-                except InvalidInputError as e:  # noqa: PERF203 - reported, not raised
+                except InvalidInputError as e:
                     invalid.append(invalid_preset(preset_id, e))
             return GlobalSnapshot(
                 presets=presets,
