@@ -91,6 +91,15 @@ class StoreClaimer:
             now=now,
         )
         if instance is None:
+            if self._events is not None:
+                self._events.emit(
+                    Event(
+                        kind=EventKind.CLAIM_MISSED,
+                        at=now,
+                        preset_id=preset_id,
+                        detail=f"user={user_id}",
+                    )
+                )
             raise NoClaimablePrebuildsError(preset_id)
         if self._events is not None:
             self._events.emit(

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from uuid import UUID
 
-    from prebuilds._model import GlobalSnapshot
+    from prebuilds._model import GlobalSnapshot, InvalidPreset
     from prebuilds._records import BuildRequest, ResourceReplacement
     from prebuilds.interfaces import Clock, EventSink, Provisioner, Store
 
@@ -199,6 +199,7 @@ class StoreReconciler:
         #: Resource replacements seen at claim, per preset.
         self.replacements: Counter[UUID] = Counter()
         self._ready_seen: frozenset[UUID] = frozenset()
+        self._invalid_seen: frozenset[InvalidPreset] = frozenset()
 
     # -- loop ------------------------------------------------------------------
     def run(self) -> None:
@@ -320,12 +321,15 @@ class StoreReconciler:
                     build_id=build.id,
                     detail=f"{build.transition.value} build timed out",
                 )
+        invalid_now = frozenset(snapshot.invalid_presets)
         for invalid in snapshot.invalid_presets:
-            self._emit(
-                EventKind.INVALID_PRESET,
-                preset_id=invalid.preset_id,
-                detail=f"{invalid.field}={invalid.value}: {invalid.reason}",
-            )
+            if invalid not in self._invalid_seen:  # report each problem once
+                self._emit(
+                    EventKind.INVALID_PRESET,
+                    preset_id=invalid.preset_id,
+                    detail=f"{invalid.field}={invalid.value}: {invalid.reason}",
+                )
+        self._invalid_seen = invalid_now
         self._report_ready(snapshot)
         todo = []
         for preset in snapshot.presets:

@@ -257,6 +257,7 @@ class EventKind(enum.Enum):
     CREATED = "created"
     READY = "ready"
     CLAIMED = "claimed"
+    CLAIM_MISSED = "claim_missed"
     EXPIRED = "expired"
     DELETED = "deleted"
     FAILED = "failed"

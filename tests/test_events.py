@@ -16,6 +16,7 @@ from prebuilds import (
     Event,
     EventKind,
     LoggingEventSink,
+    NoClaimablePrebuildsError,
     ResourceReplacement,
     StoreError,
 )
@@ -84,6 +85,17 @@ class TestEventKinds:
 
         [event] = world.of_kind(EventKind.CLAIMED)
         assert (preset_id, claimed) == (event.preset_id, event.instance_id)
+
+    def test_claim_missed(self, store_factory: StoreFactory) -> None:
+        """CLAIM_MISSED names the preset a claim found nothing in."""
+        world = make_world(store_factory())
+        preset = new_preset(world.store, new_template(world.store), desired=1)
+
+        with pytest.raises(NoClaimablePrebuildsError):
+            world.claim(preset.id)
+
+        [event] = world.of_kind(EventKind.CLAIM_MISSED)
+        assert (preset.id, None, None) == _ids(event)
 
     def test_expired(self, store_factory: StoreFactory) -> None:
         """EXPIRED names the preset, the expired instance and its delete build."""
@@ -227,17 +239,20 @@ class TestEventKinds:
         assert (preset.id, instance.id, builds[1]) == _ids(event)
 
     def test_invalid_preset(self, store_factory: StoreFactory) -> None:
-        """INVALID_PRESET names the preset and the bad field, every pass."""
+        """INVALID_PRESET names the preset and the bad field, once per problem."""
         world = make_world(store_factory())
         preset = new_preset(world.store, new_template(world.store), desired=1)
         corrupt_preset(world.store, preset.id, "desired_instances", -3)
 
         world.reconciler.reconcile_all()
         world.reconciler.reconcile_all()
+        corrupt_preset(world.store, preset.id, "desired_instances", -4)
+        world.reconciler.reconcile_all()
 
         events = world.of_kind(EventKind.INVALID_PRESET)
         assert [(preset.id, None, None)] * 2 == [_ids(e) for e in events]
         assert "desired_instances=-3: must be >= 0" == events[0].detail
+        assert "desired_instances=-4: must be >= 0" == events[1].detail
 
     def test_preset_error(self, store_factory: StoreFactory) -> None:
         """PRESET_ERROR names the preset whose reconciliation raised."""
