@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from uuid import UUID
 
     from prebuilds._model import Preset
+    from prebuilds._records import Instance
     from prebuilds.interfaces import EventSink, Store
 
 
@@ -30,6 +31,11 @@ class StoreClaimer:
     A claim takes the *oldest* ready, unexpired instance of the preset on the
     template's active version, so the pool turns over, and moves it to the
     user in one atomic transition that also sets its lifecycle fields.
+
+    It reads the preset and its template, then claims: three calls to the
+    store. A store that offers ``claim_checked`` (as
+    :class:`~prebuilds.stores.PostgresStore` does) is asked once instead,
+    and checks the preset in the claim's own statement.
 
     Args:
         store: Where the pool lives.
@@ -72,24 +78,44 @@ class StoreClaimer:
             InvalidInputError: a naive datetime or a negative TTL.
         """
         check_aware("now", now)
-        preset = self._store.get_preset(preset_id)
-        if not preset.is_active:
-            raise PresetInactiveError(preset_id)
-        template = self._store.get_template(preset.template_id)
-        lifecycle = claimed_lifecycle(
-            now=now,
-            autostart_schedule=autostart_schedule,
-            next_start_at=next_start_at,
-            ttl=ttl,
-            template_default_ttl=template.default_ttl,
-        )
-        instance = self._store.claim(
-            preset_id=preset_id,
-            user_id=user_id,
-            name=name,
-            lifecycle=lifecycle,
-            now=now,
-        )
+        checked = getattr(self._store, "claim_checked", None)
+        if checked is not None:
+            # One round trip: the store checks the preset and reads the
+            # template's default TTL in the claim's own statement.
+            lifecycle = claimed_lifecycle(
+                now=now,
+                autostart_schedule=autostart_schedule,
+                next_start_at=next_start_at,
+                ttl=ttl,
+                template_default_ttl=None,
+            )
+            instance: Instance | None = checked(
+                preset_id=preset_id,
+                user_id=user_id,
+                name=name,
+                lifecycle=lifecycle,
+                now=now,
+                ttl_from_template=ttl is None,
+            )
+        else:
+            preset = self._store.get_preset(preset_id)
+            if not preset.is_active:
+                raise PresetInactiveError(preset_id)
+            template = self._store.get_template(preset.template_id)
+            lifecycle = claimed_lifecycle(
+                now=now,
+                autostart_schedule=autostart_schedule,
+                next_start_at=next_start_at,
+                ttl=ttl,
+                template_default_ttl=template.default_ttl,
+            )
+            instance = self._store.claim(
+                preset_id=preset_id,
+                user_id=user_id,
+                name=name,
+                lifecycle=lifecycle,
+                now=now,
+            )
         if instance is None:
             if self._events is not None:
                 self._events.emit(
