@@ -1,0 +1,1269 @@
+"""
+PoolMachine: a Hypothesis state machine that drives the whole system.
+
+It configures templates and presets, runs reconciliation passes, moves a
+fake clock, scripts the provisioner (failed, stalled, rejected builds, a
+provisioner that is down), marks instances ready, claims, pauses and
+invalidates, against one or more *systems* (a store, a claimer, a
+reconciler and a fake provisioner each) in lockstep. After every step it
+checks the invariants of the pool on each system's observable state, and
+that every system agrees with the first one (the reference).
+
+Only :mod:`prebuilds.testing` imports this module (it needs Hypothesis).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, NoReturn
+from uuid import UUID
+
+import attrs
+
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from prebuilds._claimer import StoreClaimer
+from prebuilds._events import CollectingEventSink
+from prebuilds._lifecycle import claimed_lifecycle
+from prebuilds._model import (
+    PrebuildSchedule,
+    Preset,
+    PresetStatus,
+    Transition,
+    expired_at,
+)
+from prebuilds._reconciler import StoreReconciler
+from prebuilds._records import (
+    PREBUILDS_OWNER_ID,
+    BuildStatus,
+    EventKind,
+    PresetConfig,
+    Template,
+)
+from prebuilds._schedule import desired_instances
+from prebuilds.exceptions import (
+    BuildNotFoundError,
+    InstanceNotFoundError,
+    NoClaimablePrebuildsError,
+    PresetInactiveError,
+    PresetNotFoundError,
+    ProvisionerError,
+)
+from prebuilds.stores import MemoryStore
+from prebuilds.testing._fakes import DEFAULT_START, FakeClock, FakeProvisioner
+
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from prebuilds._model import GlobalSnapshot
+    from prebuilds._records import Build, BuildRequest, Instance, Lifecycle
+    from prebuilds.interfaces import Claimer, Store
+
+__all__ = ["PoolMachine", "RunCounter"]
+
+#: The reconciler's settings in the machine (small, so that a few clock
+#: moves cross every threshold).
+BACKOFF_INTERVAL = timedelta(minutes=1)
+BACKOFF_LOOKBACK = timedelta(hours=1)
+HARD_LIMIT = 3
+BUILD_TIMEOUT = timedelta(minutes=10)
+BUILD_TIME = timedelta(seconds=30)
+#: The clock moves this much before every pass.
+PASS_GAP = timedelta(seconds=1)
+
+#: At most this many presets (all versions) and templates per run.
+MAX_PRESETS = 8
+MAX_TEMPLATES = 3
+#: A settle() that is not quiet after this many passes fails.
+SETTLE_PASSES = 20
+
+_STEPS = (
+    timedelta(seconds=10),
+    timedelta(seconds=30),
+    timedelta(minutes=1),
+    timedelta(minutes=5),
+    timedelta(minutes=20),
+    timedelta(hours=1),
+    timedelta(hours=3),
+    timedelta(hours=9),
+)
+_WAITS = (timedelta(0), timedelta(minutes=10), timedelta(hours=1), timedelta(hours=3))
+_TTLS = (None, timedelta(0), timedelta(minutes=30), timedelta(hours=2))
+_DEFAULT_TTLS = (None, timedelta(hours=8))
+_SCHEDULES: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = (
+    ("", ()),
+    ("UTC", (("* 9-17 * * 1-5", 3),)),
+    ("UTC", (("* 0-7 * * *", 0), ("* 18-23 * * *", 2))),
+    ("America/New_York", (("* 8-20 * * *", 1),)),
+    ("", (("* 9-17 * * 1-5", 3),)),  # no time zone: schedules are ignored
+)
+_PARAMETERS = ((), (("region", "eu"),), (("region", "us"), ("size", "large")))
+_USERS = tuple(UUID(int=0xA000 + n) for n in range(3))
+
+_INDEXES = st.integers(min_value=0, max_value=63)
+_COUNTS = st.integers(min_value=0, max_value=3)
+_PRESET_TTLS = st.sampled_from(_TTLS)
+_SCHEDULE_INDEXES = st.integers(min_value=0, max_value=len(_SCHEDULES) - 1)
+
+
+@attrs.define
+class RunCounter:
+    """How many examples and steps the machine ran (for reports)."""
+
+    examples: int = 0
+    steps: int = 0
+
+
+# -- the host's side -------------------------------------------------------------
+class _ScriptedProvisioner(FakeProvisioner):
+    """
+    A FakeProvisioner scripted per preset, so that every creation of one
+    preset in one pass has the same fate.
+
+    - *failing*: start builds are accepted and fail when processed;
+    - *down*: ``submit`` raises for start builds (the provisioner is down).
+    """
+
+    def __init__(self, store: Store, clock: FakeClock) -> None:
+        super().__init__(store, clock, build_time=BUILD_TIME, ready_on_success=False)
+        self.failing: set[UUID] = set()
+        self.down: set[UUID] = set()
+        self.rejected: set[UUID] = set()
+        self.stalled: set[UUID] = set()
+
+    def reject(self, preset_id: UUID) -> None:
+        self.rejected.add(preset_id)
+        super().reject(preset_id)
+
+    def stall(self, preset_id: UUID) -> None:
+        self.stalled.add(preset_id)
+        super().stall(preset_id)
+
+    def unstall(self, preset_id: UUID) -> None:
+        self.stalled.discard(preset_id)
+        super().unstall(preset_id)
+
+    def submit(self, request: BuildRequest) -> None:
+        preset_id = request.preset_id
+        if request.transition is Transition.START and preset_id not in self.rejected:
+            if preset_id in self.down:
+                self.raise_next(ProvisionerError("the fake provisioner is down"))
+            elif preset_id in self.failing:
+                self.fail_next(1)
+        super().submit(request)
+
+
+@attrs.frozen
+class _Claim:
+    """What a system handed out, as the machine recorded it at claim time."""
+
+    instance_id: UUID
+    preset_id: UUID
+    user_id: UUID
+    name: str
+    lifecycle: Lifecycle
+    claimed_at: datetime
+    builds: int
+
+
+class _System:
+    """One store with its claimer, reconciler and provisioner."""
+
+    def __init__(
+        self,
+        label: str,
+        store: Store,
+        claimer: Claimer,
+        clock: FakeClock,
+    ) -> None:
+        self.label = label
+        self.store = store
+        self.claimer = claimer
+        self.events = CollectingEventSink()
+        self.provisioner = _ScriptedProvisioner(store, clock)
+        names = itertools.count()
+        self.reconciler = StoreReconciler(
+            store,
+            self.provisioner,
+            clock=clock,
+            events=self.events,
+            backoff_interval=BACKOFF_INTERVAL,
+            backoff_lookback=BACKOFF_LOOKBACK,
+            hard_limit=HARD_LIMIT,
+            build_timeout=BUILD_TIMEOUT,
+            submit_timeout=None,
+            max_workers=1,
+            name_factory=lambda: f"prebuild-{next(names)}",
+        )
+        #: Every instance this system handed out, by ID.
+        self.claims: dict[UUID, _Claim] = {}
+        #: Per preset, the pool size (running + starting) after the last
+        #: pass: only a pass may grow a pool.
+        self.bound: dict[UUID, int] = {}
+
+    def close(self) -> None:
+        self.reconciler.stop()
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()
+
+    def snapshot(self) -> GlobalSnapshot:
+        return self.reconciler.snapshot_state(self.store)
+
+
+@attrs.define
+class _TemplateModel:
+    id: UUID
+    active_version_id: UUID
+    default_ttl: timedelta | None
+    deprecated: bool = False
+    deleted: bool = False
+
+    def record(self) -> Template:
+        return Template(
+            id=self.id,
+            active_version_id=self.active_version_id,
+            name=f"template-{self.id.int}",
+            deprecated=self.deprecated,
+            deleted=self.deleted,
+            default_ttl=self.default_ttl,
+        )
+
+
+@attrs.define
+class _PresetModel:
+    config: PresetConfig
+    invalidated_at: datetime | None = None
+
+
+@attrs.frozen
+class _Pool:
+    """One preset's instances in one store, by state of their latest build."""
+
+    running_ready: int = 0
+    running_unready: int = 0
+    expired: int = 0
+    starting: int = 0
+    deleting: int = 0
+    start_failed: int = 0
+    delete_failed: int = 0
+    deleted: int = 0
+    claimed: int = 0
+
+    @property
+    def size(self) -> int:
+        """What the pool holds or is building (expired included)."""
+        return self.running_ready + self.running_unready + self.expired + self.starting
+
+    @property
+    def running(self) -> int:
+        """Running, not expired."""
+        return self.running_ready + self.running_unready
+
+
+def _is_running(instance: Instance) -> bool:
+    return (
+        instance.latest_transition is Transition.START
+        and instance.latest_status is BuildStatus.SUCCEEDED
+    )
+
+
+def _choice(values: Iterable[UUID], index: int) -> UUID:
+    ordered = sorted(values)
+    return ordered[index % len(ordered)]
+
+
+def _schedules(index: int) -> tuple[str, tuple[PrebuildSchedule, ...]]:
+    """The time zone and schedules of the *index*-th shape."""
+    zone, schedules = _SCHEDULES[index]
+    return zone, tuple(PrebuildSchedule(cron=c, instances=n) for c, n in schedules)
+
+
+def _fail(system: _System, message: str) -> NoReturn:
+    raise AssertionError(f"[{system.label}] {message}")
+
+
+class PoolMachine(RuleBasedStateMachine):
+    """
+    Drive pools end to end and check their invariants after every step.
+
+    Each run builds a *system* (the store from *store_factory*, the claimer
+    from *claimer_factory*, a :class:`~prebuilds.StoreReconciler` with one
+    worker, a fake provisioner) and, with *reference*, a second one on a
+    :class:`~prebuilds.stores.MemoryStore`, on one
+    :class:`~prebuilds.testing.FakeClock`. Every rule acts on both; the
+    invariant checks both after every step, and that they agree, by counts
+    (instance IDs are random). Rules pick presets and templates by index in
+    ID order (``p=0``: the first preset).
+
+    :func:`~prebuilds.testing.check_store` and
+    :func:`~prebuilds.testing.check_claimer` run it; the testing-kit page
+    lists its rules and invariants.
+
+    Args:
+        store_factory: A new, empty store per run; closed at teardown.
+        claimer_factory: The claimer under test, given the store.
+        reference: Also run the reference system side by side, and check that
+            the system under test agrees with it.
+        counter: Counts examples and steps, if given (for reports).
+    """
+
+    def __init__(
+        self,
+        store_factory: Callable[[], Store],
+        claimer_factory: Callable[[Store], Claimer] = StoreClaimer,
+        *,
+        reference: bool = True,
+        counter: RunCounter | None = None,
+    ) -> None:
+        super().__init__()
+        self._counter = counter
+        if counter is not None:
+            counter.examples += 1
+        self.clock = FakeClock(DEFAULT_START)
+        self.systems: list[_System] = []
+        if reference:
+            memory = MemoryStore()
+            self.systems.append(
+                _System(
+                    "reference MemoryStore", memory, StoreClaimer(memory), self.clock
+                )
+            )
+        try:
+            store = store_factory()
+            self.systems.append(
+                _System("store under test", store, claimer_factory(store), self.clock)
+            )
+        except BaseException:
+            self.teardown()
+            raise
+        self.templates: dict[UUID, _TemplateModel] = {}
+        self.presets: dict[UUID, _PresetModel] = {}
+        self.paused = False
+        self._ids = itertools.count(1)
+        self._claims = itertools.count()
+
+    # -- helpers: the model ---------------------------------------------------------
+    def _new_id(self) -> UUID:
+        return UUID(int=next(self._ids))
+
+    def _template_of(self, preset_id: UUID) -> _TemplateModel:
+        return self.templates[self.presets[preset_id].config.template_id]
+
+    def _is_active(self, preset_id: UUID) -> bool:
+        config = self.presets[preset_id].config
+        template = self.templates[config.template_id]
+        return (
+            config.template_version_id == template.active_version_id
+            and not template.deleted
+            and not template.deprecated
+        )
+
+    def _preset(self, preset_id: UUID, status: PresetStatus) -> Preset:
+        """The Preset a store must derive from the model."""
+        model = self.presets[preset_id]
+        config = model.config
+        template = self.templates[config.template_id]
+        return Preset(
+            id=config.id,
+            template_id=config.template_id,
+            template_version_id=config.template_version_id,
+            desired_instances=config.desired_instances,
+            name=config.name,
+            organization_id=None,
+            using_active_version=config.template_version_id
+            == template.active_version_id,
+            template_deleted=template.deleted,
+            template_deprecated=template.deprecated,
+            ttl=config.ttl,
+            last_invalidated_at=model.invalidated_at,
+            scheduling_timezone=config.scheduling_timezone,
+            schedules=config.schedules,
+            status=status,
+            parameters=config.parameters,
+        )
+
+    def _desired(self, preset_id: UUID, now: datetime) -> int:
+        if not self._is_active(preset_id):
+            return 0
+        return desired_instances(self._preset(preset_id, PresetStatus.HEALTHY), at=now)
+
+    def _expired(self, preset_id: UUID, created_at: datetime, now: datetime) -> bool:
+        model = self.presets[preset_id]
+        return expired_at(
+            created_at=created_at,
+            ttl=model.config.ttl,
+            last_invalidated_at=model.invalidated_at,
+            now=now,
+        )
+
+    def _config(
+        self,
+        preset_id: UUID,
+        *,
+        template: _TemplateModel,
+        desired: int,
+        ttl: timedelta | None,
+        schedule: int,
+        parameters: tuple[tuple[str, str], ...],
+    ) -> PresetConfig:
+        zone, schedules = _schedules(schedule)
+        return PresetConfig(
+            id=preset_id,
+            template_id=template.id,
+            template_version_id=template.active_version_id,
+            desired_instances=desired,
+            name=f"preset-{preset_id.int}",
+            ttl=ttl,
+            scheduling_timezone=zone,
+            schedules=schedules,
+            parameters=parameters,
+        )
+
+    def _put_template(self, template: _TemplateModel) -> None:
+        for system in self.systems:
+            system.store.put_template(template.record())
+
+    def _put_preset(self, config: PresetConfig) -> None:
+        for system in self.systems:
+            system.store.put_preset(config)
+
+    # -- helpers: observing a store -------------------------------------------------
+    def _pools(self, system: _System) -> dict[UUID, _Pool]:
+        """Every preset's pool in *system*, from ``list_instances``."""
+        now = self.clock.now()
+        counts: dict[UUID, Counter[str]] = {p: Counter() for p in self.presets}
+        for instance in system.store.list_instances(include_deleted=True):
+            count = counts.setdefault(instance.preset_id, Counter())
+            if instance.deleted:
+                count["deleted"] += 1
+            elif instance.owner_id != PREBUILDS_OWNER_ID:
+                count["claimed"] += 1
+            elif instance.latest_transition is Transition.START:
+                status = instance.latest_status
+                if status is BuildStatus.SUCCEEDED:
+                    if self._expired(instance.preset_id, instance.created_at, now):
+                        count["expired"] += 1
+                    elif instance.ready:
+                        count["running_ready"] += 1
+                    else:
+                        count["running_unready"] += 1
+                elif status.in_progress:
+                    count["starting"] += 1
+                else:
+                    count["start_failed"] += 1
+            elif instance.latest_status.in_progress:
+                count["deleting"] += 1
+            else:
+                count["delete_failed"] += 1
+        return {p: _Pool(**c) for p, c in counts.items()}
+
+    def _summary(self, system: _System) -> dict[str, object]:
+        """What every system must agree on: counts, never IDs."""
+        snapshot = system.snapshot()
+        now = self.clock.now()
+        summary: dict[str, object] = {
+            "paused": system.store.is_paused(),
+            "claimed": len(system.claims),
+            "events": sorted(
+                Counter(e.kind.value for e in system.events.events).items()
+            ),
+            "queued builds": system.provisioner.queued,
+            "hard limited": sorted(snapshot.hard_limited),
+        }
+        builds: Counter[tuple[str, str, str]] = Counter(
+            (b.transition.value, b.status.value, b.error_kind or "")
+            for b in system.store.list_builds()
+        )
+        summary["builds"] = sorted(builds.items())
+        for preset_id, pool in sorted(self._pools(system).items()):
+            preset = system.store.get_preset(preset_id)
+            summary[f"preset {preset_id.int}"] = (
+                attrs.asdict(pool),
+                preset.status.value,
+                sorted(
+                    (r.transition.value, r.count)
+                    for r in snapshot.in_progress
+                    if r.preset_id == preset_id
+                ),
+                sum(r.count for r in snapshot.pending if r.preset_id == preset_id),
+                [
+                    (b.num_failed, b.last_build_at.isoformat())
+                    for b in snapshot.backoffs
+                    if b.preset_id == preset_id
+                ],
+            )
+        summary["now"] = now.isoformat()
+        return summary
+
+    # -- initialization -------------------------------------------------------------
+    @initialize(
+        desired=st.lists(_COUNTS, min_size=1, max_size=2),
+        ttl=_PRESET_TTLS,
+        default_ttl=st.sampled_from(_DEFAULT_TTLS),
+        settled=st.booleans(),
+    )
+    def start(
+        self,
+        desired: list[int],
+        ttl: timedelta | None,
+        default_ttl: timedelta | None,
+        settled: bool,
+    ) -> None:
+        """A template with one or two presets; their pools filled if *settled*."""
+        template = self._add_template(default_ttl)
+        for count in desired:
+            self._add_preset(template, count, ttl, 0, ())
+        if settled:
+            self.settle()
+
+    def _add_template(self, default_ttl: timedelta | None) -> _TemplateModel:
+        template = _TemplateModel(
+            id=self._new_id(), active_version_id=self._new_id(), default_ttl=default_ttl
+        )
+        self.templates[template.id] = template
+        self._put_template(template)
+        return template
+
+    def _add_preset(
+        self,
+        template: _TemplateModel,
+        desired: int,
+        ttl: timedelta | None,
+        schedule: int,
+        parameters: tuple[tuple[str, str], ...],
+    ) -> None:
+        preset_id = self._new_id()
+        config = self._config(
+            preset_id,
+            template=template,
+            desired=desired,
+            ttl=ttl,
+            schedule=schedule,
+            parameters=parameters,
+        )
+        self.presets[preset_id] = _PresetModel(config)
+        self._put_preset(config)
+        for system in self.systems:
+            system.bound[preset_id] = 0
+
+    # -- rules: configuration -------------------------------------------------------
+    @precondition(lambda self: len(self.templates) < MAX_TEMPLATES)
+    @rule(default_ttl=st.sampled_from(_DEFAULT_TTLS))
+    def add_template(self, default_ttl: timedelta | None) -> None:
+        self._add_template(default_ttl)
+
+    @precondition(lambda self: len(self.presets) < MAX_PRESETS)
+    @rule(
+        t=_INDEXES,
+        desired=_COUNTS,
+        ttl=_PRESET_TTLS,
+        schedule=_SCHEDULE_INDEXES,
+        parameters=st.sampled_from(_PARAMETERS),
+    )
+    def add_preset(
+        self,
+        t: int,
+        desired: int,
+        ttl: timedelta | None,
+        schedule: int,
+        parameters: tuple[tuple[str, str], ...],
+    ) -> None:
+        template = self.templates[_choice(self.templates, t)]
+        self._add_preset(template, desired, ttl, schedule, parameters)
+
+    @precondition(lambda self: self.presets)
+    @rule(p=_INDEXES, desired=_COUNTS, ttl=_PRESET_TTLS, schedule=_SCHEDULE_INDEXES)
+    def alter_preset(
+        self, p: int, desired: int, ttl: timedelta | None, schedule: int
+    ) -> None:
+        """Change a preset's count, TTL and schedules (status is kept)."""
+        preset_id = _choice(self.presets, p)
+        model = self.presets[preset_id]
+        zone, schedules = _schedules(schedule)
+        model.config = attrs.evolve(
+            model.config,
+            desired_instances=desired,
+            ttl=ttl,
+            scheduling_timezone=zone,
+            schedules=schedules,
+        )
+        self._put_preset(model.config)
+
+    @precondition(lambda self: len(self.presets) < MAX_PRESETS)
+    @rule(t=_INDEXES)
+    def new_template_version(self, t: int) -> None:
+        """Publish a new version: its presets copy the old ones, which drain."""
+        template = self.templates[_choice(self.templates, t)]
+        old = [
+            m.config
+            for m in self.presets.values()
+            if m.config.template_id == template.id
+            and m.config.template_version_id == template.active_version_id
+        ]
+        template.active_version_id = self._new_id()
+        for config in sorted(old, key=lambda c: c.id)[
+            : MAX_PRESETS - len(self.presets)
+        ]:
+            preset_id = self._new_id()
+            copy = attrs.evolve(
+                config,
+                id=preset_id,
+                template_version_id=template.active_version_id,
+                name=f"preset-{preset_id.int}",
+            )
+            self.presets[preset_id] = _PresetModel(copy)
+            self._put_preset(copy)
+            for system in self.systems:
+                system.bound[preset_id] = 0
+        self._put_template(template)
+
+    @rule(t=_INDEXES, state=st.sampled_from(["active", "deprecated", "deleted"]))
+    def set_template_state(self, t: int, state: str) -> None:
+        """Deprecate or delete a template (its presets drain), or restore it."""
+        template = self.templates[_choice(self.templates, t)]
+        template.deprecated = state == "deprecated"
+        template.deleted = state == "deleted"
+        self._put_template(template)
+
+    @precondition(lambda self: self.presets)
+    @rule(p=_INDEXES)
+    def invalidate(self, p: int) -> None:
+        """Expire every instance of a preset created before now."""
+        preset_id = _choice(self.presets, p)
+        now = self.clock.now()
+        self.presets[preset_id].invalidated_at = now
+        for system in self.systems:
+            system.store.invalidate_preset(preset_id, at=now)
+
+    @rule(paused=st.booleans())
+    def pause(self, paused: bool) -> None:
+        """Pause or resume reconciliation (persisted in the store)."""
+        self.paused = paused
+        for system in self.systems:
+            if paused:
+                system.reconciler.pause()
+            else:
+                system.reconciler.resume()
+
+    # -- rules: time, builds, readiness ---------------------------------------------
+    @rule(dt=st.sampled_from(_STEPS))
+    def advance_clock(self, dt: timedelta) -> None:
+        self.clock.advance(dt)
+
+    @rule()
+    def process_builds(self) -> None:
+        """The host reports every build whose time has come."""
+        for system in self.systems:
+            system.provisioner.process()
+
+    @rule()
+    def reconcile(self) -> None:
+        """A pass (a second after the previous step)."""
+        self._reconcile()
+
+    @rule(dt=st.sampled_from(_STEPS))
+    def tick(self, dt: timedelta) -> None:
+        """
+        What a host's loop does: time passes, builds end, the new instances
+        report ready, a pass runs.
+        """
+        self.clock.advance(dt)
+        for system in self.systems:
+            system.provisioner.process()
+            self._mark_ready(system, None, ready=True)
+        self._reconcile()
+
+    @precondition(lambda self: self.presets)
+    @rule(p=_INDEXES, ready=st.booleans())
+    def mark_ready(self, p: int, ready: bool) -> None:
+        """Report every running instance of a preset ready (or not)."""
+        preset_id = _choice(self.presets, p)
+        for system in self.systems:
+            self._mark_ready(system, preset_id, ready=ready)
+
+    @staticmethod
+    def _mark_ready(system: _System, preset_id: UUID | None, *, ready: bool) -> None:
+        for instance in system.store.list_instances(
+            preset_id=preset_id, owner_id=PREBUILDS_OWNER_ID
+        ):
+            if _is_running(instance) and instance.ready != ready:
+                system.store.set_ready(instance.id, ready=ready)
+
+    @precondition(lambda self: self.presets)
+    @rule(
+        p=_INDEXES,
+        mode=st.sampled_from(["fail", "down", "stall", "reject", "heal"]),
+    )
+    def script_provisioner(self, p: int, mode: str) -> None:
+        """
+        From now on, a preset's start builds fail, its submits raise, its
+        builds never end, or its starts are rejected as invalid (for good);
+        or heal it (all but a rejection).
+        """
+        preset_id = _choice(self.presets, p)
+        for system in self.systems:
+            provisioner = system.provisioner
+            if mode == "fail":
+                provisioner.failing.add(preset_id)
+            elif mode == "down":
+                provisioner.down.add(preset_id)
+            elif mode == "stall":
+                provisioner.stall(preset_id)
+            elif mode == "reject":
+                provisioner.reject(preset_id)
+            else:
+                provisioner.failing.discard(preset_id)
+                provisioner.down.discard(preset_id)
+                provisioner.unstall(preset_id)
+
+    # -- rules: claims -----------------------------------------------------------------
+    @precondition(lambda self: self.presets)
+    @rule(
+        p=_INDEXES,
+        user=st.sampled_from(_USERS),
+        ttl=st.sampled_from((None, timedelta(hours=1))),
+        autostart=st.booleans(),
+        count=st.integers(min_value=1, max_value=3),
+        wait=st.sampled_from(_WAITS),
+    )
+    def claim(
+        self,
+        *,
+        p: int,
+        user: UUID,
+        ttl: timedelta | None,
+        autostart: bool,
+        count: int,
+        wait: timedelta,
+    ) -> None:
+        """
+        After *wait* (no pass runs meanwhile: pooled instances may expire),
+        a user claims *count* times in a row.
+        """
+        self.clock.advance(wait)
+        for _ in range(count):
+            self._claim(_choice(self.presets, p), user, ttl=ttl, autostart=autostart)
+
+    def _claim(
+        self, preset_id: UUID, user: UUID, *, ttl: timedelta | None, autostart: bool
+    ) -> dict[str, UUID | None]:
+        """Claim on every system; check each and that they agree."""
+        name = f"claimed-{next(self._claims)}"
+        got = {
+            s.label: self._claim_on(
+                s, preset_id, user, name, ttl=ttl, autostart=autostart
+            )
+            for s in self.systems
+        }
+        outcomes = {label: g is not None for label, g in got.items()}
+        if len(set(outcomes.values())) > 1:
+            msg = f"the systems disagree on whether the claim succeeded: {outcomes}"
+            raise AssertionError(msg)
+        return got
+
+    def _claim_on(
+        self,
+        system: _System,
+        preset_id: UUID,
+        user: UUID,
+        name: str,
+        *,
+        ttl: timedelta | None,
+        autostart: bool,
+    ) -> UUID | None:
+        """Claim on *system*: check the outcome against its pool just before."""
+        now = self.clock.now()
+        template = self._template_of(preset_id)
+        active = self._is_active(preset_id)
+        pooled = {
+            i.id: i
+            for i in system.store.list_instances(
+                preset_id=preset_id, owner_id=PREBUILDS_OWNER_ID
+            )
+        }
+        claimable = sorted(
+            (
+                i
+                for i in pooled.values()
+                if active
+                and i.ready
+                and not i.deleted
+                and _is_running(i)
+                and i.template_version_id == template.active_version_id
+                and not self._expired(preset_id, i.created_at, now)
+            ),
+            key=lambda i: (i.created_at, i.id),
+        )
+        autostart_schedule = "CRON_TZ=UTC 30 9 * * 1-5" if autostart else None
+        next_start_at = now + timedelta(days=1) if autostart else None
+        try:
+            got = system.claimer.claim(
+                now=now,
+                user_id=user,
+                name=name,
+                preset_id=preset_id,
+                autostart_schedule=autostart_schedule,
+                next_start_at=next_start_at,
+                ttl=ttl,
+            )
+        except NoClaimablePrebuildsError:
+            if claimable:
+                _fail(
+                    system,
+                    f"the claim missed although {len(claimable)} instance(s) were "
+                    "claimable",
+                )
+            return None
+        except PresetInactiveError:
+            if active:
+                _fail(
+                    system, "the claim raised PresetInactiveError for an active preset"
+                )
+            return None
+        self._check_handout(system, preset_id, got, pooled, claimable)
+        claim = _Claim(
+            instance_id=got,
+            preset_id=preset_id,
+            user_id=user,
+            name=name,
+            lifecycle=claimed_lifecycle(
+                now=now,
+                autostart_schedule=autostart_schedule,
+                next_start_at=next_start_at,
+                ttl=ttl,
+                template_default_ttl=template.default_ttl,
+            ),
+            claimed_at=now,
+            builds=len(system.store.list_builds(instance_id=got)),
+        )
+        after = system.store.get_instance(got)
+        problems = [
+            f"{field} is {actual!r}, expected {wanted!r}"
+            for field, actual, wanted in (
+                ("owner", after.owner_id, user),
+                ("name", after.name, name),
+                ("lifecycle", after.lifecycle, claim.lifecycle),
+                ("claimed_at", after.claimed_at, now),
+                ("deleted", after.deleted, False),
+                ("created_at", after.created_at, pooled[got].created_at),
+            )
+            if actual != wanted
+        ]
+        if problems:
+            _fail(
+                system, f"the claimed instance {got} is wrong: " + "; ".join(problems)
+            )
+        system.claims[got] = claim
+        return got
+
+    def _check_handout(
+        self,
+        system: _System,
+        preset_id: UUID,
+        got: object,
+        pooled: dict[UUID, Instance],
+        claimable: list[Instance],
+    ) -> None:
+        """What a claimer returned must be the oldest claimable instance."""
+        now = self.clock.now()
+        if not isinstance(got, UUID):
+            _fail(system, f"claim returned {got!r}, not a UUID")
+        if got in system.claims:
+            _fail(system, f"instance {got} was handed out twice")
+        if not self._is_active(preset_id):
+            _fail(system, f"the claim handed out {got} of an inactive preset")
+        before = pooled.get(got)
+        if before is None:
+            _fail(
+                system,
+                f"the claim handed out {got}, which was not pooled for this preset",
+            )
+        if self._expired(preset_id, before.created_at, now):
+            model = self.presets[preset_id]
+            _fail(
+                system,
+                f"the claim handed out the expired instance {got} (created "
+                f"{before.created_at}, preset TTL {model.config.ttl}, invalidated "
+                f"at {model.invalidated_at}, now {now})",
+            )
+        if not before.ready or not _is_running(before):
+            _fail(
+                system,
+                f"the claim handed out {got}, which was not ready and running "
+                f"(ready {before.ready}, latest build "
+                f"{before.latest_transition.value} {before.latest_status.value})",
+            )
+        if got != claimable[0].id:
+            _fail(
+                system,
+                f"the claim handed out {got}, not the oldest claimable instance "
+                f"{claimable[0].id}",
+            )
+
+    @precondition(lambda self: self.presets)
+    @rule(p=_INDEXES, user=st.sampled_from(_USERS))
+    def stale_delete(self, p: int, user: UUID) -> None:
+        """
+        The reconciler's race: it read a snapshot, a user claimed meanwhile,
+        then it deletes what the snapshot called running. The claimed
+        instance must survive; the others get a delete build.
+        """
+        preset_id = _choice(self.presets, p)
+        now = self.clock.now()
+        stale = {
+            s.label: [r.id for r in s.snapshot().running if r.preset_id == preset_id]
+            for s in self.systems
+        }
+        got = self._claim(preset_id, user, ttl=None, autostart=False)
+        for system in self.systems:
+            claimed = got[system.label]
+            for instance_id in stale[system.label]:
+                request = system.store.delete_prebuild(instance_id, now=now)
+                if instance_id == claimed:
+                    if request is not None:
+                        _fail(
+                            system,
+                            f"delete_prebuild deleted the claimed instance {claimed}",
+                        )
+                    continue
+                if request is None:
+                    _fail(
+                        system,
+                        f"delete_prebuild refused the running pooled instance "
+                        f"{instance_id}",
+                    )
+                if request.transition is not Transition.DELETE or request.orphan:
+                    _fail(system, f"delete_prebuild returned {request}")
+                system.provisioner.submit(request)
+
+    # -- rules: the store's edges ------------------------------------------------------
+    @rule()
+    def store_edges(self) -> None:
+        """
+        Reports on finished builds and deleted instances change nothing, and
+        lookups of unknown IDs raise the matching not-found error.
+        """
+        self._late_reports()
+        self._unknown_ids()
+
+    def _late_reports(self) -> None:
+        now = self.clock.now()
+        for system in self.systems:
+            store = system.store
+            builds = store.list_builds()
+            instances = store.list_instances(include_deleted=True)
+            for build in builds:
+                if not build.status.in_progress:
+                    store.build_started(build.id, now=now)
+                    store.build_finished(
+                        build.id,
+                        now=now,
+                        succeeded=build.status is not BuildStatus.SUCCEEDED,
+                        error_kind="late",
+                        error="a late report",
+                    )
+            for instance in instances:
+                if instance.deleted:
+                    store.set_ready(instance.id, ready=True)
+            if store.list_builds() != builds:
+                _fail(system, "a report on a finished build changed it")
+            if store.list_instances(include_deleted=True) != instances:
+                _fail(system, "set_ready changed a deleted instance")
+
+    def _unknown_ids(self) -> None:
+        for system in self.systems:
+            self._unknown_ids_on(system)
+
+    def _unknown_ids_on(self, system: _System) -> None:
+        unknown = UUID(int=0xDEAD)
+        now = self.clock.now()
+        store = system.store
+        checks: list[tuple[type[Exception], Callable[[], object]]] = [
+            (InstanceNotFoundError, lambda: store.get_instance(unknown)),
+            (InstanceNotFoundError, lambda: store.set_ready(unknown)),
+            (BuildNotFoundError, lambda: store.get_build(unknown)),
+            (BuildNotFoundError, lambda: store.build_started(unknown, now=now)),
+            (
+                BuildNotFoundError,
+                lambda: store.build_finished(unknown, now=now, succeeded=True),
+            ),
+            (PresetNotFoundError, lambda: store.get_preset(unknown)),
+            (
+                PresetNotFoundError,
+                lambda: store.create_prebuild(unknown, now=now, name="x"),
+            ),
+        ]
+        for error, call in checks:
+            try:
+                call()
+            except error:
+                continue
+            _fail(system, f"a lookup of an unknown ID did not raise {error.__name__}")
+        if store.delete_prebuild(unknown, now=now) is not None:
+            _fail(system, "delete_prebuild of an unknown instance did not return None")
+
+    # -- rules: reconciliation ---------------------------------------------------------
+    def _reconcile(self) -> None:
+        """
+        One pass on every system, a second after anything before it.
+
+        Two passes never run at the same instant: the stores rank builds of
+        one instant by their random IDs (for backoff and hard limits), so
+        creations of two passes at one instant, one failed and one not, would
+        make the systems differ by chance. Within a pass the provisioner's
+        script gives every creation of a preset the same fate.
+        """
+        self.clock.advance(PASS_GAP)
+        now = self.clock.now()
+        desired = {p: self._desired(p, now) for p in self.presets}
+        for system in self.systems:
+            before = self._pools(system)
+            builds_before = len(system.store.list_builds())
+            events_before = len(system.events.events)
+            stats = system.reconciler.reconcile_all()
+            if stats.error is not None or stats.presets_failed:
+                _fail(system, f"the pass failed: {stats}")
+            if not stats.leader:
+                _fail(system, "the pass did not get the leader lock")
+            after = self._pools(system)
+            events = system.events.events[events_before:]
+            if self.paused:
+                if not stats.paused or len(system.store.list_builds()) != builds_before:
+                    _fail(system, "a paused pass did something")
+                continue
+            backing_off = {e.preset_id for e in events if e.kind is EventKind.BACKOFF}
+            created = Counter(
+                e.preset_id for e in events if e.kind is EventKind.CREATED
+            )
+            for preset_id, pool in after.items():
+                self._check_pass(
+                    system,
+                    preset_id,
+                    before.get(preset_id, _Pool()),
+                    pool,
+                    desired[preset_id],
+                    created=created[preset_id],
+                    backing_off=preset_id in backing_off,
+                )
+                system.bound[preset_id] = pool.size
+
+    def _check_pass(
+        self,
+        system: _System,
+        preset_id: UUID,
+        before: _Pool,
+        after: _Pool,
+        desired: int,
+        *,
+        created: int,
+        backing_off: bool,
+    ) -> None:
+        where = f"preset {preset_id.int}, desired {desired}: {before} -> {after}"
+        if after.size > max(desired, before.size):
+            _fail(system, f"a pass grew a pool beyond its desired count ({where})")
+        if created and after.size > desired:
+            _fail(system, f"a pass created beyond the desired count ({where})")
+        if backing_off:
+            if created:
+                _fail(system, f"a pass created while backing off ({where})")
+            return
+        if after.expired:
+            _fail(system, f"a pass left expired instances running ({where})")
+        if after.running > desired:
+            _fail(system, f"a pass left extraneous instances running ({where})")
+
+    @rule()
+    def settle(self) -> None:
+        """
+        Let the host run undisturbed: reconciliation resumes, the
+        provisioner heals, builds end, instances report ready, passes run,
+        the clock moves past every backoff, until a pass has nothing to do.
+        Then every active, healthy pool is full and every inactive one is
+        drained.
+        """
+        if self.paused:
+            self.pause(paused=False)
+        for system in self.systems:
+            provisioner = system.provisioner
+            for preset_id in list(provisioner.stalled):
+                provisioner.unstall(preset_id)
+            provisioner.failing.clear()
+            provisioner.down.clear()
+        step = timedelta(minutes=1)
+        for _ in range(SETTLE_PASSES):
+            self.clock.advance(step)
+            for system in self.systems:
+                system.provisioner.process()
+                self._mark_ready(system, None, ready=True)
+            marks = [len(s.events.events) for s in self.systems]
+            self._reconcile()
+            quiet = all(
+                s.provisioner.queued == 0
+                and not any(
+                    e.kind is not EventKind.READY for e in s.events.events[mark:]
+                )
+                for s, mark in zip(self.systems, marks, strict=True)
+            )
+            if quiet:
+                break
+            step = self._next_step()
+        else:
+            msg = f"the pools did not settle in {SETTLE_PASSES} passes"
+            raise AssertionError(msg)
+        for system in self.systems:
+            self._check_converged(system)
+
+    def _next_step(self) -> timedelta:
+        """One minute, or past the end of the longest backoff."""
+        now = self.clock.now()
+        step = timedelta(minutes=1)
+        for system in self.systems:
+            for backoff in system.snapshot().backoffs:
+                until = backoff.last_build_at + backoff.num_failed * BACKOFF_INTERVAL
+                step = max(step, until - now + timedelta(seconds=1))
+        return step
+
+    def _check_converged(self, system: _System) -> None:
+        now = self.clock.now()
+        snapshot = system.snapshot()
+        for preset_id, pool in self._pools(system).items():
+            desired = self._desired(preset_id, now)
+            where = f"preset {preset_id.int}, desired {desired} at {now}: {pool}"
+            if pool.starting or pool.deleting or pool.expired or pool.running_unready:
+                _fail(system, f"a settled pool still has work in progress ({where})")
+            if not self._is_active(preset_id):
+                if pool.running:
+                    _fail(system, f"an inactive pool did not drain ({where})")
+                continue
+            status = system.store.get_preset(preset_id).status
+            if status is not PresetStatus.HEALTHY or preset_id in snapshot.hard_limited:
+                if pool.running > desired:
+                    _fail(system, f"a blocked pool kept extraneous instances ({where})")
+                continue
+            if pool.running_ready != desired:
+                _fail(system, f"a settled pool is not at its desired count ({where})")
+
+    # -- invariants ----------------------------------------------------------------------
+    @invariant()
+    def check(self) -> None:
+        if self._counter is not None:
+            self._counter.steps += 1
+        summaries = []
+        for system in self.systems:
+            self._check_system(system)
+            summaries.append(self._summary(system))
+        reference = summaries[0]
+        for system, summary in zip(self.systems[1:], summaries[1:], strict=True):
+            if summary != reference:
+                diff = [
+                    f"  {key}: {summary.get(key)!r} != reference {reference.get(key)!r}"
+                    for key in sorted(set(reference) | set(summary))
+                    if reference.get(key) != summary.get(key)
+                ]
+                _fail(system, "disagrees with the reference:\n" + "\n".join(diff))
+
+    def _check_system(self, system: _System) -> None:  # noqa: C901, PLR0912
+        store = system.store
+        if store.is_paused() != self.paused:
+            _fail(system, f"is_paused() is {store.is_paused()}, expected {self.paused}")
+        for template in self.templates.values():
+            if store.get_template(template.id) != template.record():
+                _fail(system, f"get_template({template.id}) differs from what was put")
+        for preset_id in self.presets:
+            actual = store.get_preset(preset_id)
+            if actual != self._preset(preset_id, actual.status):
+                _fail(
+                    system,
+                    f"get_preset({preset_id}) is {actual}, expected "
+                    f"{self._preset(preset_id, actual.status)}",
+                )
+        snapshot = system.snapshot()
+        if sorted(p.id for p in snapshot.presets) != sorted(self.presets):
+            _fail(system, "the snapshot's presets are not the presets put")
+        instances = store.list_instances(include_deleted=True)
+        builds: dict[UUID, list[Build]] = {}
+        for build in store.list_builds():
+            builds.setdefault(build.instance_id, []).append(build)
+        running = set()
+        for instance in instances:
+            own = sorted(builds.get(instance.id, []), key=lambda b: b.build_number)
+            if [b.build_number for b in own] != list(range(1, len(own) + 1)):
+                _fail(system, f"instance {instance.id} has builds {own}")
+            if sum(b.status.in_progress for b in own[:-1]):
+                _fail(system, f"instance {instance.id} has an older build in progress")
+            latest = own[-1]
+            if (instance.latest_transition, instance.latest_status) != (
+                latest.transition,
+                latest.status,
+            ):
+                _fail(system, f"instance {instance.id} does not show its latest build")
+            claim = system.claims.get(instance.id)
+            if instance.owner_id == PREBUILDS_OWNER_ID:
+                if claim is not None:
+                    _fail(system, f"the claimed instance {instance.id} is pooled again")
+                if not instance.lifecycle.is_unset or instance.claimed_at is not None:
+                    _fail(
+                        system,
+                        f"the pooled instance {instance.id} has lifecycle fields: "
+                        f"{instance.lifecycle}, claimed_at {instance.claimed_at}",
+                    )
+                if not instance.deleted and _is_running(instance):
+                    running.add(instance.id)
+                continue
+            if claim is None:
+                _fail(
+                    system,
+                    f"instance {instance.id} left the pool without a claim (owner "
+                    f"{instance.owner_id})",
+                )
+            if instance.deleted or len(own) != claim.builds:
+                _fail(
+                    system,
+                    f"the claimed instance {instance.id} was deleted or rebuilt: {own}",
+                )
+            if (
+                instance.owner_id,
+                instance.name,
+                instance.lifecycle,
+                instance.claimed_at,
+            ) != (claim.user_id, claim.name, claim.lifecycle, claim.claimed_at):
+                _fail(system, f"the claimed instance {instance.id} changed: {instance}")
+        if len(system.claims) != sum(
+            i.owner_id != PREBUILDS_OWNER_ID for i in instances
+        ):
+            _fail(system, "a claimed instance disappeared")
+        in_snapshot = {r.id for r in snapshot.running}
+        if in_snapshot != running:
+            _fail(
+                system,
+                "the snapshot's running instances are not the pooled, running "
+                f"ones: extra {in_snapshot - running}, missing {running - in_snapshot}",
+            )
+        for preset_id, pool in self._pools(system).items():
+            bound = system.bound.get(preset_id, 0)
+            if pool.size > bound:
+                _fail(
+                    system,
+                    f"preset {preset_id.int}'s pool grew outside a pass: {pool} > "
+                    f"{bound}",
+                )
+
+    def teardown(self) -> None:
+        for system in self.systems:
+            system.close()
+
+    # -- reports -------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"<PoolMachine over {', '.join(s.label for s in self.systems)}>"

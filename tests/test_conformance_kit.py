@@ -1,0 +1,395 @@
+"""
+The conformance kit catches broken stores and claimers.
+
+Every broken implementation here exists only in the tests: each is a
+MemoryStore or StoreClaimer with one rule taken out, and the kit must raise
+AssertionError naming what went wrong.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from uuid import UUID
+
+import attrs
+import pytest
+
+from hypothesis import HealthCheck, Phase, settings
+
+from prebuilds import (
+    PREBUILDS_OWNER_ID,
+    BuildRequest,
+    BuildStatus,
+    Instance,
+    Lifecycle,
+    NoClaimablePrebuildsError,
+    PresetConfig,
+    RunningPrebuild,
+    StoreClaimer,
+    Transition,
+    claimed_lifecycle,
+)
+from prebuilds.interfaces import Store
+from prebuilds.stores import MemoryStore
+from prebuilds.testing import check_claimer, check_concurrent_claims, check_store
+from prebuilds.testing._conformance import run_pool_machine
+
+
+# Broken implementations are usually caught in a handful of runs; give the
+# search room, without a database so that no earlier run helps it.
+HUNT = settings(
+    max_examples=1000,
+    stateful_step_count=30,
+    deadline=None,
+    database=None,
+    phases=[Phase.generate, Phase.shrink],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+QUICK = settings(
+    max_examples=10,
+    stateful_step_count=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+# -- broken stores ---------------------------------------------------------------
+class DeletesClaimedStore(MemoryStore):
+    """delete_prebuild does not re-check that the instance is still pooled."""
+
+    def delete_prebuild(
+        self, instance_id: UUID, *, now: datetime
+    ) -> BuildRequest | None:
+        with self._lock:
+            instance = self._instances.get(instance_id)
+            if instance is None or instance.deleted:
+                return None
+            build = self._add_build(instance, Transition.DELETE, now)
+            self._instances[instance_id] = attrs.evolve(instance, ready=False)
+            return self._request(instance, build, ())
+
+
+class ReclaimingStore(MemoryStore):
+    """claim does not check the owner: it hands claimed instances out again."""
+
+    def claim(
+        self,
+        *,
+        preset_id: UUID,
+        user_id: UUID,
+        name: str,
+        lifecycle: Lifecycle,
+        now: datetime,
+    ) -> Instance | None:
+        with self._lock:
+            hidden = {
+                i.id: i
+                for i in self._instances.values()
+                if i.preset_id == preset_id and i.owner_id != PREBUILDS_OWNER_ID
+            }
+            for instance in hidden.values():  # pretend they are pooled
+                self._instances[instance.id] = attrs.evolve(
+                    instance, owner_id=PREBUILDS_OWNER_ID
+                )
+            try:
+                got = super().claim(
+                    preset_id=preset_id,
+                    user_id=user_id,
+                    name=name,
+                    lifecycle=lifecycle,
+                    now=now,
+                )
+            finally:
+                for instance_id, instance in hidden.items():
+                    if got is None or instance_id != got.id:
+                        self._instances[instance_id] = instance
+            return got
+
+
+class NonAtomicClaimStore(MemoryStore):
+    """
+    claim reads in one transaction and writes in another, without checking
+    that the instance is still pooled.
+    """
+
+    def claim(
+        self,
+        *,
+        preset_id: UUID,
+        user_id: UUID,
+        name: str,
+        lifecycle: Lifecycle,
+        now: datetime,
+    ) -> Instance | None:
+        with self._lock:  # the read: which instance would a claim take?
+            saved = dict(self._instances)
+            got = super().claim(
+                preset_id=preset_id,
+                user_id=user_id,
+                name=name,
+                lifecycle=lifecycle,
+                now=now,
+            )
+            self._instances = saved
+        if got is None:
+            return None
+        sum(range(2000))  # the round trip between the two transactions
+        with self._lock:  # the write, with no compare-and-set
+            claimed = attrs.evolve(
+                self._instances[got.id],
+                owner_id=user_id,
+                name=name,
+                lifecycle=lifecycle,
+                claimed_at=now,
+            )
+            self._instances[got.id] = claimed
+            return self._view(claimed)
+
+
+class IgnoresExpiryStore(MemoryStore):
+    """claim forgets the preset's TTL and invalidation."""
+
+    def claim(
+        self,
+        *,
+        preset_id: UUID,
+        user_id: UUID,
+        name: str,
+        lifecycle: Lifecycle,
+        now: datetime,
+    ) -> Instance | None:
+        with self._lock:
+            row = self._presets.get(preset_id)
+            saved = None if row is None else (row.config, row.last_invalidated_at)
+            if row is not None:
+                row.config = attrs.evolve(row.config, ttl=None)
+                row.last_invalidated_at = None
+            try:
+                return super().claim(
+                    preset_id=preset_id,
+                    user_id=user_id,
+                    name=name,
+                    lifecycle=lifecycle,
+                    now=now,
+                )
+            finally:
+                if row is not None and saved is not None:
+                    row.config, row.last_invalidated_at = saved
+
+
+class CountsClaimedStore(MemoryStore):
+    """The snapshot keeps claimed instances in the pool."""
+
+    def _running(self) -> list[RunningPrebuild]:
+        running = super()._running()
+        hidden = [
+            i
+            for i in self._instances.values()
+            if i.owner_id != PREBUILDS_OWNER_ID and not i.deleted
+        ]
+        for instance in hidden:
+            self._instances[instance.id] = attrs.evolve(
+                instance, owner_id=PREBUILDS_OWNER_ID
+            )
+        try:
+            with_claimed = super()._running()
+        finally:
+            for instance in hidden:
+                self._instances[instance.id] = instance
+        return with_claimed if len(with_claimed) > len(running) else running
+
+
+class ForgetsStatusStore(MemoryStore):
+    """put_preset resets the preset's status (it must keep it)."""
+
+    def put_preset(self, preset: PresetConfig) -> None:
+        with self._lock:
+            self._presets.pop(preset.id, None)
+            super().put_preset(preset)
+
+
+# -- broken claimers ---------------------------------------------------------------
+class RecyclingClaimer(StoreClaimer):
+    """On a miss, hands out again the last instance it gave away."""
+
+    last: UUID | None = None
+
+    def claim(
+        self,
+        *,
+        now: datetime,
+        user_id: UUID,
+        name: str,
+        preset_id: UUID,
+        autostart_schedule: str | None = None,
+        next_start_at: datetime | None = None,
+        ttl: timedelta | None = None,
+    ) -> UUID:
+        try:
+            self.last = super().claim(
+                now=now,
+                user_id=user_id,
+                name=name,
+                preset_id=preset_id,
+                autostart_schedule=autostart_schedule,
+                next_start_at=next_start_at,
+                ttl=ttl,
+            )
+        except NoClaimablePrebuildsError:
+            if self.last is None:
+                raise
+        return self.last
+
+
+class ExpiredClaimer(StoreClaimer):
+    """
+    On a miss, falls back to its own query, which forgets expiry: it takes
+    the oldest ready, running pooled instance and writes the claim itself.
+    """
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        assert isinstance(store, MemoryStore)
+        self.store = store
+
+    def claim(
+        self,
+        *,
+        now: datetime,
+        user_id: UUID,
+        name: str,
+        preset_id: UUID,
+        autostart_schedule: str | None = None,
+        next_start_at: datetime | None = None,
+        ttl: timedelta | None = None,
+    ) -> UUID:
+        try:
+            return super().claim(
+                now=now,
+                user_id=user_id,
+                name=name,
+                preset_id=preset_id,
+                autostart_schedule=autostart_schedule,
+                next_start_at=next_start_at,
+                ttl=ttl,
+            )
+        except NoClaimablePrebuildsError:
+            store = self.store
+            with store._lock:
+                ready = [
+                    i
+                    for i in store.list_instances(
+                        preset_id=preset_id, owner_id=PREBUILDS_OWNER_ID
+                    )
+                    if i.ready
+                    and i.latest_transition is Transition.START
+                    and i.latest_status is BuildStatus.SUCCEEDED
+                ]
+                if not ready:
+                    raise
+                template = store.get_template(store.get_preset(preset_id).template_id)
+                chosen = store._instances[ready[0].id]
+                store._instances[chosen.id] = attrs.evolve(
+                    chosen,
+                    owner_id=user_id,
+                    name=name,
+                    claimed_at=now,
+                    lifecycle=claimed_lifecycle(
+                        now=now,
+                        autostart_schedule=autostart_schedule,
+                        next_start_at=next_start_at,
+                        ttl=ttl,
+                        template_default_ttl=template.default_ttl,
+                    ),
+                )
+                return chosen.id
+
+
+# -- the tests -----------------------------------------------------------------------
+class TestReferenceImplementations:
+    def test_memory_store_passes(self) -> None:
+        """The reference MemoryStore passes its own kit."""
+        check_store(MemoryStore, settings=QUICK)
+
+    def test_memory_store_passes_the_concurrent_check(self) -> None:
+        """Concurrent claims and deletes on a MemoryStore are atomic."""
+        check_concurrent_claims(MemoryStore, rounds=50)
+
+    def test_store_claimer_subclass_passes(self) -> None:
+        """A subclass of StoreClaimer that changes nothing passes."""
+
+        class Subclass(StoreClaimer):
+            pass
+
+        check_claimer(Subclass, settings=QUICK)
+
+
+class TestBrokenStoresAreCaught:
+    def test_delete_of_a_claimed_instance(self) -> None:
+        """A delete_prebuild that does not re-check ownership is caught."""
+        with pytest.raises(AssertionError, match="deleted the claimed instance"):
+            check_store(DeletesClaimedStore, settings=HUNT)
+
+    def test_claim_that_is_not_atomic(self) -> None:
+        """A claim that reads and writes in two transactions is caught."""
+        with pytest.raises(AssertionError, match=r"two users|claimed and deleted"):
+            check_concurrent_claims(NonAtomicClaimStore, rounds=100)
+
+    def test_non_atomic_claim_passes_the_sequential_machine(self) -> None:
+        """Only the concurrent check sees it: one at a time, it is correct."""
+        run_pool_machine(NonAtomicClaimStore, settings=QUICK)
+
+    def test_claim_of_an_owned_instance(self) -> None:
+        """A claim that hands out an already claimed instance is caught."""
+        with pytest.raises(AssertionError, match="handed out twice"):
+            check_store(ReclaimingStore, settings=HUNT)
+
+    def test_claim_of_an_expired_instance(self) -> None:
+        """A claim that ignores the TTL and invalidation is caught."""
+        with pytest.raises(AssertionError, match="expired instance"):
+            check_store(IgnoresExpiryStore, settings=HUNT)
+
+    def test_claimed_instance_counted_in_the_pool(self) -> None:
+        """A snapshot that counts claimed instances as running is caught."""
+        with pytest.raises(AssertionError, match="snapshot's running instances"):
+            check_store(CountsClaimedStore, settings=HUNT)
+
+    def test_put_preset_forgets_the_status(self) -> None:
+        """A put_preset that resets the preset's status is caught."""
+        with pytest.raises(
+            AssertionError, match=r"get_preset|disagrees with the reference"
+        ):
+            check_store(ForgetsStatusStore, settings=HUNT)
+
+    def test_the_message_has_the_failing_steps(self) -> None:
+        """The AssertionError carries a minimal, replayable sequence."""
+        with pytest.raises(AssertionError) as info:
+            check_store(DeletesClaimedStore, settings=HUNT)
+
+        message = str(info.value)
+        assert "Minimal failing sequence of steps:" in message
+        assert "state.stale_delete(" in message
+
+
+class TestBrokenClaimersAreCaught:
+    def test_claimer_hands_out_an_instance_twice(self) -> None:
+        """A claimer that recycles a claimed instance on a miss is caught."""
+        with pytest.raises(AssertionError, match="handed out twice"):
+            check_claimer(RecyclingClaimer, settings=HUNT)
+
+    def test_claimer_hands_out_an_expired_instance(self) -> None:
+        """A claimer that falls back to an expired instance is caught."""
+        with pytest.raises(AssertionError, match="expired instance"):
+            check_claimer(ExpiredClaimer, settings=HUNT)
+
+    def test_claimer_on_another_store(self) -> None:
+        """check_claimer runs the claimer over the store of store_factory."""
+        made: list[MemoryStore] = []
+
+        def store_factory() -> MemoryStore:
+            made.append(MemoryStore())
+            return made[-1]
+
+        check_claimer(StoreClaimer, store_factory=store_factory, settings=QUICK)
+
+        assert made
