@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, settings
 from prebuilds import (
     PREBUILDS_OWNER_ID,
     BuildRequest,
+    BuildStatus,
     Instance,
     InvalidInputError,
     Lifecycle,
@@ -279,6 +280,105 @@ class TestMigrations:
         assert raw(stores[0], "SELECT count(*) FROM {s}.schema_version") == [(1,)]
         _, config = seed(stores[0])
         assert config.id == stores[1].get_preset(config.id).id
+
+    def test_upgrade_to_version_3_backfills_the_latest_build(
+        self, store: PostgresStore
+    ) -> None:
+        """Migration 3 copies each instance's latest build; the trigger keeps it."""
+        template, config = seed(store)
+        raw(store, "DROP TRIGGER track_latest_build ON {s}.builds")
+        raw(store, "DROP FUNCTION {s}.track_latest_build()")
+        raw(
+            store,
+            "ALTER TABLE {s}.instances DROP COLUMN latest_build_number,"
+            " DROP COLUMN latest_transition, DROP COLUMN latest_status",
+        )
+        raw(store, "UPDATE {s}.schema_version SET version = 2")
+        ids = [uuid.uuid4(), uuid.uuid4()]
+        for n, instance_id in enumerate(ids):
+            raw(
+                store,
+                """
+                INSERT INTO {s}.instances (id, preset_id, template_id,
+                    template_version_id, owner_id, name, created_at, ready)
+                VALUES (%(id)s, %(p)s, %(t)s, %(v)s, %(pool)s, 'i', %(at)s, true)
+                """,
+                {
+                    "id": instance_id,
+                    "p": config.id,
+                    "t": template.id,
+                    "v": template.active_version_id,
+                    "pool": PREBUILDS_OWNER_ID,
+                    "at": datetime(2024, 1, 1, tzinfo=timezone.utc)
+                    + timedelta(minutes=n),
+                },
+            )
+        # The first instance's latest build is a start that succeeded; the
+        # second's, a stop.
+        pairs = zip(ids, (["start"], ["start", "stop"]), strict=True)
+        for instance_id, transitions in pairs:
+            for number, transition in enumerate(transitions, 1):
+                raw(
+                    store,
+                    """
+                    INSERT INTO {s}.builds (id, instance_id, preset_id,
+                        template_version_id, transition, status, build_number,
+                        initiator_id, created_at)
+                    VALUES (gen_random_uuid(), %(i)s, %(p)s, %(v)s, %(tr)s,
+                        'succeeded', %(n)s, %(pool)s, now())
+                    """,
+                    {
+                        "i": instance_id,
+                        "p": config.id,
+                        "v": template.active_version_id,
+                        "tr": transition,
+                        "n": number,
+                        "pool": PREBUILDS_OWNER_ID,
+                    },
+                )
+
+        store.migrate()
+
+        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert raw(
+            store,
+            "SELECT latest_transition, latest_status FROM {s}.instances"
+            " ORDER BY created_at",
+        ) == [("start", "succeeded"), ("stop", "succeeded")]
+        now = datetime(2024, 1, 2, tzinfo=timezone.utc)
+        claimed = store.claim(
+            preset_id=config.id,
+            user_id=uuid.uuid4(),
+            name="u",
+            lifecycle=Lifecycle(),
+            now=now,
+        )
+        assert claimed is not None
+        assert claimed.id == ids[0]
+        assert claimed.latest_transition == Transition.START
+        # A new build of the second instance reaches its row through the trigger.
+        raw(
+            store,
+            """
+            INSERT INTO {s}.builds (id, instance_id, preset_id, template_version_id,
+                transition, status, build_number, initiator_id, created_at)
+            VALUES (gen_random_uuid(), %(i)s, %(p)s, %(v)s, 'start', 'pending', 3,
+                %(pool)s, now())
+            """,
+            {
+                "i": ids[1],
+                "p": config.id,
+                "v": template.active_version_id,
+                "pool": PREBUILDS_OWNER_ID,
+            },
+        )
+        assert store.get_instance(ids[1]).latest_status == BuildStatus.PENDING
+        assert raw(
+            store,
+            "SELECT latest_build_number, latest_transition, latest_status"
+            " FROM {s}.instances WHERE id = %(i)s",
+            {"i": ids[1]},
+        ) == [(3, "start", "pending")]
 
     def test_newer_schema_is_refused(
         self, make_postgres_store: PostgresStoreFactory

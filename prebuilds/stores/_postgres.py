@@ -84,7 +84,7 @@ from prebuilds.stores._common import build_preset, invalid_preset
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
 #: The schema version this library writes and reads.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _UTC = timezone.utc
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -208,6 +208,62 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         # (0.6 ms to 6 ms over 4,000 claims of one preset among ten).
         "DROP INDEX IF EXISTS {s}.instances_created",
     ),
+    3: (
+        # The latest build's transition and status, denormalised onto its
+        # instance and kept there by the database (a trigger on builds), so
+        # that a claim reads one index instead of probing every candidate's
+        # builds. latest_build_number is the build they come from: the
+        # trigger writes only a build at least as new, a condition on the
+        # instance row alone, which PostgreSQL re-checks on the newest row
+        # version when two transactions race to update it.
+        """
+        ALTER TABLE {s}.instances
+            ADD COLUMN IF NOT EXISTS latest_build_number integer,
+            ADD COLUMN IF NOT EXISTS latest_transition text,
+            ADD COLUMN IF NOT EXISTS latest_status text
+        """,
+        """
+        UPDATE {s}.instances i
+        SET latest_build_number = lb.build_number,
+            latest_transition = lb.transition,
+            latest_status = lb.status
+        FROM (
+            SELECT DISTINCT ON (instance_id) instance_id, build_number,
+                transition, status
+            FROM {s}.builds
+            ORDER BY instance_id, build_number DESC
+        ) lb
+        WHERE lb.instance_id = i.id
+        """,
+        """
+        CREATE OR REPLACE FUNCTION {s}.track_latest_build() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE {s}.instances
+            SET latest_build_number = NEW.build_number,
+                latest_transition = NEW.transition,
+                latest_status = NEW.status
+            WHERE id = NEW.instance_id
+                AND (latest_build_number IS NULL
+                    OR latest_build_number <= NEW.build_number);
+            RETURN NULL;
+        END
+        $$
+        """,
+        "DROP TRIGGER IF EXISTS track_latest_build ON {s}.builds",
+        """
+        CREATE TRIGGER track_latest_build
+        AFTER INSERT OR UPDATE OF status, transition, build_number ON {s}.builds
+        FOR EACH ROW EXECUTE FUNCTION {s}.track_latest_build()
+        """,
+        # Claim candidates: the ready, running pool, oldest first.
+        """
+        CREATE INDEX IF NOT EXISTS instances_claimable
+        ON {s}.instances (preset_id, created_at, id)
+        WHERE owner_id = '{pool}' AND NOT deleted AND ready
+            AND latest_transition = 'start' AND latest_status = 'succeeded'
+        """,
+    ),
 }
 
 # -- queries ----------------------------------------------------------------------
@@ -245,13 +301,12 @@ _SQL_SNAPSHOT_PRESETS = f"""
     JOIN {{s}}.templates t ON t.id = p.template_id
     ORDER BY p.id
 """
-_SQL_SNAPSHOT_RUNNING = f"""
+_SQL_SNAPSHOT_RUNNING = """
     SELECT i.id, i.preset_id, i.created_at, i.ready, i.name, i.template_id,
         i.template_version_id
-    FROM {{s}}.instances i
-    {_LATEST_BUILD}
-    WHERE i.owner_id = '{{pool}}' AND NOT i.deleted
-        AND latest.transition = 'start' AND latest.status = 'succeeded'
+    FROM {s}.instances i
+    WHERE i.owner_id = '{pool}' AND NOT i.deleted
+        AND i.latest_transition = 'start' AND i.latest_status = 'succeeded'
     ORDER BY i.id
 """
 # Latest builds of the pool, pending or running, on the active version.
@@ -519,13 +574,17 @@ _SQL_SET_READY = """
     SELECT EXISTS (SELECT 1 FROM {s}.instances WHERE id = %(id)s)
 """
 
-# Checked claims also look the preset up, in a CTE read once: whether it
-# exists and is active, and its template's default TTL.
+# A claim reads the preset's facts once, in a CTE: whether it exists and is
+# active (checked claims), its template's default TTL, and what decides which
+# instances are claimable (active version, template deleted, invalidation, TTL).
 _CLAIM_PRESET = """
     preset AS MATERIALIZED (
         SELECT p.template_version_id = t.active_version_id
                 AND NOT t.deleted AND NOT t.deprecated AS active,
-            t.default_ttl
+            t.default_ttl,
+            CASE WHEN NOT t.deleted THEN t.active_version_id END AS claimable_version,
+            coalesce(p.last_invalidated_at, '-infinity') AS invalidated_at,
+            nullif(p.ttl, interval '0') AS ttl
         FROM {s}.presets p
         JOIN {s}.templates t ON t.id = p.template_id
         WHERE p.id = %(preset_id)s
@@ -541,11 +600,15 @@ def _claim_sql(*, checked: bool) -> str:
     candidate was found, so a lost compare-and-set (retry) is told apart from
     an empty pool.
 
+    The candidates come from one partial index (``instances_claimable``):
+    the latest build's state is on the instance row, kept there by a
+    trigger (migration 3), and the preset's facts are scalar sub-selects of
+    a CTE read once.
+
     *checked* adds the preset's check (its first column: NULL for an unknown
     preset, else whether it is active; nothing is claimed unless it is) and
     takes the TTL from the template when ``%(ttl_from_template)s``.
     """
-    preset = _CLAIM_PRESET if checked else ""
     active = "AND (SELECT active FROM preset)" if checked else ""
     ttl = (
         "CASE WHEN %(ttl_from_template)s THEN (SELECT default_ttl FROM preset)"
@@ -555,29 +618,18 @@ def _claim_sql(*, checked: bool) -> str:
     )
     first = "(SELECT active FROM preset), " if checked else ""
     return f"""
-    WITH {preset}candidate AS MATERIALIZED (
-        SELECT i.id, latest.transition, latest.status
+    WITH {_CLAIM_PRESET}candidate AS MATERIALIZED (
+        SELECT i.id
         FROM {{s}}.instances i
-        JOIN {{s}}.presets p ON p.id = i.preset_id
-        JOIN {{s}}.templates t ON t.id = p.template_id
-        {_LATEST_BUILD}
         WHERE i.preset_id = %(preset_id)s
             AND i.owner_id = '{{pool}}'
             AND NOT i.deleted
             AND i.ready
-            AND latest.transition = 'start'
-            AND latest.status = 'succeeded'
-            AND i.template_version_id = t.active_version_id
-            AND NOT t.deleted
-            AND NOT (
-                p.last_invalidated_at IS NOT NULL
-                AND i.created_at < p.last_invalidated_at
-            )
-            AND NOT (
-                p.ttl IS NOT NULL
-                AND p.ttl <> interval '0'
-                AND %(now)s - i.created_at > p.ttl
-            )
+            AND i.latest_transition = 'start'
+            AND i.latest_status = 'succeeded'
+            AND i.template_version_id = (SELECT claimable_version FROM preset)
+            AND i.created_at >= (SELECT invalidated_at FROM preset)
+            AND NOT coalesce(%(now)s - i.created_at > (SELECT ttl FROM preset), false)
             {active}
         ORDER BY i.created_at, i.id
         LIMIT 1
@@ -600,17 +652,84 @@ def _claim_sql(*, checked: bool) -> str:
             AND i.owner_id = '{{pool}}'
             AND NOT i.deleted
             AND i.ready
-        RETURNING {_INSTANCE_COLUMNS}
+        RETURNING {_INSTANCE_COLUMNS}, i.latest_transition, i.latest_status
     )
-    SELECT {first}(SELECT count(*) FROM candidate), claimed.*, c.transition, c.status
+    SELECT {first}(SELECT count(*) FROM candidate), claimed.*
     FROM (VALUES (1)) AS one (x)
     LEFT JOIN claimed ON true
-    LEFT JOIN candidate c ON c.id = claimed.id
+"""
+
+
+def _fast_claim_sql(*, checked: bool) -> str:
+    """
+    The claim's fast path, one plain ``UPDATE``: the same candidate and
+    compare-and-set as :func:`_claim_sql`, but nothing to tell why nothing
+    was claimed. *checked* claims only from an active preset. When it returns
+    no row the caller runs :func:`_claim_sql`, which tells an unknown or
+    inactive preset, an empty pool and a lost race apart.
+    """
+    claimable = (
+        "p.template_version_id = t.active_version_id"
+        " AND NOT t.deleted AND NOT t.deprecated"
+        if checked
+        else "NOT t.deleted"
+    )
+    ttl = (
+        "CASE WHEN %(ttl_from_template)s THEN (SELECT default_ttl FROM preset)"
+        " ELSE %(ttl)s::interval END"
+        if checked
+        else "%(ttl)s"
+    )
+    return f"""
+    WITH preset AS MATERIALIZED (
+        SELECT CASE WHEN {claimable} THEN t.active_version_id END
+                AS claimable_version,
+            t.default_ttl,
+            coalesce(p.last_invalidated_at, '-infinity') AS invalidated_at,
+            nullif(p.ttl, interval '0') AS ttl
+        FROM {{s}}.presets p
+        JOIN {{s}}.templates t ON t.id = p.template_id
+        WHERE p.id = %(preset_id)s
+    )
+    UPDATE {{s}}.instances i
+    SET owner_id = %(user_id)s,
+        name = %(name)s,
+        autostart_schedule = %(autostart_schedule)s,
+        next_start_at = %(next_start_at)s,
+        ttl = {ttl},
+        deadline = %(deadline)s,
+        max_deadline = %(max_deadline)s,
+        dormant_at = %(dormant_at)s,
+        deleting_at = %(deleting_at)s,
+        last_used_at = %(last_used_at)s,
+        claimed_at = %(now)s
+    WHERE i.id = (
+            SELECT c.id
+            FROM {{s}}.instances c
+            WHERE c.preset_id = %(preset_id)s
+                AND c.owner_id = '{{pool}}'
+                AND NOT c.deleted
+                AND c.ready
+                AND c.latest_transition = 'start'
+                AND c.latest_status = 'succeeded'
+                AND c.template_version_id = (SELECT claimable_version FROM preset)
+                AND c.created_at >= (SELECT invalidated_at FROM preset)
+                AND NOT coalesce(%(now)s - c.created_at > (SELECT ttl FROM preset), false)
+            ORDER BY c.created_at, c.id
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED
+        )
+        AND i.owner_id = '{{pool}}'
+        AND NOT i.deleted
+        AND i.ready
+    RETURNING {_INSTANCE_COLUMNS}, i.latest_transition, i.latest_status
 """
 
 
 _SQL_CLAIM = _claim_sql(checked=False)
 _SQL_CLAIM_CHECKED = _claim_sql(checked=True)
+_SQL_CLAIM_FAST = _fast_claim_sql(checked=False)
+_SQL_CLAIM_CHECKED_FAST = _fast_claim_sql(checked=True)
 
 
 def _claim_params(
@@ -1534,9 +1653,10 @@ class PostgresStore:
         Hand the oldest claimable instance of the preset to *user_id*.
 
         One ``UPDATE`` statement (its own transaction) picks the candidate
-        with ``FOR UPDATE OF i SKIP LOCKED`` and moves it only if it is still
-        the pool's. If a candidate was found but the compare-and-set lost to a
-        concurrent transaction, it tries again, a few times.
+        with ``FOR UPDATE SKIP LOCKED`` and moves it only if it is still the
+        pool's. Only when it claims nothing does a second statement tell an
+        empty pool from a compare-and-set lost to a concurrent transaction,
+        and then it tries again, a few times.
         """
         check_aware("now", now)
         row = self._claim(
@@ -1579,7 +1699,13 @@ class PostgresStore:
         self, template: str, params: dict[str, Any], *, checked: bool
     ) -> _Row | None:
         """Run a claim statement, retrying a lost compare-and-set; the claimed row."""
+        fast = _SQL_CLAIM_CHECKED_FAST if checked else _SQL_CLAIM_FAST
         with self._statement() as cur:
+            row = self._fetchone(cur, fast, params)
+            if row is not None:
+                return row
+            # Nothing claimed: the full statement says why (and claims if it
+            # can: the pool may have changed in between).
             for _ in range(_CLAIM_ATTEMPTS):
                 row = self._fetchone(cur, template, params)
                 if row is None:  # pragma: no cover - the statement returns one row
