@@ -78,8 +78,6 @@ nitpick_ignore = [
     ("py:class", "psycopg.Connection"),
     ("py:class", "psycopg_pool.ConnectionPool"),
     ("py:class", "psycopg_pool.pool.ConnectionPool"),
-    # Documented by the testing-kit page, which is not written yet; remove this
-    # entry once that page has its ``automodule:: prebuilds.testing``.
 ]
 
 # -- HTML -------------------------------------------------------------------------
