@@ -25,7 +25,7 @@ from prebuilds._model import (
     ReconcileStats,
     ReconciliationActions,
 )
-from prebuilds._records import Event, EventKind
+from prebuilds._records import PREBUILDS_OWNER_ID, BuildStatus, Event, EventKind
 from prebuilds.exceptions import (
     InvalidInputError,
     ProvisionerValidationError,
@@ -520,6 +520,43 @@ class StoreReconciler:
             )
             return False
         return True
+
+    # -- clean-up ------------------------------------------------------------------
+    def delete_failed(self, *, preset_id: UUID | None = None) -> int:
+        """
+        Delete the pooled instances whose latest build failed.
+
+        The reconciler keeps failed instances as evidence (as Coder does) and
+        never deletes them itself; they count toward the hard limit, so a
+        hard-limited preset creates again only after they are gone. A failed
+        delete is retried the same way.
+
+        Args:
+            preset_id: Only this preset's instances (default: every preset).
+
+        Returns:
+            How many deletes were submitted.
+        """
+        now = self._clock.now()
+        deleted = 0
+        for instance in self._store.list_instances(
+            preset_id=preset_id, owner_id=PREBUILDS_OWNER_ID
+        ):
+            if instance.latest_status is not BuildStatus.FAILED:
+                continue
+            request = self._store.delete_prebuild(instance.id, now=now)
+            if request is None:  # claimed or deleted meanwhile
+                continue
+            deleted += 1
+            self._emit(
+                EventKind.DELETED,
+                preset_id=instance.preset_id,
+                instance_id=instance.id,
+                build_id=request.build_id,
+                detail="failed instance cleaned up",
+            )
+            self._submit(request, now)
+        return deleted
 
     # -- replacements ------------------------------------------------------------
     def track_resource_replacement(

@@ -459,6 +459,40 @@ class TestHardLimit:
         assert PresetStatus.HEALTHY == world.store.get_preset(fresh.id).status
         assert 1 == len(ready(world.store, fresh.id))
 
+    def test_deleting_failed_instances_lifts_the_limit(
+        self, store_factory: StoreFactory
+    ) -> None:
+        """delete_failed removes the evidence; the preset is healthy and fills again."""
+        world, preset_id, good = self._limited(store_factory())
+        world.cycle()
+        failed = [
+            i.id
+            for i in pooled(world.store, preset_id)
+            if i.latest_status is BuildStatus.FAILED
+        ]
+
+        count = world.reconciler.delete_failed(preset_id=preset_id)
+        world.clock.advance(timedelta(minutes=1))
+        world.provisioner.process()
+        world.settle()
+
+        assert 3 == count == len(failed)
+        assert all(world.store.get_instance(i).deleted for i in failed)
+        assert PresetStatus.HEALTHY == world.store.get_preset(preset_id).status
+        assert 2 == len(ready(world.store, preset_id))
+        assert world.store.get_instance(good).ready
+
+    def test_delete_failed_leaves_healthy_instances(
+        self, store_factory: StoreFactory
+    ) -> None:
+        """Only instances whose latest build failed are deleted."""
+        world = make_world(store_factory())
+        preset = new_preset(world.store, new_template(world.store), desired=2)
+        world.settle()
+
+        assert 0 == world.reconciler.delete_failed()
+        assert 2 == len(ready(world.store, preset.id))
+
 
 class TestValidationFailure:
     def test_rejected_preset_stops_creating(self, store_factory: StoreFactory) -> None:
