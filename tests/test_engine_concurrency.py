@@ -18,6 +18,7 @@ from prebuilds import (
     Event,
     EventKind,
     NoClaimablePrebuildsError,
+    ReconcileStats,
     StoreClaimer,
     StoreError,
     StoreReconciler,
@@ -146,13 +147,22 @@ class TestRunStop:
                 release.wait(WAIT)
 
         world = make_world(store, provisioner=Blocking(), interval=TICK)
+        passes_ended: list[bool] = []
+        reconcile_all = world.reconciler.reconcile_all
+
+        def counting() -> ReconcileStats:
+            stats = reconcile_all()
+            passes_ended.append(True)
+            return stats
+
+        world.reconciler.reconcile_all = counting  # type: ignore[method-assign]
         runner = _start(world.reconciler.run)
         assert entered.wait(WAIT)
         returned_after_the_loop: list[bool] = []
 
         def stop() -> None:
             world.reconciler.stop(timeout=None)
-            returned_after_the_loop.append(not runner.is_alive())
+            returned_after_the_loop.append(bool(passes_ended))
 
         stopper = _start(stop)
         assert world.reconciler._stop_event.wait(WAIT)
