@@ -592,6 +592,17 @@ _CLAIM_PRESET = """
 """
 
 
+def _claim_update(ttl: str) -> str:
+    """The ``UPDATE … SET`` of a claim: the new owner and lifecycle fields."""
+    return f"""UPDATE {{s}}.instances i
+    SET owner_id = %(user_id)s, name = %(name)s,
+        autostart_schedule = %(autostart_schedule)s,
+        next_start_at = %(next_start_at)s, ttl = {ttl},
+        deadline = %(deadline)s, max_deadline = %(max_deadline)s,
+        dormant_at = %(dormant_at)s, deleting_at = %(deleting_at)s,
+        last_used_at = %(last_used_at)s, claimed_at = %(now)s"""
+
+
 def _claim_sql(*, checked: bool) -> str:
     """
     The claim, one statement: pick the oldest claimable instance, skipping
@@ -636,18 +647,7 @@ def _claim_sql(*, checked: bool) -> str:
         FOR UPDATE OF i SKIP LOCKED
     ),
     claimed AS (
-        UPDATE {{s}}.instances i
-        SET owner_id = %(user_id)s,
-            name = %(name)s,
-            autostart_schedule = %(autostart_schedule)s,
-            next_start_at = %(next_start_at)s,
-            ttl = {ttl},
-            deadline = %(deadline)s,
-            max_deadline = %(max_deadline)s,
-            dormant_at = %(dormant_at)s,
-            deleting_at = %(deleting_at)s,
-            last_used_at = %(last_used_at)s,
-            claimed_at = %(now)s
+        {_claim_update(ttl)}
         WHERE i.id = (SELECT id FROM candidate)
             AND i.owner_id = '{{pool}}'
             AND NOT i.deleted
@@ -691,18 +691,7 @@ def _fast_claim_sql(*, checked: bool) -> str:
         JOIN {{s}}.templates t ON t.id = p.template_id
         WHERE p.id = %(preset_id)s
     )
-    UPDATE {{s}}.instances i
-    SET owner_id = %(user_id)s,
-        name = %(name)s,
-        autostart_schedule = %(autostart_schedule)s,
-        next_start_at = %(next_start_at)s,
-        ttl = {ttl},
-        deadline = %(deadline)s,
-        max_deadline = %(max_deadline)s,
-        dormant_at = %(dormant_at)s,
-        deleting_at = %(deleting_at)s,
-        last_used_at = %(last_used_at)s,
-        claimed_at = %(now)s
+    {_claim_update(ttl)}
     WHERE i.id = (
             SELECT c.id
             FROM {{s}}.instances c
