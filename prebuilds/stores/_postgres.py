@@ -592,6 +592,34 @@ _CLAIM_PRESET = """
 """
 
 
+def _claimable(alias: str) -> str:
+    """
+    The claim rules on instance *alias*: pooled, live, ready, its latest
+    build a successful start, on the preset's claimable version, unexpired.
+    """
+    return f"""{alias}.preset_id = %(preset_id)s
+        AND {alias}.owner_id = '{{pool}}'
+        AND NOT {alias}.deleted
+        AND {alias}.ready
+        AND {alias}.latest_transition = 'start'
+        AND {alias}.latest_status = 'succeeded'
+        AND {alias}.template_version_id = (SELECT claimable_version FROM preset)
+        AND {alias}.created_at >= (SELECT invalidated_at FROM preset)
+        AND NOT coalesce(
+            %(now)s - {alias}.created_at > (SELECT ttl FROM preset), false
+        )"""
+
+
+def _claim_ttl(*, checked: bool) -> str:
+    """The claimed TTL: the request's, or the template's default if asked."""
+    if not checked:
+        return "%(ttl)s"
+    return (
+        "CASE WHEN %(ttl_from_template)s THEN (SELECT default_ttl FROM preset)"
+        " ELSE %(ttl)s::interval END"
+    )
+
+
 def _claim_update(ttl: str) -> str:
     """The ``UPDATE … SET`` of a claim: the new owner and lifecycle fields."""
     return f"""UPDATE {{s}}.instances i
@@ -621,26 +649,13 @@ def _claim_sql(*, checked: bool) -> str:
     takes the TTL from the template when ``%(ttl_from_template)s``.
     """
     active = "AND (SELECT active FROM preset)" if checked else ""
-    ttl = (
-        "CASE WHEN %(ttl_from_template)s THEN (SELECT default_ttl FROM preset)"
-        " ELSE %(ttl)s::interval END"
-        if checked
-        else "%(ttl)s"
-    )
+    ttl = _claim_ttl(checked=checked)
     first = "(SELECT active FROM preset), " if checked else ""
     return f"""
     WITH {_CLAIM_PRESET}candidate AS MATERIALIZED (
         SELECT i.id
         FROM {{s}}.instances i
-        WHERE i.preset_id = %(preset_id)s
-            AND i.owner_id = '{{pool}}'
-            AND NOT i.deleted
-            AND i.ready
-            AND i.latest_transition = 'start'
-            AND i.latest_status = 'succeeded'
-            AND i.template_version_id = (SELECT claimable_version FROM preset)
-            AND i.created_at >= (SELECT invalidated_at FROM preset)
-            AND NOT coalesce(%(now)s - i.created_at > (SELECT ttl FROM preset), false)
+        WHERE {_claimable("i")}
             {active}
         ORDER BY i.created_at, i.id
         LIMIT 1
@@ -674,12 +689,7 @@ def _fast_claim_sql(*, checked: bool) -> str:
         if checked
         else "NOT t.deleted"
     )
-    ttl = (
-        "CASE WHEN %(ttl_from_template)s THEN (SELECT default_ttl FROM preset)"
-        " ELSE %(ttl)s::interval END"
-        if checked
-        else "%(ttl)s"
-    )
+    ttl = _claim_ttl(checked=checked)
     return f"""
     WITH preset AS MATERIALIZED (
         SELECT CASE WHEN {claimable} THEN t.active_version_id END
@@ -695,15 +705,7 @@ def _fast_claim_sql(*, checked: bool) -> str:
     WHERE i.id = (
             SELECT c.id
             FROM {{s}}.instances c
-            WHERE c.preset_id = %(preset_id)s
-                AND c.owner_id = '{{pool}}'
-                AND NOT c.deleted
-                AND c.ready
-                AND c.latest_transition = 'start'
-                AND c.latest_status = 'succeeded'
-                AND c.template_version_id = (SELECT claimable_version FROM preset)
-                AND c.created_at >= (SELECT invalidated_at FROM preset)
-                AND NOT coalesce(%(now)s - c.created_at > (SELECT ttl FROM preset), false)
+            WHERE {_claimable("c")}
             ORDER BY c.created_at, c.id
             LIMIT 1
             FOR UPDATE SKIP LOCKED
