@@ -41,6 +41,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
 
+import attrs
 import psycopg
 
 from psycopg.types.json import Jsonb
@@ -91,10 +92,13 @@ _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _STUCK_ERROR = "stuck: no result before the timeout"
 #: How many times a claim retries when its compare-and-set lost a race.
 _CLAIM_ATTEMPTS = 3
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
 _Row = tuple[Any, ...]
 _Connection = psycopg.Connection[Any]
 _Cursor = psycopg.Cursor[Any]
+
+_IDLE = psycopg.pq.TransactionStatus.IDLE
 
 _BEGIN = "BEGIN"
 _BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
@@ -273,6 +277,9 @@ _INSTANCE_COLUMNS = """
     i.deadline, i.max_deadline, i.dormant_at, i.deleting_at, i.last_used_at,
     i.deleted, i.claimed_at
 """
+# What a fast claim returns: the columns the claim did not set itself (its
+# parameters say the rest), and the TTL, which may come from the template.
+_CLAIMED_COLUMNS = "i.id, i.template_id, i.template_version_id, i.created_at, i.ttl"
 _BUILD_COLUMNS = """
     b.id, b.instance_id, b.preset_id, b.template_version_id, b.transition, b.status,
     b.build_number, b.initiator_id, b.created_at, b.started_at, b.finished_at,
@@ -713,14 +720,35 @@ def _fast_claim_sql(*, checked: bool) -> str:
         AND i.owner_id = '{{pool}}'
         AND NOT i.deleted
         AND i.ready
-    RETURNING {_INSTANCE_COLUMNS}, i.latest_transition, i.latest_status
+    RETURNING {_CLAIMED_COLUMNS}
 """
+
+
+def _positional(template: str) -> tuple[str, tuple[str, ...]]:
+    """
+    *template* with its ``%(name)s`` placeholders turned into ``$1``, ``$2``…
+    (one number per name), and the names in that order.
+
+    For a :class:`psycopg.RawCursor`: a hot statement then skips psycopg's
+    named-parameter conversion on every call.
+    """
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    return _PLACEHOLDER.sub(number, template), tuple(names)
 
 
 _SQL_CLAIM = _claim_sql(checked=False)
 _SQL_CLAIM_CHECKED = _claim_sql(checked=True)
-_SQL_CLAIM_FAST = _fast_claim_sql(checked=False)
-_SQL_CLAIM_CHECKED_FAST = _fast_claim_sql(checked=True)
+_SQL_CLAIM_FAST, _CLAIM_FAST_NAMES = _positional(_fast_claim_sql(checked=False))
+_SQL_CLAIM_CHECKED_FAST, _CLAIM_CHECKED_FAST_NAMES = _positional(
+    _fast_claim_sql(checked=True)
+)
 
 
 def _claim_params(
@@ -743,6 +771,32 @@ def _claim_params(
 
 
 # -- row conversion ---------------------------------------------------------------
+def _claimed(
+    row: Sequence[Any], params: dict[str, Any], lifecycle: Lifecycle
+) -> Instance:
+    """
+    The instance a fast claim moved: its row (:data:`_CLAIMED_COLUMNS`) and
+    what the claim wrote, which its parameters hold.
+    """
+    ttl = row[4]
+    if ttl != lifecycle.ttl:  # the template's default TTL
+        lifecycle = attrs.evolve(lifecycle, ttl=ttl)
+    return Instance(
+        id=row[0],
+        preset_id=params["preset_id"],
+        template_id=row[1],
+        template_version_id=row[2],
+        owner_id=params["user_id"],
+        name=params["name"],
+        created_at=_utc(row[3]),
+        ready=True,
+        lifecycle=lifecycle,
+        claimed_at=_utc(params["now"]),
+        latest_transition=Transition.START,
+        latest_status=BuildStatus.SUCCEEDED,
+    )
+
+
 def _utc(value: datetime) -> datetime:
     return value.astimezone(_UTC)
 
@@ -1072,34 +1126,58 @@ class PostgresStore:
         A connection in autocommit mode, for the duration of the block.
 
         A psycopg error in getting or giving back the connection becomes a
-        StoreError; exceptions of the block itself pass through untouched.
+        StoreError; exceptions of the block itself pass through untouched,
+        after a transaction the block left open is rolled back.
         """
-        if self._closed:
-            raise StoreError("the store is closed")
-        stack = ExitStack()
-        try:
-            if self._pool is not None:
-                conn = stack.enter_context(self._pool.connection(timeout=self._timeout))
-            elif self._connect is not None:
-                conn = self._connect()
-                stack.callback(conn.close)
-            else:  # pragma: no cover - the constructor requires a source
-                raise StoreError("no source of connections")
-            if not conn.autocommit:
-                conn.autocommit = True
-                stack.callback(_restore_autocommit, conn)
-        except psycopg.Error as e:
-            with suppress(psycopg.Error):
-                stack.close()
-            raise StoreError(f"cannot get a PostgreSQL connection: {e}") from e
+        conn, switched = self._acquire()
         try:
             yield conn
         except BaseException:
-            with suppress(psycopg.Error):
-                stack.close()
+            with suppress(psycopg.Error, StoreError):
+                if conn.info.transaction_status != _IDLE:
+                    conn.rollback()
+                self._release(conn, switched=switched)
             raise
+        self._release(conn, switched=switched)
+
+    def _acquire(self) -> tuple[_Connection, bool]:
+        """
+        A connection from the pool (or the host's factory) in autocommit
+        mode, and whether it had to be switched to it.
+        """
+        if self._closed:
+            raise StoreError("the store is closed")
         try:
-            stack.close()
+            if self._pool is not None:
+                conn = self._pool.getconn(timeout=self._timeout)
+            elif self._connect is not None:
+                conn = self._connect()
+            else:  # pragma: no cover - the constructor requires a source
+                raise StoreError("no source of connections")
+        except psycopg.Error as e:
+            raise StoreError(f"cannot get a PostgreSQL connection: {e}") from e
+        if conn.autocommit:
+            return conn, False
+        try:
+            conn.autocommit = True
+        except psycopg.Error as e:
+            with suppress(psycopg.Error, StoreError):
+                self._release(conn, switched=False)
+            raise StoreError(f"cannot get a PostgreSQL connection: {e}") from e
+        return conn, True
+
+    def _release(self, conn: _Connection, *, switched: bool) -> None:
+        """
+        Give *conn* back in the mode it came in: to the pool, or closed when
+        it came from the host's factory.
+        """
+        try:
+            if switched:
+                _restore_autocommit(conn)
+            if self._pool is not None:
+                self._pool.putconn(conn)
+            else:
+                conn.close()
         except psycopg.Error as e:
             raise StoreError(f"cannot give back a PostgreSQL connection: {e}") from e
 
@@ -1650,12 +1728,8 @@ class PostgresStore:
         and then it tries again, a few times.
         """
         check_aware("now", now)
-        row = self._claim(
-            _SQL_CLAIM,
-            _claim_params(preset_id, user_id, name, lifecycle, now),
-            checked=False,
-        )
-        return None if row is None else _instance(row)
+        params = _claim_params(preset_id, user_id, name, lifecycle, now)
+        return self._claim(params, lifecycle, checked=False)
 
     def claim_checked(
         self,
@@ -1683,34 +1757,60 @@ class PostgresStore:
         check_aware("now", now)
         params = _claim_params(preset_id, user_id, name, lifecycle, now)
         params["ttl_from_template"] = bool(ttl_from_template)
-        row = self._claim(_SQL_CLAIM_CHECKED, params, checked=True)
-        return None if row is None else _instance(row)
+        return self._claim(params, lifecycle, checked=True)
 
     def _claim(
-        self, template: str, params: dict[str, Any], *, checked: bool
-    ) -> _Row | None:
-        """Run a claim statement, retrying a lost compare-and-set; the claimed row."""
-        fast = _SQL_CLAIM_CHECKED_FAST if checked else _SQL_CLAIM_FAST
-        with self._statement() as cur:
-            row = self._fetchone(cur, fast, params)
+        self, params: dict[str, Any], lifecycle: Lifecycle, *, checked: bool
+    ) -> Instance | None:
+        """
+        Claim with *params*: the fast statement, then, if it claimed nothing,
+        the full one, which says why and retries a lost compare-and-set.
+        """
+        if checked:
+            fast, names = _SQL_CLAIM_CHECKED_FAST, _CLAIM_CHECKED_FAST_NAMES
+        else:
+            fast, names = _SQL_CLAIM_FAST, _CLAIM_FAST_NAMES
+        with self._borrow() as conn:
+            # The hot path, kept lean: a raw cursor with positional
+            # parameters, a row of five columns.
+            self._count()
+            try:
+                with psycopg.RawCursor(conn) as raw:
+                    row = raw.execute(
+                        self._q(fast), tuple([params[n] for n in names]), binary=True
+                    ).fetchone()
+            except psycopg.Error as e:
+                raise StoreError(f"PostgreSQL error: {e}") from e
             if row is not None:
-                return row
-            # Nothing claimed: the full statement says why (and claims if it
-            # can: the pool may have changed in between).
-            for _ in range(_CLAIM_ATTEMPTS):
-                row = self._fetchone(cur, template, params)
-                if row is None:  # pragma: no cover - the statement returns one row
-                    return None
-                if checked:
-                    if row[0] is None:
-                        raise PresetNotFoundError(params["preset_id"])
-                    if not row[0]:
-                        raise PresetInactiveError(params["preset_id"])
-                    row = row[1:]
+                return _claimed(row, params, lifecycle)
+            with self._cursor(conn) as cur:
+                full = self._claim_why(cur, params, checked=checked)
+        return None if full is None else _instance(full)
+
+    def _claim_why(
+        self, cur: _Cursor, params: dict[str, Any], *, checked: bool
+    ) -> _Row | None:
+        """
+        The full claim statement, after the fast one claimed nothing: it
+        raises for an unknown or inactive preset (*checked*), returns None
+        for an empty pool, and claims if it can (the pool may have changed in
+        between), retrying a compare-and-set lost to a concurrent claim.
+        """
+        template = _SQL_CLAIM_CHECKED if checked else _SQL_CLAIM
+        for _ in range(_CLAIM_ATTEMPTS):
+            row = self._fetchone(cur, template, params)
+            if row is None:  # pragma: no cover - the statement returns one row
+                return None
+            if checked:
+                if row[0] is None:
+                    raise PresetNotFoundError(params["preset_id"])
                 if not row[0]:
-                    return None  # no candidate at all
-                if row[1] is not None:
-                    return row[1:]
+                    raise PresetInactiveError(params["preset_id"])
+                row = row[1:]
+            if not row[0]:
+                return None  # no candidate at all
+            if row[1] is not None:
+                return row[1:]
         return None
 
     # -- reads -------------------------------------------------------------------------
