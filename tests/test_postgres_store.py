@@ -770,6 +770,85 @@ class TestRaces:
             assert (instance.owner_id != PREBUILDS_OWNER_ID) == (instance.id in claimed)
 
 
+class TestClaims:
+    @pytest.mark.parametrize("ttl_from_template", [False, True])
+    def test_the_claimed_instance_is_what_the_store_holds(
+        self, store: PostgresStore, *, ttl_from_template: bool
+    ) -> None:
+        """
+        A claim returns the instance as it is now stored (the fast path
+        builds it from what the claim wrote, not from a read).
+        """
+        template = Template(
+            id=uuid.uuid4(),
+            active_version_id=uuid.uuid4(),
+            default_ttl=timedelta(hours=8),
+        )
+        store.put_template(template)
+        config = PresetConfig(
+            id=uuid.uuid4(),
+            template_id=template.id,
+            template_version_id=template.active_version_id,
+            desired_instances=1,
+        )
+        store.put_preset(config)
+        bulk_ready(store, 1)
+        now = T0 + timedelta(minutes=1)
+        lifecycle = Lifecycle(
+            autostart_schedule="CRON_TZ=UTC 0 9 * * 1-5",
+            next_start_at=now + timedelta(days=1),
+            ttl=timedelta(hours=2),
+            last_used_at=now,
+        )
+
+        claimed = store.claim_checked(
+            preset_id=config.id,
+            user_id=(user := uuid.uuid4()),
+            name="mine",
+            lifecycle=lifecycle,
+            now=now,
+            ttl_from_template=ttl_from_template,
+        )
+
+        assert claimed is not None
+        assert claimed == store.get_instance(claimed.id)
+        assert (claimed.owner_id, claimed.name, claimed.claimed_at) == (
+            user,
+            "mine",
+            now,
+        )
+        expected_ttl = timedelta(hours=8) if ttl_from_template else timedelta(hours=2)
+        assert claimed.lifecycle == attrs.evolve(lifecycle, ttl=expected_ttl)
+
+    def test_a_failed_claim_gives_its_connection_back(
+        self, postgres_dsn: str, make_postgres_store: PostgresStoreFactory
+    ) -> None:
+        """
+        A claim that fails in the driver raises StoreError and returns its
+        connection to the pool in a usable state: with a pool of one
+        connection, the next claim works.
+        """
+        schema = fresh_schema_name()
+        make_postgres_store(schema=schema, migrate=False).close()
+        with psycopg_pool.ConnectionPool(
+            postgres_dsn, min_size=1, max_size=1, open=True, timeout=5
+        ) as pool:
+            store = PostgresStore(pool=pool, schema=schema)
+            _, config = seed(store, desired=2)
+            bulk_ready(store, 2)
+            assert claim(store, config.id, uuid.uuid4()) is not None
+            raw(store, "ALTER TABLE {s}.instances RENAME TO moved")
+
+            with pytest.raises(StoreError) as e:
+                claim(store, config.id, uuid.uuid4())
+
+            assert isinstance(e.value.__cause__, psycopg.Error)
+            raw(store, 'ALTER TABLE {s}.moved RENAME TO "instances"')
+            assert claim(store, config.id, uuid.uuid4()) is not None
+            assert claim(store, config.id, uuid.uuid4()) is None
+            store.close()
+
+
 class TestRoundTrips:
     @pytest.mark.parametrize(
         "ttl",
