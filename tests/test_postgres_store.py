@@ -49,8 +49,15 @@ LOOKBACK = timedelta(hours=1)
 
 
 # -- helpers ----------------------------------------------------------------------
-def seed(store: PostgresStore, *, desired: int = 2) -> tuple[Template, PresetConfig]:
-    template = Template(id=uuid.uuid4(), active_version_id=uuid.uuid4(), name="t")
+def seed(
+    store: PostgresStore, *, desired: int = 2, default_ttl: timedelta | None = None
+) -> tuple[Template, PresetConfig]:
+    template = Template(
+        id=uuid.uuid4(),
+        active_version_id=uuid.uuid4(),
+        name="t",
+        default_ttl=default_ttl,
+    )
     store.put_template(template)
     config = PresetConfig(
         id=uuid.uuid4(),
@@ -779,19 +786,7 @@ class TestClaims:
         A claim returns the instance as it is now stored (the fast path
         builds it from what the claim wrote, not from a read).
         """
-        template = Template(
-            id=uuid.uuid4(),
-            active_version_id=uuid.uuid4(),
-            default_ttl=timedelta(hours=8),
-        )
-        store.put_template(template)
-        config = PresetConfig(
-            id=uuid.uuid4(),
-            template_id=template.id,
-            template_version_id=template.active_version_id,
-            desired_instances=1,
-        )
-        store.put_preset(config)
+        _, config = seed(store, desired=1, default_ttl=timedelta(hours=8))
         bulk_ready(store, 1)
         now = T0 + timedelta(minutes=1)
         lifecycle = Lifecycle(
