@@ -212,6 +212,39 @@ class TestConstruction:
         assert made
         assert all(conn.closed for conn in made)
 
+    def test_a_transaction_left_open_by_an_error_is_rolled_back(
+        self,
+        postgres_dsn: str,
+        make_postgres_store: PostgresStoreFactory,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """
+        A connection given back after an error inside a transaction goes
+        back idle, its writes undone by the store (the pool has nothing to
+        roll back, and says nothing), and serves the next call.
+        """
+        schema = fresh_schema_name()
+        make_postgres_store(schema=schema, migrate=False).close()
+        with psycopg_pool.ConnectionPool(
+            postgres_dsn, min_size=1, max_size=1, open=True, timeout=5
+        ) as pool:
+            store = PostgresStore(pool=pool, schema=schema)
+
+            def pause_then_fail() -> None:
+                with store._borrow() as conn:
+                    conn.execute("BEGIN")
+                    conn.execute(store._q("UPDATE {s}.settings SET paused = true"))
+                    raise RuntimeError
+
+            with pytest.raises(RuntimeError):
+                pause_then_fail()
+
+            assert not store.is_paused()
+            assert [r.getMessage() for r in caplog.records if "pool" in r.name] == []
+            with pool.connection() as conn:
+                assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            store.close()
+
     def test_close_is_idempotent_and_final(self, store: PostgresStore) -> None:
         """A closed store raises StoreError; closing twice is fine."""
         store.close()
