@@ -1170,8 +1170,7 @@ class PostgresStore:
         try:
             conn.autocommit = True
         except psycopg.Error as e:
-            with suppress(psycopg.Error, StoreError):
-                self._release(conn, switched=False)
+            self._abandon(conn, switched=False)
             raise StoreError(f"cannot get a PostgreSQL connection: {e}") from e
         return conn, True
 
@@ -1897,8 +1896,8 @@ class PostgresStore:
 def _claim_cursor(conn: _Connection) -> psycopg.RawCursor[Any]:
     """
     The raw cursor claims run on *conn*, made once and kept on the connection
-    (under contention a new cursor per claim costs about as much CPU as the
-    rest of the client's share of a claim).
+    (with 16 client threads, a new cursor per claim cost about 13 µs of
+    client CPU, a quarter of the client's share of a claim).
     """
     cur: psycopg.RawCursor[Any] | None = getattr(conn, _CLAIM_CURSOR, None)
     if cur is None or cur.closed:
