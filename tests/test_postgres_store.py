@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -140,6 +140,22 @@ def _store(make_postgres_store: PostgresStoreFactory) -> PostgresStore:
     return make_postgres_store()
 
 
+@pytest.fixture(name="one_connection")
+def _one_connection(
+    postgres_dsn: str, make_postgres_store: PostgresStoreFactory
+) -> Iterator[tuple[PostgresStore, psycopg_pool.ConnectionPool[Any]]]:
+    """A store on a host's pool of exactly one connection, and that pool."""
+    schema = fresh_schema_name()
+    make_postgres_store(schema=schema, migrate=False).close()  # dropped at teardown
+    with (
+        psycopg_pool.ConnectionPool(
+            postgres_dsn, min_size=1, max_size=1, open=True, timeout=5
+        ) as pool,
+        PostgresStore(pool=pool, schema=schema) as store,
+    ):
+        yield store, pool
+
+
 # -- construction -----------------------------------------------------------------
 class TestConstruction:
     def test_exactly_one_source_of_connections(self, postgres_dsn: str) -> None:
@@ -214,8 +230,7 @@ class TestConstruction:
 
     def test_a_transaction_left_open_by_an_error_is_rolled_back(
         self,
-        postgres_dsn: str,
-        make_postgres_store: PostgresStoreFactory,
+        one_connection: tuple[PostgresStore, psycopg_pool.ConnectionPool[Any]],
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         """
@@ -223,27 +238,21 @@ class TestConstruction:
         back idle, its writes undone by the store (the pool has nothing to
         roll back, and says nothing), and serves the next call.
         """
-        schema = fresh_schema_name()
-        make_postgres_store(schema=schema, migrate=False).close()
-        with psycopg_pool.ConnectionPool(
-            postgres_dsn, min_size=1, max_size=1, open=True, timeout=5
-        ) as pool:
-            store = PostgresStore(pool=pool, schema=schema)
+        store, pool = one_connection
 
-            def pause_then_fail() -> None:
-                with store._borrow() as conn:
-                    conn.execute("BEGIN")
-                    conn.execute(store._q("UPDATE {s}.settings SET paused = true"))
-                    raise RuntimeError
+        def pause_then_fail() -> None:
+            with store._borrow() as conn:
+                conn.execute("BEGIN")
+                conn.execute(store._q("UPDATE {s}.settings SET paused = true"))
+                raise RuntimeError
 
-            with pytest.raises(RuntimeError):
-                pause_then_fail()
+        with pytest.raises(RuntimeError):
+            pause_then_fail()
 
-            assert not store.is_paused()
-            assert [r.getMessage() for r in caplog.records if "pool" in r.name] == []
-            with pool.connection() as conn:
-                assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-            store.close()
+        assert not store.is_paused()
+        assert [r.getMessage() for r in caplog.records if "pool" in r.name] == []
+        with pool.connection() as conn:
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
     def test_close_is_idempotent_and_final(self, store: PostgresStore) -> None:
         """A closed store raises StoreError; closing twice is fine."""
@@ -849,32 +858,26 @@ class TestClaims:
         assert claimed.lifecycle == attrs.evolve(lifecycle, ttl=expected_ttl)
 
     def test_a_failed_claim_gives_its_connection_back(
-        self, postgres_dsn: str, make_postgres_store: PostgresStoreFactory
+        self, one_connection: tuple[PostgresStore, psycopg_pool.ConnectionPool[Any]]
     ) -> None:
         """
         A claim that fails in the driver raises StoreError and returns its
         connection to the pool in a usable state: with a pool of one
         connection, the next claim works.
         """
-        schema = fresh_schema_name()
-        make_postgres_store(schema=schema, migrate=False).close()
-        with psycopg_pool.ConnectionPool(
-            postgres_dsn, min_size=1, max_size=1, open=True, timeout=5
-        ) as pool:
-            store = PostgresStore(pool=pool, schema=schema)
-            _, config = seed(store, desired=2)
-            bulk_ready(store, 2)
-            assert claim(store, config.id, uuid.uuid4()) is not None
-            raw(store, "ALTER TABLE {s}.instances RENAME TO moved")
+        store, _ = one_connection
+        _, config = seed(store, desired=2)
+        bulk_ready(store, 2)
+        assert claim(store, config.id, uuid.uuid4()) is not None
+        raw(store, "ALTER TABLE {s}.instances RENAME TO moved")
 
-            with pytest.raises(StoreError) as e:
-                claim(store, config.id, uuid.uuid4())
+        with pytest.raises(StoreError) as e:
+            claim(store, config.id, uuid.uuid4())
 
-            assert isinstance(e.value.__cause__, psycopg.Error)
-            raw(store, 'ALTER TABLE {s}.moved RENAME TO "instances"')
-            assert claim(store, config.id, uuid.uuid4()) is not None
-            assert claim(store, config.id, uuid.uuid4()) is None
-            store.close()
+        assert isinstance(e.value.__cause__, psycopg.Error)
+        raw(store, 'ALTER TABLE {s}.moved RENAME TO "instances"')
+        assert claim(store, config.id, uuid.uuid4()) is not None
+        assert claim(store, config.id, uuid.uuid4()) is None
 
 
 class TestRoundTrips:
