@@ -272,6 +272,7 @@ class EventKind(enum.Enum):
     INVALID_PRESET = "invalid_preset"
     PRESET_ERROR = "preset_error"
     PASS_ERROR = "pass_error"  # noqa: S105 - an event name, not a secret
+    LEADERSHIP_LOST = "leadership_lost"
 
 
 @attrs.frozen(kw_only=True)
@@ -288,6 +289,34 @@ class Event:
     instance_id: UUID | None = None
     build_id: UUID | None = None
     detail: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class Lease:
+    """
+    What a store's ``leader()`` scope yields: whether this caller leads, and
+    the token that fences its writes.
+
+    A reconciler passes the lease to every write of its pass
+    (``create_prebuild(..., lease=lease)`` and the like); the store applies
+    such a write only while the lease is still held, in the write's own
+    transaction, and otherwise raises
+    :class:`~prebuilds.exceptions.LeadershipLostError` with nothing written.
+    A lease is truthy exactly when it was acquired, so ``with store.leader()
+    as lease: if lease: ...`` reads as before.
+
+    Attributes:
+        held: Whether the scope acquired leadership.
+        token: An opaque token naming this holding (``""`` when not held).
+
+    .. versionadded:: 0.2.0
+    """
+
+    held: bool
+    token: str = ""
+
+    def __bool__(self) -> bool:
+        return self.held
 
 
 @attrs.frozen(kw_only=True)

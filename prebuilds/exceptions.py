@@ -12,7 +12,8 @@ The errors prebuilds raises, all rooted at :class:`PrebuildsError`.
     ├── PresetInactiveError                  a claim for a preset that is not active
     ├── PrebuildsNotSupportedError           the no-op claimer: prebuilds are off
     ├── StoreError                           the storage seam failed
-    │   └── SchemaVersionError               the store's schema is newer than this library
+    │   ├── SchemaVersionError               the store's schema is newer than this library
+    │   └── LeadershipLostError              a leader's write after another took over
     └── ProvisionerError                     the host's provisioner failed
         └── ProvisionerValidationError       a deterministic, 400-style failure
 
@@ -177,6 +178,17 @@ class SchemaVersionError(StoreError):
     The database holds a schema newer than this library knows.
 
     .. versionadded:: 0.1.0
+    """
+
+
+class LeadershipLostError(StoreError):
+    """
+    A write fenced by a :class:`~prebuilds.Lease` was refused because the
+    lease no longer holds leadership (it expired and another holder took
+    over, or its lock was lost). Nothing was written; the pass that got it
+    must stop.
+
+    .. versionadded:: 0.2.0
     """
 
 

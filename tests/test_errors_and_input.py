@@ -159,6 +159,7 @@ def test_error_tree() -> None:
         "InstanceNotFoundError": LookupError,
         "BuildNotFoundError": LookupError,
         "SchemaVersionError": exceptions.StoreError,
+        "LeadershipLostError": exceptions.StoreError,
         "ProvisionerValidationError": exceptions.ProvisionerError,
     }
 
@@ -183,6 +184,7 @@ def example_errors() -> list[exceptions.PrebuildsError]:
         exceptions.PrebuildsNotSupportedError(),
         exceptions.StoreError("connection lost"),
         exceptions.SchemaVersionError("schema 9 > 1"),
+        exceptions.LeadershipLostError("lease lost"),
         exceptions.ProvisionerError("down"),
         exceptions.ProvisionerValidationError("missing parameter"),
     ]
