@@ -42,7 +42,7 @@ from prebuilds import (
 )
 from prebuilds.interfaces import Store
 from prebuilds.stores import SQLiteStore
-from prebuilds.stores._sqlite import SCHEMA_VERSION
+from prebuilds.stores._sqlite import _MIGRATIONS, SCHEMA_VERSION
 
 
 OpenStore = Callable[..., SQLiteStore]
@@ -281,9 +281,10 @@ class TestSchema:
     def test_fresh_file_gets_the_current_schema(
         self, open_store: OpenStore, path: Path
     ) -> None:
-        """A new file is created with prefixed tables and user_version = SCHEMA_VERSION."""
+        """A new file gets prefixed tables and its version in prebuilds_schema."""
         open_store()
-        assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+        assert raw(path, "SELECT version FROM prebuilds_schema") == [(SCHEMA_VERSION,)]
+        assert raw(path, "PRAGMA user_version") == [(0,)]
         tables = {
             name
             for (name,) in raw(
@@ -297,6 +298,7 @@ class TestSchema:
             "prebuilds_instances",
             "prebuilds_builds",
             "prebuilds_leader",
+            "prebuilds_schema",
         } <= tables
         assert all(name.startswith("prebuilds_") for name in tables)
 
@@ -311,12 +313,12 @@ class TestSchema:
         second = open_store()
         assert second.get_template(template.id) == template
         assert second.is_paused()
-        assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+        assert raw(path, "SELECT version FROM prebuilds_schema") == [(SCHEMA_VERSION,)]
 
     def test_newer_schema_is_refused(self, open_store: OpenStore, path: Path) -> None:
         """A file written by a newer library raises SchemaVersionError (a StoreError)."""
         open_store().close()
-        raw(path, f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        raw(path, "UPDATE prebuilds_schema SET version = ?", (SCHEMA_VERSION + 1,))
         with pytest.raises(SchemaVersionError, match="schema version"):
             open_store()
         assert issubclass(SchemaVersionError, StoreError)
@@ -336,7 +338,7 @@ class TestSchema:
         assert len(stores) == 8
         template = add_template(stores[0])
         assert all(s.get_template(template.id) == template for s in stores)
-        assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+        assert raw(path, "SELECT * FROM prebuilds_schema") == [(1, SCHEMA_VERSION)]
 
     def test_processes_migrating_one_file_at_once(self, path: Path) -> None:
         """Two processes opening a new file together both succeed."""
@@ -353,7 +355,59 @@ class TestSchema:
         for proc in procs:
             proc.join(WAIT)
         assert results == [("ok", False), ("ok", False)]
-        assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+        assert raw(path, "SELECT * FROM prebuilds_schema") == [(1, SCHEMA_VERSION)]
+
+    def test_a_host_file_keeps_its_tables_and_user_version(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """The store shares a host's file: the host's tables and user_version stay as they were."""
+        for host_version in (0, 1, 7):
+            raw(path, "CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY)")
+            raw(path, "INSERT INTO users DEFAULT VALUES")
+            raw(path, f"PRAGMA user_version = {host_version}")
+            store = open_store()
+            template = add_template(store)
+            assert store.get_template(template.id) == template
+            store.close()
+            assert raw(path, "PRAGMA user_version") == [(host_version,)]
+        assert raw(path, "SELECT count(*) FROM users") == [(3,)]
+
+    def test_a_first_release_file_migrates_forward(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """A file that recorded schema 1 in user_version gets the version table; data kept."""
+        with closing(sqlite3.connect(path)) as conn:
+            for statement in _MIGRATIONS[0]:
+                conn.execute(statement)
+            conn.execute("PRAGMA user_version = 1")
+            conn.execute("INSERT INTO prebuilds_settings VALUES ('paused', 'true')")
+            conn.commit()
+        store = open_store()
+        assert store.is_paused()
+        assert raw(path, "SELECT version FROM prebuilds_schema") == [(SCHEMA_VERSION,)]
+        assert raw(path, "PRAGMA user_version") == [(1,)]
+
+    def test_unknown_prebuilds_tables_are_refused(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """prebuilds_ tables this library did not write (no version record) are not adopted."""
+        raw(path, "CREATE TABLE prebuilds_settings (key TEXT)")
+        with pytest.raises(StoreError, match="did not write"):
+            open_store()
+        tables = raw(path, "SELECT name FROM sqlite_master WHERE type = 'table'")
+        assert tables == [("prebuilds_settings",)]
+
+    def test_a_newer_file_keeps_its_journal_mode(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """The version is checked before the store switches the file to WAL."""
+        open_store().close()
+        raw(path, "UPDATE prebuilds_schema SET version = ?", (SCHEMA_VERSION + 1,))
+        with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            conn.execute("PRAGMA journal_mode = DELETE")
+        with pytest.raises(SchemaVersionError):
+            open_store()
+        assert raw(path, "PRAGMA journal_mode") == [("delete",)]
 
     def test_pragmas(self, open_store: OpenStore, path: Path) -> None:
         """Files use WAL; connections use synchronous=NORMAL, foreign keys and a busy timeout."""
@@ -377,6 +431,77 @@ class TestSchema:
 
 
 # -- snapshot ----------------------------------------------------------------------
+
+
+class TestReadOnly:
+    """``read_only=True``: for tools that look at a file and must not change it."""
+
+    def test_reads_what_a_writer_wrote(self, open_store: OpenStore, path: Path) -> None:
+        writer = open_store()
+        template = add_template(writer)
+        config = add_preset(writer, template, desired_instances=2)
+        reader = open_store(read_only=True)
+        assert reader.read_only
+        assert reader.get_template(template.id) == template
+        assert reader.get_preset(config.id).desired_instances == 2
+        snapshot = reader.snapshot(now=T0, backoff_lookback=LOOKBACK, hard_limit=3)
+        assert [p.id for p in snapshot.presets] == [config.id]
+        assert repr(reader) == f"SQLiteStore({str(path)!r}, read_only=True)"
+
+    def test_every_write_is_refused_and_nothing_changes(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        writer = open_store()
+        template = add_template(writer)
+        writer.close()
+        before = raw(path, "SELECT * FROM prebuilds_templates")
+        reader = open_store(read_only=True)
+        with pytest.raises(StoreError, match="read-only"):
+            reader.set_paused(True)
+        with pytest.raises(StoreError, match="read-only"):
+            reader.put_template(template)
+        with pytest.raises(StoreError, match="read-only"), reader.leader():
+            pass
+        assert not reader.is_paused()
+        assert raw(path, "SELECT * FROM prebuilds_templates") == before
+
+    def test_a_missing_file_is_not_created(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        with pytest.raises(StoreError, match="no SQLite database"):
+            open_store(read_only=True)
+        assert not path.exists()
+
+    def test_a_host_file_is_refused_untouched(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        raw(path, "CREATE TABLE users (id INTEGER PRIMARY KEY)")
+        raw(path, "PRAGMA user_version = 3")
+        with pytest.raises(StoreError, match="not a prebuilds database"):
+            open_store(read_only=True)
+        assert raw(path, "SELECT name FROM sqlite_master") == [("users",)]
+        assert raw(path, "PRAGMA user_version") == [(3,)]
+        assert raw(path, "PRAGMA journal_mode") == [("delete",)]
+
+    def test_a_file_that_is_not_sqlite_is_refused(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        path.write_bytes(b"not a database " * 100)
+        with pytest.raises(StoreError, match="not a database"):
+            open_store(read_only=True)
+        assert path.read_bytes() == b"not a database " * 100
+
+    def test_a_newer_schema_is_refused(self, open_store: OpenStore, path: Path) -> None:
+        open_store().close()
+        raw(path, "UPDATE prebuilds_schema SET version = ?", (SCHEMA_VERSION + 1,))
+        with pytest.raises(SchemaVersionError):
+            open_store(read_only=True)
+
+    def test_in_memory_cannot_be_read_only(self) -> None:
+        with pytest.raises(InvalidInputError, match="read_only"):
+            SQLiteStore(":memory:", read_only=True)
+        with pytest.raises(InvalidInputError, match="must be a bool"):
+            SQLiteStore(":memory:", read_only="yes")  # type: ignore[arg-type]
 
 
 class TestSnapshot:

@@ -4,10 +4,17 @@
 
 Layout and conventions:
 
-- Tables are prefixed ``prebuilds_``; ``PRAGMA user_version`` records the
-  schema version. Opening a file migrates it under ``BEGIN IMMEDIATE`` (so
-  two processes opening a new file at once are safe); a file written by a
-  newer library raises :class:`~prebuilds.exceptions.SchemaVersionError`.
+- Tables are prefixed ``prebuilds_`` and the schema version lives in a table
+  of its own, ``prebuilds_schema``, so the store can share a file with a
+  host's tables: it never reads or writes the file's ``PRAGMA user_version``
+  and never touches a table without the prefix. Opening a file migrates it
+  under ``BEGIN IMMEDIATE`` (so two processes opening a new file at once are
+  safe); a file written by a newer library raises
+  :class:`~prebuilds.exceptions.SchemaVersionError` before anything in it is
+  changed, the journal mode included. Files of the first release, which
+  kept the version in ``user_version``, are recognised by their tables and
+  get the version table on first open (their ``user_version`` stays as it
+  is).
 - IDs are canonical UUID text, datetimes integer microseconds since the Unix
   epoch (UTC, exact), timedeltas integer microseconds, enums their values,
   schedules and parameters JSON lists of pairs.
@@ -28,10 +35,12 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 import uuid
 
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -197,6 +206,55 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION  # noqa: S101
+
+# The version record, written with every migration. Kept out of _MIGRATIONS:
+# it says which of them have run.
+_CREATE_VERSION_TABLE = """
+    CREATE TABLE IF NOT EXISTS prebuilds_schema (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        version INTEGER NOT NULL
+    )
+"""
+_SET_VERSION = (
+    "INSERT INTO prebuilds_schema (singleton, version) VALUES (1, ?) "
+    "ON CONFLICT (singleton) DO UPDATE SET version = excluded.version"
+)
+# The tables of schema version 1, which recorded its version in
+# ``PRAGMA user_version`` (0.1.0 development releases).
+_VERSION_1_TABLES = frozenset(
+    {
+        "prebuilds_settings",
+        "prebuilds_templates",
+        "prebuilds_presets",
+        "prebuilds_instances",
+        "prebuilds_builds",
+        "prebuilds_leader",
+    }
+)
+
+
+def _read_version(conn: sqlite3.Connection) -> int | None:
+    """
+    The prebuilds schema version of the file behind *conn*: 0 for a file
+    without prebuilds tables, None for one with some of them but no
+    record of their version (not a file this library wrote).
+    """
+    tables = {
+        name
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master "
+            "WHERE type = 'table' AND name LIKE 'prebuilds\\_%' ESCAPE '\\'"
+        )
+    }
+    if "prebuilds_schema" in tables:
+        row = conn.execute("SELECT version FROM prebuilds_schema").fetchone()
+        return int(row[0]) if row is not None else None
+    if not tables:
+        return 0
+    if tables >= _VERSION_1_TABLES:
+        return 1
+    return None
+
 
 # -- SQL ------------------------------------------------------------------------
 
@@ -668,6 +726,11 @@ class SQLiteStore:
             without releasing it (wall clock).
         busy_timeout: Seconds a connection waits for another writer before
             failing with :class:`~prebuilds.exceptions.StoreError`.
+        read_only: Open an existing file for reading only: the file is never
+            created, migrated or written (its journal mode included), and
+            every write method raises :class:`~prebuilds.exceptions.StoreError`.
+            For tools that inspect a host's file, such as
+            ``prebuilds status``.
 
     A file store opens one connection per thread (closed by :meth:`close`,
     or when a later connection finds its thread gone), so threads and
@@ -686,11 +749,16 @@ class SQLiteStore:
 
     Raises:
         SchemaVersionError: the file was written by a newer library.
-        StoreError: the file cannot be opened or migrated.
+        StoreError: the file cannot be opened or migrated; read-only: it
+            does not exist, is not a prebuilds database, or needs a
+            migration.
         InvalidInputError: a non-positive *lease_ttl* or a negative
-            *busy_timeout*.
+            *busy_timeout*; *read_only* with an in-memory database.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       The schema version moved from ``PRAGMA user_version`` to the table
+       ``prebuilds_schema``; *read_only* added.
     """
 
     def __init__(
@@ -699,6 +767,7 @@ class SQLiteStore:
         *,
         lease_ttl: timedelta = timedelta(minutes=5),
         busy_timeout: float = 30.0,
+        read_only: bool = False,
     ) -> None:
         if lease_ttl <= timedelta(0):
             raise InvalidInputError("lease_ttl", lease_ttl, "must be > 0")
@@ -708,6 +777,15 @@ class SQLiteStore:
         self._lease_ttl_us = lease_ttl // _US
         self._busy_timeout = float(busy_timeout)
         self._memory = self._path in {"", ":memory:"}
+        if not isinstance(read_only, bool):
+            raise InvalidInputError("read_only", read_only, "must be a bool")
+        if read_only and self._memory:
+            raise InvalidInputError(
+                "read_only", read_only, "an in-memory database cannot be read-only"
+            )
+        self._read_only = read_only
+        if read_only and not Path(self._path).is_file():
+            raise StoreError(f"no SQLite database at {self._path!r}")
         self._lock = threading.Lock()
         self._local = threading.local()
         self._handles: list[_Handle] = []
@@ -721,7 +799,10 @@ class SQLiteStore:
                 self._shared = handle
             else:
                 self._local.handle = handle
-            self._migrate(handle)
+            if read_only:
+                self._check_readable(handle)
+            else:
+                self._migrate(handle)
         except BaseException:
             self.close()
             raise
@@ -754,7 +835,14 @@ class SQLiteStore:
         self.close()
 
     def __repr__(self) -> str:
+        if self._read_only:
+            return f"SQLiteStore({self._path!r}, read_only=True)"
         return f"SQLiteStore({self._path!r})"
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the store was opened read-only."""
+        return self._read_only
 
     def statement_count(self) -> int:
         """
@@ -770,12 +858,19 @@ class SQLiteStore:
             self._statements += 1
 
     def _open_handle(self) -> _Handle:
+        if self._read_only:
+            # mode=ro never creates the file; the URI form needs its path
+            # quoted (a '?' or '#' in a file name is not a query).
+            target = "file:" + urllib.parse.quote(self._path) + "?mode=ro"
+        else:
+            target = self._path
         try:
             conn = sqlite3.connect(
-                self._path,
+                target,
                 timeout=self._busy_timeout,
                 isolation_level=None,
                 check_same_thread=False,
+                uri=self._read_only,
             )
         except sqlite3.Error as e:
             raise StoreError(f"cannot open SQLite database {self._path!r}: {e}") from e
@@ -855,6 +950,10 @@ class SQLiteStore:
         conn = handle.conn
         with handle.lock:
             try:
+                # The version is checked before anything is changed: a file
+                # of a newer library, or not ours, keeps its journal mode.
+                self._count()
+                version = self._checked_version(_read_version(conn))
                 if not self._memory:
                     self._count()
                     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -864,23 +963,21 @@ class SQLiteStore:
                             self._path,
                             mode,
                         )
-                self._count()
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                self._check_version(version)
-                if version == SCHEMA_VERSION:
+                if version == SCHEMA_VERSION and self._has_version_table(conn):
                     return
                 self._count()
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     self._count()
-                    version = conn.execute("PRAGMA user_version").fetchone()[0]
-                    self._check_version(version)
+                    version = self._checked_version(_read_version(conn))
                     for step in _MIGRATIONS[version:]:
                         for statement in step:
                             self._count()
                             conn.execute(statement)
                     self._count()
-                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    conn.execute(_CREATE_VERSION_TABLE)
+                    self._count()
+                    conn.execute(_SET_VERSION, (SCHEMA_VERSION,))
                     self._count()
                     conn.execute("COMMIT")
                 except BaseException:
@@ -891,6 +988,42 @@ class SQLiteStore:
                 raise StoreError(
                     f"cannot migrate SQLite database {self._path!r}: {e}"
                 ) from e
+
+    @staticmethod
+    def _has_version_table(conn: sqlite3.Connection) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM sqlite_master "
+            "WHERE type = 'table' AND name = 'prebuilds_schema'"
+        ).fetchone()
+        return row is not None
+
+    def _check_readable(self, handle: _Handle) -> None:
+        """Read-only: the file must hold the current prebuilds schema."""
+        with handle.lock:
+            try:
+                self._count()
+                version = _read_version(handle.conn)
+            except sqlite3.Error as e:
+                raise StoreError(
+                    f"cannot read SQLite database {self._path!r}: {e}"
+                ) from e
+        if version == 0:
+            raise StoreError(f"{self._path!r} is not a prebuilds database")
+        version = self._checked_version(version)
+        if version < SCHEMA_VERSION:  # pragma: no cover - one version so far
+            raise StoreError(
+                f"SQLite database {self._path!r} has schema version {version}; "
+                f"open it once read-write to migrate it to {SCHEMA_VERSION}"
+            )
+
+    def _checked_version(self, version: int | None) -> int:
+        if version is None:
+            raise StoreError(
+                f"SQLite database {self._path!r} has prebuilds_ tables that "
+                "this library did not write (no schema version record)"
+            )
+        self._check_version(version)
+        return version
 
     def _check_version(self, version: int) -> None:
         if version > SCHEMA_VERSION:
@@ -906,6 +1039,8 @@ class SQLiteStore:
 
         sqlite3 errors become StoreError; any error rolls back.
         """
+        if write and self._read_only:
+            raise StoreError(f"the SQLiteStore on {self._path!r} is read-only")
         handle = self._handle()
         with handle.lock:
             conn = handle.conn
