@@ -30,7 +30,7 @@ nox.options.error_on_missing_interpreters = CI
 nox.options.reuse_venv = "yes"
 # Each session is a process of its own (its own venv, coverage file and
 # PostgreSQL cluster), so they run side by side, one per CPU.
-nox.options.parallel = "auto"
+nox.options.parallel = os.cpu_count() or 1
 nox.options.allow_parallel = True
 # coverage comes last: it waits for every tests session anyway, and ends the
 # run with the list of Pythons whose tests did not run.

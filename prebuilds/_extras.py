@@ -43,6 +43,10 @@ def require(extra: str, *, feature: str) -> Iterator[None]:
     modules = EXTRAS[extra]
     try:
         yield
+    except MissingExtraError as e:
+        # A module the feature imports met the missing extra first (the
+        # kit imports the strategies): name the feature that was asked for.
+        raise MissingExtraError(feature, e.extra, e.name, e.problem, e.hint) from e
     except ModuleNotFoundError as e:
         top = (e.name or "").partition(".")[0]
         if top not in modules:

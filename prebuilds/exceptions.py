@@ -31,6 +31,24 @@ from typing import Any
 from uuid import UUID
 
 
+__all__ = [
+    "BuildNotFoundError",
+    "InstanceNotFoundError",
+    "InvalidInputError",
+    "LeadershipLostError",
+    "MissingExtraError",
+    "NoClaimablePrebuildsError",
+    "PrebuildsError",
+    "PrebuildsNotSupportedError",
+    "PresetInactiveError",
+    "PresetNotFoundError",
+    "ProvisionerError",
+    "ProvisionerValidationError",
+    "SchemaVersionError",
+    "StoreError",
+]
+
+
 class PrebuildsError(Exception):
     """
     The root of every error prebuilds raises.
