@@ -166,14 +166,27 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=NEWEST)
 def typing(session: nox.Session) -> None:
     """
-    mypy --strict over the package, the tests and the benchmarks; pyright's
-    verdict on the completeness of the public API's types.
+    mypy --strict over the package, the tests and the benchmarks; pyright
+    over the tutorial's code, and its verdict on the completeness of the
+    public API's types.
     """
     session.install("-e", ".[postgres,testing]", *group("typing", "bench"))
     session.run("mypy", *session.posargs)
-    # Run from outside the checkout so that pyright resolves the package
-    # through the environment, as a user's type checker would.
-    with session.chdir(session.create_tmp()):
+    tmp = Path(session.create_tmp())
+    # The tutorial's code, as a reader copies it, passes pyright.
+    tutorial = tmp / "tutorial.py"
+    with tutorial.open("w", encoding="utf-8") as script:
+        session.run(
+            "python",
+            "tests/newcomer.py",
+            "--script-of",
+            "docs/embedding.md",
+            stdout=script,
+        )
+    # From outside the checkout, so that pyright resolves the package through
+    # the environment, as a user's type checker would.
+    with session.chdir(tmp):
+        session.run("pyright", tutorial.name)
         session.run("pyright", "--verifytypes", "prebuilds", "--ignoreexternal")
 
 

@@ -10,7 +10,7 @@ library; a host may write its own and check it with
 Every Protocol is runtime-checkable: ``isinstance(obj, Store)`` tells
 whether *obj* has the Protocol's methods (not whether their signatures or
 behaviour are right: that is the conformance kit's job). The types in their
-signatures are imported at runtime, so :func:`typing.get_type_hints` works
+signatures are imported at runtime, so ``typing.get_type_hints`` works
 on each Protocol and each of its methods.
 
 .. versionadded:: 0.1.0

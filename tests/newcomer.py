@@ -6,6 +6,9 @@ holds the prebuilds wheel, installed with no extras, and nothing else.
 
     python tests/newcomer.py --version VERSION --tutorial docs/embedding.md
 
+(``--script-of PAGE`` prints a page's code as one script instead, which the
+``typing`` session gives to pyright.)
+
 from a directory outside the checkout, so that ``import prebuilds`` is the
 installed wheel. It checks the command line (every sub-command, the exit
 status and the one-line errors), runs the tutorial's code (it must need no
@@ -92,6 +95,18 @@ def python_blocks(text: str) -> Iterator[tuple[int, str]]:
         if fence[2] == "python":
             skip_next = False
         i = end + 1
+
+
+def script_of(path: Path) -> str:
+    """
+    A page's python blocks as one Python script (doctests become statements
+    with their expected output as comments), for a type checker to read.
+    """
+    parts = []
+    for _, code in python_blocks(path.read_text(encoding="utf-8")):
+        is_doctest = code.lstrip().startswith(">>>")
+        parts.append(doctest.script_from_examples(code) if is_doctest else code)
+    return "\n".join(parts)
 
 
 def run_page(path: Path) -> None:
@@ -295,9 +310,17 @@ CHECKS = [
 def main() -> int:
     """Run every check; 0 if all passed, else 1."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--version", required=True, help="the wheel's version")
-    parser.add_argument("--tutorial", type=Path, required=True)
+    parser.add_argument("--version", help="the wheel's version")
+    parser.add_argument("--tutorial", type=Path, help="the page to run")
+    parser.add_argument(
+        "--script-of", type=Path, help="print a page's code as one script, and exit"
+    )
     args = parser.parse_args()
+    if args.script_of is not None:
+        print(script_of(args.script_of))
+        return 0
+    if args.version is None or args.tutorial is None:
+        parser.error("--version and --tutorial are required")
     failures = []
     with tempfile.TemporaryDirectory(prefix="newcomer-") as tmp:
         env = Env(version=args.version, tutorial=args.tutorial, tmp=Path(tmp))
