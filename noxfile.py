@@ -172,7 +172,7 @@ def typing(session: nox.Session) -> None:
     """
     session.install("-e", ".[postgres,testing]", *group("typing", "bench"))
     session.run("mypy", *session.posargs)
-    tmp = Path(session.create_tmp())
+    tmp = Path(session.create_tmp()).resolve()
     # The tutorial's code, as a reader copies it, passes pyright.
     tutorial = tmp / "tutorial.py"
     with tutorial.open("w", encoding="utf-8") as script:
@@ -216,7 +216,7 @@ def newcomer(session: nox.Session) -> None:
     virtual environment, runs the command line, the tutorial and names the
     extras it lacks (``tests/newcomer.py`` checks each).
     """
-    tmp = Path(session.create_tmp())
+    tmp = Path(session.create_tmp()).resolve()
     dist = tmp / "dist"
     shutil.rmtree(dist, ignore_errors=True)
     if session.venv_backend == "uv":
