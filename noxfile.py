@@ -82,7 +82,9 @@ def coverage_erase(session: nox.Session) -> None:
     session.run("coverage", "erase")
 
 
-@nox.session(python=PYTHONS, requires=["coverage_erase"])
+# Newest first: its full profile makes it the longest session, and parallel
+# sessions start in this order.
+@nox.session(python=PYTHONS[::-1], requires=["coverage_erase"])
 def tests(session: nox.Session) -> None:
     """
     Unit, property, stateful, PostgreSQL and doc tests, under coverage.
