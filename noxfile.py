@@ -82,41 +82,39 @@ def coverage_erase(session: nox.Session) -> None:
     session.run("coverage", "erase")
 
 
-# Newest first: its full profile makes it the longest session, and parallel
-# sessions start in this order.
+# Newest first: it is the longest session, and parallel sessions start in
+# this order.
 @nox.session(python=PYTHONS[::-1], requires=["coverage_erase"])
 def tests(session: nox.Session) -> None:
     """
-    Unit, property, stateful, PostgreSQL and doc tests, under coverage.
+    Unit, property, stateful, PostgreSQL and doc tests.
 
-    The newest Python runs Hypothesis's full profile; the others a lighter
-    one (``ci-light``), since they test the same code.
+    The newest Python runs them under coverage, with Hypothesis's full
+    profile. The others run the same tests without the tracer and with the
+    lighter ``ci-light`` profile: they check the code on their Python, and
+    the code has no path of its own for any of them.
     """
     session.install("-e", ".[postgres,testing]", *group("tests"))
-    profile = [] if session.python == NEWEST else ["--hypothesis-profile=ci-light"]
-    session.run(
-        "coverage",
-        "run",
-        "-m",
-        "pytest",
-        *profile,
-        *session.posargs,
-        env={"COVERAGE_FILE": f".coverage.{session.python}"},
-    )
+    if session.python == NEWEST:
+        session.run(
+            "coverage",
+            "run",
+            "-m",
+            "pytest",
+            *session.posargs,
+            env={"COVERAGE_FILE": f".coverage.{session.python}"},
+        )
+    else:
+        session.run("pytest", "--hypothesis-profile=ci-light", *session.posargs)
 
 
 @nox.session(python=NEWEST, requires=["tests"])
 def coverage(session: nox.Session) -> None:
     """
-    Combine coverage of every Python and report it; list, loudly, the
-    Pythons whose tests did not run.
+    Report the coverage of the newest Python's tests, with the gates; list,
+    loudly, the Pythons whose tests did not run.
     """
-    not_run = [
-        python
-        for python in PYTHONS
-        if not any(ROOT.glob(f".coverage.{python}.*"))
-        and not (ROOT / f".coverage.{python}").exists()
-    ]
+    not_run = [python for python in PYTHONS if not _installed(python)]
     if not_run:
         _shout(session, not_run)
     session.install("coverage[toml]")
