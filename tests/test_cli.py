@@ -353,6 +353,22 @@ class TestStatus:
         assert before == digest(path)
         assert [path] == list(tmp_path.iterdir())
 
+    def test_a_newer_schema_is_refused_and_untouched(self, tmp_path: Path) -> None:
+        """A file of a newer prebuilds: exit 1 naming the version, file unchanged."""
+        path = tmp_path / "newer.sqlite3"
+        SQLiteStore(path).close()
+        with closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute("UPDATE prebuilds_schema SET version = 99")
+        before = digest(path)
+
+        result = run("status", str(path))
+
+        assert (1, "") == (result.status, result.out)
+        [line] = result.err.splitlines()
+        assert line.startswith("prebuilds: error: "), line
+        assert "99" in line
+        assert before == digest(path)
+
     def test_a_file_that_is_not_sqlite_is_refused(self, tmp_path: Path) -> None:
         """A text file: exit 1, one line, the file untouched."""
         path = tmp_path / "notes.txt"
