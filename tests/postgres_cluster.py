@@ -7,6 +7,8 @@ the tests run as root, since ``initdb`` refuses root), listening on a free
 port of 127.0.0.1 and on a unix socket, with durability turned off for
 speed. When PostgreSQL cannot be started the tests that need it are
 skipped, except under CI (``CI`` set), where they fail.
+:func:`running_cluster` starts another one, for tests that restart their
+server (:meth:`PostgresCluster.restart`, :meth:`PostgresCluster.stopped`).
 
 ``make_postgres_store`` gives a new, empty :class:`PostgresStore` per call:
 each store lives in its own fresh schema of one shared test database, which

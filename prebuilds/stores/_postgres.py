@@ -986,7 +986,15 @@ class PostgresStore:
         migrate: Create or upgrade the tables now (see :meth:`migrate`).
         min_size: The own pool's minimum size.
         max_size: The own pool's maximum size.
-        timeout: Seconds to wait for a connection from a pool.
+        timeout: Seconds to wait for a connection from a pool; also the
+            ``connect_timeout`` of the own pool's connections, unless
+            *conninfo* sets one.
+
+    A connection broken under a call (a server restart, a failover) goes
+    back to its pool, which replaces it; calls work again once the server is
+    back. A :class:`~prebuilds.exceptions.StoreError` for a connection that
+    cannot be made names the cause (refused, unknown database or role,
+    timeout, or a pool too small).
 
     Raises:
         InvalidInputError: not exactly one source of connections, or a bad
