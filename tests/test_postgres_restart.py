@@ -55,6 +55,9 @@ POOL_SIZE = 4
 #: once the server is back waits for it instead of failing.
 TIMEOUT = 5.0
 SOURCES = ("own pool", "host pool", "factory")
+#: The restart tests also borrow from a host pool whose connections are not in
+#: autocommit mode, which the store switches for each call and back.
+RESTART_SOURCES = (*SOURCES, "host pool, no autocommit")
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +78,7 @@ class Source:
     made: list[psycopg.Connection[Any]] = field(default_factory=list)
 
 
-@pytest.fixture(params=SOURCES)
+@pytest.fixture(params=RESTART_SOURCES)
 def source(
     request: pytest.FixtureRequest, restartable: PostgresCluster
 ) -> Iterator[Source]:
@@ -92,10 +95,11 @@ def source(
         )
         with store:
             yield Source(store=store, pool=store._pool)
-    elif request.param == "host pool":
+    elif request.param.startswith("host pool"):
+        kwargs = {} if "no autocommit" in request.param else {"autocommit": True}
         with (
             psycopg_pool.ConnectionPool(
-                dsn, max_size=POOL_SIZE, kwargs={"autocommit": True}, open=True
+                dsn, max_size=POOL_SIZE, kwargs=kwargs, open=True
             ) as pool,
             PostgresStore(pool=pool, schema=schema, timeout=TIMEOUT) as store,
         ):
@@ -300,7 +304,7 @@ def assert_pool_whole(pool: psycopg_pool.ConnectionPool[Any]) -> None:
     taken = [pool.getconn(timeout=30) for _ in range(POOL_SIZE)]
     try:
         for conn in taken:
-            assert conn.execute("SELECT 1").fetchone() == (1,)
+            pool.check_connection(conn)  # raises if it does not answer
     finally:
         for conn in taken:
             pool.putconn(conn)
