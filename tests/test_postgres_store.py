@@ -254,6 +254,35 @@ class TestConstruction:
         with pool.connection() as conn:
             assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
+    def test_a_connection_broken_in_a_transaction_goes_back(
+        self,
+        one_connection: tuple[PostgresStore, psycopg_pool.ConnectionPool[Any]],
+        postgres_dsn: str,
+    ) -> None:
+        """
+        A connection whose session ended while it was in a transaction goes
+        back to its pool although its rollback fails: the pool replaces it,
+        and with a pool of one connection the next call works.
+        """
+        store, pool = one_connection
+
+        def fail_after_the_session_ended() -> None:
+            with store._borrow() as conn:
+                conn.execute("BEGIN")
+                with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+                    admin.execute(
+                        "SELECT pg_terminate_backend(%s, 30000)",
+                        (conn.info.backend_pid,),
+                    )
+                raise RuntimeError
+
+        with pytest.raises(RuntimeError):
+            fail_after_the_session_ended()
+
+        assert store.is_paused() is False
+        stats = pool.get_stats()
+        assert (1, 1) == (stats["pool_size"], stats["pool_available"])
+
     def test_close_is_idempotent_and_final(self, store: PostgresStore) -> None:
         """A closed store raises StoreError; closing twice is fine."""
         store.close()

@@ -31,11 +31,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import re
 import threading
+import time
 import uuid
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -44,8 +47,9 @@ from uuid import UUID
 import attrs
 import psycopg
 
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 from typing_extensions import Self
 
 from prebuilds._model import (
@@ -100,7 +104,11 @@ _Row = tuple[Any, ...]
 _Connection = psycopg.Connection[Any]
 _Cursor = psycopg.Cursor[Any]
 
-_IDLE = psycopg.pq.TransactionStatus.IDLE
+_UNKNOWN = psycopg.pq.TransactionStatus.UNKNOWN  # broken or closed
+_IN_TRANSACTION = (
+    psycopg.pq.TransactionStatus.INTRANS,
+    psycopg.pq.TransactionStatus.INERROR,
+)
 
 _BEGIN = "BEGIN"
 _BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
@@ -978,7 +986,15 @@ class PostgresStore:
         migrate: Create or upgrade the tables now (see :meth:`migrate`).
         min_size: The own pool's minimum size.
         max_size: The own pool's maximum size.
-        timeout: Seconds to wait for a connection from a pool.
+        timeout: Seconds to wait for a connection from a pool; also the
+            ``connect_timeout`` of the own pool's connections, unless
+            *conninfo* sets one.
+
+    A connection broken under a call (a server restart, a failover) goes
+    back to its pool, which replaces it; calls work again once the server is
+    back. A :class:`~prebuilds.exceptions.StoreError` for a connection that
+    cannot be made names the cause (refused, unknown database or role,
+    timeout, or a pool too small).
 
     Raises:
         InvalidInputError: not exactly one source of connections, or a bad
@@ -1029,12 +1045,16 @@ class PostgresStore:
         self._count_lock = threading.Lock()
         self._statements = 0
         self._sql: dict[str, str] = {}
+        self._probe_lock = threading.Lock()
+        self._probed: tuple[float, psycopg.Error | None] | None = None
         if conninfo is not None:
+            # Each attempt of the pool's gives up after the store's timeout:
+            # an attempt with none can outlive the pool's close().
             own = ConnectionPool(
                 conninfo,
                 min_size=min_size,
                 max_size=max_size,
-                kwargs={"autocommit": True},
+                kwargs=_with_connect_timeout(conninfo, {"autocommit": True}, timeout),
                 open=False,
                 timeout=timeout,
                 name=f"prebuilds-{schema}",
@@ -1043,7 +1063,8 @@ class PostgresStore:
                 own.open(wait=True, timeout=timeout)
             except psycopg.Error as e:
                 own.close()
-                raise StoreError(f"cannot connect to PostgreSQL: {e}") from e
+                message, cause = self._no_connection(own, e)
+                raise StoreError(message) from cause
             self._pool = own
             self._owns_pool = True
         if migrate:
@@ -1141,13 +1162,33 @@ class PostgresStore:
 
     def _abandon(self, conn: _Connection, *, switched: bool) -> None:
         """
-        Give *conn* back after an error, rolling back a transaction left
-        open; errors in doing so are dropped (the first error matters).
+        Give *conn* back after an error, whatever state it is in.
+
+        A transaction left open is rolled back first; the connection goes
+        back even when that fails, and a broken one too (its pool discards
+        and replaces it; a factory's is closed). Errors in doing so are
+        dropped (the first error matters). A broken connection from a pool
+        has the pool check its idle ones (see :meth:`_check_pool`).
         """
-        with suppress(psycopg.Error, StoreError):
-            if conn.info.transaction_status != _IDLE:
+        if conn.info.transaction_status in _IN_TRANSACTION:
+            with suppress(psycopg.Error):
                 conn.rollback()
+        broken = conn.info.transaction_status == _UNKNOWN
+        with suppress(StoreError):
             self._release(conn, switched=switched)
+        if broken:
+            self._check_pool()
+
+    def _check_pool(self) -> None:
+        """
+        After a broken connection: have the pool test the connections idle
+        in it and replace the broken ones (:meth:`ConnectionPool.check`, a
+        round trip each), so that a restarted server costs the calls in
+        flight, not one more failed call per idle connection.
+        """
+        if self._pool is not None and not self._closed:
+            with suppress(psycopg.Error):
+                self._pool.check()
 
     def _acquire(self) -> tuple[_Connection, bool]:
         """
@@ -1156,15 +1197,21 @@ class PostgresStore:
         """
         if self._closed:
             raise StoreError("the store is closed")
-        try:
-            if self._pool is not None:
+        if self._pool is not None:
+            try:
                 conn = self._pool.getconn(timeout=self._timeout)
-            elif self._connect is not None:
+            except PoolTimeout as e:
+                message, cause = self._no_connection(self._pool, e)
+                raise StoreError(message) from cause
+            except psycopg.Error as e:  # closed, too many waiting
+                raise StoreError(f"cannot get a PostgreSQL connection: {e}") from e
+        elif self._connect is not None:
+            try:
                 conn = self._connect()
-            else:  # pragma: no cover - the constructor requires a source
-                raise StoreError("no source of connections")
-        except psycopg.Error as e:
-            raise StoreError(f"cannot get a PostgreSQL connection: {e}") from e
+            except psycopg.Error as e:
+                raise StoreError(f"cannot connect to PostgreSQL: {_one_line(e)}") from e
+        else:  # pragma: no cover - the constructor requires a source
+            raise StoreError("no source of connections")
         if conn.autocommit:
             return conn, False
         try:
@@ -1188,6 +1235,55 @@ class PostgresStore:
                 conn.close()
         except psycopg.Error as e:
             raise StoreError(f"cannot give back a PostgreSQL connection: {e}") from e
+
+    def _no_connection(
+        self, pool: ConnectionPool[Any], error: psycopg.Error
+    ) -> tuple[str, BaseException]:
+        """
+        Why *pool* gave no connection (*error*, its timeout), as the message
+        of a StoreError and the exception to chain to it.
+
+        The pool keeps its connection errors to its log, so one direct
+        connection with its settings finds the cause (refused, unknown
+        database or role, timeout…). When that succeeds, the server is
+        reachable and the pool had no connection free.
+        """
+        cause = self._probe(pool)
+        if cause is not None:
+            return f"cannot connect to PostgreSQL: {_one_line(cause)}", cause
+        stats = pool.get_stats()
+        message = (
+            f"cannot get a PostgreSQL connection: {_one_line(error)}, though the"
+            " server accepts a new connection: the pool is too small for the"
+            " calls made at once, or still reconnecting"
+            f" (size {stats.get('pool_size', '?')} of max"
+            f" {stats.get('pool_max', '?')},"
+            f" {stats.get('requests_waiting', '?')} requests waiting)"
+        )
+        return message, error
+
+    def _probe(self, pool: ConnectionPool[Any]) -> psycopg.Error | None:
+        """
+        The error of one direct connection with *pool*'s settings, closed at
+        once; None if it connects.
+
+        Callers that time out together share one attempt: a result newer
+        than the start of the caller's wait (*timeout* ago) is reused.
+        """
+        waited_since = time.monotonic() - self._timeout
+        with self._probe_lock:
+            if self._probed is not None and self._probed[0] >= waited_since:
+                return self._probed[1]
+            conninfo = pool.conninfo() if callable(pool.conninfo) else pool.conninfo
+            raw_kwargs = pool.kwargs() if callable(pool.kwargs) else pool.kwargs
+            kwargs = _with_connect_timeout(conninfo, raw_kwargs or {}, self._timeout)
+            error: psycopg.Error | None = None
+            try:
+                pool.connection_class.connect(conninfo, **kwargs).close()
+            except psycopg.Error as e:
+                error = e
+            self._probed = (time.monotonic(), error)
+            return error
 
     @staticmethod
     @contextmanager
@@ -1905,6 +2001,31 @@ def _claim_cursor(conn: _Connection) -> psycopg.RawCursor[Any]:
         with suppress(AttributeError):  # a connection class without __dict__
             setattr(conn, _CLAIM_CURSOR, cur)
     return cur
+
+
+def _with_connect_timeout(
+    conninfo: str, kwargs: Mapping[str, Any], timeout: float
+) -> dict[str, Any]:
+    """
+    *kwargs* for connecting with *conninfo*, with a ``connect_timeout`` of
+    *timeout* seconds (libpq's minimum is 2) unless the connection string,
+    *kwargs* or ``PGCONNECT_TIMEOUT`` sets one.
+    """
+    given = dict(kwargs)
+    if "connect_timeout" in given or os.environ.get("PGCONNECT_TIMEOUT"):
+        return given
+    try:
+        if "connect_timeout" in conninfo_to_dict(conninfo):
+            return given
+    except psycopg.Error:
+        return given  # a bad connection string: connecting will say so
+    given["connect_timeout"] = max(2, math.ceil(timeout))
+    return given
+
+
+def _one_line(error: BaseException) -> str:
+    """A driver's error message on one line (libpq's run over several)."""
+    return " ".join(str(error).split())
 
 
 def _restore_autocommit(conn: _Connection) -> None:
