@@ -21,6 +21,7 @@ from prebuilds import (
     BuildRequest,
     BuildStatus,
     Instance,
+    Lease,
     Lifecycle,
     NoClaimablePrebuildsError,
     PresetConfig,
@@ -31,6 +32,7 @@ from prebuilds import (
 )
 from prebuilds.interfaces import Store
 from prebuilds.stores import MemoryStore
+from prebuilds.stores._common import fence_token
 from prebuilds.testing import check_claimer, check_concurrent_claims, check_store
 from prebuilds.testing._conformance import run_pool_machine
 
@@ -58,9 +60,10 @@ class DeletesClaimedStore(MemoryStore):
     """delete_prebuild does not re-check that the instance is still pooled."""
 
     def delete_prebuild(
-        self, instance_id: UUID, *, now: datetime
+        self, instance_id: UUID, *, now: datetime, lease: Lease | None = None
     ) -> BuildRequest | None:
         with self._lock:
+            self._fence(fence_token(lease))
             instance = self._instances.get(instance_id)
             if instance is None or instance.deleted:
                 return None

@@ -153,11 +153,13 @@ class WatchDeletes:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    def delete_prebuild(self, instance_id: uuid.UUID, *, now: Any) -> Any:
+    def delete_prebuild(
+        self, instance_id: uuid.UUID, *, now: Any, lease: Any = None
+    ) -> Any:
         hook, self.before_delete = self.before_delete, None
         if hook is not None:
             hook()
-        request = self._store.delete_prebuild(instance_id, now=now)
+        request = self._store.delete_prebuild(instance_id, now=now, lease=lease)
         self.attempts += 1
         self.won += request is not None
         return request

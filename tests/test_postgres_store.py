@@ -388,7 +388,7 @@ class TestMigrations:
 
         store.migrate()
 
-        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert store.schema_version() == SCHEMA_VERSION == 4
         assert raw(
             store,
             "SELECT latest_transition, latest_status FROM {s}.instances"
@@ -429,6 +429,24 @@ class TestMigrations:
             {"i": ids[1]},
         ) == [(3, "start", "pending")]
 
+    def test_upgrade_to_version_4_adds_the_leader_row(
+        self, store: PostgresStore
+    ) -> None:
+        """Migration 4 adds the fencing token's row; leadership works after it."""
+        raw(store, "DROP TABLE {s}.leader")
+        raw(store, "UPDATE {s}.schema_version SET version = 3")
+
+        store.migrate()
+
+        assert store.schema_version() == SCHEMA_VERSION == 4
+        assert raw(store, "SELECT token, epoch FROM {s}.leader") == [(None, 0)]
+        with store.leader() as lease:
+            assert lease
+            assert raw(store, "SELECT token, epoch FROM {s}.leader") == [
+                (lease.token, 1)
+            ]
+        assert raw(store, "SELECT token, epoch FROM {s}.leader") == [(None, 1)]
+
     def test_newer_schema_is_refused(
         self, make_postgres_store: PostgresStoreFactory
     ) -> None:
@@ -453,6 +471,7 @@ class TestMigrations:
         assert [t for (t,) in tables] == [
             "builds",
             "instances",
+            "leader",
             "presets",
             "schema_version",
             "settings",
@@ -480,7 +499,7 @@ class TestLeader:
 
         def lead_in_a() -> None:
             with a.leader() as acquired:
-                results["a"] = acquired
+                results["a"] = bool(acquired)
                 entered.set()
                 release.wait(timeout=30)
 
@@ -490,7 +509,7 @@ class TestLeader:
             assert entered.wait(timeout=30)
             assert advisory_locks(b) == 1
             with b.leader() as acquired:
-                results["b"] = acquired
+                results["b"] = bool(acquired)
         finally:
             release.set()
             thread.join(timeout=30)
@@ -507,7 +526,7 @@ class TestLeader:
         a, b = make_postgres_store(), make_postgres_store()
 
         with a.leader() as first, b.leader() as second:
-            assert (first, second) == (True, True)
+            assert (bool(first), bool(second)) == (True, True)
 
     def test_an_error_in_the_scope_releases_the_lock(
         self, store: PostgresStore

@@ -20,6 +20,7 @@ from prebuilds import (
     BuildStatus,
     EventKind,
     InvalidInputError,
+    Lease,
     PrebuildSchedule,
     PresetStatus,
     ProvisionerError,
@@ -605,12 +606,17 @@ class CreateFails(DelegatingStore):
         self.preset_id = preset_id
 
     def create_prebuild(
-        self, preset_id: uuid.UUID, *, now: datetime, name: str
+        self,
+        preset_id: uuid.UUID,
+        *,
+        now: datetime,
+        name: str,
+        lease: Lease | None = None,
     ) -> BuildRequest | None:
         if preset_id == self.preset_id:
             msg = "a bug in the host's store"
             raise RuntimeError(msg)
-        return super().create_prebuild(preset_id, now=now, name=name)
+        return super().create_prebuild(preset_id, now=now, name=name, lease=lease)
 
 
 class TestPresetIsolation:
@@ -829,13 +835,13 @@ class DeleteFails(DelegatingStore):
         self.failed = False
 
     def delete_prebuild(
-        self, instance_id: uuid.UUID, *, now: datetime
+        self, instance_id: uuid.UUID, *, now: datetime, lease: Lease | None = None
     ) -> BuildRequest | None:
         if not self.failed:
             self.failed = True
             msg = "connection lost"
             raise StoreError(msg)
-        return super().delete_prebuild(instance_id, now=now)
+        return super().delete_prebuild(instance_id, now=now, lease=lease)
 
 
 class TestStoreFaults:
@@ -1022,7 +1028,9 @@ class StatusFails(DelegatingStore):
         super().__init__(inner)
         self.error = error
 
-    def set_preset_status(self, preset_id: uuid.UUID, status: PresetStatus) -> None:
+    def set_preset_status(
+        self, preset_id: uuid.UUID, status: PresetStatus, *, lease: Lease | None = None
+    ) -> None:
         raise self.error
 
 
@@ -1030,7 +1038,12 @@ class CreateReturnsNone(DelegatingStore):
     """A store whose create_prebuild finds the preset inactive (a race)."""
 
     def create_prebuild(
-        self, preset_id: uuid.UUID, *, now: datetime, name: str
+        self,
+        preset_id: uuid.UUID,
+        *,
+        now: datetime,
+        name: str,
+        lease: Lease | None = None,
     ) -> BuildRequest | None:
         return None
 

@@ -253,7 +253,7 @@ def _child_lead(path: str, held: Any, release: Any, queue: Any, lease_us: int) -
             SQLiteStore(path, lease_ttl=lease_ttl) as store,
             store.leader() as acquired,
         ):
-            queue.put(("ok", acquired))
+            queue.put(("ok", bool(acquired)))
             held.set()
             if release is None:
                 queue.close()
@@ -583,7 +583,7 @@ class TestLeader:
 
         def lead(_: int) -> None:
             with store.leader() as acquired:
-                outcome.append(acquired)
+                outcome.append(bool(acquired))
                 held.set()
                 assert release.wait(WAIT)
 
@@ -591,7 +591,7 @@ class TestLeader:
         thread.start()
         assert held.wait(WAIT)
         with store.leader() as second, other.leader() as third:
-            assert (second, third) == (False, False)
+            assert (bool(second), bool(third)) == (False, False)
         release.set()
         thread.join(WAIT)
         assert outcome == [True]
@@ -607,7 +607,7 @@ class TestLeader:
         store = open_store()
         with store.leader() as outer:
             with store.leader() as inner:
-                assert (outer, inner) == (True, False)
+                assert (bool(outer), bool(inner)) == (True, False)
             with store.leader() as inner_again:
                 assert not inner_again
         with store.leader() as later:
