@@ -39,7 +39,7 @@ from prebuilds import (
     Template,
     Transition,
 )
-from prebuilds.stores._postgres import SCHEMA_VERSION, PostgresStore
+from prebuilds.stores._postgres import SCHEMA_VERSION, PostgresStore, _lock_key
 from prebuilds.testing import check_store
 from tests.postgres_cluster import PostgresStoreFactory, fresh_schema_name
 
@@ -925,11 +925,32 @@ class TestRoundTrips:
         assert store.get_preset(config.id).ttl == ttl
 
 
+def terminate_leader(store: PostgresStore) -> None:
+    """
+    End the leadership of *store*'s schema the way a replica loses it: the
+    server terminates the session holding the advisory lock (and waits for
+    it to be gone).
+    """
+    rows = raw(
+        store,
+        """
+        SELECT pg_terminate_backend(pid, 30000) FROM pg_locks
+        WHERE locktype = 'advisory' AND granted
+            AND ((classid::bigint << 32) | objid::bigint) = %(key)s
+        """,
+        {"key": _lock_key("leader", store.schema)},
+    )
+    assert rows == [(True,)], rows
+
+
 class TestConformanceKit:
     def test_check_store_passes(
         self, make_postgres_store: PostgresStoreFactory
     ) -> None:
-        """The testing kit's differential machine agrees with a MemoryStore."""
+        """
+        The testing kit's leader checks (two stores on one schema, a leader
+        whose session is terminated) and its differential machine pass.
+        """
         check_store(
             make_postgres_store,
             settings=settings(
@@ -938,4 +959,6 @@ class TestConformanceKit:
                 deadline=None,
                 suppress_health_check=[HealthCheck.too_slow],
             ),
+            reopen=lambda s: make_postgres_store(schema=s.schema),  # type: ignore[attr-defined]
+            take_over=terminate_leader,  # type: ignore[arg-type]
         )
