@@ -31,9 +31,11 @@ from prebuilds import (
     BuildStatus,
     Instance,
     InvalidInputError,
+    LeadershipLostError,
     Lifecycle,
     PresetConfig,
     PresetNotFoundError,
+    PresetStatus,
     SchemaVersionError,
     StoreError,
     Template,
@@ -554,6 +556,49 @@ class TestLeader:
 
         with pytest.raises(psycopg.errors.QueryCanceled):
             fail_while_leading()
+
+    def test_a_lease_taken_over_cannot_write(
+        self, make_postgres_store: PostgresStoreFactory
+    ) -> None:
+        """
+        A leader whose session dies loses the lock; once another replica
+        leads, the old lease's fenced writes are refused and write nothing,
+        the new lease's go through, and the old scope ends quietly, its
+        connection discarded.
+        """
+        schema = fresh_schema_name()
+        a = make_postgres_store(schema=schema)
+        b = make_postgres_store(schema=schema)
+        _, config = seed(a)
+        with a.leader() as old:
+            assert old
+            assert a.create_prebuild(config.id, now=T0, name="a1", lease=old)
+            terminate_leader(a)
+            # Until someone else leads, the old token is still the leader's.
+            assert a.create_prebuild(config.id, now=T0, name="a2", lease=old)
+            with b.leader() as new:
+                assert new
+                with pytest.raises(LeadershipLostError):
+                    a.create_prebuild(config.id, now=T0, name="a3", lease=old)
+                with pytest.raises(LeadershipLostError):
+                    a.set_preset_status(config.id, PresetStatus.HARD_LIMITED, lease=old)
+                assert b.create_prebuild(config.id, now=T0, name="b1", lease=new)
+        assert sorted(i.name for i in b.list_instances()) == ["a1", "a2", "b1"]
+        assert b.get_preset(config.id).status is PresetStatus.HEALTHY
+        assert advisory_locks(b) == 0
+        with a.leader() as again:  # a new connection from a's pool
+            assert again
+
+    def test_a_lease_whose_scope_ended_cannot_write(self, store: PostgresStore) -> None:
+        """Leaving the scope clears the token: the lease fences nothing any more."""
+        _, config = seed(store)
+        with store.leader() as lease:
+            pass
+
+        with pytest.raises(LeadershipLostError):
+            store.create_prebuild(config.id, now=T0, name="late", lease=lease)
+        assert store.list_instances() == []
+        assert raw(store, "SELECT token FROM {s}.leader") == [(None,)]
 
     def test_snapshot_in_the_scope_reads_through_its_transaction(
         self, make_postgres_store: PostgresStoreFactory
