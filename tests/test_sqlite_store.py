@@ -691,21 +691,22 @@ class TestLeader:
             assert after
 
     def test_one_renewer_per_store_and_no_thread_per_pass(
-        self, open_store: OpenStore
+        self, open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """
         The renewer starts with the store's first lease, once; later passes
-        start no thread (issue 12); close() ends it.
+        start no thread at all (issue 12); close() ends it.
         """
         store = open_store()
         add_preset(store, add_template(store), desired_instances=1)
+        started: list[threading.Thread] = []
+        start = threading.Thread.start
 
-        def renewers() -> list[threading.Thread]:
-            return [
-                t for t in threading.enumerate() if t.name == "prebuilds-lease-renewer"
-            ]
+        def counting_start(thread: threading.Thread) -> None:
+            started.append(thread)
+            start(thread)
 
-        before = renewers()
+        monkeypatch.setattr(threading.Thread, "start", counting_start)
         reconciler = StoreReconciler(
             store,
             NullProvisioner(),
@@ -714,12 +715,10 @@ class TestLeader:
             max_workers=1,
         )
         assert reconciler.reconcile_all().created == 1
-        started = [t for t in renewers() if t not in before]
-        assert len(started) == 1
-        threads = threading.active_count()
+        assert [t.name for t in started] == ["prebuilds-lease-renewer"]
         for _ in range(5):
             assert reconciler.reconcile_all().leader
-        assert threading.active_count() == threads
+        assert len(started) == 1
 
         store.close()
         assert not started[0].is_alive()

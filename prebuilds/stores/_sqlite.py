@@ -854,6 +854,12 @@ class SQLiteStore:
             self._pid = os.getpid()
             self._handles = []
             self._local = threading.local()
+            # The parent's leases are not the child's to renew or fence, and
+            # its renewer thread did not survive the fork.
+            self._renewal = threading.Condition(threading.Lock())
+            self._held = set()
+            self._lost = set()
+            self._renewer = None
 
     def _migrate(self, handle: _Handle) -> None:
         # Switching a new file to WAL, or reading it while another process
