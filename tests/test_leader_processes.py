@@ -337,6 +337,7 @@ def test_a_holder_stopped_past_its_lease_has_its_writes_refused(
         leader.gate.release()
         leader.wait_for_submit(2)
         stop_outside_a_write(leader.process, path)
+        stopped = time.monotonic()
         try:
             row = lease_row(path)
             assert row is not None
@@ -353,6 +354,7 @@ def test_a_holder_stopped_past_its_lease_has_its_writes_refused(
         finally:
             assert leader.process.pid is not None
             os.kill(leader.process.pid, signal.SIGCONT)
+            stopped = time.monotonic() - stopped
 
         _, led, error, kinds, pass_errors = leader.finish()
         assert led is True
@@ -364,4 +366,9 @@ def test_a_holder_stopped_past_its_lease_has_its_writes_refused(
     samples += leader.samples
     assert pooled(str(path)) == DESIRED
     assert max(samples) <= DESIRED, samples
+    print(  # noqa: T201
+        f"\n[sigstop] A stopped {stopped:.1f}s ({stopped / LEASE.total_seconds():.1f} "
+        f"leases); 1 takeover; {len(samples)} pool counts, max {max(samples)} "
+        f"of {DESIRED}"
+    )
     store.close()

@@ -1,6 +1,7 @@
 """
 The conformance kit: run :class:`PoolMachine` against a host's Store or
-Claimer, side by side with the reference MemoryStore.
+Claimer, side by side with the reference MemoryStore; race claims and
+deletes; check the leader contract (one lease at a time, fenced writes).
 """
 
 from __future__ import annotations
