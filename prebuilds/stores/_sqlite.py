@@ -1187,7 +1187,10 @@ class SQLiteStore:
         except StoreError:
             # Tried again a third of the lease later; if that is too late
             # the lease expires and the holder's next fenced write says so.
-            _log.warning("could not renew the leader lease of %r", self._path)
+            if not self._closed:
+                _log.warning(
+                    "could not renew the leader lease of %r", self._path, exc_info=True
+                )
             return
         if not held:
             self._mark_lost(token)
