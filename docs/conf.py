@@ -63,6 +63,7 @@ _STDLIB = [
     "datetime.datetime",
     "timedelta",
     "datetime.timedelta",
+    "AbstractContextManager",
     "contextlib.AbstractContextManager",
     "logging.Logger",
     "os.PathLike",

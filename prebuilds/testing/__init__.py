@@ -6,7 +6,9 @@ Helpers for testing code that uses prebuilds (needs the ``testing`` extra).
   strategies``).
 - :func:`check_store` and :func:`check_claimer`: the conformance kit, a
   Hypothesis state machine (:class:`PoolMachine`) run against your Store or
-  Claimer; :func:`check_concurrent_claims` races claims and deletes.
+  Claimer; :func:`check_concurrent_claims` races claims and deletes;
+  :func:`check_leadership` checks the leader contract (``check_store`` runs
+  it first).
 - :class:`FakeClock` and :class:`FakeProvisioner`: the host's side, scripted.
 
 .. versionadded:: 0.1.0
@@ -17,6 +19,7 @@ from __future__ import annotations
 from prebuilds.testing._conformance import (
     check_claimer,
     check_concurrent_claims,
+    check_leadership,
     check_store,
 )
 from prebuilds.testing._fakes import FakeClock, FakeProvisioner
@@ -29,5 +32,6 @@ __all__: list[str] = [
     "PoolMachine",
     "check_claimer",
     "check_concurrent_claims",
+    "check_leadership",
     "check_store",
 ]
