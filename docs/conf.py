@@ -73,6 +73,7 @@ _STDLIB = [
     "datetime.datetime",
     "timedelta",
     "datetime.timedelta",
+    "AbstractContextManager",
     "contextlib.AbstractContextManager",
     "logging.Logger",
     "os.PathLike",

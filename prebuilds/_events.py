@@ -23,6 +23,7 @@ _WARNINGS = frozenset(
         EventKind.INVALID_PRESET,
         EventKind.PRESET_ERROR,
         EventKind.PASS_ERROR,
+        EventKind.LEADERSHIP_LOST,
     }
 )
 

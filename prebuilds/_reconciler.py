@@ -28,6 +28,7 @@ from prebuilds._model import (
 from prebuilds._records import PREBUILDS_OWNER_ID, BuildStatus, Event, EventKind
 from prebuilds.exceptions import (
     InvalidInputError,
+    LeadershipLostError,
     ProvisionerValidationError,
     StoreError,
 )
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from uuid import UUID
 
     from prebuilds._model import GlobalSnapshot, InvalidPreset
-    from prebuilds._records import BuildRequest, ResourceReplacement
+    from prebuilds._records import BuildRequest, Lease, ResourceReplacement
     from prebuilds.interfaces import Clock, EventSink, Provisioner, Store
 
 log = logging.getLogger("prebuilds")
@@ -86,6 +87,28 @@ def _call_with_timeout(
         raise failure[0]
 
 
+@attrs.frozen
+class _Pass:
+    """
+    One pass's leadership: the lease every write of the pass is fenced by,
+    and whether a write found it lost (then the pass stops everywhere).
+    """
+
+    lease: Lease
+    lost: threading.Event = attrs.field(factory=threading.Event)
+
+    def check(self) -> None:
+        """
+        Stop here if another worker of the pass already lost the lease.
+
+        Raises:
+            LeadershipLostError: it did.
+        """
+        if self.lost.is_set():
+            msg = "leadership lost during the pass: no further writes"
+            raise LeadershipLostError(msg)
+
+
 @attrs.define
 class _PresetResult:
     created: int = 0
@@ -106,6 +129,15 @@ class StoreReconciler:
     execute its actions. A preset that raises is logged, counted and
     skipped; the pass goes on. A store failure (:class:`StoreError`) ends
     the pass (logged, counted); the next pass starts clean.
+
+    Every write of a pass is fenced by the pass's
+    :class:`~prebuilds.Lease`: once another replica took the leadership
+    over (the lease expired while this one was stalled, its connection was
+    lost), the store refuses the next write with
+    :class:`~prebuilds.exceptions.LeadershipLostError`, and the pass stops
+    at once, with no further write or submit: it is counted in
+    :attr:`pass_errors`, emitted as ``LEADERSHIP_LOST`` and reported in
+    ``stats.error``.
 
     :meth:`run` passes once at start, then every *interval*, until
     :meth:`stop`.
@@ -288,10 +320,15 @@ class StoreReconciler:
         started = time.perf_counter()
         stats = ReconcileStats()
         try:
-            with self._store.leader() as acquired:
-                stats = attrs.evolve(stats, leader=acquired)
-                if acquired:
-                    stats = self._pass(stats)
+            with self._store.leader() as lease:
+                stats = attrs.evolve(stats, leader=bool(lease))
+                if lease:
+                    stats = self._pass(stats, _Pass(lease))
+        except LeadershipLostError as e:  # another replica leads now
+            self.pass_errors += 1
+            log.warning("prebuilds reconciliation pass stopped: %s", e)
+            self._emit(EventKind.LEADERSHIP_LOST, detail=repr(e))
+            stats = attrs.evolve(stats, error=repr(e))
         except Exception as e:  # the loop must survive anything
             self.pass_errors += 1
             log.exception("prebuilds reconciliation pass failed")
@@ -301,7 +338,7 @@ class StoreReconciler:
             stats, elapsed=timedelta(seconds=time.perf_counter() - started)
         )
 
-    def _pass(self, stats: ReconcileStats) -> ReconcileStats:
+    def _pass(self, stats: ReconcileStats, run: _Pass) -> ReconcileStats:
         if self._store.is_paused():
             return attrs.evolve(stats, paused=True)
         # The snapshot comes first: a store may read it through a transaction
@@ -312,7 +349,7 @@ class StoreReconciler:
         now = self._clock.now()
         if self._build_timeout is not None:
             for build in self._store.fail_stuck_builds(
-                older_than=now - self._build_timeout, now=now
+                older_than=now - self._build_timeout, now=now, lease=run.lease
             ):
                 self._emit(
                     EventKind.STUCK,
@@ -337,13 +374,13 @@ class StoreReconciler:
             if not can_skip_reconciliation(preset_snapshot):
                 todo.append(preset_snapshot)
         if self._max_workers == 1 or len(todo) <= 1:
-            results = [self._reconcile_preset(ps, now) for ps in todo]
+            results = [self._reconcile_preset(ps, now, run) for ps in todo]
         else:
             with ThreadPoolExecutor(
                 self._max_workers, thread_name_prefix="prebuilds"
             ) as pool:
                 results = list(
-                    pool.map(lambda ps: self._reconcile_preset(ps, now), todo)
+                    pool.map(lambda ps: self._reconcile_preset(ps, now, run), todo)
                 )
         return attrs.evolve(
             stats,
@@ -368,11 +405,23 @@ class StoreReconciler:
                 )
         self._ready_seen = ready
 
-    def _reconcile_preset(self, ps: PresetSnapshot, now: datetime) -> _PresetResult:
+    def _reconcile_preset(
+        self, ps: PresetSnapshot, now: datetime, run: _Pass
+    ) -> _PresetResult:
+        try:
+            return self._reconcile_one(ps, now, run)
+        except LeadershipLostError:
+            run.lost.set()  # the other workers stop before their next write
+            raise
+
+    def _reconcile_one(
+        self, ps: PresetSnapshot, now: datetime, run: _Pass
+    ) -> _PresetResult:
         result = _PresetResult()
         preset = ps.preset
         try:
-            self._update_hard_limit(ps)
+            run.check()
+            self._update_hard_limit(ps, run)
             actions = calculate_actions(
                 ps, now=now, backoff_interval=self._backoff_interval
             )
@@ -384,7 +433,9 @@ class StoreReconciler:
         expired = {p.id for p in ps.expired}
         for action in actions:
             try:
-                self._execute(ps, action, now, expired, result)
+                self._execute(
+                    ps, action, now=now, expired=expired, result=result, run=run
+                )
             except StoreError:
                 raise  # a store failure ends the pass
             except Exception as e:  # noqa: BLE001 - go on with the next action
@@ -398,27 +449,34 @@ class StoreReconciler:
         log.warning("prebuilds preset %s failed: %r", preset_id, error, exc_info=error)
         self._emit(EventKind.PRESET_ERROR, preset_id=preset_id, detail=repr(error))
 
-    def _update_hard_limit(self, ps: PresetSnapshot) -> None:
+    def _update_hard_limit(self, ps: PresetSnapshot, run: _Pass) -> None:
         status = ps.preset.status
         if ps.is_hard_limited and status is PresetStatus.HEALTHY:
-            self._store.set_preset_status(ps.preset.id, PresetStatus.HARD_LIMITED)
+            self._store.set_preset_status(
+                ps.preset.id, PresetStatus.HARD_LIMITED, lease=run.lease
+            )
             self._emit(
                 EventKind.HARD_LIMITED,
                 preset_id=ps.preset.id,
                 detail=f"the last {self._hard_limit} creations failed",
             )
         elif not ps.is_hard_limited and status is PresetStatus.HARD_LIMITED:
-            self._store.set_preset_status(ps.preset.id, PresetStatus.HEALTHY)
+            self._store.set_preset_status(
+                ps.preset.id, PresetStatus.HEALTHY, lease=run.lease
+            )
 
     def _execute(
         self,
         ps: PresetSnapshot,
         action: ReconciliationActions,
+        *,
         now: datetime,
         expired: set[UUID],
         result: _PresetResult,
+        run: _Pass,
     ) -> None:
         preset_id = ps.preset.id
+        lease = run.lease
         if action.action_type is ActionType.BACKOFF:
             self._emit(
                 EventKind.BACKOFF,
@@ -426,7 +484,8 @@ class StoreReconciler:
                 detail=f"until {action.backoff_until}",
             )
         elif action.action_type is ActionType.CANCEL_PENDING:
-            for request in self._store.cancel_pending(preset_id, now=now):
+            run.check()
+            for request in self._store.cancel_pending(preset_id, now=now, lease=lease):
                 result.canceled += 1
                 self._emit(
                     EventKind.CANCELED,
@@ -434,10 +493,13 @@ class StoreReconciler:
                     instance_id=request.instance_id,
                     build_id=request.build_id,
                 )
-                self._submit(request, now)
+                self._submit(request, now, lease)
         elif action.action_type is ActionType.DELETE:
             for instance_id in action.delete_ids:
-                deletion = self._store.delete_prebuild(instance_id, now=now)
+                run.check()
+                deletion = self._store.delete_prebuild(
+                    instance_id, now=now, lease=lease
+                )
                 if deletion is None:  # claimed or already going meanwhile
                     continue
                 result.deleted += 1
@@ -450,17 +512,23 @@ class StoreReconciler:
                     instance_id=instance_id,
                     build_id=deletion.build_id,
                 )
-                self._submit(deletion, now)
+                self._submit(deletion, now, lease)
         else:
-            self._create(ps, action.create, now, result)
+            self._create(ps, action.create, now, result, run)
 
     def _create(
-        self, ps: PresetSnapshot, count: int, now: datetime, result: _PresetResult
+        self,
+        ps: PresetSnapshot,
+        count: int,
+        now: datetime,
+        result: _PresetResult,
+        run: _Pass,
     ) -> None:
         preset_id = ps.preset.id
         for _ in range(count):
+            run.check()
             request = self._store.create_prebuild(
-                preset_id, now=now, name=self._name_factory()
+                preset_id, now=now, name=self._name_factory(), lease=run.lease
             )
             if request is None:  # the preset became inactive meanwhile
                 return
@@ -471,11 +539,16 @@ class StoreReconciler:
                 instance_id=request.instance_id,
                 build_id=request.build_id,
             )
-            if not self._submit(request, now):
+            if not self._submit(request, now, run.lease):
                 return  # the provisioner is failing: let the backoff decide
 
-    def _submit(self, request: BuildRequest, now: datetime) -> bool:
-        """Hand *request* to the provisioner; record a failure as a failed build."""
+    def _submit(
+        self, request: BuildRequest, now: datetime, lease: Lease | None
+    ) -> bool:
+        """
+        Hand *request* to the provisioner; record a failure as a failed
+        build, fenced by *lease* (a pass's) or not (``None``: the host's call).
+        """
         try:
             if self._submit_timeout is None:
                 self._provisioner.submit(request)
@@ -490,9 +563,10 @@ class StoreReconciler:
                 succeeded=False,
                 error_kind="validation",
                 error=str(e),
+                lease=lease,
             )
             self._store.set_preset_status(
-                request.preset_id, PresetStatus.VALIDATION_FAILED
+                request.preset_id, PresetStatus.VALIDATION_FAILED, lease=lease
             )
             self._emit(
                 EventKind.VALIDATION_FAILED,
@@ -510,6 +584,7 @@ class StoreReconciler:
                 succeeded=False,
                 error_kind=kind,
                 error=repr(e),
+                lease=lease,
             )
             self._emit(
                 EventKind.FAILED,
@@ -555,7 +630,7 @@ class StoreReconciler:
                 build_id=request.build_id,
                 detail="failed instance cleaned up",
             )
-            self._submit(request, now)
+            self._submit(request, now, None)
         return deleted
 
     # -- replacements ------------------------------------------------------------

@@ -37,6 +37,7 @@ from prebuilds._records import (
     BuildRequest,
     Event,
     Instance,
+    Lease,
     Lifecycle,
     PresetConfig,
     ResourceReplacement,
@@ -126,8 +127,17 @@ class Store(Protocol):
     - ``delete_prebuild`` re-checks, inside its transaction, that the
       instance is still pooled; it never deletes a claimed instance.
     - ``create_prebuild`` writes the instance and its first build together.
-    - ``leader()`` is non-blocking: it yields ``False`` when another holder
-      has it.
+    - ``leader()`` is non-blocking: it yields a :class:`~prebuilds.Lease`
+      that is held by at most one scope at a time across every store object
+      on the same backend, and not held (falsy) when another holder has it.
+    - A write given ``lease=`` (``create_prebuild``, ``delete_prebuild``,
+      ``cancel_pending``, ``set_preset_status``, ``fail_stuck_builds``,
+      ``build_finished``) is *fenced*: it is applied only if that lease still
+      holds leadership, checked in the write's own transaction; otherwise it
+      raises :class:`~prebuilds.exceptions.LeadershipLostError` and writes
+      nothing. A lease whose scope ended, that was never held, or whose
+      leadership another holder took over cannot write. ``lease=None``
+      writes unfenced (the host's own calls).
 
     Lookups of unknown IDs raise the matching ``…NotFoundError``; a backend
     failure raises :class:`~prebuilds.exceptions.StoreError`.
@@ -158,8 +168,11 @@ class Store(Protocol):
         """The preset as the calculator sees it (derived fields included)."""
 
     # -- the reconciler --------------------------------------------------------
-    def leader(self) -> AbstractContextManager[bool]:
-        """A non-blocking leader scope: yields whether this caller leads."""
+    def leader(self) -> AbstractContextManager[Lease]:
+        """
+        A non-blocking leader scope: yields a :class:`~prebuilds.Lease`,
+        truthy when this caller now leads (until the scope exits).
+        """
 
     def snapshot(
         self, *, now: datetime, backoff_lookback: timedelta, hard_limit: int
@@ -167,22 +180,28 @@ class Store(Protocol):
         """One consistent read of every pool."""
 
     def create_prebuild(
-        self, preset_id: UUID, *, now: datetime, name: str
+        self, preset_id: UUID, *, now: datetime, name: str, lease: Lease | None = None
     ) -> BuildRequest | None:
         """A new pooled instance and its pending start build; None if the preset is no longer active."""
 
     def delete_prebuild(
-        self, instance_id: UUID, *, now: datetime
+        self, instance_id: UUID, *, now: datetime, lease: Lease | None = None
     ) -> BuildRequest | None:
         """A pending delete build; None if the instance was claimed, is gone or already deleting."""
 
-    def cancel_pending(self, preset_id: UUID, *, now: datetime) -> list[BuildRequest]:
+    def cancel_pending(
+        self, preset_id: UUID, *, now: datetime, lease: Lease | None = None
+    ) -> list[BuildRequest]:
         """Cancel queued creations of an inactive preset; the orphan deletes to submit."""
 
-    def set_preset_status(self, preset_id: UUID, status: PresetStatus) -> None:
+    def set_preset_status(
+        self, preset_id: UUID, status: PresetStatus, *, lease: Lease | None = None
+    ) -> None:
         """Record the preset's health."""
 
-    def fail_stuck_builds(self, *, older_than: datetime, now: datetime) -> list[Build]:
+    def fail_stuck_builds(
+        self, *, older_than: datetime, now: datetime, lease: Lease | None = None
+    ) -> list[Build]:
         """Fail the pool's builds pending or running since before *older_than*."""
 
     # -- reports from the host's provisioner -------------------------------
@@ -197,6 +216,7 @@ class Store(Protocol):
         succeeded: bool,
         error_kind: str | None = None,
         error: str | None = None,
+        lease: Lease | None = None,
     ) -> None:
         """The build ended; a report on an already finished build is ignored."""
 

@@ -22,6 +22,7 @@ from prebuilds import (
     EventKind,
     GlobalSnapshot,
     Instance,
+    Lease,
     Lifecycle,
     Preset,
     PresetConfig,
@@ -232,7 +233,7 @@ class DelegatingStore:
     def get_preset(self, preset_id: uuid.UUID) -> Preset:
         return self.inner.get_preset(preset_id)
 
-    def leader(self) -> AbstractContextManager[bool]:
+    def leader(self) -> AbstractContextManager[Lease]:
         return self.inner.leader()
 
     def snapshot(
@@ -243,25 +244,34 @@ class DelegatingStore:
         )
 
     def create_prebuild(
-        self, preset_id: uuid.UUID, *, now: datetime, name: str
+        self,
+        preset_id: uuid.UUID,
+        *,
+        now: datetime,
+        name: str,
+        lease: Lease | None = None,
     ) -> BuildRequest | None:
-        return self.inner.create_prebuild(preset_id, now=now, name=name)
+        return self.inner.create_prebuild(preset_id, now=now, name=name, lease=lease)
 
     def delete_prebuild(
-        self, instance_id: uuid.UUID, *, now: datetime
+        self, instance_id: uuid.UUID, *, now: datetime, lease: Lease | None = None
     ) -> BuildRequest | None:
-        return self.inner.delete_prebuild(instance_id, now=now)
+        return self.inner.delete_prebuild(instance_id, now=now, lease=lease)
 
     def cancel_pending(
-        self, preset_id: uuid.UUID, *, now: datetime
+        self, preset_id: uuid.UUID, *, now: datetime, lease: Lease | None = None
     ) -> list[BuildRequest]:
-        return self.inner.cancel_pending(preset_id, now=now)
+        return self.inner.cancel_pending(preset_id, now=now, lease=lease)
 
-    def set_preset_status(self, preset_id: uuid.UUID, status: PresetStatus) -> None:
-        self.inner.set_preset_status(preset_id, status)
+    def set_preset_status(
+        self, preset_id: uuid.UUID, status: PresetStatus, *, lease: Lease | None = None
+    ) -> None:
+        self.inner.set_preset_status(preset_id, status, lease=lease)
 
-    def fail_stuck_builds(self, *, older_than: datetime, now: datetime) -> list[Build]:
-        return self.inner.fail_stuck_builds(older_than=older_than, now=now)
+    def fail_stuck_builds(
+        self, *, older_than: datetime, now: datetime, lease: Lease | None = None
+    ) -> list[Build]:
+        return self.inner.fail_stuck_builds(older_than=older_than, now=now, lease=lease)
 
     def build_started(self, build_id: uuid.UUID, *, now: datetime) -> None:
         self.inner.build_started(build_id, now=now)
@@ -274,9 +284,15 @@ class DelegatingStore:
         succeeded: bool,
         error_kind: str | None = None,
         error: str | None = None,
+        lease: Lease | None = None,
     ) -> None:
         self.inner.build_finished(
-            build_id, now=now, succeeded=succeeded, error_kind=error_kind, error=error
+            build_id,
+            now=now,
+            succeeded=succeeded,
+            error_kind=error_kind,
+            error=error,
+            lease=lease,
         )
 
     def set_ready(self, instance_id: uuid.UUID, *, ready: bool = True) -> None:

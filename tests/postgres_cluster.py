@@ -7,6 +7,8 @@ the tests run as root, since ``initdb`` refuses root), listening on a free
 port of 127.0.0.1 and on a unix socket, with durability turned off for
 speed. When PostgreSQL cannot be started the tests that need it are
 skipped, except under CI (``CI`` set), where they fail.
+:func:`running_cluster` starts another one, for tests that restart their
+server (:meth:`PostgresCluster.restart`, :meth:`PostgresCluster.stopped`).
 
 ``make_postgres_store`` gives a new, empty :class:`PostgresStore` per call:
 each store lives in its own fresh schema of one shared test database, which
@@ -122,6 +124,8 @@ class PostgresCluster:
     root: Path
     port: int
     prefix: list[str] = field(default_factory=list)
+    #: The server's command-line options (``pg_ctl -o``).
+    options: str = ""
 
     @property
     def datadir(self) -> Path:
@@ -193,31 +197,59 @@ class PostgresCluster:
         mk = self._run("mkdir", "-p", str(self.socketdir))
         if mk.returncode != 0:
             raise ClusterUnavailableError(f"mkdir failed: {mk.stderr.strip()}")
-        options = (
+        self.options = (
             f"{_SERVER_OPTIONS} -c listen_addresses=127.0.0.1 -p {self.port}"
             f" -k {self.socketdir}"
         )
-        start = self._run(
+        self._pg_ctl("-o", self.options, "start")
+
+    def _pg_ctl(self, *args: str) -> None:
+        """
+        Run ``pg_ctl`` on the cluster, waiting (``-w``) for what it does:
+        a start or restart returns once the server accepts connections.
+        """
+        done = self._run(
             str(self.bindir / "pg_ctl"),
             "-D",
             str(self.datadir),
+            # The server's output goes to the log, never to our pipes (which
+            # it would hold open).
             "-l",
             str(self.logfile),
-            "-o",
-            options,
             "-w",
             "-t",
             "60",
-            "start",
+            *args,
         )
-        if start.returncode != 0:
+        if done.returncode != 0:
             log = ""
             with contextlib.suppress(OSError):
                 log = self.logfile.read_text(errors="replace")[-2000:]
             raise ClusterUnavailableError(
-                f"pg_ctl start failed ({start.returncode}): "
-                f"{start.stderr.strip()} {log.strip()}"
+                f"pg_ctl {' '.join(args)} failed ({done.returncode}): "
+                f"{done.stderr.strip()} {log.strip()}"
             )
+
+    def restart(self) -> None:
+        """
+        Restart the server as an operator would for maintenance (``pg_ctl
+        restart -m fast``): every session is terminated; returns once the
+        server accepts connections again.
+        """
+        self._pg_ctl("-m", "fast", "restart")
+
+    @contextlib.contextmanager
+    def stopped(self) -> Iterator[None]:
+        """
+        The server stopped (``pg_ctl stop -m fast``: every session is
+        terminated) for the block, and started again after it; the start
+        returns once the server accepts connections.
+        """
+        self._pg_ctl("-m", "fast", "stop")
+        try:
+            yield
+        finally:
+            self._pg_ctl("-o", self.options, "start")
 
     def stop(self) -> None:
         """Stop the server at once and remove its directory."""
@@ -242,9 +274,12 @@ def _admin_execute(dsn: str, statement: str) -> None:
         conn.execute(statement)
 
 
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[PostgresCluster]:
-    """A running PostgreSQL cluster for the whole session (skip or fail if none)."""
+@contextlib.contextmanager
+def running_cluster() -> Iterator[PostgresCluster]:
+    """
+    A new cluster for the block, removed after it; skips the test (fails it
+    under CI) when PostgreSQL is not available.
+    """
     try:
         import psycopg  # noqa: F401
         import psycopg_pool  # noqa: F401
@@ -264,6 +299,13 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A running PostgreSQL cluster for the whole session (skip or fail if none)."""
+    with running_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")
@@ -328,4 +370,5 @@ __all__: list[str] = [
     "make_postgres_store",
     "postgres_cluster",
     "postgres_dsn",
+    "running_cluster",
 ]

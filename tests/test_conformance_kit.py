@@ -8,7 +8,14 @@ AssertionError naming what went wrong.
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+import uuid
+
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from uuid import UUID
 
 import attrs
@@ -21,6 +28,7 @@ from prebuilds import (
     BuildRequest,
     BuildStatus,
     Instance,
+    Lease,
     Lifecycle,
     NoClaimablePrebuildsError,
     PresetConfig,
@@ -30,8 +38,15 @@ from prebuilds import (
     claimed_lifecycle,
 )
 from prebuilds.interfaces import Store
-from prebuilds.stores import MemoryStore
-from prebuilds.testing import check_claimer, check_concurrent_claims, check_store
+from prebuilds.stores import MemoryStore, SQLiteStore
+from prebuilds.stores._common import fence_token
+from prebuilds.testing import (
+    FakeClock,
+    check_claimer,
+    check_concurrent_claims,
+    check_leadership,
+    check_store,
+)
 from prebuilds.testing._conformance import run_pool_machine
 
 
@@ -58,9 +73,10 @@ class DeletesClaimedStore(MemoryStore):
     """delete_prebuild does not re-check that the instance is still pooled."""
 
     def delete_prebuild(
-        self, instance_id: UUID, *, now: datetime
+        self, instance_id: UUID, *, now: datetime, lease: Lease | None = None
     ) -> BuildRequest | None:
         with self._lock:
+            self._fence(fence_token(lease))
             instance = self._instances.get(instance_id)
             if instance is None or instance.deleted:
                 return None
@@ -208,6 +224,75 @@ class ForgetsStatusStore(MemoryStore):
             super().put_preset(preset)
 
 
+class AlwaysLeadsStore(MemoryStore):
+    """leader() always yields a held lease: two leaders at once."""
+
+    @contextmanager
+    def leader(self) -> Iterator[Lease]:
+        with super().leader() as lease:
+            yield lease or Lease(held=True, token=str(uuid.uuid4()))
+
+
+class IgnoresLeaseStore(MemoryStore):
+    """Fenced writes do not check the lease: a holder that lost it still writes."""
+
+    def _fence(self, token: str | None) -> None:
+        pass
+
+
+class ProcessLocalLeaderStore(SQLiteStore):
+    """
+    Leadership is a lock of the store object, not of the file: two objects
+    (two processes) on one file both lead.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self._only = threading.Lock()
+
+    @contextmanager
+    def _leader_scope(self) -> Iterator[Lease]:
+        if not self._only.acquire(blocking=False):
+            yield Lease(held=False)
+            return
+        try:
+            with super()._leader_scope() as lease:
+                # The file's lease is taken when free, ignored when not.
+                yield lease or Lease(held=True, token=str(uuid.uuid4()))
+        finally:
+            self._only.release()
+
+
+# -- the leader contract's hooks, for the reference stores -------------------------
+def memory_with_lease_ttl() -> tuple[Callable[[], Store], Callable[[Store], None]]:
+    """A factory of MemoryStores whose leases expire, and a take-over by the clock."""
+    clocks: dict[int, FakeClock] = {}
+
+    def factory() -> Store:
+        clock = FakeClock()
+        store = MemoryStore(clock=clock, lease_ttl=timedelta(minutes=1))
+        clocks[id(store)] = clock
+        return store
+
+    def take_over(store: Store) -> None:
+        clocks[id(store)].advance(timedelta(minutes=2))
+
+    return factory, take_over
+
+
+def expire_sqlite_lease(store: Store) -> None:
+    """End a SQLiteStore's lease by hand, as if its holder had stalled."""
+    assert isinstance(store, SQLiteStore)
+    with closing(sqlite3.connect(store.path)) as conn, conn:
+        conn.execute("UPDATE prebuilds_leader SET expires_at = 0")
+
+
+def reopen_sqlite(store: Store) -> Store:
+    """Another SQLiteStore on the same file."""
+    assert isinstance(store, SQLiteStore)
+    return SQLiteStore(store.path)
+
+
 # -- broken claimers ---------------------------------------------------------------
 class RecyclingClaimer(StoreClaimer):
     """On a miss, hands out again the last instance it gave away."""
@@ -322,6 +407,71 @@ class TestReferenceImplementations:
             pass
 
         check_claimer(Subclass, settings=QUICK)
+
+
+class TestLeaderContract:
+    def test_memory_store_keeps_it(self) -> None:
+        """MemoryStore: exclusive, fenced; with a lease TTL, a take-over fences."""
+        check_leadership(MemoryStore)
+        factory, take_over = memory_with_lease_ttl()
+        check_leadership(factory, take_over=take_over)
+
+    def test_sqlite_store_keeps_it_across_store_objects(self, tmp_path: Path) -> None:
+        """SQLiteStore: two objects on one file share one lease; an expired one is fenced."""
+        numbers = iter(range(100))
+
+        def factory() -> Store:
+            return SQLiteStore(tmp_path / f"{next(numbers)}.sqlite3")
+
+        check_leadership(factory, reopen=reopen_sqlite, take_over=expire_sqlite_lease)
+
+    def test_check_store_runs_it(self) -> None:
+        """check_store checks the leader contract before the machine."""
+        factory, take_over = memory_with_lease_ttl()
+        check_store(factory, settings=QUICK, take_over=take_over)
+
+        with pytest.raises(AssertionError, match=r"\[leader contract\]"):
+            check_store(AlwaysLeadsStore, settings=QUICK)
+
+
+class TestBrokenLeadersAreCaught:
+    def test_a_leader_that_always_leads(self) -> None:
+        """A leader() that always yields a held lease is caught (issue 9)."""
+        with pytest.raises(
+            AssertionError, match="second leader\\(\\) on the same store led"
+        ):
+            check_leadership(AlwaysLeadsStore)
+
+    def test_a_leader_of_the_object_not_of_the_backend(self, tmp_path: Path) -> None:
+        """Two store objects on one file that both lead are caught with reopen."""
+        numbers = iter(range(100))
+
+        def factory() -> Store:
+            return ProcessLocalLeaderStore(tmp_path / f"{next(numbers)}.sqlite3")
+
+        def reopen(store: Store) -> Store:
+            assert isinstance(store, ProcessLocalLeaderStore)
+            return ProcessLocalLeaderStore(Path(store.path))
+
+        check_leadership(factory)  # one object at a time: nothing to see
+        with pytest.raises(AssertionError, match="another store object"):
+            check_leadership(factory, reopen=reopen)
+
+    def test_writes_that_ignore_the_lease(self) -> None:
+        """Fenced writes that ignore the lease are caught, lease ended or taken over."""
+        with pytest.raises(AssertionError, match="create_prebuild with a lease that"):
+            check_leadership(IgnoresLeaseStore)
+
+        clocks: list[FakeClock] = []
+
+        def factory() -> Store:
+            clocks.append(FakeClock())
+            return IgnoresLeaseStore(clock=clocks[-1], lease_ttl=timedelta(minutes=1))
+
+        with pytest.raises(AssertionError, match="was applied"):
+            check_leadership(
+                factory, take_over=lambda _: clocks[-1].advance(timedelta(minutes=2))
+            )
 
 
 class TestBrokenStoresAreCaught:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import uuid
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -15,6 +17,7 @@ from prebuilds import (
     CollectingEventSink,
     Event,
     EventKind,
+    Lease,
     LoggingEventSink,
     NoClaimablePrebuildsError,
     ResourceReplacement,
@@ -287,6 +290,33 @@ class TestEventKinds:
         [event] = world.of_kind(EventKind.PASS_ERROR)
         assert (None, None, None) == _ids(event)
         assert repr(StoreError("gone")) == event.detail == stats.error
+
+    def test_leadership_lost(self, store_factory: StoreFactory) -> None:
+        """
+        LEADERSHIP_LOST concerns no preset: the pass's first fenced write is
+        refused, the pass stops there and counts as a pass error.
+        """
+        inner = store_factory()
+        preset = new_preset(inner, new_template(inner), desired=1)
+
+        class Overtaken(DelegatingStore):
+            @contextmanager
+            def leader(self) -> Iterator[Lease]:
+                with self.inner.leader() as lease:
+                    # A token the store does not know: as if taken over.
+                    yield attrs.evolve(lease, token="taken-over")  # noqa: S106
+
+        world = make_world(Overtaken(inner))
+
+        stats = world.reconciler.reconcile_all()
+
+        [event] = world.of_kind(EventKind.LEADERSHIP_LOST)
+        assert (None, None, None) == _ids(event)
+        assert "LeadershipLostError" in event.detail
+        assert (event.detail, True) == (stats.error, stats.leader)
+        assert 1 == world.reconciler.pass_errors
+        assert [] == world.of_kind(EventKind.PASS_ERROR)
+        assert [] == pooled(inner, preset.id)
 
     def test_every_kind_is_covered(self) -> None:
         """The tests above cover every kind there is."""

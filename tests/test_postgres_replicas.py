@@ -11,12 +11,14 @@ in a real child process and SIGKILLs it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 
 from collections import Counter
@@ -153,11 +155,13 @@ class WatchDeletes:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    def delete_prebuild(self, instance_id: uuid.UUID, *, now: Any) -> Any:
+    def delete_prebuild(
+        self, instance_id: uuid.UUID, *, now: Any, lease: Any = None
+    ) -> Any:
         hook, self.before_delete = self.before_delete, None
         if hook is not None:
             hook()
-        request = self._store.delete_prebuild(instance_id, now=now)
+        request = self._store.delete_prebuild(instance_id, now=now, lease=lease)
         self.attempts += 1
         self.won += request is not None
         return request
@@ -535,6 +539,7 @@ def test_two_reconcilers_one_leader_per_pass(
 _VICTIM = """
 import sys
 import threading
+import time
 
 from prebuilds import StoreReconciler
 from prebuilds.stores import PostgresStore
@@ -840,3 +845,122 @@ def test_a_claim_costs_the_same_after_thousands(
     later = claim_buffers(store, presets[0])
 
     assert later < first + 100, (first, later)  # with the old index: 30 -> 1,200
+
+
+# -- 5. leader hand-overs between processes ----------------------------------------------
+_HANDOVER = """
+import sys
+import uuid
+from datetime import datetime, timedelta, timezone
+
+from prebuilds.stores import PostgresStore
+
+dsn, schema = sys.argv[1], sys.argv[2]
+preset_id, index, replicas, target = (
+    uuid.UUID(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+)
+now = datetime(2024, 1, 1, tzinfo=timezone.utc)
+store = PostgresStore(dsn, schema=schema, max_size=3)
+attempts = 0
+while True:
+    with store.leader() as lease:
+        attempts += 1
+        if not lease:
+            continue  # at once: the next attempt races the holder's release
+        with store._borrow() as conn:  # which grant this is
+            (epoch,) = conn.execute(
+                f'SELECT epoch FROM "{schema}".leader WHERE token = %s',
+                (lease.token,),
+            ).fetchone()
+        snapshot = store.snapshot(
+            now=now, backoff_lookback=timedelta(hours=1), hard_limit=0
+        )
+        seen = sum(row.count for row in snapshot.in_progress)
+        mine = seen < target and seen % replicas == index
+        if mine:  # my turn: every creation is a hand-over
+            store.create_prebuild(preset_id, now=now, name=f"h{seen}", lease=lease)
+        print("led", epoch, seen, int(mine), flush=True)
+        if seen >= target:
+            break
+print("attempts", attempts, flush=True)
+store.close()
+"""
+
+
+def test_no_new_leader_plans_on_a_stale_snapshot(
+    postgres_dsn: str, make_postgres_store: PostgresStoreFactory
+) -> None:
+    """
+    Two processes hand leadership over hundreds of times: the one whose turn
+    it is (by the number of creations it sees) creates one instance, commits
+    and leaves the scope while the other spins on leader(), so the next
+    leader takes over the moment the lock is released. Every scope that led
+    reports its grant number (the epoch of the leader row) and what its
+    snapshot saw: in grant order, each must see every creation of the scopes
+    granted before it, none missing (a snapshot taken before the lock was
+    granted would miss the last one).
+    """
+    replicas, target = 2, 400
+    store = make_postgres_store()
+    template = make_template(store)
+    preset = make_preset(store, template, target)
+    started = time.monotonic()
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _HANDOVER,
+                postgres_dsn,
+                store.schema,
+                str(preset.id),
+                str(index),
+                str(replicas),
+                str(target),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for index in range(replicas)
+    ]
+    outputs = []
+    try:
+        for proc in processes:
+            out, err = proc.communicate(timeout=10 * WAIT)
+            assert proc.returncode == 0, err
+            outputs.append(out.split("\n"))
+    finally:
+        for proc in processes:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=WAIT)
+    elapsed = time.monotonic() - started
+
+    scopes: list[tuple[int, int, int, int]] = []  # (epoch, seen, created, process)
+    attempts = 0
+    for index, lines in enumerate(outputs):
+        for line in lines:
+            if line.startswith("led"):
+                fields = [int(field) for field in line.split()[1:]]
+                scopes.append((fields[0], fields[1], fields[2], index))
+            elif line.startswith("attempts"):
+                attempts += int(line.split()[1])
+    scopes.sort()
+    assert [epoch for epoch, *_ in scopes] == list(range(1, len(scopes) + 1))
+    committed, creators = 0, list[int]()
+    for epoch, seen, created, index in scopes:
+        assert seen == committed, f"grant {epoch} saw {seen} of {committed} creations"
+        committed += created
+        if created:
+            creators.append(index)
+    assert committed == target == len(store.list_instances(preset_id=preset.id))
+    hand_overs = sum(a != b for a, b in itertools.pairwise(creators))
+    assert hand_overs == target - 1
+    assert raw(store, "SELECT epoch, token FROM {s}.leader") == [(len(scopes), None)]
+    print(  # noqa: T201
+        f"\n[hand-over] {target} creations, {hand_overs} hand-overs between "
+        f"processes; {len(scopes)} leader scopes granted of {attempts} attempts, "
+        f"every snapshot complete, in {elapsed:.1f}s"
+    )

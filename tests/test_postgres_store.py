@@ -31,15 +31,17 @@ from prebuilds import (
     BuildStatus,
     Instance,
     InvalidInputError,
+    LeadershipLostError,
     Lifecycle,
     PresetConfig,
     PresetNotFoundError,
+    PresetStatus,
     SchemaVersionError,
     StoreError,
     Template,
     Transition,
 )
-from prebuilds.stores._postgres import SCHEMA_VERSION, PostgresStore
+from prebuilds.stores._postgres import SCHEMA_VERSION, PostgresStore, _lock_key
 from prebuilds.testing import check_store
 from tests.postgres_cluster import PostgresStoreFactory, fresh_schema_name
 
@@ -254,6 +256,35 @@ class TestConstruction:
         with pool.connection() as conn:
             assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
+    def test_a_connection_broken_in_a_transaction_goes_back(
+        self,
+        one_connection: tuple[PostgresStore, psycopg_pool.ConnectionPool[Any]],
+        postgres_dsn: str,
+    ) -> None:
+        """
+        A connection whose session ended while it was in a transaction goes
+        back to its pool although its rollback fails: the pool replaces it,
+        and with a pool of one connection the next call works.
+        """
+        store, pool = one_connection
+
+        def fail_after_the_session_ended() -> None:
+            with store._borrow() as conn:
+                conn.execute("BEGIN")
+                with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+                    admin.execute(
+                        "SELECT pg_terminate_backend(%s, 30000)",
+                        (conn.info.backend_pid,),
+                    )
+                raise RuntimeError
+
+        with pytest.raises(RuntimeError):
+            fail_after_the_session_ended()
+
+        assert store.is_paused() is False
+        stats = pool.get_stats()
+        assert (1, 1) == (stats["pool_size"], stats["pool_available"])
+
     def test_close_is_idempotent_and_final(self, store: PostgresStore) -> None:
         """A closed store raises StoreError; closing twice is fine."""
         store.close()
@@ -388,7 +419,7 @@ class TestMigrations:
 
         store.migrate()
 
-        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert store.schema_version() == SCHEMA_VERSION == 4
         assert raw(
             store,
             "SELECT latest_transition, latest_status FROM {s}.instances"
@@ -429,6 +460,24 @@ class TestMigrations:
             {"i": ids[1]},
         ) == [(3, "start", "pending")]
 
+    def test_upgrade_to_version_4_adds_the_leader_row(
+        self, store: PostgresStore
+    ) -> None:
+        """Migration 4 adds the fencing token's row; leadership works after it."""
+        raw(store, "DROP TABLE {s}.leader")
+        raw(store, "UPDATE {s}.schema_version SET version = 3")
+
+        store.migrate()
+
+        assert store.schema_version() == SCHEMA_VERSION == 4
+        assert raw(store, "SELECT token, epoch FROM {s}.leader") == [(None, 0)]
+        with store.leader() as lease:
+            assert lease
+            assert raw(store, "SELECT token, epoch FROM {s}.leader") == [
+                (lease.token, 1)
+            ]
+        assert raw(store, "SELECT token, epoch FROM {s}.leader") == [(None, 1)]
+
     def test_newer_schema_is_refused(
         self, make_postgres_store: PostgresStoreFactory
     ) -> None:
@@ -453,6 +502,7 @@ class TestMigrations:
         assert [t for (t,) in tables] == [
             "builds",
             "instances",
+            "leader",
             "presets",
             "schema_version",
             "settings",
@@ -480,7 +530,7 @@ class TestLeader:
 
         def lead_in_a() -> None:
             with a.leader() as acquired:
-                results["a"] = acquired
+                results["a"] = bool(acquired)
                 entered.set()
                 release.wait(timeout=30)
 
@@ -490,7 +540,7 @@ class TestLeader:
             assert entered.wait(timeout=30)
             assert advisory_locks(b) == 1
             with b.leader() as acquired:
-                results["b"] = acquired
+                results["b"] = bool(acquired)
         finally:
             release.set()
             thread.join(timeout=30)
@@ -507,7 +557,7 @@ class TestLeader:
         a, b = make_postgres_store(), make_postgres_store()
 
         with a.leader() as first, b.leader() as second:
-            assert (first, second) == (True, True)
+            assert (bool(first), bool(second)) == (True, True)
 
     def test_an_error_in_the_scope_releases_the_lock(
         self, store: PostgresStore
@@ -535,6 +585,49 @@ class TestLeader:
 
         with pytest.raises(psycopg.errors.QueryCanceled):
             fail_while_leading()
+
+    def test_a_lease_taken_over_cannot_write(
+        self, make_postgres_store: PostgresStoreFactory
+    ) -> None:
+        """
+        A leader whose session dies loses the lock; once another replica
+        leads, the old lease's fenced writes are refused and write nothing,
+        the new lease's go through, and the old scope ends quietly, its
+        connection discarded.
+        """
+        schema = fresh_schema_name()
+        a = make_postgres_store(schema=schema)
+        b = make_postgres_store(schema=schema)
+        _, config = seed(a)
+        with a.leader() as old:
+            assert old
+            assert a.create_prebuild(config.id, now=T0, name="a1", lease=old)
+            terminate_leader(a)
+            # Until someone else leads, the old token is still the leader's.
+            assert a.create_prebuild(config.id, now=T0, name="a2", lease=old)
+            with b.leader() as new:
+                assert new
+                with pytest.raises(LeadershipLostError):
+                    a.create_prebuild(config.id, now=T0, name="a3", lease=old)
+                with pytest.raises(LeadershipLostError):
+                    a.set_preset_status(config.id, PresetStatus.HARD_LIMITED, lease=old)
+                assert b.create_prebuild(config.id, now=T0, name="b1", lease=new)
+        assert sorted(i.name for i in b.list_instances()) == ["a1", "a2", "b1"]
+        assert b.get_preset(config.id).status is PresetStatus.HEALTHY
+        assert advisory_locks(b) == 0
+        with a.leader() as again:  # a new connection from a's pool
+            assert again
+
+    def test_a_lease_whose_scope_ended_cannot_write(self, store: PostgresStore) -> None:
+        """Leaving the scope clears the token: the lease fences nothing any more."""
+        _, config = seed(store)
+        with store.leader() as lease:
+            pass
+
+        with pytest.raises(LeadershipLostError):
+            store.create_prebuild(config.id, now=T0, name="late", lease=lease)
+        assert store.list_instances() == []
+        assert raw(store, "SELECT token FROM {s}.leader") == [(None,)]
 
     def test_snapshot_in_the_scope_reads_through_its_transaction(
         self, make_postgres_store: PostgresStoreFactory
@@ -906,11 +999,32 @@ class TestRoundTrips:
         assert store.get_preset(config.id).ttl == ttl
 
 
+def terminate_leader(store: PostgresStore) -> None:
+    """
+    End the leadership of *store*'s schema the way a replica loses it: the
+    server terminates the session holding the advisory lock (and waits for
+    it to be gone).
+    """
+    rows = raw(
+        store,
+        """
+        SELECT pg_terminate_backend(pid, 30000) FROM pg_locks
+        WHERE locktype = 'advisory' AND granted
+            AND ((classid::bigint << 32) | objid::bigint) = %(key)s
+        """,
+        {"key": _lock_key("leader", store.schema)},
+    )
+    assert rows == [(True,)], rows
+
+
 class TestConformanceKit:
     def test_check_store_passes(
         self, make_postgres_store: PostgresStoreFactory
     ) -> None:
-        """The testing kit's differential machine agrees with a MemoryStore."""
+        """
+        The testing kit's leader checks (two stores on one schema, a leader
+        whose session is terminated) and its differential machine pass.
+        """
         check_store(
             make_postgres_store,
             settings=settings(
@@ -919,4 +1033,6 @@ class TestConformanceKit:
                 deadline=None,
                 suppress_health_check=[HealthCheck.too_slow],
             ),
+            reopen=lambda s: make_postgres_store(schema=s.schema),  # type: ignore[attr-defined]
+            take_over=terminate_leader,  # type: ignore[arg-type]
         )

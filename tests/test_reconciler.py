@@ -20,6 +20,7 @@ from prebuilds import (
     BuildStatus,
     EventKind,
     InvalidInputError,
+    Lease,
     PrebuildSchedule,
     PresetStatus,
     ProvisionerError,
@@ -30,6 +31,8 @@ from prebuilds import (
     calculate_actions,
     generate_name,
 )
+from prebuilds.interfaces import Store
+from prebuilds.stores import MemoryStore
 from prebuilds.testing import FakeClock, FakeProvisioner
 from tests.conftest import StoreFactory
 from tests.helpers import (
@@ -605,12 +608,17 @@ class CreateFails(DelegatingStore):
         self.preset_id = preset_id
 
     def create_prebuild(
-        self, preset_id: uuid.UUID, *, now: datetime, name: str
+        self,
+        preset_id: uuid.UUID,
+        *,
+        now: datetime,
+        name: str,
+        lease: Lease | None = None,
     ) -> BuildRequest | None:
         if preset_id == self.preset_id:
             msg = "a bug in the host's store"
             raise RuntimeError(msg)
-        return super().create_prebuild(preset_id, now=now, name=name)
+        return super().create_prebuild(preset_id, now=now, name=name, lease=lease)
 
 
 class TestPresetIsolation:
@@ -829,13 +837,106 @@ class DeleteFails(DelegatingStore):
         self.failed = False
 
     def delete_prebuild(
-        self, instance_id: uuid.UUID, *, now: datetime
+        self, instance_id: uuid.UUID, *, now: datetime, lease: Lease | None = None
     ) -> BuildRequest | None:
         if not self.failed:
             self.failed = True
             msg = "connection lost"
             raise StoreError(msg)
-        return super().delete_prebuild(instance_id, now=now)
+        return super().delete_prebuild(instance_id, now=now, lease=lease)
+
+
+class TakeOverOnSubmit:
+    """
+    A provisioner that, at its *at*-th submit, lets the reconciler's lease
+    expire on the store's clock and takes the leadership over (held until
+    :meth:`give_back`).
+    """
+
+    def __init__(self, store: MemoryStore, clock: FakeClock, at: int) -> None:
+        self.store, self.clock, self.at = store, clock, at
+        self.submits = 0
+        self.lock = threading.Lock()
+        self.scope: Any = None
+
+    def submit(self, request: BuildRequest) -> None:
+        with self.lock:
+            self.submits += 1
+            if self.submits == self.at:
+                self.clock.advance(timedelta(minutes=2))
+                self.scope = self.store.leader()
+                assert self.scope.__enter__()
+
+    def give_back(self) -> None:
+        self.scope.__exit__(None, None, None)
+
+
+class CountsCreates(DelegatingStore):
+    """Counts create_prebuild calls, and those made once *after* is set."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.after = threading.Event()
+        self.calls = self.calls_after = 0
+
+    def create_prebuild(
+        self,
+        preset_id: uuid.UUID,
+        *,
+        now: datetime,
+        name: str,
+        lease: Lease | None = None,
+    ) -> BuildRequest | None:
+        self.calls += 1
+        self.calls_after += self.after.is_set()
+        return super().create_prebuild(preset_id, now=now, name=name, lease=lease)
+
+
+class TestLeadershipLost:
+    @pytest.mark.parametrize("workers", [1, 2])
+    def test_the_pass_stops_at_the_first_refused_write(self, workers: int) -> None:
+        """
+        Once the lease is taken over, the pass's next write is refused: the
+        pass stops, every worker before its next write, nothing written
+        after the takeover, every creation before it submitted; one pass
+        error, one LEADERSHIP_LOST, stats.error set.
+        """
+        lease_clock = FakeClock()
+        inner = MemoryStore(clock=lease_clock, lease_ttl=timedelta(minutes=1))
+        template = new_template(inner)
+        presets = [new_preset(inner, template, desired=2) for _ in range(6)]
+        store = CountsCreates(inner)
+        provisioner = TakeOverOnSubmit(inner, lease_clock, at=2)
+        world = make_world(store, provisioner=provisioner, max_workers=workers)
+        original_submit = provisioner.submit
+
+        def submit(request: BuildRequest) -> None:
+            original_submit(request)
+            if provisioner.submits == provisioner.at:
+                store.after.set()
+
+        provisioner.submit = submit  # type: ignore[method-assign]
+
+        stats = world.reconciler.reconcile_all()
+        provisioner.give_back()
+
+        created = len(inner.list_instances())
+        assert created < 6 * 2
+        assert provisioner.submits == created  # each creation submitted, no other
+        assert store.calls_after <= workers  # one refused write per worker at most
+        assert "LeadershipLostError" in (stats.error or "")
+        assert 1 == world.reconciler.pass_errors
+        assert [EventKind.LEADERSHIP_LOST] == [
+            e.kind
+            for e in world.events.events
+            if e.kind in {EventKind.LEADERSHIP_LOST, EventKind.PASS_ERROR}
+        ]
+        assert len(world.of_kind(EventKind.CREATED)) == created
+        assert {p.id for p in presets} >= {i.preset_id for i in inner.list_instances()}
+
+        again = world.reconciler.reconcile_all()  # the next pass leads and fills
+        assert (again.leader, again.error) == (True, None)
+        assert len(inner.list_instances()) == 6 * 2
 
 
 class TestStoreFaults:
@@ -1022,7 +1123,9 @@ class StatusFails(DelegatingStore):
         super().__init__(inner)
         self.error = error
 
-    def set_preset_status(self, preset_id: uuid.UUID, status: PresetStatus) -> None:
+    def set_preset_status(
+        self, preset_id: uuid.UUID, status: PresetStatus, *, lease: Lease | None = None
+    ) -> None:
         raise self.error
 
 
@@ -1030,7 +1133,12 @@ class CreateReturnsNone(DelegatingStore):
     """A store whose create_prebuild finds the preset inactive (a race)."""
 
     def create_prebuild(
-        self, preset_id: uuid.UUID, *, now: datetime, name: str
+        self,
+        preset_id: uuid.UUID,
+        *,
+        now: datetime,
+        name: str,
+        lease: Lease | None = None,
     ) -> BuildRequest | None:
         return None
 

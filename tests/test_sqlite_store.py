@@ -29,20 +29,25 @@ import pytest
 from prebuilds import (
     PREBUILDS_OWNER_ID,
     BuildNotFoundError,
+    BuildRequest,
     InstanceNotFoundError,
     InvalidInputError,
+    LeadershipLostError,
     Lifecycle,
     PrebuildSchedule,
     PresetConfig,
     PresetNotFoundError,
+    PresetStatus,
     SchemaVersionError,
     StoreError,
+    StoreReconciler,
     Template,
     Transition,
 )
 from prebuilds.interfaces import Store
 from prebuilds.stores import SQLiteStore
 from prebuilds.stores._sqlite import _MIGRATIONS, SCHEMA_VERSION
+from prebuilds.testing import FakeClock
 
 
 OpenStore = Callable[..., SQLiteStore]
@@ -253,7 +258,7 @@ def _child_lead(path: str, held: Any, release: Any, queue: Any, lease_us: int) -
             SQLiteStore(path, lease_ttl=lease_ttl) as store,
             store.leader() as acquired,
         ):
-            queue.put(("ok", acquired))
+            queue.put(("ok", bool(acquired)))
             held.set()
             if release is None:
                 queue.close()
@@ -708,7 +713,7 @@ class TestLeader:
 
         def lead(_: int) -> None:
             with store.leader() as acquired:
-                outcome.append(acquired)
+                outcome.append(bool(acquired))
                 held.set()
                 assert release.wait(WAIT)
 
@@ -716,7 +721,7 @@ class TestLeader:
         thread.start()
         assert held.wait(WAIT)
         with store.leader() as second, other.leader() as third:
-            assert (second, third) == (False, False)
+            assert (bool(second), bool(third)) == (False, False)
         release.set()
         thread.join(WAIT)
         assert outcome == [True]
@@ -732,7 +737,7 @@ class TestLeader:
         store = open_store()
         with store.leader() as outer:
             with store.leader() as inner:
-                assert (outer, inner) == (True, False)
+                assert (bool(outer), bool(inner)) == (True, False)
             with store.leader() as inner_again:
                 assert not inner_again
         with store.leader() as later:
@@ -796,6 +801,86 @@ class TestLeader:
         assert len(raw(path, "SELECT holder FROM prebuilds_leader")) == 1
         with store.leader() as acquired:
             assert acquired
+
+    def test_a_held_lease_is_renewed_past_its_ttl(self, open_store: OpenStore) -> None:
+        """While a scope holds it, the lease outlives lease_ttl four times over."""
+        ttl = timedelta(milliseconds=300)
+        store, other = open_store(lease_ttl=ttl), open_store(lease_ttl=ttl)
+        preset = add_preset(store, add_template(store))
+        with store.leader() as lease:
+            threading.Event().wait(4 * ttl.total_seconds())  # wall time passes
+            with other.leader() as second:
+                assert not second
+            assert store.create_prebuild(preset.id, now=T0, name="x", lease=lease)
+        with other.leader() as after:
+            assert after
+
+    def test_one_renewer_per_store_and_no_thread_per_pass(
+        self, open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """
+        The renewer starts with the store's first lease, once; later passes
+        start no thread at all (issue 12); close() ends it.
+        """
+        store = open_store()
+        add_preset(store, add_template(store), desired_instances=1)
+        started: list[threading.Thread] = []
+        start = threading.Thread.start
+
+        def counting_start(thread: threading.Thread) -> None:
+            started.append(thread)
+            start(thread)
+
+        monkeypatch.setattr(threading.Thread, "start", counting_start)
+        reconciler = StoreReconciler(
+            store,
+            NullProvisioner(),
+            clock=FakeClock(),
+            submit_timeout=None,
+            max_workers=1,
+        )
+        assert reconciler.reconcile_all().created == 1
+        assert [t.name for t in started] == ["prebuilds-lease-renewer"]
+        for _ in range(5):
+            assert reconciler.reconcile_all().leader
+        assert len(started) == 1
+
+        store.close()
+        assert not started[0].is_alive()
+
+    def test_an_expired_lease_writes_nothing_even_if_nobody_took_it(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """Expiry is honoured in the write's transaction; then the lease is known lost."""
+        store = open_store()
+        preset = add_preset(store, add_template(store))
+        with store.leader() as lease:
+            raw(path, "UPDATE prebuilds_leader SET expires_at = 0")
+            with pytest.raises(LeadershipLostError):
+                store.create_prebuild(preset.id, now=T0, name="x", lease=lease)
+            statements = store.statement_count()
+            with pytest.raises(LeadershipLostError):  # at once, no statement
+                store.create_prebuild(preset.id, now=T0, name="x", lease=lease)
+            assert store.statement_count() == statements
+        assert store.list_instances() == []
+
+    def test_a_fenced_write_renews_the_lease(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """Each fenced write extends the lease in its own transaction."""
+        store = open_store()
+        preset = add_preset(store, add_template(store))
+        with store.leader() as lease:
+            raw(path, "UPDATE prebuilds_leader SET expires_at = expires_at - 1000000")
+            [(before,)] = raw(path, "SELECT expires_at FROM prebuilds_leader")
+            store.set_preset_status(preset.id, PresetStatus.HARD_LIMITED, lease=lease)
+            [(after,)] = raw(path, "SELECT expires_at FROM prebuilds_leader")
+        assert after > before
+
+
+class NullProvisioner:
+    def submit(self, request: BuildRequest) -> None:
+        pass
 
 
 # -- errors and encoding ------------------------------------------------------------

@@ -20,6 +20,8 @@ from prebuilds import (
     InProgressCount,
     InstanceNotFoundError,
     InvalidInputError,
+    LeadershipLostError,
+    Lease,
     Lifecycle,
     PendingCount,
     PrebuildSchedule,
@@ -30,6 +32,8 @@ from prebuilds import (
     Transition,
 )
 from prebuilds.interfaces import Store
+from prebuilds.stores import MemoryStore
+from prebuilds.testing import FakeClock
 
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -580,6 +584,46 @@ class TestLeader:
             assert [config.id] == [p.id for p in snap(store).presets]
 
 
+class TestFencing:
+    def test_fenced_writes_need_a_lease_that_leads(self, store):
+        """A never-held or ended lease writes nothing; the held one writes."""
+        _, config = seed(store)
+        with store.leader() as ended:
+            pass
+
+        for lease in (Lease(held=False), ended):
+            with pytest.raises(LeadershipLostError):
+                store.create_prebuild(config.id, now=T0, name="x", lease=lease)
+            with pytest.raises(LeadershipLostError):
+                store.set_preset_status(
+                    config.id, PresetStatus.HARD_LIMITED, lease=lease
+                )
+        assert store.list_instances() == []
+        assert store.get_preset(config.id).status is PresetStatus.HEALTHY
+        with store.leader() as lease:
+            request = store.create_prebuild(config.id, now=T0, name="x", lease=lease)
+            assert request is not None
+            store.build_finished(request.build_id, now=T0, succeeded=True, lease=lease)
+            assert store.delete_prebuild(request.instance_id, now=T0, lease=lease)
+            assert store.fail_stuck_builds(older_than=T0, now=T0, lease=lease) == []
+            assert store.cancel_pending(config.id, now=T0, lease=lease) == []
+
+    def test_unfenced_writes_go_on_while_someone_leads(self, store):
+        """lease=None (the host's own calls) is not fenced."""
+        _, config = seed(store)
+        with store.leader() as lease:
+            assert lease
+            assert store.create_prebuild(config.id, now=T0, name="host") is not None
+
+    def test_a_lease_must_be_a_lease(self, store):
+        """Anything but a Lease or None is an InvalidInputError naming the lease."""
+        _, config = seed(store)
+        with pytest.raises(InvalidInputError) as info:
+            store.create_prebuild(config.id, now=T0, name="x", lease=True)
+        assert info.value.field == "lease"
+        assert store.list_instances() == []
+
+
 class TestNaiveTimes:
     def test_naive_datetimes_are_rejected(self, store):
         """Every time argument must be timezone-aware."""
@@ -592,3 +636,34 @@ class TestNaiveTimes:
             snap(store, naive)
         with pytest.raises(InvalidInputError):
             claim(store, config.id, naive)
+
+
+class TestMemoryStoreLeases:
+    def test_a_lease_ttl_on_the_stores_clock(self) -> None:
+        """
+        With lease_ttl, a lease expires on the injected clock unless a fenced
+        write renews it; an expired lease is taken over and writes nothing.
+        """
+        clock = FakeClock()
+        store = MemoryStore(clock=clock, lease_ttl=timedelta(minutes=1))
+        _, config = seed(store)
+        with store.leader() as old:
+            clock.advance(timedelta(seconds=50))
+            store.set_preset_status(config.id, PresetStatus.HARD_LIMITED, lease=old)
+            clock.advance(timedelta(seconds=50))  # renewed 50 s ago: still held
+            with store.leader() as blocked:
+                assert not blocked
+            clock.advance(timedelta(seconds=11))
+            with store.leader() as new:
+                assert new
+                with pytest.raises(LeadershipLostError):
+                    store.create_prebuild(config.id, now=T0, name="x", lease=old)
+                assert store.create_prebuild(config.id, now=T0, name="y", lease=new)
+        assert [i.name for i in store.list_instances()] == ["y"]
+
+    @pytest.mark.parametrize("bad", [timedelta(0), timedelta(seconds=-1), 60])
+    def test_a_bad_lease_ttl_is_refused(self, bad: object) -> None:
+        """lease_ttl is None or a positive timedelta."""
+        with pytest.raises(InvalidInputError) as info:
+            MemoryStore(lease_ttl=bad)  # type: ignore[arg-type]
+        assert info.value.field == "lease_ttl"

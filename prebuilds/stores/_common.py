@@ -14,7 +14,8 @@ from prebuilds._model import (
     Preset,
     PresetStatus,
 )
-from prebuilds.exceptions import InvalidInputError
+from prebuilds._records import Lease
+from prebuilds.exceptions import InvalidInputError, LeadershipLostError
 
 
 if TYPE_CHECKING:
@@ -101,4 +102,31 @@ def invalid_preset(preset_id: UUID, error: InvalidInputError) -> InvalidPreset:
         field=error.field,
         value=repr(error.value),
         reason=error.reason,
+    )
+
+
+def fence_token(lease: Lease | None) -> str | None:
+    """
+    The token a fenced write checks: None for an unfenced write
+    (``lease=None``), else the token of *lease*.
+
+    Raises:
+        InvalidInputError: *lease* is neither None nor a :class:`Lease`.
+        LeadershipLostError: *lease* was never held (nothing to fence with).
+    """
+    if lease is None:
+        return None
+    if not isinstance(lease, Lease):
+        raise InvalidInputError("lease", lease, "must be a Lease or None")
+    if not lease.held or not lease.token:
+        msg = "the lease was not acquired: it cannot fence a write"
+        raise LeadershipLostError(msg)
+    return lease.token
+
+
+def lost(token: str) -> LeadershipLostError:
+    """The error of a fenced write whose lease no longer leads."""
+    return LeadershipLostError(
+        f"leadership lost: lease {token!r} no longer leads (its scope ended, "
+        "it expired or another holder took over); nothing was written"
     )

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from prebuilds._clock import SystemClock
 from prebuilds._model import (
     Backoff,
     GlobalSnapshot,
@@ -29,6 +30,7 @@ from prebuilds._records import (
     BuildRequest,
     BuildStatus,
     Instance,
+    Lease,
     Lifecycle,
     PresetConfig,
     Template,
@@ -40,12 +42,19 @@ from prebuilds.exceptions import (
     InvalidInputError,
     PresetNotFoundError,
 )
-from prebuilds.stores._common import assemble_preset, invalid_preset
+from prebuilds.stores._common import (
+    assemble_preset,
+    fence_token,
+    invalid_preset,
+    lost,
+)
 
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from uuid import UUID
+
+    from prebuilds.interfaces import Clock
 
 _UTC = timezone.utc
 
@@ -69,12 +78,41 @@ class MemoryStore:
     process: use it for tests, simulations and hosts that rebuild their pools
     at start.
 
+    Leadership is the store object's own: :meth:`leader` grants one lease at
+    a time per ``MemoryStore``, and two stores share nothing (neither data
+    nor leadership). A lease lasts until its scope ends; with *lease_ttl* it
+    also expires *lease_ttl* after it was granted or last renewed (every
+    fenced write renews it), on *clock*, after which another ``leader()``
+    takes it over and the old lease's fenced writes are refused. That is for
+    tests of a takeover: a fake clock makes it happen on demand.
+
+    Args:
+        clock: The time leases expire by (default: the system clock).
+        lease_ttl: How long a lease lasts without a fenced write (``None``:
+            until its scope ends).
+
+    Raises:
+        InvalidInputError: *lease_ttl* is not a positive timedelta.
+
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       *clock* and *lease_ttl*; :meth:`leader` yields a
+       :class:`~prebuilds.Lease` that fences writes.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, clock: Clock | None = None, lease_ttl: timedelta | None = None
+    ) -> None:
+        if lease_ttl is not None:
+            if not isinstance(lease_ttl, timedelta):
+                raise InvalidInputError("lease_ttl", lease_ttl, "must be a timedelta")
+            if lease_ttl <= timedelta(0):
+                raise InvalidInputError("lease_ttl", lease_ttl, "must be > 0")
         self._lock = threading.RLock()
-        self._leader = threading.Lock()
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._lease_ttl = lease_ttl
+        self._lease_token: str | None = None
+        self._lease_expires: datetime | None = None
         self._paused = False
         self._templates: dict[UUID, Template] = {}
         self._presets: dict[UUID, _PresetRow] = {}
@@ -135,21 +173,61 @@ class MemoryStore:
         with self._lock:
             return self._preset(self._row(preset_id))
 
-    def set_preset_status(self, preset_id: UUID, status: PresetStatus) -> None:
-        """Record the preset's health."""
+    def set_preset_status(
+        self, preset_id: UUID, status: PresetStatus, *, lease: Lease | None = None
+    ) -> None:
+        """Record the preset's health (fenced by *lease*, if given)."""
+        token = fence_token(lease)
         with self._lock:
+            self._fence(token)
             self._row(preset_id).status = status
 
     # -- reconciler ----------------------------------------------------------
     @contextmanager
-    def leader(self) -> Iterator[bool]:
-        """Non-blocking leadership within this process."""
-        acquired = self._leader.acquire(blocking=False)
-        try:
-            yield acquired
-        finally:
+    def leader(self) -> Iterator[Lease]:
+        """
+        Non-blocking leadership of this store object: a held
+        :class:`~prebuilds.Lease` unless another scope holds an unexpired
+        one. Leaving the scope ends the lease.
+        """
+        token = str(uuid.uuid4())
+        with self._lock:
+            acquired = self._lease_token is None or self._lease_expired()
             if acquired:
-                self._leader.release()
+                self._lease_token = token
+                self._renew()
+        if not acquired:
+            yield Lease(held=False)
+            return
+        try:
+            yield Lease(held=True, token=token)
+        finally:
+            with self._lock:
+                if self._lease_token == token:
+                    self._lease_token = None
+                    self._lease_expires = None
+
+    def _lease_expired(self) -> bool:
+        expires = self._lease_expires
+        return expires is not None and self._clock.now() >= expires
+
+    def _renew(self) -> None:
+        if self._lease_ttl is not None:
+            self._lease_expires = self._clock.now() + self._lease_ttl
+
+    def _fence(self, token: str | None) -> None:
+        """
+        Check (under the store's lock) that *token* still leads, and renew
+        it; nothing for an unfenced write.
+
+        Raises:
+            LeadershipLostError: it does not.
+        """
+        if token is None:
+            return
+        if token != self._lease_token or self._lease_expired():
+            raise lost(token)
+        self._renew()
 
     def snapshot(
         self, *, now: datetime, backoff_lookback: timedelta, hard_limit: int
@@ -175,12 +253,19 @@ class MemoryStore:
             )
 
     def create_prebuild(
-        self, preset_id: UUID, *, now: datetime, name: str
+        self,
+        preset_id: UUID,
+        *,
+        now: datetime,
+        name: str,
+        lease: Lease | None = None,
     ) -> BuildRequest | None:
         """A new pooled instance and its pending start build."""
         check_aware("now", now)
+        token = fence_token(lease)
         now = _utc(now)
         with self._lock:
+            self._fence(token)
             row = self._row(preset_id)
             template = self._templates[row.config.template_id]
             if not self._active(row.config, template):
@@ -201,12 +286,14 @@ class MemoryStore:
             return self._request(instance, build, config.parameters)
 
     def delete_prebuild(
-        self, instance_id: UUID, *, now: datetime
+        self, instance_id: UUID, *, now: datetime, lease: Lease | None = None
     ) -> BuildRequest | None:
         """A pending delete build, unless the instance left the pool."""
         check_aware("now", now)
+        token = fence_token(lease)
         now = _utc(now)
         with self._lock:
+            self._fence(token)
             instance = self._instances.get(instance_id)
             if (
                 instance is None
@@ -226,11 +313,15 @@ class MemoryStore:
             self._instances[instance_id] = attrs.evolve(instance, ready=False)
             return self._request(instance, build, ())
 
-    def cancel_pending(self, preset_id: UUID, *, now: datetime) -> list[BuildRequest]:
+    def cancel_pending(
+        self, preset_id: UUID, *, now: datetime, lease: Lease | None = None
+    ) -> list[BuildRequest]:
         """Cancel queued creations of an inactive version; orphan-delete them."""
         check_aware("now", now)
+        token = fence_token(lease)
         now = _utc(now)
         with self._lock:
+            self._fence(token)
             row = self._row(preset_id)
             active = self._templates[row.config.template_id].active_version_id
             requests = []
@@ -253,12 +344,16 @@ class MemoryStore:
                     )
             return requests
 
-    def fail_stuck_builds(self, *, older_than: datetime, now: datetime) -> list[Build]:
+    def fail_stuck_builds(
+        self, *, older_than: datetime, now: datetime, lease: Lease | None = None
+    ) -> list[Build]:
         """Fail the pool's builds in progress since before *older_than*."""
         check_aware("older_than", older_than)
         check_aware("now", now)
+        token = fence_token(lease)
         now = _utc(now)
         with self._lock:
+            self._fence(token)
             failed = []
             for build in sorted(self._builds.values(), key=_build_order):
                 if (
@@ -296,11 +391,14 @@ class MemoryStore:
         succeeded: bool,
         error_kind: str | None = None,
         error: str | None = None,
+        lease: Lease | None = None,
     ) -> None:
         """Record a build's result; a late report is ignored."""
         check_aware("now", now)
+        token = fence_token(lease)
         now = _utc(now)
         with self._lock:
+            self._fence(token)
             build = self._build(build_id)
             if not build.status.in_progress:
                 return

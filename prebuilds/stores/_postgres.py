@@ -9,10 +9,15 @@ How it keeps the store's guarantees:
 - every method is one transaction, most of them one statement;
 - ``snapshot`` reads in a constant number of statements inside a
   ``REPEATABLE READ READ ONLY`` transaction;
-- ``leader()`` takes a transaction-scoped advisory lock
-  (``pg_try_advisory_xact_lock``) inside such a transaction and keeps it open
-  for the scope; a ``snapshot`` in the same thread inside the scope reads
-  through it (Coder's "lock tx");
+- ``leader()`` takes a session-level advisory lock (``pg_try_advisory_lock``)
+  on a connection it keeps for the scope and, in the same statement, writes a
+  new fencing token into the ``leader`` row (committed); only then does it
+  open the ``REPEATABLE READ READ ONLY`` transaction that a ``snapshot`` in
+  the same thread inside the scope reads through, so that a new leader sees
+  everything the previous one committed;
+- a write fenced by a lease checks the token in its own transaction, with
+  ``FOR SHARE`` on the ``leader`` row: a new leader's grant waits for it, or
+  it sees the new token and writes nothing;
 - ``claim`` is one ``UPDATE`` whose target is picked by a sub-select with
   ``FOR UPDATE OF i SKIP LOCKED`` and which re-checks
   ``owner_id = PREBUILDS_OWNER_ID`` (compare-and-set);
@@ -31,12 +36,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
+import os
 import re
 import threading
+import time
 import uuid
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
@@ -44,8 +53,9 @@ from uuid import UUID
 import attrs
 import psycopg
 
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 from typing_extensions import Self
 
 from prebuilds._model import (
@@ -65,6 +75,7 @@ from prebuilds._records import (
     BuildRequest,
     BuildStatus,
     Instance,
+    Lease,
     Lifecycle,
     PresetConfig,
     Template,
@@ -79,13 +90,13 @@ from prebuilds.exceptions import (
     SchemaVersionError,
     StoreError,
 )
-from prebuilds.stores._common import build_preset, invalid_preset
+from prebuilds.stores._common import build_preset, fence_token, invalid_preset, lost
 
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
 #: The schema version this library writes and reads.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _UTC = timezone.utc
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -100,10 +111,15 @@ _Row = tuple[Any, ...]
 _Connection = psycopg.Connection[Any]
 _Cursor = psycopg.Cursor[Any]
 
-_IDLE = psycopg.pq.TransactionStatus.IDLE
+_UNKNOWN = psycopg.pq.TransactionStatus.UNKNOWN  # broken or closed
+_IN_TRANSACTION = (
+    psycopg.pq.TransactionStatus.INTRANS,
+    psycopg.pq.TransactionStatus.INERROR,
+)
 
 _BEGIN = "BEGIN"
 _BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+_LOG = logging.getLogger("prebuilds.stores.postgres")
 
 
 def _lock_key(purpose: str, schema: str) -> int:
@@ -269,6 +285,23 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         WHERE owner_id = '{pool}' AND NOT deleted AND ready
             AND latest_transition = 'start' AND latest_status = 'succeeded'
         """,
+    ),
+    4: (
+        # Leadership's fencing token. The leader scope writes a new token
+        # (and counts the grant in epoch) while it holds the advisory lock,
+        # before its snapshot; a fenced write checks the token with FOR SHARE
+        # in its own transaction, so that it commits before a new grant (and
+        # the new leader's snapshot sees it) or finds the token changed and
+        # writes nothing. NULL: nobody leads.
+        """
+        CREATE TABLE IF NOT EXISTS {s}.leader (
+            singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+            token text,
+            epoch bigint NOT NULL DEFAULT 0,
+            granted_at timestamptz
+        )
+        """,
+        "INSERT INTO {s}.leader (singleton) VALUES (true) ON CONFLICT DO NOTHING",
     ),
 }
 
@@ -468,6 +501,39 @@ _SQL_CREATE_SOURCE = """
     JOIN {s}.templates t ON t.id = p.template_id
     WHERE p.id = %(id)s
 """
+# -- leadership and fencing -------------------------------------------------------
+# Take the session-level lock and, if granted, a new token, in one statement
+# (autocommit: the token is committed when it returns). The token's UPDATE
+# waits for the fenced writes of the previous leader still running.
+_SQL_TAKE_LEAD = """
+    WITH attempt AS MATERIALIZED (
+        SELECT pg_try_advisory_lock(%(key)s) AS held
+    ),
+    granted AS (
+        INSERT INTO {s}.leader AS l (singleton, token, epoch, granted_at)
+        SELECT true, %(token)s, 1, now() FROM attempt WHERE held
+        ON CONFLICT (singleton) DO UPDATE
+        SET token = EXCLUDED.token, epoch = l.epoch + 1,
+            granted_at = EXCLUDED.granted_at
+        RETURNING epoch
+    )
+    SELECT (SELECT held FROM attempt), (SELECT epoch FROM granted)
+"""
+# Clear the token (a lease whose scope ended writes nothing), then unlock.
+_SQL_GIVE_UP_LEAD = """
+    WITH cleared AS (
+        UPDATE {s}.leader SET token = NULL WHERE token = %(token)s RETURNING 1
+    )
+    SELECT pg_advisory_unlock(%(key)s) FROM (SELECT count(*) FROM cleared) c
+"""
+# The fence of a write: the lease's token is the leader's. FOR SHARE (not FOR
+# KEY SHARE, which a token UPDATE does not wait for) keeps a new grant out
+# until the write commits; a grant that committed first fails the re-check.
+_FENCE_CTE = """fence AS MATERIALIZED (
+        SELECT 1 FROM {s}.leader WHERE token = %(lease)s FOR SHARE
+    )"""
+_SQL_FENCE = "SELECT 1 FROM {s}.leader WHERE token = %(lease)s FOR SHARE"
+
 _SQL_INSERT_INSTANCE = """
     INSERT INTO {s}.instances
         (id, preset_id, template_id, template_version_id, owner_id, name, created_at,
@@ -481,6 +547,15 @@ _SQL_INSERT_BUILD = """
          build_number, initiator_id, created_at)
     VALUES (%(id)s, %(instance_id)s, %(preset_id)s, %(template_version_id)s,
         %(transition)s, 'pending', %(build_number)s, '{pool}', %(now)s)
+"""
+
+# The source of a creation and its fence in one statement: always one row,
+# the fence first, the preset's columns NULL when there is no such preset.
+_SQL_CREATE_SOURCE_FENCED = f"""
+    WITH {_FENCE_CTE}
+    SELECT (SELECT count(*) FROM fence), src.*
+    FROM (VALUES (1)) AS one (x)
+    LEFT JOIN ({_SQL_CREATE_SOURCE}) AS src ON true
 """
 
 _SQL_LOCK_INSTANCE = """
@@ -550,6 +625,23 @@ _SQL_FAIL_STUCK = f"""
     FROM failed b
     ORDER BY b.created_at, b.instance_id, b.build_number
 """
+_SQL_FAIL_STUCK_FENCED = f"""
+    WITH {_FENCE_CTE},
+    failed AS (
+        UPDATE {{s}}.builds
+        SET status = 'failed', finished_at = %(now)s, error_kind = 'timeout',
+            error = %(error)s
+        WHERE initiator_id = '{{pool}}'
+            AND status IN ('pending', 'running')
+            AND created_at < %(older_than)s
+            AND EXISTS (SELECT 1 FROM fence)
+        RETURNING *
+    )
+    SELECT (SELECT count(*) FROM fence), {_BUILD_COLUMNS}
+    FROM (VALUES (1)) AS one (x)
+    LEFT JOIN failed b ON true
+    ORDER BY b.created_at, b.instance_id, b.build_number
+"""
 _SQL_BUILD_STARTED = """
     WITH started AS (
         UPDATE {s}.builds SET status = 'running', started_at = %(now)s
@@ -573,6 +665,35 @@ _SQL_BUILD_FINISHED = """
         RETURNING id
     )
     SELECT EXISTS (SELECT 1 FROM {s}.builds WHERE id = %(id)s)
+"""
+_SQL_BUILD_FINISHED_FENCED = f"""
+    WITH {_FENCE_CTE},
+    finished AS (
+        UPDATE {{s}}.builds
+        SET status = %(status)s, started_at = coalesce(started_at, %(now)s),
+            finished_at = %(now)s, error_kind = %(error_kind)s, error = %(error)s
+        WHERE id = %(id)s AND status IN ('pending', 'running')
+            AND EXISTS (SELECT 1 FROM fence)
+        RETURNING instance_id, transition
+    ),
+    gone AS (
+        UPDATE {{s}}.instances SET deleted = true, ready = false
+        WHERE %(succeeded)s
+            AND id = (SELECT instance_id FROM finished WHERE transition = 'delete')
+        RETURNING id
+    )
+    SELECT (SELECT count(*) FROM fence),
+        EXISTS (SELECT 1 FROM {{s}}.builds WHERE id = %(id)s)
+"""
+_SQL_SET_STATUS = "UPDATE {s}.presets SET status = %(status)s WHERE id = %(id)s"
+_SQL_SET_STATUS_FENCED = f"""
+    WITH {_FENCE_CTE},
+    updated AS (
+        UPDATE {{s}}.presets SET status = %(status)s
+        WHERE id = %(id)s AND EXISTS (SELECT 1 FROM fence)
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM updated)
 """
 _SQL_SET_READY = """
     WITH updated AS (
@@ -978,7 +1099,15 @@ class PostgresStore:
         migrate: Create or upgrade the tables now (see :meth:`migrate`).
         min_size: The own pool's minimum size.
         max_size: The own pool's maximum size.
-        timeout: Seconds to wait for a connection from a pool.
+        timeout: Seconds to wait for a connection from a pool; also the
+            ``connect_timeout`` of the own pool's connections, unless
+            *conninfo* sets one.
+
+    A connection broken under a call (a server restart, a failover) goes
+    back to its pool, which replaces it; calls work again once the server is
+    back. A :class:`~prebuilds.exceptions.StoreError` for a connection that
+    cannot be made names the cause (refused, unknown database or role,
+    timeout, or a pool too small).
 
     Raises:
         InvalidInputError: not exactly one source of connections, or a bad
@@ -1029,12 +1158,16 @@ class PostgresStore:
         self._count_lock = threading.Lock()
         self._statements = 0
         self._sql: dict[str, str] = {}
+        self._probe_lock = threading.Lock()
+        self._probed: tuple[float, psycopg.Error | None] | None = None
         if conninfo is not None:
+            # Each attempt of the pool's gives up after the store's timeout:
+            # an attempt with none can outlive the pool's close().
             own = ConnectionPool(
                 conninfo,
                 min_size=min_size,
                 max_size=max_size,
-                kwargs={"autocommit": True},
+                kwargs=_with_connect_timeout(conninfo, {"autocommit": True}, timeout),
                 open=False,
                 timeout=timeout,
                 name=f"prebuilds-{schema}",
@@ -1043,7 +1176,8 @@ class PostgresStore:
                 own.open(wait=True, timeout=timeout)
             except psycopg.Error as e:
                 own.close()
-                raise StoreError(f"cannot connect to PostgreSQL: {e}") from e
+                message, cause = self._no_connection(own, e)
+                raise StoreError(message) from cause
             self._pool = own
             self._owns_pool = True
         if migrate:
@@ -1141,13 +1275,33 @@ class PostgresStore:
 
     def _abandon(self, conn: _Connection, *, switched: bool) -> None:
         """
-        Give *conn* back after an error, rolling back a transaction left
-        open; errors in doing so are dropped (the first error matters).
+        Give *conn* back after an error, whatever state it is in.
+
+        A transaction left open is rolled back first; the connection goes
+        back even when that fails, and a broken one too (its pool discards
+        and replaces it; a factory's is closed). Errors in doing so are
+        dropped (the first error matters). A broken connection from a pool
+        has the pool check its idle ones (see :meth:`_check_pool`).
         """
-        with suppress(psycopg.Error, StoreError):
-            if conn.info.transaction_status != _IDLE:
+        if conn.info.transaction_status in _IN_TRANSACTION:
+            with suppress(psycopg.Error):
                 conn.rollback()
+        broken = conn.info.transaction_status == _UNKNOWN
+        with suppress(StoreError):
             self._release(conn, switched=switched)
+        if broken:
+            self._check_pool()
+
+    def _check_pool(self) -> None:
+        """
+        After a broken connection: have the pool test the connections idle
+        in it and replace the broken ones (:meth:`ConnectionPool.check`, a
+        round trip each), so that a restarted server costs the calls in
+        flight, not one more failed call per idle connection.
+        """
+        if self._pool is not None and not self._closed:
+            with suppress(psycopg.Error):
+                self._pool.check()
 
     def _acquire(self) -> tuple[_Connection, bool]:
         """
@@ -1156,15 +1310,21 @@ class PostgresStore:
         """
         if self._closed:
             raise StoreError("the store is closed")
-        try:
-            if self._pool is not None:
+        if self._pool is not None:
+            try:
                 conn = self._pool.getconn(timeout=self._timeout)
-            elif self._connect is not None:
+            except PoolTimeout as e:
+                message, cause = self._no_connection(self._pool, e)
+                raise StoreError(message) from cause
+            except psycopg.Error as e:  # closed, too many waiting
+                raise StoreError(f"cannot get a PostgreSQL connection: {e}") from e
+        elif self._connect is not None:
+            try:
                 conn = self._connect()
-            else:  # pragma: no cover - the constructor requires a source
-                raise StoreError("no source of connections")
-        except psycopg.Error as e:
-            raise StoreError(f"cannot get a PostgreSQL connection: {e}") from e
+            except psycopg.Error as e:
+                raise StoreError(f"cannot connect to PostgreSQL: {_one_line(e)}") from e
+        else:  # pragma: no cover - the constructor requires a source
+            raise StoreError("no source of connections")
         if conn.autocommit:
             return conn, False
         try:
@@ -1188,6 +1348,55 @@ class PostgresStore:
                 conn.close()
         except psycopg.Error as e:
             raise StoreError(f"cannot give back a PostgreSQL connection: {e}") from e
+
+    def _no_connection(
+        self, pool: ConnectionPool[Any], error: psycopg.Error
+    ) -> tuple[str, BaseException]:
+        """
+        Why *pool* gave no connection (*error*, its timeout), as the message
+        of a StoreError and the exception to chain to it.
+
+        The pool keeps its connection errors to its log, so one direct
+        connection with its settings finds the cause (refused, unknown
+        database or role, timeout…). When that succeeds, the server is
+        reachable and the pool had no connection free.
+        """
+        cause = self._probe(pool)
+        if cause is not None:
+            return f"cannot connect to PostgreSQL: {_one_line(cause)}", cause
+        stats = pool.get_stats()
+        message = (
+            f"cannot get a PostgreSQL connection: {_one_line(error)}, though the"
+            " server accepts a new connection: the pool is too small for the"
+            " calls made at once, or still reconnecting"
+            f" (size {stats.get('pool_size', '?')} of max"
+            f" {stats.get('pool_max', '?')},"
+            f" {stats.get('requests_waiting', '?')} requests waiting)"
+        )
+        return message, error
+
+    def _probe(self, pool: ConnectionPool[Any]) -> psycopg.Error | None:
+        """
+        The error of one direct connection with *pool*'s settings, closed at
+        once; None if it connects.
+
+        Callers that time out together share one attempt: a result newer
+        than the start of the caller's wait (*timeout* ago) is reused.
+        """
+        waited_since = time.monotonic() - self._timeout
+        with self._probe_lock:
+            if self._probed is not None and self._probed[0] >= waited_since:
+                return self._probed[1]
+            conninfo = pool.conninfo() if callable(pool.conninfo) else pool.conninfo
+            raw_kwargs = pool.kwargs() if callable(pool.kwargs) else pool.kwargs
+            kwargs = _with_connect_timeout(conninfo, raw_kwargs or {}, self._timeout)
+            error: psycopg.Error | None = None
+            try:
+                pool.connection_class.connect(conninfo, **kwargs).close()
+            except psycopg.Error as e:
+                error = e
+            self._probed = (time.monotonic(), error)
+            return error
 
     @staticmethod
     @contextmanager
@@ -1403,59 +1612,128 @@ class PostgresStore:
             raise PresetNotFoundError(preset_id)
         return _preset(row)
 
-    def set_preset_status(self, preset_id: UUID, status: PresetStatus) -> None:
-        """Record the preset's health."""
+    def set_preset_status(
+        self, preset_id: UUID, status: PresetStatus, *, lease: Lease | None = None
+    ) -> None:
+        """Record the preset's health (fenced by *lease*, in the same statement)."""
+        token = fence_token(lease)
+        params = {"id": preset_id, "status": PresetStatus(status).value}
         with self._statement() as cur:
-            updated = self._execute(
-                cur,
-                "UPDATE {s}.presets SET status = %(status)s WHERE id = %(id)s",
-                {"id": preset_id, "status": PresetStatus(status).value},
-            )
+            if token is None:
+                updated = self._execute(cur, _SQL_SET_STATUS, params)
+            else:
+                row = self._fetchone(
+                    cur, _SQL_SET_STATUS_FENCED, {**params, "lease": token}
+                )
+                if row is None or not row[0]:
+                    raise lost(token)
+                updated = row[1]
         if updated == 0:
             raise PresetNotFoundError(preset_id)
 
     # -- reconciler ----------------------------------------------------------------
     @contextmanager
-    def leader(self) -> Iterator[bool]:
+    def leader(self) -> Iterator[Lease]:
         """
         A non-blocking leader scope, shared by every replica on the schema.
 
-        Takes ``pg_try_advisory_xact_lock`` inside a ``REPEATABLE READ READ
-        ONLY`` transaction on a dedicated connection, kept open for the scope
-        (leaving it ends the transaction, which releases the lock). A
-        :meth:`snapshot` in the same thread inside the scope reads through
-        that transaction. Yields False, holding nothing, when another session
-        has the lock.
+        On a connection kept for the scope, one statement takes the
+        session-level ``pg_try_advisory_lock`` and, if granted, commits a new
+        fencing token to the ``leader`` row (after the fenced writes of the
+        previous leader still running); only then does the scope open the
+        ``REPEATABLE READ READ ONLY`` transaction that a :meth:`snapshot` in
+        the same thread inside the scope reads through, so its snapshot is
+        taken after leadership was granted and sees everything the previous
+        leader committed. Leaving the scope ends that transaction, clears the
+        token and unlocks; if any of that fails the connection is closed
+        (which releases the lock) instead of going back to its pool.
+
+        Yields a held :class:`~prebuilds.Lease` (its token fences the pass's
+        writes), or one not held, holding nothing, when another session has
+        the lock.
         """
-        with ExitStack() as stack:
-            conn = stack.enter_context(self._borrow())
-            cur = stack.enter_context(self._cursor(conn))
-            self._execute(cur, _BEGIN_SNAPSHOT)
+        token = str(uuid.uuid4())
+        conn, switched = self._acquire()
+        try:
             try:
-                row = self._fetchone(
-                    cur,
-                    "SELECT pg_try_advisory_xact_lock(%(key)s)",
-                    {"key": self._leader_key},
-                )
-                acquired = bool(row is not None and row[0])
-            except BaseException:
-                _rollback_quietly(self, cur)
-                raise
-            if not acquired:
-                self._execute(cur, "ROLLBACK")
-                stack.close()  # hand the connection back before the scope runs
-                yield False
-                return
-            previous = getattr(self._local, "cursor", None)
-            self._local.cursor = cur
-            try:
-                yield True
-            except BaseException:
-                self._local.cursor = previous
-                _rollback_quietly(self, cur)
-                raise
+                cur = conn.cursor()
+            except psycopg.Error as e:
+                raise StoreError(f"PostgreSQL error: {e}") from e
+            row = self._fetchone(
+                cur, _SQL_TAKE_LEAD, {"key": self._leader_key, "token": token}
+            )
+            held = bool(row is not None and row[0])
+            if held:
+                self._execute(cur, _BEGIN_SNAPSHOT)
+        except BaseException:
+            # The lock may have been granted: closing the session drops it.
+            self._discard(conn, switched=switched)
+            raise
+        if not held:
+            self._release(conn, switched=switched)
+            yield Lease(held=False)
+            return
+        previous = getattr(self._local, "cursor", None)
+        self._local.cursor = cur
+        ok = False
+        try:
+            yield Lease(held=True, token=token)
+            ok = True
+        finally:
             self._local.cursor = previous
-            self._execute(cur, "COMMIT")
+            self._end_lead(conn, cur, token, switched=switched, commit=ok)
+
+    def _end_lead(
+        self,
+        conn: _Connection,
+        cur: _Cursor,
+        token: str,
+        *,
+        switched: bool,
+        commit: bool,
+    ) -> None:
+        """
+        End a leader scope: its snapshot transaction, the token, the lock;
+        then give the connection back, or close it if any step failed (a
+        session that may still hold the lock never goes back to a pool).
+        Failures are logged, not raised: the pass's own writes are committed
+        already, and the lock goes with the closed session.
+        """
+        if self._give_up_lead(cur, token, commit=commit):
+            with suppress(psycopg.Error):
+                cur.close()
+            try:
+                self._release(conn, switched=switched)
+            except StoreError:
+                _LOG.warning(
+                    "could not give the leader's connection back", exc_info=True
+                )
+            return
+        _LOG.warning(
+            "could not end the leader scope on schema %r cleanly; closing its "
+            "connection, which releases the lock",
+            self._schema,
+        )
+        self._discard(conn, switched=switched)
+
+    def _give_up_lead(self, cur: _Cursor, token: str, *, commit: bool) -> bool:
+        """End the scope's transaction, clear *token*, unlock; whether all went well."""
+        try:
+            self._execute(cur, "COMMIT" if commit else "ROLLBACK")
+            row = self._fetchone(
+                cur, _SQL_GIVE_UP_LEAD, {"key": self._leader_key, "token": token}
+            )
+        except StoreError:
+            _LOG.debug("ending the leader scope failed", exc_info=True)
+            return False
+        return row is not None and bool(row[0])
+
+    def _discard(self, conn: _Connection, *, switched: bool) -> None:
+        """Close *conn* (ending its session and its locks) and give it back."""
+        with suppress(psycopg.Error):
+            conn.close()
+        with suppress(psycopg.Error, StoreError):
+            self._release(conn, switched=switched)
 
     def snapshot(
         self, *, now: datetime, backoff_lookback: timedelta, hard_limit: int
@@ -1533,12 +1811,29 @@ class PostgresStore:
         )
 
     def create_prebuild(
-        self, preset_id: UUID, *, now: datetime, name: str
+        self,
+        preset_id: UUID,
+        *,
+        now: datetime,
+        name: str,
+        lease: Lease | None = None,
     ) -> BuildRequest | None:
-        """A new pooled instance and its pending start build, in one transaction."""
+        """
+        A new pooled instance and its pending start build, in one
+        transaction (fenced by *lease* in its first statement).
+        """
         check_aware("now", now)
+        token = fence_token(lease)
         with self._transaction() as cur:
-            source = self._fetchone(cur, _SQL_CREATE_SOURCE, {"id": preset_id})
+            if token is None:
+                source = self._fetchone(cur, _SQL_CREATE_SOURCE, {"id": preset_id})
+            else:
+                fenced = self._fetchone(
+                    cur, _SQL_CREATE_SOURCE_FENCED, {"id": preset_id, "lease": token}
+                )
+                if fenced is None or not fenced[0]:
+                    raise lost(token)
+                source = None if fenced[1] is None else fenced[1:]
             if source is None:
                 raise PresetNotFoundError(preset_id)
             template_id, version_id, raw_parameters, active = source
@@ -1583,16 +1878,19 @@ class PostgresStore:
         )
 
     def delete_prebuild(
-        self, instance_id: UUID, *, now: datetime
+        self, instance_id: UUID, *, now: datetime, lease: Lease | None = None
     ) -> BuildRequest | None:
         """
         A pending delete build, unless the instance left the pool.
 
         Locks the instance row first, so a concurrent claim either commits
-        before (and this sees the new owner) or skips the row.
+        before (and this sees the new owner) or skips the row. Fenced by
+        *lease*, in the transaction's first statement.
         """
         check_aware("now", now)
+        token = fence_token(lease)
         with self._transaction() as cur:
+            self._fence(cur, token)
             row = self._fetchone(cur, _SQL_LOCK_INSTANCE, {"id": instance_id})
             if row is None:
                 return None
@@ -1635,10 +1933,14 @@ class PostgresStore:
             name=name,
         )
 
-    def cancel_pending(self, preset_id: UUID, *, now: datetime) -> list[BuildRequest]:
+    def cancel_pending(
+        self, preset_id: UUID, *, now: datetime, lease: Lease | None = None
+    ) -> list[BuildRequest]:
         """Cancel queued creations of an inactive version; orphan-delete them."""
         check_aware("now", now)
+        token = fence_token(lease)
         with self._transaction() as cur:
+            self._fence(cur, token)
             if self._fetchone(cur, _SQL_PRESET_EXISTS, {"id": preset_id}) is None:
                 raise PresetNotFoundError(preset_id)
             rows = self._fetchall(
@@ -1658,17 +1960,41 @@ class PostgresStore:
             for r in rows
         ]
 
-    def fail_stuck_builds(self, *, older_than: datetime, now: datetime) -> list[Build]:
-        """Fail the pool's builds in progress since before *older_than*."""
+    def fail_stuck_builds(
+        self, *, older_than: datetime, now: datetime, lease: Lease | None = None
+    ) -> list[Build]:
+        """
+        Fail the pool's builds in progress since before *older_than*, in one
+        statement (its fence included).
+        """
         check_aware("older_than", older_than)
         check_aware("now", now)
+        token = fence_token(lease)
+        params = {"older_than": older_than, "now": now, "error": _STUCK_ERROR}
         with self._statement() as cur:
-            rows = self._fetchall(
-                cur,
-                _SQL_FAIL_STUCK,
-                {"older_than": older_than, "now": now, "error": _STUCK_ERROR},
-            )
+            if token is None:
+                rows = self._fetchall(cur, _SQL_FAIL_STUCK, params)
+            else:
+                fenced = self._fetchall(
+                    cur, _SQL_FAIL_STUCK_FENCED, {**params, "lease": token}
+                )
+                if not fenced or not fenced[0][0]:
+                    raise lost(token)
+                rows = [r[1:] for r in fenced if r[1] is not None]
         return [_build(r) for r in rows]
+
+    def _fence(self, cur: _Cursor, token: str | None) -> None:
+        """
+        Check, in the transaction of *cur*, that *token* still leads; the
+        ``FOR SHARE`` row lock holds a new grant back until it commits.
+
+        Raises:
+            LeadershipLostError: it does not (nothing is written).
+        """
+        if token is not None and (
+            self._fetchone(cur, _SQL_FENCE, {"lease": token}) is None
+        ):
+            raise lost(token)
 
     # -- provisioner reports ---------------------------------------------------------
     def build_started(self, build_id: UUID, *, now: datetime) -> None:
@@ -1687,23 +2013,30 @@ class PostgresStore:
         succeeded: bool,
         error_kind: str | None = None,
         error: str | None = None,
+        lease: Lease | None = None,
     ) -> None:
         """Record a build's result; a late report is ignored."""
         check_aware("now", now)
+        token = fence_token(lease)
         status = BuildStatus.SUCCEEDED if succeeded else BuildStatus.FAILED
+        params = {
+            "id": build_id,
+            "now": now,
+            "status": status.value,
+            "succeeded": bool(succeeded),
+            "error_kind": error_kind,
+            "error": error,
+        }
         with self._statement() as cur:
-            row = self._fetchone(
-                cur,
-                _SQL_BUILD_FINISHED,
-                {
-                    "id": build_id,
-                    "now": now,
-                    "status": status.value,
-                    "succeeded": bool(succeeded),
-                    "error_kind": error_kind,
-                    "error": error,
-                },
-            )
+            if token is None:
+                row = self._fetchone(cur, _SQL_BUILD_FINISHED, params)
+            else:
+                fenced = self._fetchone(
+                    cur, _SQL_BUILD_FINISHED_FENCED, {**params, "lease": token}
+                )
+                if fenced is None or not fenced[0]:
+                    raise lost(token)
+                row = fenced[1:]
         if row is None or not row[0]:
             raise BuildNotFoundError(build_id)
 
@@ -1905,6 +2238,31 @@ def _claim_cursor(conn: _Connection) -> psycopg.RawCursor[Any]:
         with suppress(AttributeError):  # a connection class without __dict__
             setattr(conn, _CLAIM_CURSOR, cur)
     return cur
+
+
+def _with_connect_timeout(
+    conninfo: str, kwargs: Mapping[str, Any], timeout: float
+) -> dict[str, Any]:
+    """
+    *kwargs* for connecting with *conninfo*, with a ``connect_timeout`` of
+    *timeout* seconds (libpq's minimum is 2) unless the connection string,
+    *kwargs* or ``PGCONNECT_TIMEOUT`` sets one.
+    """
+    given = dict(kwargs)
+    if "connect_timeout" in given or os.environ.get("PGCONNECT_TIMEOUT"):
+        return given
+    try:
+        if "connect_timeout" in conninfo_to_dict(conninfo):
+            return given
+    except psycopg.Error:
+        return given  # a bad connection string: connecting will say so
+    given["connect_timeout"] = max(2, math.ceil(timeout))
+    return given
+
+
+def _one_line(error: BaseException) -> str:
+    """A driver's error message on one line (libpq's run over several)."""
+    return " ".join(str(error).split())
 
 
 def _restore_autocommit(conn: _Connection) -> None:

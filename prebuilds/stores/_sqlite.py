@@ -63,6 +63,7 @@ from prebuilds._records import (
     BuildRequest,
     BuildStatus,
     Instance,
+    Lease,
     Lifecycle,
     PresetConfig,
     Template,
@@ -76,7 +77,7 @@ from prebuilds.exceptions import (
     SchemaVersionError,
     StoreError,
 )
-from prebuilds.stores._common import build_preset, invalid_preset
+from prebuilds.stores._common import build_preset, fence_token, invalid_preset, lost
 
 
 if TYPE_CHECKING:
@@ -444,6 +445,13 @@ _CLAIM_UPDATE = """
     WHERE id = :id AND owner_id = :owner AND deleted = 0
 """
 
+#: A fenced write's check, in its own transaction: the lease is still this
+#: holder's and unexpired; renewed by the same statement (one row changed).
+_FENCE = """
+    UPDATE prebuilds_leader SET expires_at = :expires
+    WHERE name = :name AND holder = :token AND expires_at > :now
+"""
+
 _INSERT_BUILD = """
     INSERT INTO prebuilds_builds (
         id, instance_id, preset_id, template_version_id, transition, status,
@@ -740,7 +748,12 @@ class SQLiteStore:
 
     :meth:`leader` is a lease row that expires after *lease_ttl* (wall
     clock), so a process that dies while leading blocks the others only that
-    long; a scope that outlives *lease_ttl* may lose its exclusivity.
+    long. While a scope holds it, the lease is renewed every third of
+    *lease_ttl* by one daemon thread per store object (started at the first
+    lease, idle while none is held) and by every fenced write; a holder that
+    could not renew in time (stopped, stalled) loses it to the next process
+    that asks, and its fenced writes raise
+    :class:`~prebuilds.exceptions.LeadershipLostError`.
 
     :meth:`statement_count` counts the SQL statements the store ran, for
     checking that :meth:`snapshot` costs a constant number of them.
@@ -793,6 +806,12 @@ class SQLiteStore:
         self._closed = False
         self._statements = 0
         self._pid = os.getpid()
+        # Leases this store object holds (renewed by the renewer thread) and
+        # leases it found taken over (their fenced writes fail at once).
+        self._renewal = threading.Condition(threading.Lock())
+        self._held: set[str] = set()
+        self._lost: set[str] = set()
+        self._renewer: threading.Thread | None = None
         try:
             handle = self._open_handle()
             if self._memory:
@@ -820,6 +839,12 @@ class SQLiteStore:
             self._closed = True
             handles, self._handles = self._handles, []
             self._shared = None
+        with self._renewal:
+            self._renewal.notify_all()
+            renewer = self._renewer
+        if renewer is not None and renewer is not threading.current_thread():
+            # Not longer than a renewal can take: it may wait for a writer.
+            renewer.join(timeout=self._busy_timeout + 1.0)
         for handle in handles:
             _close_quietly(handle.conn)
 
@@ -924,6 +949,12 @@ class SQLiteStore:
             self._pid = os.getpid()
             self._handles = []
             self._local = threading.local()
+            # The parent's leases are not the child's to renew or fence, and
+            # its renewer thread did not survive the fork.
+            self._renewal = threading.Condition(threading.Lock())
+            self._held = set()
+            self._lost = set()
+            self._renewer = None
 
     def _migrate(self, handle: _Handle) -> None:
         # Switching a new file to WAL, or reading it while another process
@@ -1216,25 +1247,143 @@ class SQLiteStore:
 
     # -- the reconciler ---------------------------------------------------------------
 
-    def leader(self) -> AbstractContextManager[bool]:
+    def leader(self) -> AbstractContextManager[Lease]:
         """
-        A non-blocking leader scope on a lease row: yields True if this call
-        took (or found expired and took over) the lease, False if another
-        holder has an unexpired one. The lease is released when the scope
-        exits; a holder that dies leaves it to expire after ``lease_ttl``.
+        A non-blocking leader scope on a lease row: yields a held
+        :class:`~prebuilds.Lease` if this call took (or found expired and
+        took over) the lease, a lease not held if another holder has an
+        unexpired one. While the scope runs, the lease is renewed every
+        third of ``lease_ttl``; it is released when the scope exits, and a
+        holder that dies leaves it to expire after ``lease_ttl``.
         """
         return self._leader_scope()
 
     @contextmanager
-    def _leader_scope(self) -> Iterator[bool]:
+    def _leader_scope(self) -> Iterator[Lease]:
         token = str(uuid.uuid4())
         if not self._acquire_lease(token):
-            yield False
+            yield Lease(held=False)
             return
+        self._hold(token)
         try:
-            yield True
+            yield Lease(held=True, token=token)
         finally:
+            with self._renewal:
+                self._held.discard(token)
+                self._lost.discard(token)
             self._release_lease(token)
+
+    # -- renewal -----------------------------------------------------------------
+    # One daemon thread per store object renews the leases it holds, so that a
+    # pass outlives lease_ttl whatever it waits for (a slow submit included),
+    # and a steady pass starts no thread: the renewer starts with the first
+    # lease and then waits, idle, while none is held.
+
+    def _hold(self, token: str) -> None:
+        """Have the renewer keep *token*'s lease; start it if need be."""
+        with self._renewal:
+            self._held.add(token)
+            renewer = self._renewer
+            if renewer is None or not renewer.is_alive():  # none yet, or forked
+                renewer = threading.Thread(
+                    target=self._renew_loop,
+                    name="prebuilds-lease-renewer",
+                    daemon=True,
+                )
+                self._renewer = renewer
+                renewer.start()
+            self._renewal.notify_all()
+
+    def _renew_loop(self) -> None:
+        period = max(self._lease_ttl_us / 3_000_000, 0.001)
+        while True:
+            with self._renewal:
+                while not self._closed and not self._held:
+                    self._renewal.wait()
+                # A period, whoever notifies meanwhile (a new lease is first
+                # renewed within a period too): no write per pass for nothing.
+                deadline = time.monotonic() + period
+                while not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._renewal.wait(remaining)
+                if self._closed:
+                    return
+                tokens = sorted(self._held)
+            for token in tokens:
+                self._renew(token)
+
+    def _renew(self, token: str) -> None:
+        """Extend *token*'s lease; if it is gone or expired, mark it lost."""
+        try:
+            with self._transaction(write=True) as tx:
+                held = self._fence_row(tx, token)
+        except StoreError:
+            # Tried again a third of the lease later; if that is too late
+            # the lease expires and the holder's next fenced write says so.
+            if not self._closed:
+                _log.warning(
+                    "could not renew the leader lease of %r", self._path, exc_info=True
+                )
+            return
+        if not held:
+            self._mark_lost(token)
+
+    def _mark_lost(self, token: str) -> None:
+        with self._renewal:
+            if token not in self._held:
+                return  # the scope has ended meanwhile
+            self._held.discard(token)
+            self._lost.add(token)
+        _log.warning(
+            "the leader lease of %r was lost (expired, taken over): the pass "
+            "holding it can no longer write",
+            self._path,
+        )
+
+    def _fence_row(self, tx: _Tx, token: str) -> bool:
+        """Renew *token*'s lease in *tx*; whether it still holds it."""
+        now_us = time.time_ns() // 1000
+        cursor = tx.execute(
+            _FENCE,
+            {
+                "expires": now_us + self._lease_ttl_us,
+                "name": _LEADER_NAME,
+                "token": token,
+                "now": now_us,
+            },
+        )
+        return cursor.rowcount == 1
+
+    def _fenced(self, lease: Lease | None) -> str | None:
+        """
+        The token of a fenced write (None: unfenced), failing at once for a
+        lease this store already found lost.
+
+        Raises:
+            InvalidInputError: *lease* is not a Lease.
+            LeadershipLostError: the lease is not held, or known lost.
+        """
+        token = fence_token(lease)
+        if token is not None:
+            with self._renewal:
+                known_lost = token in self._lost
+            if known_lost:
+                raise lost(token)
+        return token
+
+    def _fence(self, tx: _Tx, token: str | None) -> None:
+        """
+        The fence of a write, its transaction's first statement: *token*
+        must still hold an unexpired lease (which it renews).
+
+        Raises:
+            LeadershipLostError: it does not (the write is rolled back).
+        """
+        if token is not None and not self._fence_row(tx, token):
+            self._mark_lost(token)
+            raise lost(token)
 
     def _acquire_lease(self, token: str) -> bool:
         now_us = time.time_ns() // 1000
@@ -1353,7 +1502,12 @@ class SQLiteStore:
         )
 
     def create_prebuild(
-        self, preset_id: UUID, *, now: datetime, name: str
+        self,
+        preset_id: UUID,
+        *,
+        now: datetime,
+        name: str,
+        lease: Lease | None = None,
     ) -> BuildRequest | None:
         """
         A new pooled instance and its pending start build, in one write
@@ -1361,9 +1515,12 @@ class SQLiteStore:
 
         Raises:
             PresetNotFoundError: no preset has *preset_id*.
+            LeadershipLostError: *lease* no longer leads.
         """
         now_us = _to_us("now", now)
+        token = self._fenced(lease)
         with self._transaction(write=True) as tx:
+            self._fence(tx, token)
             row = tx.one(
                 """
                 SELECT p.template_id, p.template_version_id, p.parameters,
@@ -1427,14 +1584,19 @@ class SQLiteStore:
             )
 
     def delete_prebuild(
-        self, instance_id: UUID, *, now: datetime
+        self, instance_id: UUID, *, now: datetime, lease: Lease | None = None
     ) -> BuildRequest | None:
         """
         A pending delete build of a still pooled instance; None if it is
         unknown, deleted, claimed or already being deleted.
+
+        Raises:
+            LeadershipLostError: *lease* no longer leads.
         """
         now_us = _to_us("now", now)
+        token = self._fenced(lease)
         with self._transaction(write=True) as tx:
+            self._fence(tx, token)
             row = tx.one(_SELECT_INSTANCES + "WHERE i.id = ?", (str(instance_id),))
             if row is None:
                 return None
@@ -1488,17 +1650,22 @@ class SQLiteStore:
         )
         return build_id
 
-    def cancel_pending(self, preset_id: UUID, *, now: datetime) -> list[BuildRequest]:
+    def cancel_pending(
+        self, preset_id: UUID, *, now: datetime, lease: Lease | None = None
+    ) -> list[BuildRequest]:
         """
         Cancel the queued first builds of the preset on an inactive version;
         the orphan deletes to submit, one per instance.
 
         Raises:
             PresetNotFoundError: no preset has *preset_id*.
+            LeadershipLostError: *lease* no longer leads.
         """
         now_us = _to_us("now", now)
+        token = self._fenced(lease)
         requests: list[BuildRequest] = []
         with self._transaction(write=True) as tx:
+            self._fence(tx, token)
             if (
                 tx.one(
                     "SELECT 1 FROM prebuilds_presets WHERE id = ?", (str(preset_id),)
@@ -1546,15 +1713,20 @@ class SQLiteStore:
                 )
         return requests
 
-    def set_preset_status(self, preset_id: UUID, status: PresetStatus) -> None:
+    def set_preset_status(
+        self, preset_id: UUID, status: PresetStatus, *, lease: Lease | None = None
+    ) -> None:
         """
         Record the preset's health.
 
         Raises:
             PresetNotFoundError: no preset has *preset_id*.
+            LeadershipLostError: *lease* no longer leads.
         """
         value = PresetStatus(status).value
+        token = self._fenced(lease)
         with self._transaction(write=True) as tx:
+            self._fence(tx, token)
             cursor = tx.execute(
                 "UPDATE prebuilds_presets SET status = ? WHERE id = ?",
                 (value, str(preset_id)),
@@ -1562,14 +1734,23 @@ class SQLiteStore:
             if cursor.rowcount == 0:
                 raise PresetNotFoundError(preset_id)
 
-    def fail_stuck_builds(self, *, older_than: datetime, now: datetime) -> list[Build]:
-        """Fail the pool's builds pending or running since before *older_than*."""
+    def fail_stuck_builds(
+        self, *, older_than: datetime, now: datetime, lease: Lease | None = None
+    ) -> list[Build]:
+        """
+        Fail the pool's builds pending or running since before *older_than*.
+
+        Raises:
+            LeadershipLostError: *lease* no longer leads.
+        """
         params = {
             "older": _to_us("older_than", older_than),
             "owner": _OWNER,
             "now": _to_us("now", now),
         }
+        token = self._fenced(lease)
         with self._transaction(write=True) as tx:
+            self._fence(tx, token)
             rows = tx.all(
                 _SELECT_BUILDS
                 + """
@@ -1634,6 +1815,7 @@ class SQLiteStore:
         succeeded: bool,
         error_kind: str | None = None,
         error: str | None = None,
+        lease: Lease | None = None,
     ) -> None:
         """
         The build ended; a report on an already finished build is ignored.
@@ -1641,9 +1823,12 @@ class SQLiteStore:
 
         Raises:
             BuildNotFoundError: no build has *build_id*.
+            LeadershipLostError: *lease* no longer leads.
         """
         now_us = _to_us("now", now)
+        token = self._fenced(lease)
         with self._transaction(write=True) as tx:
+            self._fence(tx, token)
             row = tx.one(
                 "SELECT status, transition, instance_id FROM prebuilds_builds "
                 "WHERE id = ?",

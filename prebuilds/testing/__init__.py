@@ -8,7 +8,9 @@ Helpers for testing code that uses prebuilds.
   strategies``).
 - :func:`check_store` and :func:`check_claimer`: the conformance kit, a
   Hypothesis state machine (:class:`PoolMachine`) run against your Store or
-  Claimer; :func:`check_concurrent_claims` races claims and deletes.
+  Claimer; :func:`check_concurrent_claims` races claims and deletes;
+  :func:`check_leadership` checks the leader contract (``check_store`` runs
+  it first).
 
 The strategies and the conformance kit need the ``testing`` extra
 (``pip install 'prebuilds[testing]'``, which brings Hypothesis); they are
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from prebuilds.testing._conformance import (
         check_claimer,
         check_concurrent_claims,
+        check_leadership,
         check_store,
     )
     from prebuilds.testing._machine import PoolMachine
@@ -41,6 +44,7 @@ __all__: list[str] = [
     "PoolMachine",
     "check_claimer",
     "check_concurrent_claims",
+    "check_leadership",
     "check_store",
 ]
 
@@ -49,6 +53,7 @@ _KIT = {
     "PoolMachine": "prebuilds.testing._machine",
     "check_claimer": "prebuilds.testing._conformance",
     "check_concurrent_claims": "prebuilds.testing._conformance",
+    "check_leadership": "prebuilds.testing._conformance",
     "check_store": "prebuilds.testing._conformance",
     "strategies": "prebuilds.testing.strategies",
 }
