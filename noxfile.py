@@ -95,17 +95,22 @@ def tests(session: nox.Session) -> None:
     the code has no path of its own for any of them.
     """
     session.install("-e", ".[postgres,testing]", *group("tests"))
+    # The slowest tests are listed, so that none stays slower than it must be.
+    durations = "--durations=15"
     if session.python == NEWEST:
         session.run(
             "coverage",
             "run",
             "-m",
             "pytest",
+            durations,
             *session.posargs,
             env={"COVERAGE_FILE": f".coverage.{session.python}"},
         )
     else:
-        session.run("pytest", "--hypothesis-profile=ci-light", *session.posargs)
+        session.run(
+            "pytest", durations, "--hypothesis-profile=ci-light", *session.posargs
+        )
 
 
 @nox.session(python=NEWEST, requires=["tests"])
