@@ -22,6 +22,7 @@ from prebuilds._records import PREBUILDS_OWNER_ID, Lifecycle, PresetConfig, Temp
 from prebuilds.stores import MemoryStore
 from prebuilds.testing._fakes import DEFAULT_START
 from prebuilds.testing._machine import PoolMachine, RunCounter
+from prebuilds.testing._rules import check_rules
 
 
 if TYPE_CHECKING:
@@ -96,7 +97,10 @@ def check_store(
     """
     Check that a :class:`~prebuilds.interfaces.Store` keeps its contract.
 
-    Hypothesis drives a whole system over stores that *factory* makes (a
+    First the rule checks: one fixed scenario per rule of the Store contract
+    (and of the claim, through ``Store.claim`` and through
+    :class:`~prebuilds.StoreClaimer`), on one new store, so that a store
+    that breaks a single rule is caught in every run. Then Hypothesis drives a whole system over stores that *factory* makes (a
     new, empty store per run): presets added and changed, template
     versions published, deprecated and deleted, reconciliation passes, a
     fake clock, a scripted fake provisioner (failed, stalled, rejected
@@ -120,6 +124,7 @@ def check_store(
 
     .. versionadded:: 0.1.0
     """
+    check_rules(factory)
     run_pool_machine(factory, settings=settings)
     check_concurrent_claims(factory)
 
@@ -276,7 +281,8 @@ def check_claimer(
     """
     Check that a :class:`~prebuilds.interfaces.Claimer` keeps its contract.
 
-    Like :func:`check_store`, but every claim goes through the claimer that
+    Like :func:`check_store` (the claim rules' fixed scenarios first, then
+    the state machine), but every claim goes through the claimer that
     *factory* returns for the run's store. The claimer must hand out the
     oldest ready, unexpired instance of an active preset, never one twice,
     set its owner, name and lifecycle from the claim, and raise
@@ -297,4 +303,5 @@ def check_claimer(
 
     .. versionadded:: 0.1.0
     """
+    check_rules(store_factory, factory)
     run_pool_machine(store_factory, factory, settings=settings)
