@@ -464,6 +464,31 @@ class TestNextChange:
 
         assert (expected, 3) == next_change(preset, after=utc(2096, 3, 1))
 
+    def test_local_day_before_the_utc_day(self) -> None:
+        """
+        Twelve hours behind UTC, 05:00Z on a Monday is still Sunday 17:00:
+        a Sunday evening window opens within the hour, not a week later.
+        """
+        preset = make_preset("Etc/GMT+12", ("* 18 * * 0", 3))
+
+        assert (utc(2025, 6, 2, 6), 3) == next_change(preset, after=utc(2025, 6, 2, 5))
+
+    def test_a_window_only_in_a_skipped_hour_never_opens(self) -> None:
+        """
+        In Los Angeles, 02:00 on the second Sunday of March does not exist
+        (the clocks go from 02:00 to 03:00): a count that would change only
+        then never changes. The first window takes 02:00 on every other
+        March day, at the count the preset has anyway.
+        """
+        schedules = (("* 2 1-7,15-31 3 1-6", 1), ("* 2 8-14 3 *", 5))
+
+        assert None is next_change(
+            make_preset("America/Los_Angeles", *schedules), after=utc(2030, 1, 1)
+        )
+        assert (utc(2030, 3, 10, 2), 5) == next_change(
+            make_preset("UTC", *schedules), after=utc(2030, 1, 1)
+        )
+
     def test_quarter_hour_offset(self) -> None:
         """In Asia/Kathmandu (UTC+5:45) a window opens at a quarter past in UTC."""
         preset = make_preset("Asia/Kathmandu", ("* 9 * * *", 3))
