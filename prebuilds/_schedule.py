@@ -219,6 +219,9 @@ _CYCLE = timedelta(days=146_097)
 #: The last mark next_change looks at: near the end of what a datetime holds,
 #: so that its local time, and the day after it, exist in every zone.
 _END = datetime(9999, 12, 30, tzinfo=_UTC)
+#: How far next_change tests dates one by one before it works out, once, the
+#: dates on which the count can change at all.
+_NEAR = timedelta(days=35)
 #: Every (month, day) of a leap year.
 _DATES = tuple(
     (d.month, d.day)
@@ -226,27 +229,32 @@ _DATES = tuple(
 )
 
 
+def _changes_on(
+    preset: Preset, current: int, month: int, day: int, weekday: int
+) -> bool:
+    """Whether some hour of the local date has a desired count other than *current*."""
+    free = set(range(24))  # the hours no earlier window took
+    for schedule in preset.schedules:
+        window = schedule.window
+        if not window.contains_day(month, day, weekday):
+            continue
+        if schedule.instances != current and free & window.hours:
+            return True
+        free -= window.hours
+    return preset.desired_instances != current and bool(free)
+
+
 def _days_that_change(preset: Preset, current: int) -> frozenset[tuple[int, int, int]]:
     """
     The local dates, as ``(month, day, weekday)``, on which some hour's
     desired count differs from *current*.
     """
-    changing = set()
-    for month, day in _DATES:
-        for weekday in range(7):
-            free = set(range(24))  # the hours no earlier window took
-            for schedule in preset.schedules:
-                window = schedule.window
-                if not window.contains_day(month, day, weekday):
-                    continue
-                if schedule.instances != current and free & window.hours:
-                    changing.add((month, day, weekday))
-                    break
-                free -= window.hours
-            else:
-                if preset.desired_instances != current and free:
-                    changing.add((month, day, weekday))
-    return frozenset(changing)
+    return frozenset(
+        (month, day, weekday)
+        for month, day in _DATES
+        for weekday in range(7)
+        if _changes_on(preset, current, month, day, weekday)
+    )
 
 
 def next_change(preset: Preset, *, after: datetime) -> tuple[datetime, int] | None:
@@ -281,13 +289,26 @@ def next_change(preset: Preset, *, after: datetime) -> tuple[datetime, int] | No
     if mark >= _END:
         return None
     current = _desired_local(preset, start, zone)
-    changing = _days_that_change(preset, current)
     end = _END if mark >= _END - _CYCLE else mark + _CYCLE
     # Walk the local dates that instants from *mark* on can have; scan the
-    # marks only around those on which the count changes.
+    # marks only around those on which the count changes. The first weeks'
+    # dates are tested one by one (a change is usually near); past them, the
+    # dates that can change are worked out once for the rest of the horizon,
+    # which ends the walk at once when there are none.
     day = (mark - _MAX_OFFSET).replace(hour=0, minute=0)
-    while changing and day - _MAX_OFFSET < end:
-        if (day.month, day.day, day.isoweekday() % 7) in changing:
+    near = day + _NEAR if day < end - _NEAR else end
+    changing: frozenset[tuple[int, int, int]] | None = None
+    while day - _MAX_OFFSET < end:
+        key = (day.month, day.day, day.isoweekday() % 7)
+        if changing is None and day >= near:
+            changing = _days_that_change(preset, current)
+            if not changing:
+                return None
+        if (
+            key in changing
+            if changing is not None
+            else _changes_on(preset, current, *key)
+        ):
             mark = max(mark, day - _MAX_OFFSET)
             stop = min(day + _DAY + _MAX_OFFSET, end)
             while mark < stop:
