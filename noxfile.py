@@ -258,3 +258,27 @@ def newcomer(session: nox.Session) -> None:
             str(ROOT / "docs" / "embedding.md"),
             external=True,
         )
+
+
+@nox.session(python=NEWEST, default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmarks; writes JSON results to bench/results/."""
+    session.install("-e", ".[postgres,testing]", *group("bench"))
+    session.run("python", "-m", "bench", *session.posargs)
+
+
+# -- mutation testing of the pure core (not in the default set) ------------------
+@nox.session(python=NEWEST, default=False)
+def mutation(session: nox.Session) -> None:
+    """
+    mutmut over the pure core with the core tests; prints the score and the
+    survivors, and fails below 98 % of non-equivalent mutants (the
+    equivalent ones are listed in mutation.toml). ``-- --reuse`` keeps the
+    results of the last run (mutmut re-runs what changed).
+    """
+    session.install("-e", ".[testing]", *group("mutation"))
+    reuse = "--reuse" in session.posargs
+    if not reuse:
+        session.run("python", "-c", "import shutil; shutil.rmtree('mutants', True)")
+    session.run("mutmut", "run", "--max-children", str(os.cpu_count() or 2))
+    session.run("python", "-m", "tests.mutation_report", "--fail-under", "98")

@@ -58,10 +58,16 @@ class CronWindow:
 
     def contains_local(self, local: datetime) -> bool:
         """Whether the wall-clock time *local* falls inside the window."""
-        if local.hour not in self.hours or local.month not in self.months:
+        return local.hour in self.hours and self.contains_day(
+            local.month, local.day, local.isoweekday() % 7
+        )
+
+    def contains_day(self, month: int, day: int, weekday: int) -> bool:
+        """Whether the window's hours apply on a date (*weekday*: Sunday = 0)."""
+        if month not in self.months:
             return False
-        dom_ok = local.day in self.days
-        dow_ok = local.isoweekday() % 7 in self.weekdays
+        dom_ok = day in self.days
+        dow_ok = weekday in self.weekdays
         if self.dom_star or self.dow_star:
             return dom_ok and dow_ok
         return dom_ok or dow_ok
@@ -203,19 +209,71 @@ def desired_instances(preset: Preset, *, at: datetime) -> int:
 #: Every UTC offset in use is a multiple of 15 minutes, so a local hour starts
 #: on a quarter hour in UTC: the desired count is constant between marks.
 _STEP = timedelta(minutes=15)
-#: Far enough to see a change of a schedule that names 29 February.
-_HORIZON = timedelta(days=4 * 366 + 1)
+_DAY = timedelta(days=1)
+#: No UTC offset was ever this large: the instants of a local date lie within
+#: it of that date's midnight to midnight read as UTC.
+_MAX_OFFSET = timedelta(hours=16)
+#: The Gregorian calendar repeats after 400 years (146,097 days, a whole
+#: number of weeks), and with it every date and weekday a window can name.
+_CYCLE = timedelta(days=146_097)
+#: The last mark next_change looks at: near the end of what a datetime holds,
+#: so that its local time, and the day after it, exist in every zone.
+_END = datetime(9999, 12, 30, tzinfo=_UTC)
+#: How far next_change tests dates one by one before it works out, once, the
+#: dates on which the count can change at all.
+_NEAR = timedelta(days=35)
+#: Every (month, day) of a leap year.
+_DATES = tuple(
+    (d.month, d.day)
+    for d in (datetime(2000, 1, 1, tzinfo=_UTC) + n * _DAY for n in range(366))
+)
+
+
+def _changes_on(
+    preset: Preset, current: int, month: int, day: int, weekday: int
+) -> bool:
+    """Whether some hour of the local date has a desired count other than *current*."""
+    free = set(range(24))  # the hours no earlier window took
+    for schedule in preset.schedules:
+        window = schedule.window
+        if not window.contains_day(month, day, weekday):
+            continue
+        if schedule.instances != current and free & window.hours:
+            return True
+        free -= window.hours
+    return preset.desired_instances != current and bool(free)
+
+
+def _days_that_change(preset: Preset, current: int) -> frozenset[tuple[int, int, int]]:
+    """
+    The local dates, as ``(month, day, weekday)``, on which some hour's
+    desired count differs from *current*.
+    """
+    return frozenset(
+        (month, day, weekday)
+        for month, day in _DATES
+        for weekday in range(7)
+        if _changes_on(preset, current, month, day, weekday)
+    )
 
 
 def next_change(preset: Preset, *, after: datetime) -> tuple[datetime, int] | None:
     """
     When the preset's desired count next changes after *after*, and to what.
 
+    It looks 400 years ahead, one cycle of the Gregorian calendar, in which
+    every date and weekday a window can name comes back (a count that
+    changes only on a Monday 29 February may wait 40 years), and not past
+    9999-12-30 00:00 UTC, near the end of what a datetime holds.
+
     Returns:
         ``(when, count)`` with *when* in UTC, the first instant after *after*
         at which :func:`desired_instances` differs from its value at *after*;
-        or ``None`` when it never changes (no schedules, no time zone, or
-        schedules that cover all time or never apply).
+        or ``None`` when it does not change within that horizon: no
+        schedules, no time zone, or schedules that cover all time or never
+        apply. (Past the last change of its rules in the time zone
+        database, a zone's rules repeat every year, so a count that does
+        not change within 400 years never does.)
 
     Raises:
         InvalidInputError: *after* is naive.
@@ -225,15 +283,38 @@ def next_change(preset: Preset, *, after: datetime) -> tuple[datetime, int] | No
         return None
     zone = load_zone(preset.scheduling_timezone)
     start = after.astimezone(_UTC)
+    mark = start.replace(
+        minute=start.minute - start.minute % 15, second=0, microsecond=0
+    )
+    if mark >= _END:
+        return None
     current = _desired_local(preset, start, zone)
-    step_s = int(_STEP.total_seconds())
-    epoch = int(start.timestamp())
-    mark = datetime.fromtimestamp(epoch - epoch % step_s, tz=_UTC)
-    end = start + _HORIZON
-    while True:
-        mark += _STEP
-        if mark > end:
-            return None
-        value = _desired_local(preset, mark, zone)
-        if value != current:
-            return mark, value
+    end = _END if mark >= _END - _CYCLE else mark + _CYCLE
+    # Walk the local dates that instants from *mark* on can have; scan the
+    # marks only around those on which the count changes. The first weeks'
+    # dates are tested one by one (a change is usually near); past them, the
+    # dates that can change are worked out once for the rest of the horizon,
+    # which ends the walk at once when there are none.
+    day = (mark - _MAX_OFFSET).replace(hour=0, minute=0)
+    near = day + _NEAR if day < end - _NEAR else end
+    changing: frozenset[tuple[int, int, int]] | None = None
+    while day - _MAX_OFFSET < end:
+        key = (day.month, day.day, day.isoweekday() % 7)
+        if changing is None and day >= near:
+            changing = _days_that_change(preset, current)
+            if not changing:
+                return None
+        if (
+            key in changing
+            if changing is not None
+            else _changes_on(preset, current, *key)
+        ):
+            mark = max(mark, day - _MAX_OFFSET)
+            stop = min(day + _DAY + _MAX_OFFSET, end)
+            while mark < stop:
+                mark += _STEP
+                value = _desired_local(preset, mark, zone)
+                if value != current:
+                    return mark, value
+        day += _DAY
+    return None

@@ -34,6 +34,16 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )
+# Mutation testing (nox -s mutation): few examples, the same ones every run,
+# so that a mutant's verdict does not depend on the draw.
+settings.register_profile(
+    "mutation",
+    max_examples=25,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 if not os.environ.get("CI"):
     settings.load_profile("dev")
 

@@ -389,6 +389,37 @@ def test_in_progress_actions(
     assert expected_actions == actions
 
 
+@pytest.mark.parametrize(
+    ("transition", "expected_state", "expected_actions"),
+    [
+        (Transition.START, ReconciliationState(desired=5, starting=3), [create(2)]),
+        (Transition.STOP, ReconciliationState(desired=5, stopping=3), [create(5)]),
+        (Transition.DELETE, ReconciliationState(desired=5, deleting=3), [create(5)]),
+    ],
+    ids=["start", "stop", "delete"],
+)
+def test_in_progress_rows_of_one_transition_add_up(
+    transition: Transition,
+    expected_state: ReconciliationState,
+    expected_actions: list[ReconciliationActions],
+) -> None:
+    """
+    A preset's in-progress builds of one transition may come in several rows
+    (one per template version, as Coder's query groups them): the state
+    counts their sum, 1 + 2 here, and only starts reduce the creations.
+    """
+    rows = [
+        in_progress(SET0, transition, 1),
+        attrs.evolve(in_progress(SET0, transition, 2), template_version_id=uuid_n(19)),
+    ]
+    snapshot = GlobalSnapshot(presets=[preset(True, 5, SET0)], in_progress=rows)
+
+    state, actions = evaluate(snapshot, SET0.preset_id)
+
+    assert expected_state == state
+    assert expected_actions == actions
+
+
 def expired_rows(running: int, expired: int, invalidated: int) -> list[RunningPrebuild]:
     """
     Coder's TestExpiredPrebuilds rows, on the mock clock instead of the wall
@@ -824,6 +855,8 @@ CAN_SKIP_CASES = [
      {"running": (SKIP_RUNNING,)}, False, [delete(SKIP_RUNNING.id)]),
     ("inactive_with_pending_jobs", False, False, False, 0,
      {"pending_count": 3}, False, [CANCEL_PENDING]),
+    ("inactive_with_one_pending_job", False, False, False, 0,
+     {"pending_count": 1}, False, [CANCEL_PENDING]),
     ("inactive_with_backoff", False, False, False, 0,
      {"backoff": SKIP_BACKOFF}, False, [backoff(ONE_MINUTE_AGO + 3 * CAN_SKIP_INTERVAL)]),
     ("inactive_deleted_template_with_nothing_to_cleanup", False, True, False, 0, {}, True, []),

@@ -223,7 +223,7 @@ class TestClaimedLifecycle:
         ],
     )
     def test_bad_input(self, field: str, kwargs: dict[str, object]) -> None:
-        """Naive datetimes and negative TTLs raise InvalidInputError naming the field."""
+        """Naive datetimes and negative TTLs raise InvalidInputError naming the field and value."""
         arguments: dict[str, Any] = {
             "now": T0,
             "autostart_schedule": None,
@@ -236,4 +236,4 @@ class TestClaimedLifecycle:
         with pytest.raises(InvalidInputError) as info:
             claimed_lifecycle(**arguments)
 
-        assert field == info.value.field
+        assert (field, kwargs[field]) == (info.value.field, info.value.value)

@@ -196,6 +196,8 @@ class TestOverlap:
             ("* 9 * * 1-5", "* 9 * * 0,6", False),  # DOM *: weekdays compared
             ("* 9 * * 1", "* 9 15 * *", True),  # DOM *: weekdays {1} vs all
             ("* 9 1 * *", "* 9 2 * *", False),  # DOW *: days compared
+            ("* 9 1 * *", "* 9 1-2 * *", True),  # DOW *: days share the 1st
+            ("* 9 * * 1", "* 9 15 * 2", False),  # DOM * in one: weekdays only
             ("* 9 1 * 1", "* 9 2 * 2", False),  # both restricted: days or weekdays
             ("* 9 1 * 1", "* 9 2 * 1", True),
             ("* 9 1 * 1", "* 9 1 * 2", True),
@@ -424,6 +426,102 @@ class TestNextChange:
 
         assert None is next_change(preset, after=utc(2025, 6, 2))
 
+    def test_leap_day_across_a_century(self) -> None:
+        """
+        2100 is not a leap year: a window on 29 February that closes in 2096
+        opens next on 29 February 2104, eight years on.
+        """
+        preset = make_preset("UTC", ("* 0 29 2 *", 3))
+
+        assert (utc(2096, 2, 29, 1), 1) == next_change(
+            preset, after=utc(2096, 2, 29, 0, 30)
+        )
+        assert (utc(2104, 2, 29), 3) == next_change(preset, after=utc(2096, 2, 29, 1))
+        assert (utc(2104, 2, 29), 3) == next_change(preset, after=utc(2100, 2, 24))
+
+    def test_leap_day_on_a_monday(self) -> None:
+        """
+        A count that changes only on a Monday 29 February (the first window
+        takes every other February night, at the count the preset has
+        anyway) waits 40 years after 2072: 2100 skips its leap day.
+        """
+        preset = make_preset("UTC", ("* 0 1 2 0,2-6", 1), ("* 0 29 2 *", 5))
+
+        assert (utc(2112, 2, 29), 5) == next_change(preset, after=utc(2072, 3, 1))
+
+    @pytest.mark.parametrize(
+        ("zone", "expected"),
+        [
+            ("Pacific/Kiritimati", utc(2104, 2, 28, 10)),  # UTC+14
+            ("Etc/GMT+12", utc(2104, 2, 29, 12)),  # UTC-12
+        ],
+    )
+    def test_leap_day_in_the_farthest_zones(
+        self, zone: str, expected: datetime
+    ) -> None:
+        """A local date starts up to 14 hours before, or 12 after, its UTC date."""
+        preset = make_preset(zone, ("* 0 29 2 *", 3))
+
+        assert (expected, 3) == next_change(preset, after=utc(2096, 3, 1))
+
+    def test_local_day_before_the_utc_day(self) -> None:
+        """
+        Twelve hours behind UTC, 05:00Z on a Monday is still Sunday 17:00:
+        a Sunday evening window opens within the hour, not a week later.
+        """
+        preset = make_preset("Etc/GMT+12", ("* 18 * * 0", 3))
+
+        assert (utc(2025, 6, 2, 6), 3) == next_change(preset, after=utc(2025, 6, 2, 5))
+
+    def test_a_window_only_in_a_skipped_hour_never_opens(self) -> None:
+        """
+        In Los Angeles, 02:00 on the second Sunday of March does not exist
+        (the clocks go from 02:00 to 03:00): a count that would change only
+        then never changes. The first window takes 02:00 on every other
+        March day, at the count the preset has anyway.
+        """
+        schedules = (("* 2 1-7,15-31 3 1-6", 1), ("* 2 8-14 3 *", 5))
+
+        assert None is next_change(
+            make_preset("America/Los_Angeles", *schedules), after=utc(2030, 1, 1)
+        )
+        assert (utc(2030, 3, 10, 2), 5) == next_change(
+            make_preset("UTC", *schedules), after=utc(2030, 1, 1)
+        )
+
+    def test_quarter_hour_offset(self) -> None:
+        """In Asia/Kathmandu (UTC+5:45) a window opens at a quarter past in UTC."""
+        preset = make_preset("Asia/Kathmandu", ("* 9 * * *", 3))
+
+        assert (utc(2025, 6, 2, 3, 15), 3) == next_change(preset, after=utc(2025, 6, 2))
+
+    @pytest.mark.parametrize(
+        ("zone", "cron", "expected"),
+        [
+            ("UTC", "* 0 30 12 *", (utc(9999, 12, 30), 2)),
+            ("UTC", "* 1 30 12 *", None),
+            ("Asia/Kathmandu", "* 5 30 12 *", (utc(9999, 12, 29, 23, 15), 2)),
+            ("Asia/Kathmandu", "* 6 30 12 *", None),  # 00:15 UTC: one mark late
+        ],
+    )
+    def test_horizon_ends_with_datetime(
+        self, zone: str, cron: str, expected: tuple[datetime, int] | None
+    ) -> None:
+        """
+        next_change looks no further than 9999-12-30 00:00 UTC, near the end
+        of what a datetime holds: a change at that instant is reported, one
+        after it is not.
+        """
+        preset = make_preset(zone, (cron, 2))
+
+        assert expected == next_change(preset, after=utc(9999, 12, 29, 12))
+
+    def test_nothing_after_the_horizon(self) -> None:
+        """From the end of the horizon on, no change is reported."""
+        preset = make_preset("UTC", ("* 0 * * *", 2))
+
+        assert None is next_change(preset, after=utc(9999, 12, 30))
+
     def test_first_matching_schedule_wins(self) -> None:
         """Windows that Coder's check lets overlap resolve to the first listed."""
         # DOW * in the second makes the check compare DOMs only ({1} vs {2}),
@@ -537,7 +635,7 @@ def test_next_change_is_the_first_change(
     result = next_change(preset, after=after)
 
     if result is None:
-        horizon = 4 * 366 * 96
+        horizon = 146_097 * 96  # 400 years of quarter hours
         marks = [after + timedelta(minutes=15 * int(f * horizon)) for f in samples]
         assert [old] * len(marks) == [desired_instances(preset, at=m) for m in marks]
         return

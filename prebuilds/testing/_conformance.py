@@ -33,6 +33,7 @@ from prebuilds.exceptions import LeadershipLostError, StoreError
 from prebuilds.stores import MemoryStore
 from prebuilds.testing._fakes import DEFAULT_START
 from prebuilds.testing._machine import PoolMachine, RunCounter
+from prebuilds.testing._rules import check_rules
 
 
 if TYPE_CHECKING:
@@ -114,8 +115,12 @@ def check_store(
     """
     Check that a :class:`~prebuilds.interfaces.Store` keeps its contract.
 
-    It first checks the leader contract with :func:`check_leadership`
-    (*reopen* and *take_over* go to it). Then Hypothesis drives a whole system over stores that *factory* makes (a
+    First the leader contract, with :func:`check_leadership` (*reopen* and
+    *take_over* go to it). Then the rule checks: one fixed scenario per rule
+    of the Store contract (and of the claim, through ``Store.claim`` and
+    through :class:`~prebuilds.StoreClaimer`), on one new store, so that a
+    store that breaks a single rule is caught in every run. Then Hypothesis
+    drives a whole system over stores that *factory* makes (a
     new, empty store per run): presets added and changed, template
     versions published, deprecated and deleted, reconciliation passes, a
     fake clock, a scripted fake provisioner (failed, stalled, rejected
@@ -147,6 +152,7 @@ def check_store(
        The leader contract is checked first; *reopen* and *take_over*.
     """
     check_leadership(factory, reopen=reopen, take_over=take_over)
+    check_rules(factory)
     run_pool_machine(factory, settings=settings)
     check_concurrent_claims(factory)
 
@@ -303,7 +309,8 @@ def check_claimer(
     """
     Check that a :class:`~prebuilds.interfaces.Claimer` keeps its contract.
 
-    Like :func:`check_store`, but every claim goes through the claimer that
+    Like :func:`check_store` (the claim rules' fixed scenarios first, then
+    the state machine), but every claim goes through the claimer that
     *factory* returns for the run's store. The claimer must hand out the
     oldest ready, unexpired instance of an active preset, never one twice,
     set its owner, name and lifecycle from the claim, and raise
@@ -324,6 +331,7 @@ def check_claimer(
 
     .. versionadded:: 0.1.0
     """
+    check_rules(store_factory, factory)
     run_pool_machine(store_factory, factory, settings=settings)
 
 

@@ -1,0 +1,768 @@
+"""
+The kit's rule checks: one short, fixed scenario per rule of the Store and
+Claimer contracts.
+
+:func:`~prebuilds.testing.check_store` and
+:func:`~prebuilds.testing.check_claimer` run them before the state machine,
+so that a store or a claimer that breaks a single rule is caught in every
+run, whatever Hypothesis draws. Each scenario builds its own template and
+presets in the one store of the check, and looks only at them.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, NoReturn
+from uuid import UUID
+
+import attrs
+
+from prebuilds._claimer import StoreClaimer
+from prebuilds._lifecycle import claimed_lifecycle, pooled_lifecycle
+from prebuilds._model import PresetStatus, Transition
+from prebuilds._records import (
+    PREBUILDS_OWNER_ID,
+    BuildStatus,
+    PresetConfig,
+    Template,
+)
+from prebuilds.exceptions import (
+    BuildNotFoundError,
+    InstanceNotFoundError,
+    NoClaimablePrebuildsError,
+    PresetInactiveError,
+    PresetNotFoundError,
+)
+from prebuilds.testing._fakes import DEFAULT_START
+
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from prebuilds._model import GlobalSnapshot
+    from prebuilds.interfaces import Claimer, Store
+
+__all__ = ["CLAIM_RULES", "STORE_RULES", "Rule", "check_rules"]
+
+T0 = DEFAULT_START
+SECOND = timedelta(seconds=1)
+USER = UUID(int=0xC1A1)
+OTHER_USER = UUID(int=0xC1A2)
+DEFAULT_TTL = timedelta(hours=8)
+LOOKBACK = timedelta(hours=1)
+AUTOSTART = "CRON_TZ=UTC 30 9 * * 1-5"
+
+
+class RuleBrokenError(AssertionError):
+    """A rule check failed: the message names the rule."""
+
+
+@attrs.frozen
+class Rule:
+    """One rule of a contract and the scenario that checks it."""
+
+    name: str
+    check: Callable[[_World], None]
+
+
+class _World:
+    """The store (and claimer) of one check, with helpers to build pools."""
+
+    def __init__(
+        self,
+        store: Store,
+        claimer: Claimer | None,
+        rule: str,
+        ids: itertools.count[int],
+    ) -> None:
+        self.store = store
+        self.claimer = claimer
+        self.rule = rule
+        self._ids = ids  # shared by the scenarios of one store
+        self._names = itertools.count()
+
+    def fail(self, detail: str) -> NoReturn:
+        via = "the store's claim" if self.claimer is None else "the claimer"
+        msg = f"[rule: {self.rule}] (claims through {via}) {detail}"
+        raise RuleBrokenError(msg)
+
+    def expect(self, expected: object, actual: object, what: str) -> None:
+        if expected != actual:
+            self.fail(f"{what}: expected {expected!r}, got {actual!r}")
+
+    # -- configuration --------------------------------------------------------
+    def new_id(self) -> UUID:
+        return UUID(int=next(self._ids))
+
+    def template(self, **changes: Any) -> Template:
+        template = Template(
+            id=self.new_id(),
+            active_version_id=self.new_id(),
+            name="rules",
+            default_ttl=DEFAULT_TTL,
+        )
+        template = attrs.evolve(template, **changes)
+        self.store.put_template(template)
+        return template
+
+    def preset(self, template: Template | None = None, **changes: Any) -> PresetConfig:
+        template = template if template is not None else self.template()
+        config = PresetConfig(
+            id=self.new_id(),
+            template_id=template.id,
+            template_version_id=template.active_version_id,
+            desired_instances=1,
+            name="rules",
+        )
+        config = attrs.evolve(config, **changes)
+        self.store.put_preset(config)
+        return config
+
+    # -- instances ------------------------------------------------------------
+    def created(self, preset: PresetConfig, at: datetime) -> tuple[UUID, UUID]:
+        """A new pooled instance with its pending start: (instance, build)."""
+        request = self.store.create_prebuild(
+            preset.id, now=at, name=f"rules-{next(self._names)}"
+        )
+        if request is None:
+            self.fail(f"create_prebuild refused the active preset {preset.id}")
+        return request.instance_id, request.build_id
+
+    def running(
+        self, preset: PresetConfig, at: datetime, *, ready: bool = True
+    ) -> UUID:
+        """A pooled instance created at *at*, started, and ready if *ready*."""
+        instance_id, build_id = self.created(preset, at)
+        self.store.build_finished(build_id, now=at, succeeded=True)
+        if ready:
+            self.store.set_ready(instance_id)
+        return instance_id
+
+    def failed(self, preset: PresetConfig, at: datetime) -> UUID:
+        """A pooled instance created at *at* whose start failed."""
+        instance_id, build_id = self.created(preset, at)
+        self.store.build_finished(
+            build_id, now=at, succeeded=False, error_kind="rules", error="failed"
+        )
+        return instance_id
+
+    def claim(
+        self,
+        preset: PresetConfig,
+        at: datetime,
+        *,
+        user: UUID = USER,
+        name: str = "claimed",
+        ttl: timedelta | None = None,
+        autostart: bool = False,
+    ) -> UUID | None:
+        """A claim at *at*: the instance's ID, or None on a miss."""
+        schedule = AUTOSTART if autostart else None
+        next_start = at + timedelta(days=1) if autostart else None
+        if self.claimer is not None:
+            try:
+                return self.claimer.claim(
+                    now=at,
+                    user_id=user,
+                    name=name,
+                    preset_id=preset.id,
+                    autostart_schedule=schedule,
+                    next_start_at=next_start,
+                    ttl=ttl,
+                )
+            except (NoClaimablePrebuildsError, PresetInactiveError):
+                return None
+        template = self.store.get_template(preset.template_id)
+        instance = self.store.claim(
+            preset_id=preset.id,
+            user_id=user,
+            name=name,
+            lifecycle=claimed_lifecycle(
+                now=at,
+                autostart_schedule=schedule,
+                next_start_at=next_start,
+                ttl=ttl,
+                template_default_ttl=template.default_ttl,
+            ),
+            now=at,
+        )
+        return None if instance is None else instance.id
+
+    def claims(
+        self, preset: PresetConfig, at: datetime, count: int
+    ) -> list[UUID | None]:
+        """*count* claims in a row, a second apart from *at*."""
+        return [self.claim(preset, at + n * SECOND) for n in range(count)]
+
+    def snapshot(self, at: datetime, *, hard_limit: int = 0) -> GlobalSnapshot:
+        return self.store.snapshot(
+            now=at, backoff_lookback=LOOKBACK, hard_limit=hard_limit
+        )
+
+
+# -- claims ------------------------------------------------------------------------
+def _oldest_first(world: _World) -> None:
+    preset = world.preset(desired_instances=4)
+    later = world.running(preset, T0 + 2 * SECOND)
+    oldest = world.running(preset, T0)
+    middle = world.running(preset, T0 + SECOND)
+    tied = sorted(world.running(preset, T0 + 3 * SECOND) for _ in range(2))
+
+    got = world.claims(preset, T0 + 10 * SECOND, 6)
+
+    world.expect(
+        [oldest, middle, later, *tied, None],
+        got,
+        "claims of a pool of five ready instances, oldest first (then by ID), "
+        "then a miss",
+    )
+
+
+def _expired_by_ttl(world: _World) -> None:
+    preset = world.preset(ttl=timedelta(minutes=30), desired_instances=2)
+    old = world.running(preset, T0)
+    world.running(preset, T0 + timedelta(minutes=20))
+
+    at_ttl = world.claim(preset, T0 + timedelta(minutes=30))
+    world.expect(old, at_ttl, "a claim when the oldest is exactly TTL old")
+    other = world.preset(ttl=timedelta(minutes=30), desired_instances=2)
+    stale = world.running(other, T0)
+    fresh = world.running(other, T0 + timedelta(minutes=20))
+    got = world.claims(other, T0 + timedelta(minutes=30, microseconds=1), 2)
+    world.expect(
+        [fresh, None],
+        got,
+        f"claims after the instance {stale} outlived the preset's TTL",
+    )
+
+
+def _expired_by_invalidation(world: _World) -> None:
+    preset = world.preset(desired_instances=2)
+    stale = world.running(preset, T0)
+    world.store.invalidate_preset(preset.id, at=T0 + SECOND)
+    fresh = world.running(preset, T0 + SECOND)
+
+    got = world.claims(preset, T0 + 2 * SECOND, 2)
+
+    world.expect(
+        [fresh, None],
+        got,
+        f"claims after the instance {stale} was created before the "
+        "preset's invalidation",
+    )
+
+
+def _not_ready(world: _World) -> None:
+    preset = world.preset(desired_instances=2)
+    unready = world.running(preset, T0, ready=False)
+    ready = world.running(preset, T0 + SECOND)
+
+    got = world.claims(preset, T0 + 2 * SECOND, 2)
+    world.expect(
+        [ready, None], got, f"claims while the oldest, {unready}, is not ready"
+    )
+    world.store.set_ready(unready)
+    world.expect(
+        unready, world.claim(preset, T0 + 5 * SECOND), "a claim once it is ready"
+    )
+
+
+def _not_running(world: _World) -> None:
+    preset = world.preset(desired_instances=4)
+    starting, _ = world.created(preset, T0)
+    failed = world.failed(preset, T0 + SECOND)
+    deleting = world.running(preset, T0 + 2 * SECOND)
+    world.store.delete_prebuild(deleting, now=T0 + 3 * SECOND)
+    for instance_id in (starting, failed, deleting):
+        world.store.set_ready(instance_id)  # a host's report that came late
+    running = world.running(preset, T0 + 4 * SECOND)
+
+    got = world.claims(preset, T0 + 5 * SECOND, 2)
+
+    world.expect(
+        [running, None],
+        got,
+        "claims of a pool in which only one ready instance is running (the "
+        "others are starting, failed and deleting)",
+    )
+
+
+def _active_version(world: _World) -> None:
+    template = world.template()
+    preset = world.preset(template)
+    instance = world.running(preset, T0)
+    world.store.put_template(attrs.evolve(template, active_version_id=world.new_id()))
+    world.expect(
+        None,
+        world.claim(preset, T0 + SECOND),
+        "a claim of a preset whose template has a newer active version",
+    )
+    world.store.put_template(template)
+    world.expect(
+        instance,
+        world.claim(preset, T0 + 2 * SECOND),
+        "a claim once the preset's version is active again",
+    )
+
+
+def _template_state(state: str) -> Callable[[_World], None]:
+    def check(world: _World) -> None:
+        template = world.template()
+        preset = world.preset(template)
+        instance = world.running(preset, T0)
+        changes: dict[str, Any] = {state: True}
+        world.store.put_template(attrs.evolve(template, **changes))
+        world.expect(
+            None,
+            world.claim(preset, T0 + SECOND),
+            f"a claim of a preset whose template is {state}",
+        )
+        world.store.put_template(template)
+        world.expect(
+            instance,
+            world.claim(preset, T0 + 2 * SECOND),
+            f"a claim once the template is no longer {state}",
+        )
+
+    return check
+
+
+def _own_preset(world: _World) -> None:
+    template = world.template()
+    empty = world.preset(template)
+    full = world.preset(template)
+    world.running(empty, T0, ready=False)
+    other = world.running(full, T0)
+
+    world.expect(
+        None, world.claim(empty, T0 + SECOND), "a claim of a preset with none ready"
+    )
+    world.expect(
+        PREBUILDS_OWNER_ID,
+        world.store.get_instance(other).owner_id,
+        "the owner of another preset's ready instance",
+    )
+
+
+def _claimed_fields(world: _World) -> None:
+    preset = world.preset(desired_instances=2)
+    first = world.running(preset, T0)
+    second = world.running(preset, T0 + SECOND)
+    template = world.store.get_template(preset.template_id)
+    cases = [
+        (first, None, True, T0 + timedelta(minutes=1)),
+        (second, timedelta(hours=1), False, T0 + timedelta(minutes=2)),
+    ]
+    for expected_id, ttl, autostart, at in cases:
+        before = world.store.get_instance(expected_id)
+        name = f"claimed-at-{at:%H%M}"
+        got = world.claim(
+            preset, at, ttl=ttl, autostart=autostart, user=OTHER_USER, name=name
+        )
+        world.expect(expected_id, got, "the claimed instance")
+        after = world.store.get_instance(expected_id)
+        lifecycle = claimed_lifecycle(
+            now=at,
+            autostart_schedule=AUTOSTART if autostart else None,
+            next_start_at=at + timedelta(days=1) if autostart else None,
+            ttl=ttl,
+            template_default_ttl=template.default_ttl,
+        )
+        world.expect(
+            (OTHER_USER, name, at, lifecycle, before.created_at, False),
+            (
+                after.owner_id,
+                after.name,
+                after.claimed_at,
+                after.lifecycle,
+                after.created_at,
+                after.deleted,
+            ),
+            "the claimed instance's (owner, name, claimed_at, lifecycle, "
+            "created_at, deleted)",
+        )
+
+
+CLAIM_RULES = (
+    Rule(
+        "claim: the oldest claimable instance first, each at most once", _oldest_first
+    ),
+    Rule("claim: never an instance older than the preset's TTL", _expired_by_ttl),
+    Rule(
+        "claim: never an instance created before the preset's invalidation",
+        _expired_by_invalidation,
+    ),
+    Rule("claim: never an instance that is not ready", _not_ready),
+    Rule(
+        "claim: never an instance whose latest build is not a successful start",
+        _not_running,
+    ),
+    Rule("claim: never an instance of a version that is not active", _active_version),
+    Rule("claim: only the preset's own instances", _own_preset),
+    Rule(
+        "claim: owner, name, claimed_at and lifecycle from the claim and the template",
+        _claimed_fields,
+    ),
+)
+CLAIMER_RULES = (
+    Rule("claim: nothing of a deprecated template", _template_state("deprecated")),
+    Rule("claim: nothing of a deleted template", _template_state("deleted")),
+)
+
+
+# -- the store -------------------------------------------------------------------
+def _no_delete_of_claimed(world: _World) -> None:
+    preset = world.preset()
+    instance = world.running(preset, T0)
+    world.expect(instance, world.claim(preset, T0 + SECOND), "the claimed instance")
+    before = (
+        world.store.get_instance(instance),
+        world.store.list_builds(instance_id=instance),
+    )
+
+    request = world.store.delete_prebuild(instance, now=T0 + 2 * SECOND)
+
+    world.expect(None, request, "delete_prebuild of a claimed instance")
+    world.expect(
+        before,
+        (
+            world.store.get_instance(instance),
+            world.store.list_builds(instance_id=instance),
+        ),
+        "the claimed instance and its builds after delete_prebuild",
+    )
+
+
+def _delete_once(world: _World) -> None:
+    preset = world.preset()
+    instance = world.running(preset, T0)
+
+    request = world.store.delete_prebuild(instance, now=T0 + SECOND)
+
+    if request is None:
+        world.fail(f"delete_prebuild refused the running pooled instance {instance}")
+    world.expect(
+        (instance, Transition.DELETE, False),
+        (request.instance_id, request.transition, request.orphan),
+        "the delete request's (instance, transition, orphan)",
+    )
+    world.expect(
+        None,
+        world.store.delete_prebuild(instance, now=T0 + 2 * SECOND),
+        "a second delete_prebuild while the first is pending",
+    )
+    world.expect(
+        None,
+        world.store.delete_prebuild(world.new_id(), now=T0),
+        "delete_prebuild of an unknown instance",
+    )
+
+
+def _create_together(world: _World) -> None:
+    template = world.template()
+    preset = world.preset(template)
+    instance_id, build_id = world.created(preset, T0)
+    instance = world.store.get_instance(instance_id)
+    builds = world.store.list_builds(instance_id=instance_id)
+
+    world.expect(
+        (PREBUILDS_OWNER_ID, preset.id, False, pooled_lifecycle(now=T0), T0, None),
+        (
+            instance.owner_id,
+            instance.preset_id,
+            instance.ready,
+            instance.lifecycle,
+            instance.created_at,
+            instance.claimed_at,
+        ),
+        "the new instance's (owner, preset, ready, lifecycle, created_at, claimed_at)",
+    )
+    world.expect(
+        [(build_id, 1, Transition.START, BuildStatus.PENDING)],
+        [(b.id, b.build_number, b.transition, b.status) for b in builds],
+        "the new instance's builds",
+    )
+    world.store.put_template(attrs.evolve(template, deprecated=True))
+    world.expect(
+        None,
+        world.store.create_prebuild(preset.id, now=T0, name="x"),
+        "create_prebuild for a preset whose template is deprecated",
+    )
+
+
+def _running(world: _World) -> None:
+    preset = world.preset(desired_instances=7)
+    claimed = world.running(preset, T0)
+    world.expect(claimed, world.claim(preset, T0 + SECOND), "the claimed instance")
+    ready = world.running(preset, T0 + 2 * SECOND)
+    unready = world.running(preset, T0 + 3 * SECOND, ready=False)
+    world.created(preset, T0 + 4 * SECOND)
+    world.failed(preset, T0 + 5 * SECOND)
+    deleting = world.running(preset, T0 + 6 * SECOND)
+    world.store.delete_prebuild(deleting, now=T0 + 7 * SECOND)
+
+    rows = world.snapshot(T0 + 8 * SECOND).running
+
+    world.expect(
+        [(ready, T0 + 2 * SECOND, True), (unready, T0 + 3 * SECOND, False)],
+        sorted(
+            ((r.id, r.created_at, r.ready) for r in rows if r.preset_id == preset.id),
+            key=lambda row: row[1],
+        ),
+        "the snapshot's running rows of a pool with a ready and an unready "
+        "running instance (the others are claimed, starting, failed and "
+        "deleting)",
+    )
+
+
+def _in_progress(world: _World) -> None:
+    preset = world.preset(desired_instances=5)
+    world.created(preset, T0)
+    _, started = world.created(preset, T0 + SECOND)
+    world.store.build_started(started, now=T0 + 2 * SECOND)
+    world.created(preset, T0 + 3 * SECOND)
+    deleting = world.running(preset, T0 + 4 * SECOND)
+    world.store.delete_prebuild(deleting, now=T0 + 5 * SECOND)
+
+    rows = world.snapshot(T0 + 6 * SECOND).in_progress
+    counts: Counter[Transition] = Counter()
+    for row in rows:
+        if row.preset_id == preset.id:
+            counts[row.transition] += row.count
+
+    world.expect(
+        {Transition.START: 3, Transition.DELETE: 1},
+        dict(counts),
+        "the snapshot's in-progress builds of a pool with three starts (one "
+        "running) and a delete",
+    )
+
+
+def _pending(world: _World) -> None:
+    template = world.template()
+    preset = world.preset(template, desired_instances=3)
+    world.created(preset, T0)
+    world.created(preset, T0 + SECOND)
+    _, started = world.created(preset, T0 + 2 * SECOND)
+    world.store.build_started(started, now=T0 + 3 * SECOND)
+    world.store.put_template(attrs.evolve(template, active_version_id=world.new_id()))
+
+    snapshot = world.snapshot(T0 + 4 * SECOND)
+
+    world.expect(
+        (2, 0),
+        (
+            sum(r.count for r in snapshot.pending if r.preset_id == preset.id),
+            sum(r.count for r in snapshot.in_progress if r.preset_id == preset.id),
+        ),
+        "the snapshot's (pending, in-progress) counts of an old version's "
+        "preset with two queued creations and one started",
+    )
+
+
+def _backoff(world: _World) -> None:
+    preset = world.preset(desired_instances=2)
+    world.failed(preset, T0)
+    world.failed(preset, T0 + timedelta(minutes=2))
+
+    recent = world.snapshot(T0 + timedelta(minutes=10)).backoffs
+    later = world.snapshot(T0 + LOOKBACK + timedelta(minutes=3)).backoffs
+
+    world.expect(
+        [(2, T0 + timedelta(minutes=2))],
+        [(b.num_failed, b.last_build_at) for b in recent if b.preset_id == preset.id],
+        "the snapshot's backoff of a preset with two failed creations",
+    )
+    world.expect(
+        [],
+        [b for b in later if b.preset_id == preset.id],
+        "the snapshot's backoff once both failures left the look-back window",
+    )
+
+
+def _hard_limited(world: _World) -> None:
+    preset = world.preset(desired_instances=2)
+    world.failed(preset, T0)
+    world.failed(preset, T0 + SECOND)
+    at = T0 + 2 * SECOND
+
+    world.expect(
+        [True, False, False],
+        [preset.id in world.snapshot(at, hard_limit=n).hard_limited for n in (2, 3, 0)],
+        "whether a preset whose two creations failed is hard-limited at "
+        "hard_limit 2, 3 and 0",
+    )
+
+
+def _presets(world: _World) -> None:
+    template = world.template()
+    current = world.preset(template)
+    newer = world.new_id()
+    world.store.put_template(
+        attrs.evolve(template, active_version_id=newer, deprecated=True)
+    )
+    later = world.preset(template, template_version_id=newer)
+    presets = {p.id: p for p in world.snapshot(T0).presets}
+
+    for config, active in ((current, False), (later, True)):
+        preset = presets.get(config.id)
+        if preset is None:
+            world.fail(f"the snapshot left out the preset {config.id}")
+        world.expect(
+            (active, True, False, config.desired_instances),
+            (
+                preset.using_active_version,
+                preset.template_deprecated,
+                preset.template_deleted,
+                preset.desired_instances,
+            ),
+            f"the snapshot's preset {config.id} (using_active_version, "
+            "template_deprecated, template_deleted, desired_instances)",
+        )
+        world.expect(preset, world.store.get_preset(config.id), "get_preset")
+
+
+def _put_preset_keeps_state(world: _World) -> None:
+    preset = world.preset()
+    world.store.set_preset_status(preset.id, PresetStatus.HARD_LIMITED)
+    world.store.invalidate_preset(preset.id, at=T0)
+    world.store.put_preset(attrs.evolve(preset, desired_instances=3))
+    got = world.store.get_preset(preset.id)
+
+    world.expect(
+        (PresetStatus.HARD_LIMITED, T0, 3),
+        (got.status, got.last_invalidated_at, got.desired_instances),
+        "the preset's (status, last_invalidated_at, desired_instances) after "
+        "put_preset replaced it",
+    )
+
+
+def _reads_what_was_put(world: _World) -> None:
+    template = world.template(organization_id=world.new_id(), default_ttl=None)
+    world.expect(template, world.store.get_template(template.id), "get_template")
+    for paused in (True, False):
+        world.store.set_paused(paused)
+        world.expect(paused, world.store.is_paused(), "is_paused after set_paused")
+
+
+def _late_reports(world: _World) -> None:
+    preset = world.preset(desired_instances=2)
+    instance = world.running(preset, T0)
+    gone = world.running(preset, T0 + SECOND)
+    request = world.store.delete_prebuild(gone, now=T0 + 2 * SECOND)
+    if request is None:
+        world.fail(f"delete_prebuild refused the running pooled instance {gone}")
+    world.store.build_finished(request.build_id, now=T0 + 3 * SECOND, succeeded=True)
+
+    def state() -> object:
+        return [
+            (world.store.get_instance(i), world.store.list_builds(instance_id=i))
+            for i in (instance, gone)
+        ]
+
+    before = state()
+    for instance_id in (instance, gone):
+        for build in world.store.list_builds(instance_id=instance_id):
+            world.store.build_started(build.id, now=T0 + 4 * SECOND)
+            world.store.build_finished(
+                build.id,
+                now=T0 + 4 * SECOND,
+                succeeded=build.status is not BuildStatus.SUCCEEDED,
+            )
+    world.store.set_ready(gone)
+
+    world.expect(
+        before,
+        state(),
+        f"the instances and builds after late reports (instance {instance} "
+        f"running, {gone} deleted)",
+    )
+
+
+def _unknown_ids(world: _World) -> None:
+    store = world.store
+    unknown = world.new_id()
+    checks: list[tuple[type[Exception], str, Callable[[], object]]] = [
+        (InstanceNotFoundError, "get_instance", lambda: store.get_instance(unknown)),
+        (InstanceNotFoundError, "set_ready", lambda: store.set_ready(unknown)),
+        (BuildNotFoundError, "get_build", lambda: store.get_build(unknown)),
+        (
+            BuildNotFoundError,
+            "build_started",
+            lambda: store.build_started(unknown, now=T0),
+        ),
+        (
+            BuildNotFoundError,
+            "build_finished",
+            lambda: store.build_finished(unknown, now=T0, succeeded=True),
+        ),
+        (PresetNotFoundError, "get_preset", lambda: store.get_preset(unknown)),
+        (
+            PresetNotFoundError,
+            "create_prebuild",
+            lambda: store.create_prebuild(unknown, now=T0, name="x"),
+        ),
+    ]
+    for error, method, call in checks:
+        try:
+            call()
+        except error:
+            continue
+        world.fail(f"{method} of an unknown ID did not raise {error.__name__}")
+
+
+STORE_RULES = (
+    Rule("delete_prebuild: never a claimed instance", _no_delete_of_claimed),
+    Rule("delete_prebuild: a pooled instance, once", _delete_once),
+    Rule(
+        "create_prebuild: the instance and its first build together", _create_together
+    ),
+    Rule("snapshot: every running pooled instance, and only those", _running),
+    Rule("snapshot: every in-progress build", _in_progress),
+    Rule("snapshot: the queued creations of an old version", _pending),
+    Rule("snapshot: recent failures as a backoff", _backoff),
+    Rule("snapshot: hard-limited presets", _hard_limited),
+    Rule("snapshot: every preset, its derived fields as get_preset", _presets),
+    Rule("put_preset: keeps the status and the invalidation", _put_preset_keeps_state),
+    Rule("get_template and is_paused: what was put", _reads_what_was_put),
+    Rule("reports: late ones change nothing", _late_reports),
+    Rule("lookups: unknown IDs raise the not-found errors", _unknown_ids),
+)
+
+
+def check_rules(
+    store_factory: Callable[[], Store],
+    claimer_factory: Callable[[Store], Claimer] | None = None,
+) -> None:
+    """
+    Run every rule's scenario once, on one new store.
+
+    Without *claimer_factory* (:func:`~prebuilds.testing.check_store`): the
+    store's rules, the claim rules through ``Store.claim`` and again, with
+    the template's state, through :class:`~prebuilds.StoreClaimer`. With it
+    (:func:`~prebuilds.testing.check_claimer`): the claim rules through the
+    claimer.
+
+    Raises:
+        AssertionError: a rule broke; the message names it.
+    """
+    store = store_factory()
+    try:
+        if claimer_factory is None:
+            runs: list[tuple[Claimer | None, tuple[Rule, ...]]] = [
+                (None, STORE_RULES + CLAIM_RULES),
+                (StoreClaimer(store), CLAIM_RULES + CLAIMER_RULES),
+            ]
+        else:
+            runs = [(claimer_factory(store), CLAIM_RULES + CLAIMER_RULES)]
+        ids = itertools.count(0xC0DE_0000)
+        for claimer, rules in runs:
+            for rule in rules:
+                rule.check(_World(store, claimer, rule.name, ids))
+    finally:
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()
