@@ -7,8 +7,8 @@ installed. Outside CI, the tests of a Python that is missing are skipped,
 and ``coverage``, the last session, ends the run with a loud list of them;
 in CI (``CI`` set) a missing Python fails the run.
 
-Sessions run in parallel, two per CPU (``nox --parallel 1`` runs them one
-after the other, with their output as it comes).
+Sessions run in parallel, one more than the CPUs (``nox --parallel 1`` runs
+them one after the other, with their output as it comes).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ CI = bool(os.environ.get("CI"))
 nox.options.error_on_missing_interpreters = CI
 nox.options.reuse_venv = "yes"
 # Each session is a process of its own (its own venv, coverage file and
-# PostgreSQL cluster), so they run side by side: two per CPU, since the
-# tests spend much of their time waiting (PostgreSQL restarts, leases that
-# expire, processes), and another session computes meanwhile.
-nox.options.parallel = 2 * (os.cpu_count() or 1)
+# PostgreSQL cluster), so they run side by side: one more than the CPUs,
+# since the tests spend much of their time waiting (PostgreSQL restarts,
+# leases that expire, processes) and another session computes meanwhile.
+nox.options.parallel = (os.cpu_count() or 1) + 1
 nox.options.allow_parallel = True
 # coverage comes last: it waits for every tests session anyway, and ends the
 # run with the list of Pythons whose tests did not run.
@@ -100,11 +100,16 @@ def tests(session: nox.Session) -> None:
     # The slowest tests are listed, so that none stays slower than it must be.
     durations = "--durations=15"
     if session.python == NEWEST:
+        # Two pytest-xdist workers: this is the longest session, and the
+        # others are done before it. Coverage follows the workers
+        # (``patch = ["subprocess"]`` in pyproject.toml).
         session.run(
             "coverage",
             "run",
             "-m",
             "pytest",
+            "--numprocesses=2",
+            "--dist=loadscope",  # a page's examples share a namespace: one worker
             durations,
             *session.posargs,
             env={"COVERAGE_FILE": f".coverage.{session.python}"},
@@ -159,7 +164,13 @@ def _shout(session: nox.Session, not_run: list[str]) -> None:
 def thorough(session: nox.Session) -> None:
     """The tests with the thorough Hypothesis profile (long: not in CI)."""
     session.install("-e", ".[postgres,testing]", *group("tests"))
-    session.run("pytest", "--hypothesis-profile=thorough", *session.posargs)
+    session.run(
+        "pytest",
+        "--numprocesses=auto",
+        "--dist=loadscope",
+        "--hypothesis-profile=thorough",
+        *session.posargs,
+    )
 
 
 @nox.session(python=NEWEST)
