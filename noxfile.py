@@ -2,8 +2,8 @@
 Every check runs through here: ``nox`` runs the default sessions.
 
 The tests run on every supported Python that is installed; ``lint``,
-``typing``, ``docs``, ``newcomer`` and ``coverage`` run on the newest one
-installed. Outside CI, the tests of a Python that is missing are skipped,
+``typing``, ``docs``, ``newcomer``, ``stateful`` and ``coverage`` run on the
+newest one installed. Outside CI, the tests of a Python that is missing are skipped,
 and ``coverage``, the last session, ends the run with a loud list of them;
 in CI (``CI`` set) a missing Python fails the run.
 
@@ -34,9 +34,18 @@ nox.options.reuse_venv = "yes"
 # leases that expire, processes) and another session computes meanwhile.
 nox.options.parallel = (os.cpu_count() or 1) + 1
 nox.options.allow_parallel = True
-# coverage comes last: it waits for every tests session anyway, and ends the
-# run with the list of Pythons whose tests did not run.
-nox.options.sessions = ["lint", "tests", "typing", "docs", "newcomer", "coverage"]
+# The longest sessions first (parallel sessions start in this order);
+# coverage last: it waits for every tests session anyway, and ends the run
+# with the list of Pythons whose tests did not run.
+nox.options.sessions = [
+    "lint",
+    "stateful",
+    "tests",
+    "typing",
+    "docs",
+    "newcomer",
+    "coverage",
+]
 
 ROOT = Path(__file__).parent
 PYPROJECT = nox.project.load_toml("pyproject.toml")
@@ -84,40 +93,52 @@ def coverage_erase(session: nox.Session) -> None:
     session.run("coverage", "erase")
 
 
-# Newest first: it is the longest session, and parallel sessions start in
-# this order.
+#: The tests that drive Hypothesis state machines over every store: the
+#: heaviest by far. On the newest Python they run in a session of their own
+#: (``stateful``), beside its other tests and without the coverage tracer;
+#: the pure core's 100 % does not depend on them.
+STATE_MACHINES = ["tests/test_stateful.py", "tests/test_conformance_kit.py"]
+
+#: The slowest tests are listed, so that none stays slower than it must be.
+DURATIONS = "--durations=15"
+
+
+# Newest first: parallel sessions start in this order.
 @nox.session(python=PYTHONS[::-1], requires=["coverage_erase"])
 def tests(session: nox.Session) -> None:
     """
     Unit, property, stateful, PostgreSQL and doc tests.
 
-    The newest Python runs them under coverage, with Hypothesis's full
-    profile. The others run the same tests without the tracer and with the
-    lighter ``ci-light`` profile: they check the code on their Python, and
-    the code has no path of its own for any of them.
+    The newest Python runs them under coverage with Hypothesis's full
+    profile, but for the state machines (the ``stateful`` session). The
+    others run all of them without the tracer and with the lighter
+    ``ci-light`` profile: they check the code on their Python, and the code
+    has no path of its own for any of them.
     """
     session.install("-e", ".[postgres,testing]", *group("tests"))
-    # The slowest tests are listed, so that none stays slower than it must be.
-    durations = "--durations=15"
     if session.python == NEWEST:
-        # Two pytest-xdist workers: this is the longest session, and the
-        # others are done before it. Coverage follows the workers
-        # (``patch = ["subprocess"]`` in pyproject.toml).
+        ignore = [f"--ignore={path}" for path in STATE_MACHINES]
         session.run(
             "coverage",
             "run",
             "-m",
             "pytest",
-            "--numprocesses=2",
-            "--dist=loadscope",  # a page's examples share a namespace: one worker
-            durations,
+            *ignore,
+            DURATIONS,
             *session.posargs,
             env={"COVERAGE_FILE": f".coverage.{session.python}"},
         )
     else:
         session.run(
-            "pytest", durations, "--hypothesis-profile=ci-light", *session.posargs
+            "pytest", DURATIONS, "--hypothesis-profile=ci-light", *session.posargs
         )
+
+
+@nox.session(python=NEWEST)
+def stateful(session: nox.Session) -> None:
+    """The state machines on the newest Python, full profile, no tracer."""
+    session.install("-e", ".[postgres,testing]", *group("tests"))
+    session.run("pytest", *STATE_MACHINES, DURATIONS, *session.posargs)
 
 
 @nox.session(python=NEWEST, requires=["tests"])
