@@ -48,6 +48,17 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 from typing_extensions import Self
 
+from prebuilds._arguments import (
+    check_build_finished,
+    check_create_prebuild,
+    check_fail_stuck_builds,
+    check_id_at,
+    check_list_instances,
+    check_set_preset_status,
+    check_set_ready,
+    check_snapshot,
+    check_store_claim,
+)
 from prebuilds._model import (
     Backoff,
     GlobalSnapshot,
@@ -69,7 +80,12 @@ from prebuilds._records import (
     PresetConfig,
     Template,
 )
-from prebuilds._validate import check_aware
+from prebuilds._validate import (
+    check_bool,
+    check_instance,
+    check_optional_uuid,
+    check_uuid,
+)
 from prebuilds.exceptions import (
     BuildNotFoundError,
     InstanceNotFoundError,
@@ -1297,6 +1313,7 @@ class PostgresStore:
     # -- configuration -----------------------------------------------------------
     def put_template(self, template: Template) -> None:
         """Insert or replace *template*."""
+        check_instance("template", template, Template)
         with self._statement() as cur:
             self._execute(
                 cur,
@@ -1314,6 +1331,7 @@ class PostgresStore:
 
     def put_preset(self, preset: PresetConfig) -> None:
         """Insert or replace a preset's configuration, keeping its status."""
+        check_instance("preset", preset, PresetConfig)
         with self._statement() as cur:
             written = self._execute(
                 cur,
@@ -1337,7 +1355,7 @@ class PostgresStore:
 
     def invalidate_preset(self, preset_id: UUID, *, at: datetime) -> None:
         """Expire the preset's pooled instances created before *at*."""
-        check_aware("at", at)
+        check_id_at("preset_id", preset_id, "at", at)
         with self._statement() as cur:
             updated = self._execute(
                 cur,
@@ -1349,6 +1367,7 @@ class PostgresStore:
 
     def set_paused(self, paused: bool) -> None:
         """Pause or resume reconciliation (persisted)."""
+        check_bool("paused", paused)
         with self._statement() as cur:
             self._execute(
                 cur,
@@ -1356,7 +1375,7 @@ class PostgresStore:
                 INSERT INTO {s}.settings (singleton, paused) VALUES (true, %(paused)s)
                 ON CONFLICT (singleton) DO UPDATE SET paused = EXCLUDED.paused
                 """,
-                {"paused": bool(paused)},
+                {"paused": paused},
             )
 
     def is_paused(self) -> bool:
@@ -1367,6 +1386,7 @@ class PostgresStore:
 
     def get_template(self, template_id: UUID) -> Template:
         """The template with *template_id*."""
+        check_uuid("template_id", template_id)
         with self._statement() as cur:
             row = self._fetchone(
                 cur,
@@ -1397,6 +1417,7 @@ class PostgresStore:
             PresetNotFoundError: no preset has *preset_id*.
             InvalidInputError: the stored preset is not valid.
         """
+        check_uuid("preset_id", preset_id)
         with self._statement() as cur:
             row = self._fetchone(cur, _SQL_GET_PRESET, {"id": preset_id})
         if row is None:
@@ -1405,11 +1426,12 @@ class PostgresStore:
 
     def set_preset_status(self, preset_id: UUID, status: PresetStatus) -> None:
         """Record the preset's health."""
+        check_set_preset_status(preset_id, status)
         with self._statement() as cur:
             updated = self._execute(
                 cur,
                 "UPDATE {s}.presets SET status = %(status)s WHERE id = %(id)s",
-                {"id": preset_id, "status": PresetStatus(status).value},
+                {"id": preset_id, "status": status.value},
             )
         if updated == 0:
             raise PresetNotFoundError(preset_id)
@@ -1466,7 +1488,7 @@ class PostgresStore:
         Inside a leader scope (same thread) it reads through the scope's
         transaction; otherwise in its own ``REPEATABLE READ READ ONLY`` one.
         """
-        check_aware("now", now)
+        check_snapshot(now, backoff_lookback, hard_limit)
         params = {"since": now - backoff_lookback, "hard_limit": hard_limit}
         cur: _Cursor | None = getattr(self._local, "cursor", None)
         if cur is not None:
@@ -1536,7 +1558,7 @@ class PostgresStore:
         self, preset_id: UUID, *, now: datetime, name: str
     ) -> BuildRequest | None:
         """A new pooled instance and its pending start build, in one transaction."""
-        check_aware("now", now)
+        check_create_prebuild(preset_id, now, name)
         with self._transaction() as cur:
             source = self._fetchone(cur, _SQL_CREATE_SOURCE, {"id": preset_id})
             if source is None:
@@ -1571,16 +1593,17 @@ class PostgresStore:
                     "now": now,
                 },
             )
-        return BuildRequest(
-            build_id=build_id,
-            instance_id=instance_id,
-            preset_id=preset_id,
-            template_id=template_id,
-            template_version_id=version_id,
-            transition=Transition.START,
-            name=name,
-            parameters=parameters,
-        )
+            # Built before the commit: a failure rolls the creation back.
+            return BuildRequest(
+                build_id=build_id,
+                instance_id=instance_id,
+                preset_id=preset_id,
+                template_id=template_id,
+                template_version_id=version_id,
+                transition=Transition.START,
+                name=name,
+                parameters=parameters,
+            )
 
     def delete_prebuild(
         self, instance_id: UUID, *, now: datetime
@@ -1591,7 +1614,7 @@ class PostgresStore:
         Locks the instance row first, so a concurrent claim either commits
         before (and this sees the new owner) or skips the row.
         """
-        check_aware("now", now)
+        check_id_at("instance_id", instance_id, "now", now)
         with self._transaction() as cur:
             row = self._fetchone(cur, _SQL_LOCK_INSTANCE, {"id": instance_id})
             if row is None:
@@ -1625,43 +1648,42 @@ class PostgresStore:
                 },
             )
             self._execute(cur, _SQL_UNREADY, {"id": instance_id})
-        return BuildRequest(
-            build_id=build_id,
-            instance_id=instance_id,
-            preset_id=preset_id,
-            template_id=template_id,
-            template_version_id=version_id,
-            transition=Transition.DELETE,
-            name=name,
-        )
+            return BuildRequest(
+                build_id=build_id,
+                instance_id=instance_id,
+                preset_id=preset_id,
+                template_id=template_id,
+                template_version_id=version_id,
+                transition=Transition.DELETE,
+                name=name,
+            )
 
     def cancel_pending(self, preset_id: UUID, *, now: datetime) -> list[BuildRequest]:
         """Cancel queued creations of an inactive version; orphan-delete them."""
-        check_aware("now", now)
+        check_id_at("preset_id", preset_id, "now", now)
         with self._transaction() as cur:
             if self._fetchone(cur, _SQL_PRESET_EXISTS, {"id": preset_id}) is None:
                 raise PresetNotFoundError(preset_id)
             rows = self._fetchall(
                 cur, _SQL_CANCEL_PENDING, {"preset_id": preset_id, "now": now}
             )
-        return [
-            BuildRequest(
-                build_id=r[0],
-                instance_id=r[1],
-                preset_id=r[2],
-                template_id=r[3],
-                template_version_id=r[4],
-                transition=Transition.DELETE,
-                name=r[5],
-                orphan=True,
-            )
-            for r in rows
-        ]
+            return [
+                BuildRequest(
+                    build_id=r[0],
+                    instance_id=r[1],
+                    preset_id=r[2],
+                    template_id=r[3],
+                    template_version_id=r[4],
+                    transition=Transition.DELETE,
+                    name=r[5],
+                    orphan=True,
+                )
+                for r in rows
+            ]
 
     def fail_stuck_builds(self, *, older_than: datetime, now: datetime) -> list[Build]:
         """Fail the pool's builds in progress since before *older_than*."""
-        check_aware("older_than", older_than)
-        check_aware("now", now)
+        check_fail_stuck_builds(older_than, now)
         with self._statement() as cur:
             rows = self._fetchall(
                 cur,
@@ -1673,7 +1695,7 @@ class PostgresStore:
     # -- provisioner reports ---------------------------------------------------------
     def build_started(self, build_id: UUID, *, now: datetime) -> None:
         """Mark a pending build running."""
-        check_aware("now", now)
+        check_id_at("build_id", build_id, "now", now)
         with self._statement() as cur:
             row = self._fetchone(cur, _SQL_BUILD_STARTED, {"id": build_id, "now": now})
         if row is None or not row[0]:
@@ -1689,7 +1711,7 @@ class PostgresStore:
         error: str | None = None,
     ) -> None:
         """Record a build's result; a late report is ignored."""
-        check_aware("now", now)
+        check_build_finished(build_id, now, succeeded, error_kind, error)
         status = BuildStatus.SUCCEEDED if succeeded else BuildStatus.FAILED
         with self._statement() as cur:
             row = self._fetchone(
@@ -1699,7 +1721,7 @@ class PostgresStore:
                     "id": build_id,
                     "now": now,
                     "status": status.value,
-                    "succeeded": bool(succeeded),
+                    "succeeded": succeeded,
                     "error_kind": error_kind,
                     "error": error,
                 },
@@ -1709,9 +1731,10 @@ class PostgresStore:
 
     def set_ready(self, instance_id: UUID, *, ready: bool = True) -> None:
         """Record whether the instance is ready (a deleted one is left alone)."""
+        check_set_ready(instance_id, ready)
         with self._statement() as cur:
             row = self._fetchone(
-                cur, _SQL_SET_READY, {"id": instance_id, "ready": bool(ready)}
+                cur, _SQL_SET_READY, {"id": instance_id, "ready": ready}
             )
         if row is None or not row[0]:
             raise InstanceNotFoundError(instance_id)
@@ -1735,7 +1758,7 @@ class PostgresStore:
         empty pool from a compare-and-set lost to a concurrent transaction,
         and then it tries again, a few times.
         """
-        check_aware("now", now)
+        check_store_claim(preset_id, user_id, name, lifecycle, now)
         params = _claim_params(preset_id, user_id, name, lifecycle, now)
         return self._claim(params, lifecycle, checked=False)
 
@@ -1762,9 +1785,10 @@ class PostgresStore:
             PresetInactiveError: the preset is not on the active version, or
                 its template is deleted or deprecated.
         """
-        check_aware("now", now)
+        check_store_claim(preset_id, user_id, name, lifecycle, now)
+        check_bool("ttl_from_template", ttl_from_template)
         params = _claim_params(preset_id, user_id, name, lifecycle, now)
-        params["ttl_from_template"] = bool(ttl_from_template)
+        params["ttl_from_template"] = ttl_from_template
         return self._claim(params, lifecycle, checked=True)
 
     def _claim(
@@ -1835,6 +1859,7 @@ class PostgresStore:
     # -- reads -------------------------------------------------------------------------
     def get_instance(self, instance_id: UUID) -> Instance:
         """The instance with *instance_id*."""
+        check_uuid("instance_id", instance_id)
         with self._statement() as cur:
             row = self._fetchone(cur, _SQL_GET_INSTANCE, {"id": instance_id})
         if row is None:
@@ -1849,6 +1874,7 @@ class PostgresStore:
         include_deleted: bool = False,
     ) -> list[Instance]:
         """Instances, oldest first, filtered by preset and owner."""
+        check_list_instances(preset_id, owner_id, include_deleted)
         with self._statement() as cur:
             rows = self._fetchall(
                 cur,
@@ -1864,13 +1890,14 @@ class PostgresStore:
                 {
                     "preset_id": preset_id,
                     "owner_id": owner_id,
-                    "include_deleted": bool(include_deleted),
+                    "include_deleted": include_deleted,
                 },
             )
         return [_instance(r) for r in rows]
 
     def get_build(self, build_id: UUID) -> Build:
         """The build with *build_id*."""
+        check_uuid("build_id", build_id)
         with self._statement() as cur:
             row = self._fetchone(cur, _SQL_GET_BUILD, {"id": build_id})
         if row is None:
@@ -1879,6 +1906,7 @@ class PostgresStore:
 
     def list_builds(self, *, instance_id: UUID | None = None) -> list[Build]:
         """Builds in creation order."""
+        check_optional_uuid("instance_id", instance_id)
         with self._statement() as cur:
             rows = self._fetchall(
                 cur,
