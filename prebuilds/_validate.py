@@ -252,20 +252,6 @@ def check_items(
     return values
 
 
-def check_unique(field: str, ids: Iterable[object], what: str) -> None:
-    """
-    Check that no ID occurs twice in *ids*.
-
-    Raises:
-        InvalidInputError: naming the first repeated ID.
-    """
-    seen: set[object] = set()
-    for item in ids:
-        if item in seen:
-            raise InvalidInputError(field, item, f"two {what} have this ID")
-        seen.add(item)
-
-
 def check_parameters(field: str, value: object) -> tuple[tuple[str, str], ...]:
     """
     Return *value* if it is a tuple of at most :data:`MAX_PARAMETERS`
