@@ -154,7 +154,8 @@ class PrebuildSchedule:
         instances: How many prebuilt instances to keep inside the window.
 
     Raises:
-        InvalidInputError: a malformed *cron* or a negative *instances*.
+        InvalidInputError: a malformed *cron*, or *instances* that is not an
+            int from 0 to 10,000.
 
     .. versionadded:: 0.1.0
     """
@@ -194,9 +195,11 @@ class Preset:
         parameters: ``(name, value)`` pairs the preset fixes.
 
     Raises:
-        InvalidInputError: naming the field, for a negative count, a
-            negative TTL, a naive datetime, an unknown time zone or
-            overlapping schedules.
+        InvalidInputError: naming the field: an ID that is not a UUID, a
+            flag that is not a bool, a count, TTL or name out of range, a
+            naive datetime, an unknown time zone, a schedule that is not a
+            :class:`PrebuildSchedule`, overlapping schedules, a parameter
+            named twice (see :doc:`/limits`).
 
     .. versionadded:: 0.1.0
     """
@@ -343,6 +346,12 @@ class PresetSnapshot:
         backoff: Recent failures, if any.
         is_hard_limited: Whether the last builds all failed.
 
+    Raises:
+        InvalidInputError: naming the field: a prebuild listed twice (in
+            *running*, or in both *running* and *expired*), a prebuild or
+            row of another preset, two in-progress rows of one transition,
+            an item of the wrong type.
+
     .. versionadded:: 0.1.0
     """
 
@@ -445,6 +454,12 @@ class GlobalSnapshot:
         backoffs: Presets with recent failures.
         hard_limited: IDs of presets whose last builds all failed.
         invalid_presets: Presets a store could not read (reported, skipped).
+
+    Raises:
+        InvalidInputError: naming the field and the ID: two presets (valid or
+            invalid) of one ID, a running prebuild listed twice, two pending
+            or backoff rows of one preset, two in-progress rows of one preset
+            and transition, an item of the wrong type.
 
     .. versionadded:: 0.1.0
     """

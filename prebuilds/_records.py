@@ -85,6 +85,11 @@ class Template:
         default_ttl: The TTL a claimed instance gets when the claim gives
             none.
 
+    Raises:
+        InvalidInputError: naming the field: an ID that is not a UUID (a
+            template needs its active version), a flag that is not a bool, a
+            name or TTL out of range (see :doc:`/limits`).
+
     .. versionadded:: 0.1.0
     """
 
@@ -107,6 +112,14 @@ class PresetConfig:
     Whether it uses the active version, and whether its template is deleted
     or deprecated, come from its :class:`Template`; its status and
     invalidation time are kept by the store.
+
+    Raises:
+        InvalidInputError: naming the field, as :class:`Preset` does: an ID
+            that is not a UUID, a pool size or TTL out of range, an unknown
+            time zone, a schedule that is not a :class:`PrebuildSchedule`,
+            overlapping schedules, a parameter named twice (see
+            :doc:`/limits`). A store can therefore never hold a preset that
+            drops out of every pass.
 
     .. versionadded:: 0.1.0
     """
