@@ -545,3 +545,31 @@ def test_a_claim_of_an_inactive_preset_leaves_the_store_as_it_was(
         claim_as(shared_store, seeded)
 
     assert before == contents(shared_store, seeded)
+
+
+def test_a_sqlite_claim_that_cannot_be_read_back_is_rolled_back(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    The SQLite store reads the claimed row back before it commits: a row that
+    cannot be decoded rolls the claim back (it used to commit the claim and
+    then fail, leaving a row that broke every later read). The fault is
+    injected into the decoder, on a real file.
+    """
+    from prebuilds.exceptions import StoreError
+    from prebuilds.stores import SQLiteStore, _sqlite
+
+    with SQLiteStore(tmp_path / "pool.sqlite3") as store:
+        seeded = seed(store)
+        before = contents(store, seeded)
+
+        def undecodable(row: object) -> object:
+            raise ValueError("a row that cannot be decoded")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(_sqlite, "_instance_from_row", undecodable)
+            with pytest.raises(StoreError):
+                claim_as(store, seeded)
+
+        assert before == contents(store, seeded)
+        assert seeded.ready.instance_id == claim_as(store, seeded)
