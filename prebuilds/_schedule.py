@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attrs
 
-from prebuilds._validate import check_aware
+from prebuilds._validate import check_aware, check_instance
 from prebuilds.exceptions import InvalidInputError
 
 
@@ -179,6 +179,12 @@ def check_no_overlap(schedules: Sequence[PrebuildSchedule]) -> None:
                 )
 
 
+def _check_preset(preset: object) -> None:
+    from prebuilds._model import Preset  # noqa: PLC0415 - _model imports this module
+
+    check_instance("preset", preset, Preset)
+
+
 def _desired_local(preset: Preset, at_utc: datetime, zone: ZoneInfo) -> int:
     local = at_utc.astimezone(zone)
     for schedule in preset.schedules:
@@ -198,8 +204,9 @@ def desired_instances(preset: Preset, *, at: datetime) -> int:
     is active.
 
     Raises:
-        InvalidInputError: *at* is naive.
+        InvalidInputError: *preset* is not a Preset or *at* is naive.
     """
+    _check_preset(preset)
     check_aware("at", at)
     if not preset.schedules or not preset.scheduling_timezone:
         return preset.desired_instances
@@ -276,8 +283,9 @@ def next_change(preset: Preset, *, after: datetime) -> tuple[datetime, int] | No
         not change within 400 years never does.)
 
     Raises:
-        InvalidInputError: *after* is naive.
+        InvalidInputError: *preset* is not a Preset or *after* is naive.
     """
+    _check_preset(preset)
     check_aware("after", after)
     if not preset.schedules or not preset.scheduling_timezone:
         return None

@@ -212,11 +212,12 @@ class TestPresetSnapshot:
 
     def test_extraneous(self) -> None:
         """
-        TestExtraneous: with one too many (both sharing Coder's fixed ID), the
-        older is deleted.
+        TestExtraneous: with one too many, the older is deleted. (Coder's test
+        gives both its one fixed ID; prebuilds refuses a snapshot listing an
+        ID twice, so the newer gets an ID of its own.)
         """
         older = prebuilt(SET0, created_at=NOW - timedelta(hours=1))
-        newer = prebuilt(SET0, created_at=NOW)
+        newer = prebuilt(SET0, created_at=NOW, id=uuid_n(0xE))
         snapshot = GlobalSnapshot(
             presets=[preset(True, 1, SET0)], running=[newer, older]
         )
@@ -843,7 +844,9 @@ CAN_SKIP_INTERVAL = timedelta(minutes=5)
 SKIP_BACKOFF = Backoff(
     preset_id=SET0.preset_id, num_failed=3, last_build_at=ONE_MINUTE_AGO
 )
-ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
+# Coder's tests use Go's zero time (year 1) for "long ago"; the earliest
+# instant prebuilds accepts is the Unix epoch (docs/limits.md).
+ZERO_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 SKIP_RUNNING = RunningPrebuild(
     id=uuid_n(99), preset_id=SET0.preset_id, created_at=ZERO_TIME
 )

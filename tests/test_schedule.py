@@ -229,7 +229,7 @@ class TestOverlap:
                 template_id=uuid.UUID(int=2),
                 template_version_id=uuid.UUID(int=3),
                 desired_instances=1,
-                schedules=["* 9 * * *"],
+                schedules=["* 9 * * *"],  # type: ignore[list-item]
             )
 
         assert ("schedules", "* 9 * * *") == (info.value.field, info.value.value)
