@@ -389,17 +389,22 @@ class PresetSnapshot:
                     raise InvalidInputError(
                         field, prebuild.id, "belongs to another preset"
                     )
-        transitions: set[Transition] = set()
+        # Rows of one transition for two template versions add up; the same
+        # transition and version twice would count its builds twice.
+        keys: set[tuple[Transition, UUID | None]] = set()
         for row in self.in_progress:
             if row.preset_id != preset_id:
                 raise InvalidInputError(
                     "in_progress", row.preset_id, "belongs to another preset"
                 )
-            if row.transition in transitions:
+            key = (row.transition, row.template_version_id)
+            if key in keys:
                 raise InvalidInputError(
-                    "in_progress", row.transition, "two rows have this transition"
+                    "in_progress",
+                    row.transition,
+                    "two rows have this transition and template version",
                 )
-            transitions.add(row.transition)
+            keys.add(key)
         if self.backoff is not None and self.backoff.preset_id != preset_id:
             raise InvalidInputError(
                 "backoff", self.backoff.preset_id, "belongs to another preset"
@@ -574,11 +579,16 @@ class _Index:
         in_progress: dict[UUID, list[InProgressCount]] = {}
         for row in snapshot.in_progress:
             rows = in_progress.setdefault(row.preset_id, [])
-            if any(other.transition is row.transition for other in rows):
+            if any(
+                other.transition is row.transition
+                and other.template_version_id == row.template_version_id
+                for other in rows
+            ):
                 raise InvalidInputError(
                     "in_progress",
                     row.preset_id,
-                    f"two rows have this preset and transition {row.transition.value!r}",
+                    "two rows have this preset, transition "
+                    f"{row.transition.value!r} and template version",
                 )
             rows.append(row)
         pending: dict[UUID, int] = {}

@@ -185,8 +185,8 @@ class TestSnapshotRules:
 
         assert ("in_progress", row.preset_id) == (info.value.field, info.value.value)
 
-    def test_one_transition_twice_is_refused(self) -> None:
-        """One row per transition: two would be counted twice."""
+    def test_one_transition_and_version_twice_is_refused(self) -> None:
+        """One row per transition and version: two would be counted twice."""
         row = InProgressCount(preset_id=ID, transition=Transition.DELETE, count=1)
 
         with pytest.raises(InvalidInputError) as info:
@@ -198,13 +198,29 @@ class TestSnapshotRules:
         )
 
     def test_a_global_in_progress_row_twice_is_refused(self) -> None:
-        """A GlobalSnapshot refuses two rows of one preset and transition."""
+        """A GlobalSnapshot refuses two rows of one preset, transition and version."""
         row = InProgressCount(preset_id=ID, transition=Transition.START, count=1)
 
         with pytest.raises(InvalidInputError) as info:
             GlobalSnapshot(presets=[preset()], in_progress=[row, row])
 
         assert ("in_progress", ID) == (info.value.field, info.value.value)
+
+    def test_rows_of_one_transition_for_two_versions_are_kept(self) -> None:
+        """Starts of two template versions are two rows of one transition (they add up)."""
+        rows = [
+            InProgressCount(
+                preset_id=ID,
+                transition=Transition.START,
+                count=n,
+                template_version_id=uuid.UUID(int=100 + n),
+            )
+            for n in (1, 2)
+        ]
+
+        snapshot = GlobalSnapshot(presets=[preset()], in_progress=rows)
+
+        assert snapshot.filter_by_preset(ID, now=NOW).in_progress == tuple(rows)
 
     @pytest.mark.parametrize(
         ("field", "row", "named"),
