@@ -464,6 +464,17 @@ class TestNextChange:
 
         assert (expected, 3) == next_change(preset, after=utc(2096, 3, 1))
 
+    def test_a_date_more_than_fifteen_hours_ahead_of_utc(self) -> None:
+        """
+        Until 1867 Metlakatla kept local mean time, UTC+15:13:42, the largest
+        offset in the time zone database: 1 January 1861 began at 08:46:18Z
+        on 31 December. A window on that date opens at its first quarter-hour
+        mark (the count is looked at on quarter-hour marks only).
+        """
+        preset = make_preset("America/Metlakatla", ("* 0 1 1 *", 3))
+
+        assert (utc(1860, 12, 31, 9), 3) == next_change(preset, after=utc(1860, 6, 1))
+
     def test_local_day_before_the_utc_day(self) -> None:
         """
         Twelve hours behind UTC, 05:00Z on a Monday is still Sunday 17:00:
@@ -529,6 +540,22 @@ class TestNextChange:
         preset = make_preset("UTC", ("* 9 1 * 1", 2), ("* 9 2 * *", 3))
 
         assert 2 == desired_instances(preset, at=utc(2025, 6, 2, 9))
+
+    def test_a_window_hidden_on_every_date_never_applies(self) -> None:
+        """
+        Coder's check lets a window pass that an earlier one hides for good:
+        with DOW ``*`` in the first it compares DOMs only ({1-30} vs {31}),
+        yet the second names every weekday of months that have no 31st. The
+        first takes 09:00 on each of their days at the count the preset has
+        anyway, so the count never changes.
+        """
+        months = "2,4,6,9,11"
+        preset = make_preset(
+            "UTC", (f"* 9 1-30 {months} *", 1), (f"* 9 31 {months} 0-6", 5)
+        )
+
+        assert 1 == desired_instances(preset, at=utc(2025, 6, 2, 9))
+        assert None is next_change(preset, after=utc(2025, 6, 2))
 
 
 class TestNaive:
