@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from croniter import croniter
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from prebuilds import (
@@ -637,6 +637,13 @@ def test_desired_instances_agrees_with_croniter(
     ),
     samples=st.lists(st.floats(0, 1, exclude_max=True), min_size=1, max_size=4),
 )
+@example(  # Lord Howe goes from UTC+11 to +10:30 between New Year and April
+    schedules=(PrebuildSchedule(cron="* * * 4 *", instances=1),),
+    zone="UTC",
+    base=0,
+    after=datetime(2001, 1, 1, tzinfo=load_zone("Australia/Lord_Howe")),
+    samples=[0.9999999999999999],
+)
 def test_next_change_is_the_first_change(
     schedules: tuple[PrebuildSchedule, ...],
     zone: str,
@@ -658,12 +665,15 @@ def test_next_change_is_the_first_change(
         schedules=schedules,
     )
     old = desired_instances(preset, at=after)
+    # Marks are counted from *after* in UTC: adding to a local time moves its
+    # wall clock, which skips or repeats the hours of a DST change.
+    start = after.astimezone(UTC)
 
     result = next_change(preset, after=after)
 
     if result is None:
         horizon = 146_097 * 96  # 400 years of quarter hours
-        marks = [after + timedelta(minutes=15 * int(f * horizon)) for f in samples]
+        marks = [start + timedelta(minutes=15 * int(f * horizon)) for f in samples]
         assert [old] * len(marks) == [desired_instances(preset, at=m) for m in marks]
         return
     when, value = result
@@ -674,5 +684,5 @@ def test_next_change_is_the_first_change(
     )
     assert old != value
     quarters = int((when - after) / timedelta(minutes=15))
-    marks = [after + timedelta(minutes=15 * int(f * quarters)) for f in samples]
+    marks = [start + timedelta(minutes=15 * int(f * quarters)) for f in samples]
     assert [old] * len(marks) == [desired_instances(preset, at=m) for m in marks]
