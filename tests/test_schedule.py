@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from croniter import croniter
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from prebuilds import (
@@ -464,6 +464,17 @@ class TestNextChange:
 
         assert (expected, 3) == next_change(preset, after=utc(2096, 3, 1))
 
+    def test_a_date_more_than_fifteen_hours_ahead_of_utc(self) -> None:
+        """
+        Until 1867 Metlakatla kept local mean time, UTC+15:13:42, the largest
+        offset in the time zone database: 1 January 1861 began at 08:46:18Z
+        on 31 December. A window on that date opens at its first quarter-hour
+        mark (the count is looked at on quarter-hour marks only).
+        """
+        preset = make_preset("America/Metlakatla", ("* 0 1 1 *", 3))
+
+        assert (utc(1860, 12, 31, 9), 3) == next_change(preset, after=utc(1860, 6, 1))
+
     def test_local_day_before_the_utc_day(self) -> None:
         """
         Twelve hours behind UTC, 05:00Z on a Monday is still Sunday 17:00:
@@ -521,6 +532,22 @@ class TestNextChange:
         preset = make_preset("UTC", ("* 9 1 * 1", 2), ("* 9 2 * *", 3))
 
         assert 2 == desired_instances(preset, at=utc(2025, 6, 2, 9))
+
+    def test_a_window_hidden_on_every_date_never_applies(self) -> None:
+        """
+        Coder's check lets a window pass that an earlier one hides for good:
+        with DOW ``*`` in the first it compares DOMs only ({1-30} vs {31}),
+        yet the second names every weekday of months that have no 31st. The
+        first takes 09:00 on each of their days at the count the preset has
+        anyway, so the count never changes.
+        """
+        months = "2,4,6,9,11"
+        preset = make_preset(
+            "UTC", (f"* 9 1-30 {months} *", 1), (f"* 9 31 {months} 0-6", 5)
+        )
+
+        assert 1 == desired_instances(preset, at=utc(2025, 6, 2, 9))
+        assert None is next_change(preset, after=utc(2025, 6, 2))
 
 
 class TestNaive:
@@ -602,6 +629,13 @@ def test_desired_instances_agrees_with_croniter(
     ),
     samples=st.lists(st.floats(0, 1, exclude_max=True), min_size=1, max_size=4),
 )
+@example(  # Lord Howe goes from UTC+11 to +10:30 between New Year and April
+    schedules=(PrebuildSchedule(cron="* * * 4 *", instances=1),),
+    zone="UTC",
+    base=0,
+    after=datetime(2001, 1, 1, tzinfo=load_zone("Australia/Lord_Howe")),
+    samples=[0.9999999999999999],
+)
 def test_next_change_is_the_first_change(
     schedules: tuple[PrebuildSchedule, ...],
     zone: str,
@@ -623,12 +657,15 @@ def test_next_change_is_the_first_change(
         schedules=schedules,
     )
     old = desired_instances(preset, at=after)
+    # Marks are counted from *after* in UTC: adding to a local time moves its
+    # wall clock, which skips or repeats the hours of a DST change.
+    start = after.astimezone(UTC)
 
     result = next_change(preset, after=after)
 
     if result is None:
         horizon = 146_097 * 96  # 400 years of quarter hours
-        marks = [after + timedelta(minutes=15 * int(f * horizon)) for f in samples]
+        marks = [start + timedelta(minutes=15 * int(f * horizon)) for f in samples]
         assert [old] * len(marks) == [desired_instances(preset, at=m) for m in marks]
         return
     when, value = result
@@ -639,5 +676,5 @@ def test_next_change_is_the_first_change(
     )
     assert old != value
     quarters = int((when - after) / timedelta(minutes=15))
-    marks = [after + timedelta(minutes=15 * int(f * quarters)) for f in samples]
+    marks = [start + timedelta(minutes=15 * int(f * quarters)) for f in samples]
     assert [old] * len(marks) == [desired_instances(preset, at=m) for m in marks]
