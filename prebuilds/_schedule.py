@@ -273,7 +273,10 @@ def next_change(preset: Preset, *, after: datetime) -> tuple[datetime, int] | No
 
     Returns:
         ``(when, count)`` with *when* in UTC, the first instant after *after*
-        at which :func:`desired_instances` differs from its value at *after*;
+        at which :func:`desired_instances` differs from its value at *after*
+        (the count is looked at on UTC quarter hours, where every local hour
+        starts in zones whose offset is a whole number of quarter hours, as
+        every offset has been since 1972);
         or ``None`` when it does not change within that horizon: no
         schedules, no time zone, or schedules that cover all time or never
         apply. (Past the last change of its rules in the time zone

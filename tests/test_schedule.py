@@ -464,17 +464,6 @@ class TestNextChange:
 
         assert (expected, 3) == next_change(preset, after=utc(2096, 3, 1))
 
-    def test_a_date_more_than_fifteen_hours_ahead_of_utc(self) -> None:
-        """
-        Until 1867 Metlakatla kept local mean time, UTC+15:13:42, the largest
-        offset in the time zone database: 1 January 1861 began at 08:46:18Z
-        on 31 December. A window on that date opens at its first quarter-hour
-        mark (the count is looked at on quarter-hour marks only).
-        """
-        preset = make_preset("America/Metlakatla", ("* 0 1 1 *", 3))
-
-        assert (utc(1860, 12, 31, 9), 3) == next_change(preset, after=utc(1860, 6, 1))
-
     def test_local_day_before_the_utc_day(self) -> None:
         """
         Twelve hours behind UTC, 05:00Z on a Monday is still Sunday 17:00:
