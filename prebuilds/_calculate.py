@@ -30,8 +30,12 @@ from prebuilds._model import (
     Transition,
 )
 from prebuilds._schedule import desired_instances
-from prebuilds._validate import check_aware
-from prebuilds.exceptions import InvalidInputError
+from prebuilds._validate import (
+    MAX_DATETIME,
+    check_aware,
+    check_delta,
+    check_instance,
+)
 
 
 if TYPE_CHECKING:
@@ -53,8 +57,10 @@ def calculate_state(snapshot: PresetSnapshot, *, now: datetime) -> Reconciliatio
     ``starting``/``stopping``/``deleting`` sum the in-progress builds.
 
     Raises:
-        InvalidInputError: *now* is naive.
+        InvalidInputError: *snapshot* is not a PresetSnapshot or *now* is
+            naive.
     """
+    check_instance("snapshot", snapshot, PresetSnapshot)
     check_aware("now", now)
     starting = stopping = deleting = 0
     for row in snapshot.in_progress:
@@ -88,12 +94,24 @@ def backoff_until(
     """
     When the preset's failure backoff ends, or ``None`` if it has none.
 
-    The backoff grows linearly: ``last_build_at + num_failed * interval``.
+    The backoff grows linearly: ``last_build_at + num_failed * interval``,
+    capped at 9000-01-01 UTC (the latest instant prebuilds accepts, so a
+    backoff that long never ends).
+
+    Raises:
+        InvalidInputError: *snapshot* is not a PresetSnapshot or
+            *backoff_interval* is not a timedelta from 0 to 36,500 days.
     """
+    check_instance("snapshot", snapshot, PresetSnapshot)
+    check_delta("backoff_interval", backoff_interval)
     backoff = snapshot.backoff
     if backoff is None or backoff.num_failed == 0:
         return None
-    return backoff.last_build_at + backoff.num_failed * backoff_interval
+    try:
+        until = backoff.last_build_at + backoff.num_failed * backoff_interval
+    except OverflowError:
+        return MAX_DATETIME
+    return min(until, MAX_DATETIME)
 
 
 def calculate_actions(
@@ -109,14 +127,12 @@ def calculate_actions(
         CREATE?]`` for an active one.
 
     Raises:
-        InvalidInputError: *now* is naive or *backoff_interval* negative.
+        InvalidInputError: *snapshot* is not a PresetSnapshot, *now* is
+            naive, or *backoff_interval* is not a timedelta from 0 to 36,500
+            days.
     """
+    check_instance("snapshot", snapshot, PresetSnapshot)
     check_aware("now", now)
-    interval: object = backoff_interval  # checked: callers may pass anything
-    if not isinstance(interval, timedelta) or interval < timedelta(0):
-        raise InvalidInputError(
-            "backoff_interval", backoff_interval, "must be a timedelta >= 0"
-        )
     until = backoff_until(snapshot, backoff_interval=backoff_interval)
     if until is not None and now <= until:
         return [
@@ -173,7 +189,11 @@ def can_skip_reconciliation(snapshot: PresetSnapshot) -> bool:
 
     When this is true every action :func:`calculate_actions` returns is a
     no-op (it returns none).
+
+    Raises:
+        InvalidInputError: *snapshot* is not a PresetSnapshot.
     """
+    check_instance("snapshot", snapshot, PresetSnapshot)
     return not (
         snapshot.preset.is_active
         or snapshot.running

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
+from prebuilds._arguments import check_claim
 from prebuilds._lifecycle import claimed_lifecycle
 from prebuilds._records import PREBUILDS_OWNER_ID, Event, EventKind
-from prebuilds._validate import check_aware
 from prebuilds.exceptions import (
     InvalidInputError,
     NoClaimablePrebuildsError,
@@ -75,9 +75,21 @@ class StoreClaimer:
             PresetNotFoundError: the preset is unknown.
             PresetInactiveError: the preset is not on the active version, or
                 its template is deleted or deprecated.
-            InvalidInputError: a naive datetime or a negative TTL.
+            InvalidInputError: before the store is asked, naming the
+                argument: an ID that is not a :class:`uuid.UUID`, *user_id*
+                equal to :data:`~prebuilds.PREBUILDS_OWNER_ID`, an empty
+                *name*, a naive datetime, a *ttl* that is not a timedelta
+                from 0 to 36,500 days (see :doc:`/limits`).
         """
-        check_aware("now", now)
+        check_claim(
+            now=now,
+            user_id=user_id,
+            name=name,
+            preset_id=preset_id,
+            autostart_schedule=autostart_schedule,
+            next_start_at=next_start_at,
+            ttl=ttl,
+        )
         checked = getattr(self._store, "claim_checked", None)
         if checked is not None:
             # One round trip: the store checks the preset and reads the

@@ -7,23 +7,29 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prebuilds._records import PREBUILDS_OWNER_ID, Lifecycle
-from prebuilds._validate import check_aware
-from prebuilds.exceptions import InvalidInputError
+from prebuilds._records import PREBUILDS_OWNER_ID, Instance, Lifecycle
+from prebuilds._validate import (
+    check_aware,
+    check_instance,
+    check_optional_aware,
+    check_optional_delta,
+    check_optional_str,
+)
 
 
 if TYPE_CHECKING:
     from datetime import datetime, timedelta
-
-    from prebuilds._records import Instance
 
 
 def pooled_lifecycle(*, now: datetime) -> Lifecycle:
     """
     The lifecycle of a newly created pooled instance: every scheduling field
     unset, ``last_used_at`` now.
+
+    Raises:
+        InvalidInputError: *now* is naive or out of range.
     """
-    return Lifecycle(last_used_at=now)
+    return Lifecycle(last_used_at=check_aware("now", now))
 
 
 def claimed_lifecycle(
@@ -41,13 +47,15 @@ def claimed_lifecycle(
     the host's to set when the claimed instance's first build runs.
 
     Raises:
-        InvalidInputError: a naive datetime or a negative TTL.
+        InvalidInputError: naming the argument: a naive datetime, a TTL that
+            is not a timedelta from 0 to 36,500 days, an autostart schedule
+            that is not a string of at most 255 characters.
     """
     check_aware("now", now)
-    if next_start_at is not None:
-        check_aware("next_start_at", next_start_at)
-    if ttl is not None and ttl.total_seconds() < 0:
-        raise InvalidInputError("ttl", ttl, "must be >= 0")
+    check_optional_str("autostart_schedule", autostart_schedule)
+    check_optional_aware("next_start_at", next_start_at)
+    check_optional_delta("ttl", ttl)
+    check_optional_delta("template_default_ttl", template_default_ttl)
     return Lifecycle(
         autostart_schedule=autostart_schedule,
         next_start_at=next_start_at,
@@ -63,6 +71,10 @@ def is_lifecycle_managed(instance: Instance) -> bool:
 
     False for every pooled instance: only the reconciler manages those.
 
+    Raises:
+        InvalidInputError: *instance* is not an Instance.
+
     .. versionadded:: 0.1.0
     """
+    check_instance("instance", instance, Instance)
     return instance.owner_id != PREBUILDS_OWNER_ID and not instance.deleted

@@ -10,11 +10,12 @@ from __future__ import annotations
 import enum
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import attrs
 
+from prebuilds import _validate as v
 from prebuilds._schedule import (
     CronWindow,
     check_no_overlap,
@@ -22,10 +23,12 @@ from prebuilds._schedule import (
     parse_cron,
 )
 from prebuilds._validate import (
-    aware,
-    non_negative,
-    optional_aware,
-    optional_non_negative_delta,
+    MAX_SCHEDULES,
+    check_aware,
+    check_items,
+    check_str,
+    check_uuid,
+    tuple_of,
 )
 from prebuilds.exceptions import InvalidInputError, PresetNotFoundError
 
@@ -71,20 +74,73 @@ class ActionType(enum.Enum):
     CANCEL_PENDING = "cancel_pending"
 
 
-def _tuple(value: Iterable[object]) -> tuple[object, ...]:
-    return tuple(value)
-
-
+# Typed converters: mypy reads a field's argument type from its converter. A
+# value that is not a collection is passed on, for the validator to refuse by
+# name.
 def _frozenset(value: Iterable[UUID]) -> frozenset[UUID]:
-    # A typed converter: with the generic ``frozenset`` mypy cannot infer the
-    # parameter type and rejects every argument.
-    return frozenset(value)
+    items = tuple_of(value)
+    return frozenset(items) if isinstance(items, tuple) else items
 
 
-def _check_instances(
-    _inst: object, attribute: attrs.Attribute[int], value: int
+def _uuids(value: Iterable[UUID]) -> tuple[UUID, ...]:
+    return tuple_of(value)  # type: ignore[no-any-return]
+
+
+def _schedules(value: Iterable[PrebuildSchedule]) -> tuple[PrebuildSchedule, ...]:
+    return tuple_of(value)  # type: ignore[no-any-return]
+
+
+def _pairs(value: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple_of(value)  # type: ignore[no-any-return]
+
+
+def _prebuilds(value: Iterable[RunningPrebuild]) -> tuple[RunningPrebuild, ...]:
+    return tuple_of(value)  # type: ignore[no-any-return]
+
+
+def _in_progress(value: Iterable[InProgressCount]) -> tuple[InProgressCount, ...]:
+    return tuple_of(value)  # type: ignore[no-any-return]
+
+
+def _presets(value: Iterable[Preset]) -> tuple[Preset, ...]:
+    return tuple_of(value)  # type: ignore[no-any-return]
+
+
+def _pending(value: Iterable[PendingCount]) -> tuple[PendingCount, ...]:
+    return tuple_of(value)  # type: ignore[no-any-return]
+
+
+def _backoffs(value: Iterable[Backoff]) -> tuple[Backoff, ...]:
+    return tuple_of(value)  # type: ignore[no-any-return]
+
+
+def _invalid(value: Iterable[InvalidPreset]) -> tuple[InvalidPreset, ...]:
+    return tuple_of(value)  # type: ignore[no-any-return]
+
+
+def _check_ids(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, frozenset):
+        raise InvalidInputError(attribute.name, value, "must be a set of uuid.UUID")
+    for item in value:
+        check_uuid(attribute.name, item)
+
+
+def check_schedules(
+    scheduling_timezone: object, schedules: tuple[PrebuildSchedule, ...]
 ) -> None:
-    non_negative(_inst, attribute, value)
+    """
+    The schedule rules of a preset (shared by :class:`Preset` and
+    ``PresetConfig``): a known time zone (or ``""``), at most
+    :data:`~prebuilds._validate.MAX_SCHEDULES` schedules, none overlapping.
+
+    Raises:
+        InvalidInputError: on ``scheduling_timezone`` or ``schedules``.
+    """
+    zone = check_str("scheduling_timezone", scheduling_timezone)
+    if zone:
+        load_zone(zone)
+    check_items("schedules", schedules, PrebuildSchedule, max_items=MAX_SCHEDULES)
+    check_no_overlap(schedules)
 
 
 @attrs.frozen(kw_only=True)
@@ -98,51 +154,18 @@ class PrebuildSchedule:
         instances: How many prebuilt instances to keep inside the window.
 
     Raises:
-        InvalidInputError: a malformed *cron* or a negative *instances*.
+        InvalidInputError: a malformed *cron*, or *instances* that is not an
+            int from 0 to 10,000.
 
     .. versionadded:: 0.1.0
     """
 
-    cron: str
-    instances: int = attrs.field(validator=_check_instances)
+    cron: str = attrs.field(validator=v.name)
+    instances: int = attrs.field(validator=v.instances)
     window: CronWindow = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "window", parse_cron(self.cron))
-
-
-def _check_name(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if not isinstance(value, str):
-        raise InvalidInputError(attribute.name, value, "must be a string")
-
-
-def _check_uuid(_inst: object, attribute: attrs.Attribute[UUID], value: UUID) -> None:
-    if not isinstance(value, UUID):
-        raise InvalidInputError(attribute.name, value, "must be a uuid.UUID")
-
-
-def _check_optional_uuid(
-    _inst: object, attribute: attrs.Attribute[UUID | None], value: UUID | None
-) -> None:
-    if value is not None:
-        _check_uuid(_inst, attribute, value)  # type: ignore[arg-type]
-
-
-def _check_parameters(
-    _inst: object,
-    attribute: attrs.Attribute[tuple[tuple[str, str], ...]],
-    value: tuple[tuple[str, str], ...],
-) -> None:
-    pairs: tuple[object, ...] = value  # checked: callers may pass anything
-    for pair in pairs:
-        if (
-            not isinstance(pair, tuple)
-            or len(pair) != 2  # noqa: PLR2004
-            or not all(isinstance(p, str) for p in pair)
-        ):
-            raise InvalidInputError(
-                attribute.name, pair, "must be (name, value) string pairs"
-            )
 
 
 @attrs.frozen(kw_only=True)
@@ -172,49 +195,41 @@ class Preset:
         parameters: ``(name, value)`` pairs the preset fixes.
 
     Raises:
-        InvalidInputError: naming the field, for a negative count, a
-            negative TTL, a naive datetime, an unknown time zone or
-            overlapping schedules.
+        InvalidInputError: naming the field: an ID that is not a UUID, a
+            flag that is not a bool, a count, TTL or name out of range, a
+            naive datetime, an unknown time zone, a schedule that is not a
+            :class:`PrebuildSchedule`, overlapping schedules, a parameter
+            named twice (see :doc:`/limits`).
 
     .. versionadded:: 0.1.0
     """
 
-    id: UUID = attrs.field(validator=_check_uuid)
-    template_id: UUID = attrs.field(validator=_check_uuid)
-    template_version_id: UUID = attrs.field(validator=_check_uuid)
-    desired_instances: int = attrs.field(validator=non_negative)
-    name: str = attrs.field(default="", validator=_check_name)
-    organization_id: UUID | None = attrs.field(
-        default=None, validator=_check_optional_uuid
-    )
-    using_active_version: bool = True
-    template_deleted: bool = False
-    template_deprecated: bool = False
-    ttl: timedelta | None = attrs.field(
-        default=None, validator=optional_non_negative_delta
-    )
+    id: UUID = attrs.field(validator=v.uuid_)
+    template_id: UUID = attrs.field(validator=v.uuid_)
+    template_version_id: UUID = attrs.field(validator=v.uuid_)
+    desired_instances: int = attrs.field(validator=v.instances)
+    name: str = attrs.field(default="", validator=v.name)
+    organization_id: UUID | None = attrs.field(default=None, validator=v.optional_uuid)
+    using_active_version: bool = attrs.field(default=True, validator=v.flag)
+    template_deleted: bool = attrs.field(default=False, validator=v.flag)
+    template_deprecated: bool = attrs.field(default=False, validator=v.flag)
+    ttl: timedelta | None = attrs.field(default=None, validator=v.optional_duration)
     last_invalidated_at: datetime | None = attrs.field(
-        default=None, validator=optional_aware
+        default=None, validator=v.optional_aware
     )
-    scheduling_timezone: str = attrs.field(default="", validator=_check_name)
-    schedules: tuple[PrebuildSchedule, ...] = attrs.field(default=(), converter=_tuple)
+    scheduling_timezone: str = attrs.field(default="")
+    schedules: tuple[PrebuildSchedule, ...] = attrs.field(
+        default=(), converter=_schedules
+    )
     status: PresetStatus = attrs.field(
-        default=PresetStatus.HEALTHY,
-        validator=attrs.validators.instance_of(PresetStatus),
+        default=PresetStatus.HEALTHY, validator=v.enum_of(PresetStatus)
     )
     parameters: tuple[tuple[str, str], ...] = attrs.field(
-        default=(), converter=_tuple, validator=_check_parameters
+        default=(), converter=_pairs, validator=v.parameters
     )
 
     def __attrs_post_init__(self) -> None:
-        if self.scheduling_timezone:
-            load_zone(self.scheduling_timezone)
-        for schedule in self.schedules:
-            if not isinstance(schedule, PrebuildSchedule):
-                raise InvalidInputError(
-                    "schedules", schedule, "must be PrebuildSchedule objects"
-                )
-        check_no_overlap(self.schedules)
+        check_schedules(self.scheduling_timezone, self.schedules)
 
     @property
     def is_active(self) -> bool:
@@ -243,13 +258,15 @@ class RunningPrebuild:
     .. versionadded:: 0.1.0
     """
 
-    id: UUID
-    preset_id: UUID
-    created_at: datetime = attrs.field(validator=aware)
-    ready: bool = False
-    name: str = ""
-    template_id: UUID | None = None
-    template_version_id: UUID | None = None
+    id: UUID = attrs.field(validator=v.uuid_)
+    preset_id: UUID = attrs.field(validator=v.uuid_)
+    created_at: datetime = attrs.field(validator=v.aware)
+    ready: bool = attrs.field(default=False, validator=v.flag)
+    name: str = attrs.field(default="", validator=v.name)
+    template_id: UUID | None = attrs.field(default=None, validator=v.optional_uuid)
+    template_version_id: UUID | None = attrs.field(
+        default=None, validator=v.optional_uuid
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -260,13 +277,13 @@ class InProgressCount:
     .. versionadded:: 0.1.0
     """
 
-    preset_id: UUID
-    transition: Transition = attrs.field(
-        validator=attrs.validators.instance_of(Transition)
+    preset_id: UUID = attrs.field(validator=v.uuid_)
+    transition: Transition = attrs.field(validator=v.enum_of(Transition))
+    count: int = attrs.field(validator=v.count)
+    template_id: UUID | None = attrs.field(default=None, validator=v.optional_uuid)
+    template_version_id: UUID | None = attrs.field(
+        default=None, validator=v.optional_uuid
     )
-    count: int = attrs.field(validator=non_negative)
-    template_id: UUID | None = None
-    template_version_id: UUID | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -277,8 +294,8 @@ class PendingCount:
     .. versionadded:: 0.1.0
     """
 
-    preset_id: UUID
-    count: int = attrs.field(validator=non_negative)
+    preset_id: UUID = attrs.field(validator=v.uuid_)
+    count: int = attrs.field(validator=v.count)
 
 
 @attrs.frozen(kw_only=True)
@@ -294,9 +311,9 @@ class Backoff:
     .. versionadded:: 0.1.0
     """
 
-    preset_id: UUID
-    num_failed: int = attrs.field(validator=non_negative)
-    last_build_at: datetime = attrs.field(validator=aware)
+    preset_id: UUID = attrs.field(validator=v.uuid_)
+    num_failed: int = attrs.field(validator=v.count)
+    last_build_at: datetime = attrs.field(validator=v.aware)
 
 
 @attrs.frozen(kw_only=True)
@@ -309,10 +326,10 @@ class InvalidPreset:
     .. versionadded:: 0.1.0
     """
 
-    preset_id: UUID
-    field: str
-    value: str
-    reason: str
+    preset_id: UUID = attrs.field(validator=v.uuid_)
+    field: str = attrs.field(validator=v.string)
+    value: str = attrs.field(validator=v.string)
+    reason: str = attrs.field(validator=v.string)
 
 
 @attrs.frozen(kw_only=True)
@@ -329,16 +346,69 @@ class PresetSnapshot:
         backoff: Recent failures, if any.
         is_hard_limited: Whether the last builds all failed.
 
+    Raises:
+        InvalidInputError: naming the field: a prebuild listed twice (in
+            *running*, or in both *running* and *expired*), a prebuild or
+            row of another preset, two in-progress rows of one transition,
+            an item of the wrong type.
+
     .. versionadded:: 0.1.0
     """
 
-    preset: Preset
-    running: tuple[RunningPrebuild, ...] = attrs.field(default=(), converter=_tuple)
-    expired: tuple[RunningPrebuild, ...] = attrs.field(default=(), converter=_tuple)
-    in_progress: tuple[InProgressCount, ...] = attrs.field(default=(), converter=_tuple)
-    pending_count: int = attrs.field(default=0, validator=non_negative)
-    backoff: Backoff | None = None
-    is_hard_limited: bool = False
+    preset: Preset = attrs.field(validator=v.instance_of(Preset))
+    running: tuple[RunningPrebuild, ...] = attrs.field(
+        default=(), converter=_prebuilds, validator=v.items_of(RunningPrebuild)
+    )
+    expired: tuple[RunningPrebuild, ...] = attrs.field(
+        default=(), converter=_prebuilds, validator=v.items_of(RunningPrebuild)
+    )
+    in_progress: tuple[InProgressCount, ...] = attrs.field(
+        default=(), converter=_in_progress, validator=v.items_of(InProgressCount)
+    )
+    pending_count: int = attrs.field(default=0, validator=v.count)
+    backoff: Backoff | None = attrs.field(
+        default=None, validator=v.optional_instance_of(Backoff)
+    )
+    is_hard_limited: bool = attrs.field(default=False, validator=v.flag)
+
+    def __attrs_post_init__(self) -> None:
+        # A prebuild listed twice would be counted twice (and the only one
+        # of a pool deleted as extraneous); one of another preset would be
+        # deleted from a pool it does not belong to.
+        preset_id = self.preset.id
+        seen: set[UUID] = set()
+        for field in ("running", "expired"):
+            prebuilds: tuple[RunningPrebuild, ...] = getattr(self, field)
+            for prebuild in prebuilds:
+                if prebuild.id in seen:
+                    raise InvalidInputError(
+                        field, prebuild.id, "two running prebuilds have this ID"
+                    )
+                seen.add(prebuild.id)
+                if prebuild.preset_id != preset_id:
+                    raise InvalidInputError(
+                        field, prebuild.id, "belongs to another preset"
+                    )
+        # Rows of one transition for two template versions add up; the same
+        # transition and version twice would count its builds twice.
+        keys: set[tuple[Transition, UUID | None]] = set()
+        for row in self.in_progress:
+            if row.preset_id != preset_id:
+                raise InvalidInputError(
+                    "in_progress", row.preset_id, "belongs to another preset"
+                )
+            key = (row.transition, row.template_version_id)
+            if key in keys:
+                raise InvalidInputError(
+                    "in_progress",
+                    row.transition,
+                    "two rows have this transition and template version",
+                )
+            keys.add(key)
+        if self.backoff is not None and self.backoff.preset_id != preset_id:
+            raise InvalidInputError(
+                "backoff", self.backoff.preset_id, "belongs to another preset"
+            )
 
 
 def expired_at(
@@ -361,7 +431,13 @@ def is_expired(preset: Preset, prebuild: RunningPrebuild, now: datetime) -> bool
     """
     Whether *prebuild* has expired at *now*: created strictly before the
     preset's invalidation, or older than a non-zero TTL (strictly).
+
+    Raises:
+        InvalidInputError: an argument of the wrong type, or a naive *now*.
     """
+    v.check_instance("preset", preset, Preset)
+    v.check_instance("prebuild", prebuild, RunningPrebuild)
+    check_aware("now", now)
     return expired_at(
         created_at=prebuild.created_at,
         ttl=preset.ttl,
@@ -384,19 +460,35 @@ class GlobalSnapshot:
         hard_limited: IDs of presets whose last builds all failed.
         invalid_presets: Presets a store could not read (reported, skipped).
 
+    Raises:
+        InvalidInputError: naming the field and the ID: two presets (valid or
+            invalid) of one ID, a running prebuild listed twice, two pending
+            or backoff rows of one preset, two in-progress rows of one preset
+            and transition, an item of the wrong type.
+
     .. versionadded:: 0.1.0
     """
 
-    presets: tuple[Preset, ...] = attrs.field(default=(), converter=_tuple)
-    running: tuple[RunningPrebuild, ...] = attrs.field(default=(), converter=_tuple)
-    in_progress: tuple[InProgressCount, ...] = attrs.field(default=(), converter=_tuple)
-    pending: tuple[PendingCount, ...] = attrs.field(default=(), converter=_tuple)
-    backoffs: tuple[Backoff, ...] = attrs.field(default=(), converter=_tuple)
+    presets: tuple[Preset, ...] = attrs.field(
+        default=(), converter=_presets, validator=v.items_of(Preset)
+    )
+    running: tuple[RunningPrebuild, ...] = attrs.field(
+        default=(), converter=_prebuilds, validator=v.items_of(RunningPrebuild)
+    )
+    in_progress: tuple[InProgressCount, ...] = attrs.field(
+        default=(), converter=_in_progress, validator=v.items_of(InProgressCount)
+    )
+    pending: tuple[PendingCount, ...] = attrs.field(
+        default=(), converter=_pending, validator=v.items_of(PendingCount)
+    )
+    backoffs: tuple[Backoff, ...] = attrs.field(
+        default=(), converter=_backoffs, validator=v.items_of(Backoff)
+    )
     hard_limited: frozenset[UUID] = attrs.field(
-        default=frozenset(), converter=_frozenset
+        default=frozenset(), converter=_frozenset, validator=_check_ids
     )
     invalid_presets: tuple[InvalidPreset, ...] = attrs.field(
-        default=(), converter=_tuple
+        default=(), converter=_invalid, validator=v.items_of(InvalidPreset)
     )
     _index: _Index = attrs.field(init=False, repr=False, eq=False)
 
@@ -408,15 +500,13 @@ class GlobalSnapshot:
         The snapshot of one preset at *now*.
 
         Its running prebuilds are split into non-expired and expired, input
-        order kept in each; the pending count and backoff are the first rows
-        for the preset.
+        order kept in each.
 
         Raises:
             PresetNotFoundError: no preset has *preset_id*.
-            InvalidInputError: *now* is naive.
+            InvalidInputError: *preset_id* is not a UUID or *now* is naive.
         """
-        from prebuilds._validate import check_aware  # noqa: PLC0415
-
+        check_uuid("preset_id", preset_id)
         check_aware("now", now)
         index = self._index
         preset = index.presets.get(preset_id)
@@ -424,8 +514,15 @@ class GlobalSnapshot:
             raise PresetNotFoundError(preset_id)
         running: list[RunningPrebuild] = []
         expired: list[RunningPrebuild] = []
+        ttl, invalidated = preset.ttl, preset.last_invalidated_at
         for prebuild in index.running.get(preset_id, ()):
-            (expired if is_expired(preset, prebuild, now) else running).append(prebuild)
+            gone = expired_at(
+                created_at=prebuild.created_at,
+                ttl=ttl,
+                last_invalidated_at=invalidated,
+                now=now,
+            )
+            (expired if gone else running).append(prebuild)
         return PresetSnapshot(
             preset=preset,
             running=running,
@@ -437,9 +534,31 @@ class GlobalSnapshot:
         )
 
 
+def _duplicate(field: str, value: object, what: str) -> InvalidInputError:
+    return InvalidInputError(field, value, f"two {what} have this ID")
+
+
+def _presets_by_id(snapshot: GlobalSnapshot) -> dict[UUID, Preset]:
+    """The snapshot's presets by ID; an ID of two presets (valid or not) is refused."""
+    presets: dict[UUID, Preset] = {}
+    for preset in snapshot.presets:
+        if preset.id in presets:
+            raise _duplicate("presets", preset.id, "presets")
+        presets[preset.id] = preset
+    invalid: set[UUID] = set()
+    for item in snapshot.invalid_presets:
+        if item.preset_id in presets or item.preset_id in invalid:
+            raise _duplicate("invalid_presets", item.preset_id, "presets")
+        invalid.add(item.preset_id)
+    return presets
+
+
 @attrs.frozen
 class _Index:
-    """Per-preset lookups, built once so that filtering is O(rows of one preset)."""
+    """
+    Per-preset lookups, built once so that filtering is O(rows of one
+    preset); building it refuses an ID given twice.
+    """
 
     presets: dict[UUID, Preset]
     running: dict[UUID, list[RunningPrebuild]]
@@ -449,21 +568,39 @@ class _Index:
 
     @classmethod
     def build(cls, snapshot: GlobalSnapshot) -> _Index:
-        presets: dict[UUID, Preset] = {}
-        for preset in snapshot.presets:
-            presets.setdefault(preset.id, preset)
+        presets = _presets_by_id(snapshot)
         running: dict[UUID, list[RunningPrebuild]] = {}
+        running_ids: set[UUID] = set()
         for prebuild in snapshot.running:
+            if prebuild.id in running_ids:
+                raise _duplicate("running", prebuild.id, "running prebuilds")
+            running_ids.add(prebuild.id)
             running.setdefault(prebuild.preset_id, []).append(prebuild)
         in_progress: dict[UUID, list[InProgressCount]] = {}
         for row in snapshot.in_progress:
-            in_progress.setdefault(row.preset_id, []).append(row)
+            rows = in_progress.setdefault(row.preset_id, [])
+            if any(
+                other.transition is row.transition
+                and other.template_version_id == row.template_version_id
+                for other in rows
+            ):
+                raise InvalidInputError(
+                    "in_progress",
+                    row.preset_id,
+                    "two rows have this preset, transition "
+                    f"{row.transition.value!r} and template version",
+                )
+            rows.append(row)
         pending: dict[UUID, int] = {}
         for pending_row in snapshot.pending:
-            pending.setdefault(pending_row.preset_id, pending_row.count)
+            if pending_row.preset_id in pending:
+                raise _duplicate("pending", pending_row.preset_id, "pending rows")
+            pending[pending_row.preset_id] = pending_row.count
         backoffs: dict[UUID, Backoff] = {}
         for backoff in snapshot.backoffs:
-            backoffs.setdefault(backoff.preset_id, backoff)
+            if backoff.preset_id in backoffs:
+                raise _duplicate("backoffs", backoff.preset_id, "backoff rows")
+            backoffs[backoff.preset_id] = backoff
         return cls(presets, running, in_progress, pending, backoffs)
 
 
@@ -486,14 +623,14 @@ class ReconciliationState:
     .. versionadded:: 0.1.0
     """
 
-    actual: int = 0
-    expired: int = 0
-    desired: int = 0
-    eligible: int = 0
-    extraneous: int = 0
-    starting: int = 0
-    stopping: int = 0
-    deleting: int = 0
+    actual: int = attrs.field(default=0, validator=v.count)
+    expired: int = attrs.field(default=0, validator=v.count)
+    desired: int = attrs.field(default=0, validator=v.count)
+    eligible: int = attrs.field(default=0, validator=v.count)
+    extraneous: int = attrs.field(default=0, validator=v.count)
+    starting: int = attrs.field(default=0, validator=v.count)
+    stopping: int = attrs.field(default=0, validator=v.count)
+    deleting: int = attrs.field(default=0, validator=v.count)
 
 
 @attrs.frozen(kw_only=True)
@@ -510,10 +647,14 @@ class ReconciliationActions:
     .. versionadded:: 0.1.0
     """
 
-    action_type: ActionType
-    create: int = 0
-    delete_ids: tuple[UUID, ...] = attrs.field(default=(), converter=_tuple)
-    backoff_until: datetime | None = None
+    action_type: ActionType = attrs.field(validator=v.enum_of(ActionType))
+    create: int = attrs.field(default=0, validator=v.count)
+    delete_ids: tuple[UUID, ...] = attrs.field(
+        default=(), converter=_uuids, validator=v.items_of(UUID)
+    )
+    backoff_until: datetime | None = attrs.field(
+        default=None, validator=v.optional_aware
+    )
 
     @property
     def is_noop(self) -> bool:

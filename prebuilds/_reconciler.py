@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from prebuilds._arguments import check_reconciler
 from prebuilds._calculate import calculate_actions, can_skip_reconciliation
 from prebuilds._clock import SystemClock
 from prebuilds._events import LoggingEventSink
@@ -26,8 +27,8 @@ from prebuilds._model import (
     ReconciliationActions,
 )
 from prebuilds._records import PREBUILDS_OWNER_ID, BuildStatus, Event, EventKind
+from prebuilds._validate import clean_text
 from prebuilds.exceptions import (
-    InvalidInputError,
     LeadershipLostError,
     ProvisionerValidationError,
     StoreError,
@@ -170,7 +171,12 @@ class StoreReconciler:
             ``collections.Counter``).
 
     Raises:
-        InvalidInputError: a negative interval, limit or worker count.
+        InvalidInputError: naming the setting: a store or provisioner
+            without the methods the reconciler calls, a duration that is
+            not a timedelta (*interval* and *build_timeout* > 0, all at most
+            36,500 days), a *hard_limit* or *max_workers* that is not an
+            int in range, a *submit_timeout* that is not a positive number
+            of seconds (see :doc:`/limits`).
 
     .. versionadded:: 0.1.0
     """
@@ -191,22 +197,20 @@ class StoreReconciler:
         max_workers: int = 5,
         name_factory: Callable[[], str] = generate_name,
     ) -> None:
-        if interval <= timedelta(0):
-            raise InvalidInputError("interval", interval, "must be > 0")
-        if backoff_interval < timedelta(0):
-            raise InvalidInputError(
-                "backoff_interval", backoff_interval, "must be >= 0"
-            )
-        if backoff_lookback < timedelta(0):
-            raise InvalidInputError(
-                "backoff_lookback", backoff_lookback, "must be >= 0"
-            )
-        if hard_limit < 0:
-            raise InvalidInputError("hard_limit", hard_limit, "must be >= 0")
-        if build_timeout is not None and build_timeout <= timedelta(0):
-            raise InvalidInputError("build_timeout", build_timeout, "must be > 0")
-        if max_workers < 1:
-            raise InvalidInputError("max_workers", max_workers, "must be >= 1")
+        check_reconciler(
+            store,
+            provisioner,
+            clock,
+            events,
+            interval,
+            backoff_interval,
+            backoff_lookback,
+            hard_limit,
+            build_timeout,
+            submit_timeout,
+            max_workers,
+            name_factory,
+        )
         self._store = store
         self._provisioner = provisioner
         self._clock: Clock = clock or SystemClock()
@@ -562,7 +566,7 @@ class StoreReconciler:
                 now=now,
                 succeeded=False,
                 error_kind="validation",
-                error=str(e),
+                error=clean_text(str(e)),
                 lease=lease,
             )
             self._store.set_preset_status(
@@ -583,7 +587,7 @@ class StoreReconciler:
                 now=now,
                 succeeded=False,
                 error_kind=kind,
-                error=repr(e),
+                error=clean_text(repr(e)),
                 lease=lease,
             )
             self._emit(
@@ -677,7 +681,7 @@ class StoreReconciler:
                     preset_id=preset_id,
                     instance_id=instance_id,
                     build_id=build_id,
-                    detail=detail,
+                    detail=clean_text(detail),
                 )
             )
         except Exception:  # a broken sink must not break a pass

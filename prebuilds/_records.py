@@ -9,17 +9,14 @@ import enum
 
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 import attrs
 
-from prebuilds._model import PrebuildSchedule, Transition
-from prebuilds._validate import (
-    aware,
-    non_negative,
-    optional_aware,
-    optional_non_negative_delta,
-)
+from prebuilds import _validate as v
+from prebuilds._model import PrebuildSchedule, Transition, check_schedules
+from prebuilds._validate import MAX_BUILD_NUMBER, check_int, tuple_of
 
 
 #: The ID of the pool's system owner: an instance is pooled exactly while its
@@ -27,16 +24,30 @@ from prebuilds._validate import (
 PREBUILDS_OWNER_ID = UUID("c42fdf75-3097-471c-8c33-fb52454d81c0")
 
 
+# Typed converters: mypy reads a field's argument type from its converter.
 def _schedules(value: Iterable[PrebuildSchedule]) -> tuple[PrebuildSchedule, ...]:
-    return tuple(value)
+    return tuple_of(value)  # type: ignore[no-any-return]
 
 
 def _pairs(value: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    return tuple(value)
+    return tuple_of(value)  # type: ignore[no-any-return]
 
 
 def _strings(value: Iterable[str]) -> tuple[str, ...]:
-    return tuple(value)
+    return tuple_of(value)  # type: ignore[no-any-return]
+
+
+def _build_number(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
+    check_int(attribute.name, value, minimum=1, maximum=MAX_BUILD_NUMBER)
+
+
+def _resource(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
+    v.check_str(attribute.name, value, max_length=v.MAX_TEXT_LENGTH, required=True)
+
+
+def _paths(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    for path in v.check_items(attribute.name, value, str):
+        v.check_str(attribute.name, path, max_length=v.MAX_TEXT_LENGTH)
 
 
 class BuildStatus(enum.Enum):
@@ -74,17 +85,22 @@ class Template:
         default_ttl: The TTL a claimed instance gets when the claim gives
             none.
 
+    Raises:
+        InvalidInputError: naming the field: an ID that is not a UUID (a
+            template needs its active version), a flag that is not a bool, a
+            name or TTL out of range (see :doc:`/limits`).
+
     .. versionadded:: 0.1.0
     """
 
-    id: UUID
-    active_version_id: UUID
-    name: str = ""
-    organization_id: UUID | None = None
-    deleted: bool = False
-    deprecated: bool = False
+    id: UUID = attrs.field(validator=v.uuid_)
+    active_version_id: UUID = attrs.field(validator=v.uuid_)
+    name: str = attrs.field(default="", validator=v.name)
+    organization_id: UUID | None = attrs.field(default=None, validator=v.optional_uuid)
+    deleted: bool = attrs.field(default=False, validator=v.flag)
+    deprecated: bool = attrs.field(default=False, validator=v.flag)
     default_ttl: timedelta | None = attrs.field(
-        default=None, validator=optional_non_negative_delta
+        default=None, validator=v.optional_duration
     )
 
 
@@ -97,22 +113,33 @@ class PresetConfig:
     or deprecated, come from its :class:`Template`; its status and
     invalidation time are kept by the store.
 
+    Raises:
+        InvalidInputError: naming the field, as :class:`Preset` does: an ID
+            that is not a UUID, a pool size or TTL out of range, an unknown
+            time zone, a schedule that is not a :class:`PrebuildSchedule`,
+            overlapping schedules, a parameter named twice (see
+            :doc:`/limits`). A store can therefore never hold a preset that
+            drops out of every pass.
+
     .. versionadded:: 0.1.0
     """
 
-    id: UUID
-    template_id: UUID
-    template_version_id: UUID
-    desired_instances: int = attrs.field(validator=non_negative)
-    name: str = ""
-    ttl: timedelta | None = attrs.field(
-        default=None, validator=optional_non_negative_delta
-    )
+    id: UUID = attrs.field(validator=v.uuid_)
+    template_id: UUID = attrs.field(validator=v.uuid_)
+    template_version_id: UUID = attrs.field(validator=v.uuid_)
+    desired_instances: int = attrs.field(validator=v.instances)
+    name: str = attrs.field(default="", validator=v.name)
+    ttl: timedelta | None = attrs.field(default=None, validator=v.optional_duration)
     scheduling_timezone: str = ""
     schedules: tuple[PrebuildSchedule, ...] = attrs.field(
         default=(), converter=_schedules
     )
-    parameters: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_pairs)
+    parameters: tuple[tuple[str, str], ...] = attrs.field(
+        default=(), converter=_pairs, validator=v.parameters
+    )
+
+    def __attrs_post_init__(self) -> None:
+        check_schedules(self.scheduling_timezone, self.schedules)
 
 
 @attrs.frozen(kw_only=True)
@@ -124,16 +151,22 @@ class Lifecycle:
     .. versionadded:: 0.1.0
     """
 
-    autostart_schedule: str | None = None
-    next_start_at: datetime | None = attrs.field(default=None, validator=optional_aware)
-    ttl: timedelta | None = attrs.field(
-        default=None, validator=optional_non_negative_delta
+    autostart_schedule: str | None = attrs.field(
+        default=None, validator=v.optional_name
     )
-    deadline: datetime | None = attrs.field(default=None, validator=optional_aware)
-    max_deadline: datetime | None = attrs.field(default=None, validator=optional_aware)
-    dormant_at: datetime | None = attrs.field(default=None, validator=optional_aware)
-    deleting_at: datetime | None = attrs.field(default=None, validator=optional_aware)
-    last_used_at: datetime | None = attrs.field(default=None, validator=optional_aware)
+    next_start_at: datetime | None = attrs.field(
+        default=None, validator=v.optional_aware
+    )
+    ttl: timedelta | None = attrs.field(default=None, validator=v.optional_duration)
+    deadline: datetime | None = attrs.field(default=None, validator=v.optional_aware)
+    max_deadline: datetime | None = attrs.field(
+        default=None, validator=v.optional_aware
+    )
+    dormant_at: datetime | None = attrs.field(default=None, validator=v.optional_aware)
+    deleting_at: datetime | None = attrs.field(default=None, validator=v.optional_aware)
+    last_used_at: datetime | None = attrs.field(
+        default=None, validator=v.optional_aware
+    )
 
     @property
     def is_unset(self) -> bool:
@@ -173,19 +206,25 @@ class Instance:
     .. versionadded:: 0.1.0
     """
 
-    id: UUID
-    preset_id: UUID
-    template_id: UUID
-    template_version_id: UUID
-    owner_id: UUID
-    name: str
-    created_at: datetime = attrs.field(validator=aware)
-    ready: bool = False
-    lifecycle: Lifecycle = Lifecycle()
-    deleted: bool = False
-    latest_transition: Transition = Transition.START
-    latest_status: BuildStatus = BuildStatus.PENDING
-    claimed_at: datetime | None = None
+    id: UUID = attrs.field(validator=v.uuid_)
+    preset_id: UUID = attrs.field(validator=v.uuid_)
+    template_id: UUID = attrs.field(validator=v.uuid_)
+    template_version_id: UUID = attrs.field(validator=v.uuid_)
+    owner_id: UUID = attrs.field(validator=v.uuid_)
+    name: str = attrs.field(validator=v.required_name)
+    created_at: datetime = attrs.field(validator=v.aware)
+    ready: bool = attrs.field(default=False, validator=v.flag)
+    lifecycle: Lifecycle = attrs.field(
+        default=Lifecycle(), validator=v.instance_of(Lifecycle)
+    )
+    deleted: bool = attrs.field(default=False, validator=v.flag)
+    latest_transition: Transition = attrs.field(
+        default=Transition.START, validator=v.enum_of(Transition)
+    )
+    latest_status: BuildStatus = attrs.field(
+        default=BuildStatus.PENDING, validator=v.enum_of(BuildStatus)
+    )
+    claimed_at: datetime | None = attrs.field(default=None, validator=v.optional_aware)
 
     @property
     def is_prebuild(self) -> bool:
@@ -201,19 +240,19 @@ class Build:
     .. versionadded:: 0.1.0
     """
 
-    id: UUID
-    instance_id: UUID
-    preset_id: UUID
-    template_version_id: UUID
-    transition: Transition
-    status: BuildStatus
-    build_number: int
-    initiator_id: UUID
-    created_at: datetime = attrs.field(validator=aware)
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    error_kind: str | None = None
-    error: str | None = None
+    id: UUID = attrs.field(validator=v.uuid_)
+    instance_id: UUID = attrs.field(validator=v.uuid_)
+    preset_id: UUID = attrs.field(validator=v.uuid_)
+    template_version_id: UUID = attrs.field(validator=v.uuid_)
+    transition: Transition = attrs.field(validator=v.enum_of(Transition))
+    status: BuildStatus = attrs.field(validator=v.enum_of(BuildStatus))
+    build_number: int = attrs.field(validator=_build_number)
+    initiator_id: UUID = attrs.field(validator=v.uuid_)
+    created_at: datetime = attrs.field(validator=v.aware)
+    started_at: datetime | None = attrs.field(default=None, validator=v.optional_aware)
+    finished_at: datetime | None = attrs.field(default=None, validator=v.optional_aware)
+    error_kind: str | None = attrs.field(default=None, validator=v.optional_name)
+    error: str | None = attrs.field(default=None, validator=v.optional_text)
 
 
 @attrs.frozen(kw_only=True)
@@ -236,15 +275,17 @@ class BuildRequest:
     .. versionadded:: 0.1.0
     """
 
-    build_id: UUID
-    instance_id: UUID
-    preset_id: UUID
-    template_id: UUID
-    template_version_id: UUID
-    transition: Transition
-    name: str
-    parameters: tuple[tuple[str, str], ...] = ()
-    orphan: bool = False
+    build_id: UUID = attrs.field(validator=v.uuid_)
+    instance_id: UUID = attrs.field(validator=v.uuid_)
+    preset_id: UUID = attrs.field(validator=v.uuid_)
+    template_id: UUID = attrs.field(validator=v.uuid_)
+    template_version_id: UUID = attrs.field(validator=v.uuid_)
+    transition: Transition = attrs.field(validator=v.enum_of(Transition))
+    name: str = attrs.field(validator=v.required_name)
+    parameters: tuple[tuple[str, str], ...] = attrs.field(
+        default=(), converter=_pairs, validator=v.parameters
+    )
+    orphan: bool = attrs.field(default=False, validator=v.flag)
 
 
 class EventKind(enum.Enum):
@@ -283,12 +324,12 @@ class Event:
     .. versionadded:: 0.1.0
     """
 
-    kind: EventKind
-    at: datetime
-    preset_id: UUID | None = None
-    instance_id: UUID | None = None
-    build_id: UUID | None = None
-    detail: str = ""
+    kind: EventKind = attrs.field(validator=v.enum_of(EventKind))
+    at: datetime = attrs.field(validator=v.aware)
+    preset_id: UUID | None = attrs.field(default=None, validator=v.optional_uuid)
+    instance_id: UUID | None = attrs.field(default=None, validator=v.optional_uuid)
+    build_id: UUID | None = attrs.field(default=None, validator=v.optional_uuid)
+    detail: str = attrs.field(default="", validator=v.text)
 
 
 @attrs.frozen(kw_only=True)
@@ -312,8 +353,8 @@ class Lease:
     .. versionadded:: 0.2.0
     """
 
-    held: bool
-    token: str = ""
+    held: bool = attrs.field(validator=v.flag)
+    token: str = attrs.field(default="", validator=v.name)
 
     def __bool__(self) -> bool:
         return self.held
@@ -332,5 +373,7 @@ class ResourceReplacement:
     .. versionadded:: 0.1.0
     """
 
-    resource: str
-    paths: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    resource: str = attrs.field(validator=_resource)
+    paths: tuple[str, ...] = attrs.field(
+        default=(), converter=_strings, validator=_paths
+    )

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attrs
 
-from prebuilds._validate import check_aware
+from prebuilds._validate import check_aware, check_instance
 from prebuilds.exceptions import InvalidInputError
 
 
@@ -179,6 +179,12 @@ def check_no_overlap(schedules: Sequence[PrebuildSchedule]) -> None:
                 )
 
 
+def _check_preset(preset: object) -> None:
+    from prebuilds._model import Preset  # noqa: PLC0415 - _model imports this module
+
+    check_instance("preset", preset, Preset)
+
+
 def _desired_local(preset: Preset, at_utc: datetime, zone: ZoneInfo) -> int:
     local = at_utc.astimezone(zone)
     for schedule in preset.schedules:
@@ -198,8 +204,9 @@ def desired_instances(preset: Preset, *, at: datetime) -> int:
     is active.
 
     Raises:
-        InvalidInputError: *at* is naive.
+        InvalidInputError: *preset* is not a Preset or *at* is naive.
     """
+    _check_preset(preset)
     check_aware("at", at)
     if not preset.schedules or not preset.scheduling_timezone:
         return preset.desired_instances
@@ -216,9 +223,6 @@ _MAX_OFFSET = timedelta(hours=16)
 #: The Gregorian calendar repeats after 400 years (146,097 days, a whole
 #: number of weeks), and with it every date and weekday a window can name.
 _CYCLE = timedelta(days=146_097)
-#: The last mark next_change looks at: near the end of what a datetime holds,
-#: so that its local time, and the day after it, exist in every zone.
-_END = datetime(9999, 12, 30, tzinfo=_UTC)
 #: How far next_change tests dates one by one before it works out, once, the
 #: dates on which the count can change at all.
 _NEAR = timedelta(days=35)
@@ -263,12 +267,16 @@ def next_change(preset: Preset, *, after: datetime) -> tuple[datetime, int] | No
 
     It looks 400 years ahead, one cycle of the Gregorian calendar, in which
     every date and weekday a window can name comes back (a count that
-    changes only on a Monday 29 February may wait 40 years), and not past
-    9999-12-30 00:00 UTC, near the end of what a datetime holds.
+    changes only on a Monday 29 February may wait 40 years). *after* lies
+    before 9000-01-01 (see :doc:`/limits`), so the horizon stays well within
+    what a datetime holds.
 
     Returns:
         ``(when, count)`` with *when* in UTC, the first instant after *after*
-        at which :func:`desired_instances` differs from its value at *after*;
+        at which :func:`desired_instances` differs from its value at *after*
+        (the count is looked at on UTC quarter hours, where every local hour
+        starts in zones whose offset is a whole number of quarter hours, as
+        every offset has been since 1972);
         or ``None`` when it does not change within that horizon: no
         schedules, no time zone, or schedules that cover all time or never
         apply. (Past the last change of its rules in the time zone
@@ -276,8 +284,10 @@ def next_change(preset: Preset, *, after: datetime) -> tuple[datetime, int] | No
         not change within 400 years never does.)
 
     Raises:
-        InvalidInputError: *after* is naive.
+        InvalidInputError: *preset* is not a Preset, or *after* is naive or
+            out of range.
     """
+    _check_preset(preset)
     check_aware("after", after)
     if not preset.schedules or not preset.scheduling_timezone:
         return None
@@ -286,17 +296,15 @@ def next_change(preset: Preset, *, after: datetime) -> tuple[datetime, int] | No
     mark = start.replace(
         minute=start.minute - start.minute % 15, second=0, microsecond=0
     )
-    if mark >= _END:
-        return None
     current = _desired_local(preset, start, zone)
-    end = _END if mark >= _END - _CYCLE else mark + _CYCLE
+    end = mark + _CYCLE
     # Walk the local dates that instants from *mark* on can have; scan the
     # marks only around those on which the count changes. The first weeks'
     # dates are tested one by one (a change is usually near); past them, the
     # dates that can change are worked out once for the rest of the horizon,
     # which ends the walk at once when there are none.
     day = (mark - _MAX_OFFSET).replace(hour=0, minute=0)
-    near = day + _NEAR if day < end - _NEAR else end
+    near = day + _NEAR
     changing: frozenset[tuple[int, int, int]] | None = None
     while day - _MAX_OFFSET < end:
         key = (day.month, day.day, day.isoweekday() % 7)

@@ -140,7 +140,12 @@ class Store(Protocol):
       writes unfenced (the host's own calls).
 
     Lookups of unknown IDs raise the matching ``…NotFoundError``; a backend
-    failure raises :class:`~prebuilds.exceptions.StoreError`.
+    failure raises :class:`~prebuilds.exceptions.StoreError`. A bad
+    argument (a wrong type, a value out of the bounds of :doc:`/limits`, a
+    claim for :data:`~prebuilds.PREBUILDS_OWNER_ID`) raises
+    :class:`~prebuilds.exceptions.InvalidInputError` naming it, before
+    anything is read or written; a call either applies fully or leaves the
+    store as it was.
 
     .. versionadded:: 0.1.0
     """

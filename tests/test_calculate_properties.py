@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from prebuilds import (
     ActionType,
     GlobalSnapshot,
+    InvalidInputError,
     PrebuildSchedule,
     Preset,
     PresetNotFoundError,
@@ -347,7 +348,7 @@ def test_filter_by_preset(snapshot: GlobalSnapshot, data: st.DataObject) -> None
     """
     A preset's snapshot holds exactly its rows: running split into
     non-expired and expired (a partition, input order kept), every
-    in-progress row, the first pending and backoff rows, its hard limit.
+    in-progress row, its pending and backoff rows, its hard limit.
     """
     now = data.draw(NOWS)
     preset = data.draw(st.sampled_from(snapshot.presets))
@@ -384,8 +385,11 @@ def test_filter_by_unknown_preset(
     assert str(preset_id) in str(info.value)
 
 
-def test_filter_by_preset_first_preset_wins() -> None:
-    """With two presets of one ID, the first is used (like Coder's first match)."""
+def test_two_presets_of_one_id_are_refused() -> None:
+    """
+    A global snapshot with two presets of one ID is refused, naming the ID
+    (Coder keeps the first match; silently dropping one hides a store bug).
+    """
     first = Preset(
         id=uuid.UUID(int=7),
         template_id=uuid.UUID(int=1),
@@ -394,11 +398,10 @@ def test_filter_by_preset_first_preset_wins() -> None:
     )
     second = attrs.evolve(first, desired_instances=2)
 
-    ps = GlobalSnapshot(presets=[first, second]).filter_by_preset(
-        uuid.UUID(int=7), now=strategies.DEFAULT_NOW
-    )
+    with pytest.raises(InvalidInputError) as info:
+        GlobalSnapshot(presets=[first, second])
 
-    assert first is ps.preset
+    assert ("presets", first.id) == (info.value.field, info.value.value)
 
 
 class TestStrategies:

@@ -212,11 +212,12 @@ class TestPresetSnapshot:
 
     def test_extraneous(self) -> None:
         """
-        TestExtraneous: with one too many (both sharing Coder's fixed ID), the
-        older is deleted.
+        TestExtraneous: with one too many, the older is deleted. (Coder's test
+        gives both its one fixed ID; prebuilds refuses a snapshot listing an
+        ID twice, so the newer gets an ID of its own.)
         """
         older = prebuilt(SET0, created_at=NOW - timedelta(hours=1))
-        newer = prebuilt(SET0, created_at=NOW)
+        newer = prebuilt(SET0, created_at=NOW, id=uuid_n(0xE))
         snapshot = GlobalSnapshot(
             presets=[preset(True, 1, SET0)], running=[newer, older]
         )
@@ -444,11 +445,15 @@ R = [uuid_n(43, k) for k in range(4)]
 
 EXPIRED_CASES = [
     # name, running, desired, expired, invalidated, state, actions
+    # The names are ASCII (Coder's have an en dash): mutmut hands the node
+    # ids back to pytest in the process that collected them, and pytest
+    # escapes a non-ASCII id given in ids= once more on each collection, so
+    # such a test is then "not found" and its mutants count as killed.
     ("no expired prebuilds - no actions taken", 2, 2, 0, 0,
      ReconciliationState(actual=2, desired=2), []),
-    ("one expired prebuild \u2013 deleted and replaced", 2, 2, 1, 0,
+    ("one expired prebuild - deleted and replaced", 2, 2, 1, 0,
      ReconciliationState(actual=2, desired=2, expired=1), [delete(R[0]), create(1)]),
-    ("all prebuilds expired \u2013 all deleted and recreated", 2, 2, 2, 0,
+    ("all prebuilds expired - all deleted and recreated", 2, 2, 2, 0,
      ReconciliationState(actual=2, desired=2, expired=2), [delete(R[0], R[1]), create(2)]),
     ("expired prebuilds deleted to reach desired count", 4, 2, 2, 0,
      ReconciliationState(actual=4, desired=2, expired=2), [delete(R[0], R[1])]),
@@ -843,7 +848,9 @@ CAN_SKIP_INTERVAL = timedelta(minutes=5)
 SKIP_BACKOFF = Backoff(
     preset_id=SET0.preset_id, num_failed=3, last_build_at=ONE_MINUTE_AGO
 )
-ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
+# Coder's tests use Go's zero time (year 1) for "long ago"; the earliest
+# instant prebuilds accepts is the Unix epoch (docs/limits.md).
+ZERO_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 SKIP_RUNNING = RunningPrebuild(
     id=uuid_n(99), preset_id=SET0.preset_id, created_at=ZERO_TIME
 )

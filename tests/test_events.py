@@ -254,8 +254,8 @@ class TestEventKinds:
 
         events = world.of_kind(EventKind.INVALID_PRESET)
         assert [(preset.id, None, None)] * 2 == [_ids(e) for e in events]
-        assert "desired_instances=-3: must be >= 0" == events[0].detail
-        assert "desired_instances=-4: must be >= 0" == events[1].detail
+        assert "desired_instances=-3: must be between 0 and 10000" == events[0].detail
+        assert "desired_instances=-4: must be between 0 and 10000" == events[1].detail
 
     def test_preset_error(self, store_factory: StoreFactory) -> None:
         """PRESET_ERROR names the preset whose reconciliation raised."""

@@ -41,6 +41,7 @@ from prebuilds import (
     Template,
     Transition,
 )
+from prebuilds._validate import MAX_DURATION
 from prebuilds.stores._postgres import SCHEMA_VERSION, PostgresStore, _lock_key
 from prebuilds.testing import check_store
 from tests.postgres_cluster import PostgresStoreFactory, fresh_schema_name
@@ -981,7 +982,8 @@ class TestRoundTrips:
             timedelta(microseconds=1),
             timedelta(days=1, seconds=5, microseconds=7),
             timedelta(days=40),
-            timedelta(days=999_999, hours=23),
+            MAX_DURATION - timedelta(microseconds=1),  # the longest: docs/limits.md
+            MAX_DURATION,
         ],
     )
     def test_intervals_come_back_exact(

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from croniter import croniter
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from prebuilds import (
@@ -229,7 +229,7 @@ class TestOverlap:
                 template_id=uuid.UUID(int=2),
                 template_version_id=uuid.UUID(int=3),
                 desired_instances=1,
-                schedules=["* 9 * * *"],
+                schedules=["* 9 * * *"],  # type: ignore[list-item]
             )
 
         assert ("schedules", "* 9 * * *") == (info.value.field, info.value.value)
@@ -495,32 +495,24 @@ class TestNextChange:
 
         assert (utc(2025, 6, 2, 3, 15), 3) == next_change(preset, after=utc(2025, 6, 2))
 
-    @pytest.mark.parametrize(
-        ("zone", "cron", "expected"),
-        [
-            ("UTC", "* 0 30 12 *", (utc(9999, 12, 30), 2)),
-            ("UTC", "* 1 30 12 *", None),
-            ("Asia/Kathmandu", "* 5 30 12 *", (utc(9999, 12, 29, 23, 15), 2)),
-            ("Asia/Kathmandu", "* 6 30 12 *", None),  # 00:15 UTC: one mark late
-        ],
-    )
-    def test_horizon_ends_with_datetime(
-        self, zone: str, cron: str, expected: tuple[datetime, int] | None
-    ) -> None:
+    def test_the_latest_instant_looks_a_whole_cycle_ahead(self) -> None:
         """
-        next_change looks no further than 9999-12-30 00:00 UTC, near the end
-        of what a datetime holds: a change at that instant is reported, one
-        after it is not.
+        From the last instant a datetime argument may be (9000-01-01), the
+        400-year horizon is still searched to its end, with no overflow.
         """
-        preset = make_preset(zone, (cron, 2))
+        leap_day = make_preset("UTC", ("* 0 29 2 *", 2))
 
-        assert expected == next_change(preset, after=utc(9999, 12, 29, 12))
+        # 9000 is no leap year (a century not divisible by 400).
+        assert (utc(9004, 2, 29), 2) == next_change(leap_day, after=utc(9000, 1, 1))
 
-    def test_nothing_after_the_horizon(self) -> None:
-        """From the end of the horizon on, no change is reported."""
+    def test_an_instant_past_the_limits_is_refused(self) -> None:
+        """*after* beyond 9000-01-01 is refused, naming the argument."""
         preset = make_preset("UTC", ("* 0 * * *", 2))
 
-        assert None is next_change(preset, after=utc(9999, 12, 30))
+        with pytest.raises(InvalidInputError) as info:
+            next_change(preset, after=utc(9999, 12, 30))
+
+        assert "after" == info.value.field
 
     def test_first_matching_schedule_wins(self) -> None:
         """Windows that Coder's check lets overlap resolve to the first listed."""
@@ -529,6 +521,22 @@ class TestNextChange:
         preset = make_preset("UTC", ("* 9 1 * 1", 2), ("* 9 2 * *", 3))
 
         assert 2 == desired_instances(preset, at=utc(2025, 6, 2, 9))
+
+    def test_a_window_hidden_on_every_date_never_applies(self) -> None:
+        """
+        Coder's check lets a window pass that an earlier one hides for good:
+        with DOW ``*`` in the first it compares DOMs only ({1-30} vs {31}),
+        yet the second names every weekday of months that have no 31st. The
+        first takes 09:00 on each of their days at the count the preset has
+        anyway, so the count never changes.
+        """
+        months = "2,4,6,9,11"
+        preset = make_preset(
+            "UTC", (f"* 9 1-30 {months} *", 1), (f"* 9 31 {months} 0-6", 5)
+        )
+
+        assert 1 == desired_instances(preset, at=utc(2025, 6, 2, 9))
+        assert None is next_change(preset, after=utc(2025, 6, 2))
 
 
 class TestNaive:
@@ -610,6 +618,13 @@ def test_desired_instances_agrees_with_croniter(
     ),
     samples=st.lists(st.floats(0, 1, exclude_max=True), min_size=1, max_size=4),
 )
+@example(  # Lord Howe goes from UTC+11 to +10:30 between New Year and April
+    schedules=(PrebuildSchedule(cron="* * * 4 *", instances=1),),
+    zone="UTC",
+    base=0,
+    after=datetime(2001, 1, 1, tzinfo=load_zone("Australia/Lord_Howe")),
+    samples=[0.9999999999999999],
+)
 def test_next_change_is_the_first_change(
     schedules: tuple[PrebuildSchedule, ...],
     zone: str,
@@ -631,12 +646,15 @@ def test_next_change_is_the_first_change(
         schedules=schedules,
     )
     old = desired_instances(preset, at=after)
+    # Marks are counted from *after* in UTC: adding to a local time moves its
+    # wall clock, which skips or repeats the hours of a DST change.
+    start = after.astimezone(UTC)
 
     result = next_change(preset, after=after)
 
     if result is None:
         horizon = 146_097 * 96  # 400 years of quarter hours
-        marks = [after + timedelta(minutes=15 * int(f * horizon)) for f in samples]
+        marks = [start + timedelta(minutes=15 * int(f * horizon)) for f in samples]
         assert [old] * len(marks) == [desired_instances(preset, at=m) for m in marks]
         return
     when, value = result
@@ -647,5 +665,5 @@ def test_next_change_is_the_first_change(
     )
     assert old != value
     quarters = int((when - after) / timedelta(minutes=15))
-    marks = [after + timedelta(minutes=15 * int(f * quarters)) for f in samples]
+    marks = [start + timedelta(minutes=15 * int(f * quarters)) for f in samples]
     assert [old] * len(marks) == [desired_instances(preset, at=m) for m in marks]

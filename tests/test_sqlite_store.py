@@ -44,6 +44,7 @@ from prebuilds import (
     Template,
     Transition,
 )
+from prebuilds._validate import MAX_DATETIME, MAX_DURATION, MIN_DATETIME
 from prebuilds.interfaces import Store
 from prebuilds.stores import SQLiteStore
 from prebuilds.stores._sqlite import _MIGRATIONS, SCHEMA_VERSION
@@ -1008,12 +1009,12 @@ class TestEncoding:
     def test_extreme_values_round_trip_or_are_rejected(
         self, open_store: OpenStore
     ) -> None:
-        """datetime.min/max round-trip; a TTL beyond 64-bit microseconds is InvalidInputError."""
+        """The bounds of docs/limits.md round-trip exactly; one step beyond is InvalidInputError."""
         store: Store = open_store()  # also checks SQLiteStore against the Protocol
         template = Template(
             id=uuid.uuid4(),
             active_version_id=uuid.uuid4(),
-            default_ttl=timedelta(days=100_000),
+            default_ttl=MAX_DURATION,
         )
         store.put_template(template)
         assert store.get_template(template.id) == template
@@ -1024,12 +1025,16 @@ class TestEncoding:
             desired_instances=1,
         )
         store.put_preset(preset)
-        utc = timezone.utc
-        for at in (datetime.min.replace(tzinfo=utc), datetime.max.replace(tzinfo=utc)):
+        for at in (MIN_DATETIME, MAX_DATETIME):
             store.invalidate_preset(preset.id, at=at)
             assert store.get_preset(preset.id).last_invalidated_at == at
         with pytest.raises(InvalidInputError) as info:
-            store.put_template(attrs.evolve(template, default_ttl=timedelta.max))
+            store.invalidate_preset(
+                preset.id, at=MAX_DATETIME + timedelta(microseconds=1)
+            )
+        assert info.value.field == "at"
+        with pytest.raises(InvalidInputError) as info:
+            attrs.evolve(template, default_ttl=timedelta.max)
         assert info.value.field == "default_ttl"
 
     def test_naive_datetime_is_rejected(self, open_store: OpenStore) -> None:

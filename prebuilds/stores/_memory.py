@@ -12,6 +12,17 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from prebuilds._arguments import (
+    check_build_finished,
+    check_create_prebuild,
+    check_fail_stuck_builds,
+    check_id_at,
+    check_list_instances,
+    check_set_preset_status,
+    check_set_ready,
+    check_snapshot,
+    check_store_claim,
+)
 from prebuilds._clock import SystemClock
 from prebuilds._model import (
     Backoff,
@@ -35,7 +46,12 @@ from prebuilds._records import (
     PresetConfig,
     Template,
 )
-from prebuilds._validate import check_aware
+from prebuilds._validate import (
+    check_bool,
+    check_instance,
+    check_optional_uuid,
+    check_uuid,
+)
 from prebuilds.exceptions import (
     BuildNotFoundError,
     InstanceNotFoundError,
@@ -126,11 +142,13 @@ class MemoryStore:
     # -- configuration -------------------------------------------------------
     def put_template(self, template: Template) -> None:
         """Insert or replace *template*."""
+        check_instance("template", template, Template)
         with self._lock:
             self._templates[template.id] = template
 
     def put_preset(self, preset: PresetConfig) -> None:
         """Insert or replace a preset's configuration, keeping its status."""
+        check_instance("preset", preset, PresetConfig)
         with self._lock:
             if preset.template_id not in self._templates:
                 raise InvalidInputError(
@@ -144,12 +162,13 @@ class MemoryStore:
 
     def invalidate_preset(self, preset_id: UUID, *, at: datetime) -> None:
         """Expire the preset's pooled instances created before *at*."""
-        check_aware("at", at)
+        check_id_at("preset_id", preset_id, "at", at)
         with self._lock:
             self._row(preset_id).last_invalidated_at = _utc(at)
 
     def set_paused(self, paused: bool) -> None:
         """Pause or resume reconciliation."""
+        check_bool("paused", paused)
         with self._lock:
             self._paused = paused
 
@@ -160,6 +179,7 @@ class MemoryStore:
 
     def get_template(self, template_id: UUID) -> Template:
         """The template with *template_id*."""
+        check_uuid("template_id", template_id)
         with self._lock:
             try:
                 return self._templates[template_id]
@@ -170,6 +190,7 @@ class MemoryStore:
 
     def get_preset(self, preset_id: UUID) -> Preset:
         """The calculator's view of the preset."""
+        check_uuid("preset_id", preset_id)
         with self._lock:
             return self._preset(self._row(preset_id))
 
@@ -177,6 +198,7 @@ class MemoryStore:
         self, preset_id: UUID, status: PresetStatus, *, lease: Lease | None = None
     ) -> None:
         """Record the preset's health (fenced by *lease*, if given)."""
+        check_set_preset_status(preset_id, status)
         token = fence_token(lease)
         with self._lock:
             self._fence(token)
@@ -233,7 +255,7 @@ class MemoryStore:
         self, *, now: datetime, backoff_lookback: timedelta, hard_limit: int
     ) -> GlobalSnapshot:
         """One consistent read of every pool."""
-        check_aware("now", now)
+        check_snapshot(now, backoff_lookback, hard_limit)
         with self._lock:
             presets: list[Preset] = []
             invalid = []
@@ -261,7 +283,7 @@ class MemoryStore:
         lease: Lease | None = None,
     ) -> BuildRequest | None:
         """A new pooled instance and its pending start build."""
-        check_aware("now", now)
+        check_create_prebuild(preset_id, now, name)
         token = fence_token(lease)
         now = _utc(now)
         with self._lock:
@@ -281,15 +303,17 @@ class MemoryStore:
                 created_at=now,
                 lifecycle=Lifecycle(last_used_at=now),
             )
+            build = self._new_build(instance, Transition.START, now)
+            request = self._request(instance, build, config.parameters)
             self._instances[instance.id] = instance
-            build = self._add_build(instance, Transition.START, now)
-            return self._request(instance, build, config.parameters)
+            self._put_build(build)
+            return request
 
     def delete_prebuild(
         self, instance_id: UUID, *, now: datetime, lease: Lease | None = None
     ) -> BuildRequest | None:
         """A pending delete build, unless the instance left the pool."""
-        check_aware("now", now)
+        check_id_at("instance_id", instance_id, "now", now)
         token = fence_token(lease)
         now = _utc(now)
         with self._lock:
@@ -309,21 +333,26 @@ class MemoryStore:
                 and latest.status is not BuildStatus.CANCELED
             ):
                 return None
-            build = self._add_build(instance, Transition.DELETE, now)
-            self._instances[instance_id] = attrs.evolve(instance, ready=False)
-            return self._request(instance, build, ())
+            build = self._new_build(instance, Transition.DELETE, now)
+            request = self._request(instance, build, ())
+            unready = attrs.evolve(instance, ready=False)
+            self._put_build(build)
+            self._instances[instance_id] = unready
+            return request
 
     def cancel_pending(
         self, preset_id: UUID, *, now: datetime, lease: Lease | None = None
     ) -> list[BuildRequest]:
         """Cancel queued creations of an inactive version; orphan-delete them."""
-        check_aware("now", now)
+        check_id_at("preset_id", preset_id, "now", now)
         token = fence_token(lease)
         now = _utc(now)
         with self._lock:
             self._fence(token)
             row = self._row(preset_id)
             active = self._templates[row.config.template_id].active_version_id
+            # Everything is built first and applied after: all or nothing.
+            changes: list[tuple[Build, Build]] = []
             requests = []
             for build in list(self._builds.values()):
                 if (
@@ -334,22 +363,25 @@ class MemoryStore:
                     and build.started_at is None
                     and build.template_version_id != active
                 ):
-                    self._builds[build.id] = attrs.evolve(
+                    canceled = attrs.evolve(
                         build, status=BuildStatus.CANCELED, finished_at=now
                     )
                     instance = self._instances[build.instance_id]
-                    delete = self._add_build(instance, Transition.DELETE, now)
+                    delete = self._new_build(instance, Transition.DELETE, now)
+                    changes.append((canceled, delete))
                     requests.append(
                         attrs.evolve(self._request(instance, delete, ()), orphan=True)
                     )
+            for canceled, delete in changes:
+                self._builds[canceled.id] = canceled
+                self._put_build(delete)
             return requests
 
     def fail_stuck_builds(
         self, *, older_than: datetime, now: datetime, lease: Lease | None = None
     ) -> list[Build]:
         """Fail the pool's builds in progress since before *older_than*."""
-        check_aware("older_than", older_than)
-        check_aware("now", now)
+        check_fail_stuck_builds(older_than, now)
         token = fence_token(lease)
         now = _utc(now)
         with self._lock:
@@ -368,14 +400,15 @@ class MemoryStore:
                         error_kind="timeout",
                         error="stuck: no result before the timeout",
                     )
-                    self._builds[build.id] = updated
                     failed.append(updated)
+            for updated in failed:
+                self._builds[updated.id] = updated
             return failed
 
     # -- provisioner reports -------------------------------------------------
     def build_started(self, build_id: UUID, *, now: datetime) -> None:
         """Mark a pending build running."""
-        check_aware("now", now)
+        check_id_at("build_id", build_id, "now", now)
         with self._lock:
             build = self._build(build_id)
             if build.status is BuildStatus.PENDING:
@@ -394,7 +427,7 @@ class MemoryStore:
         lease: Lease | None = None,
     ) -> None:
         """Record a build's result; a late report is ignored."""
-        check_aware("now", now)
+        check_build_finished(build_id, now, succeeded, error_kind, error)
         token = fence_token(lease)
         now = _utc(now)
         with self._lock:
@@ -402,7 +435,7 @@ class MemoryStore:
             build = self._build(build_id)
             if not build.status.in_progress:
                 return
-            self._builds[build_id] = attrs.evolve(
+            finished = attrs.evolve(
                 build,
                 status=BuildStatus.SUCCEEDED if succeeded else BuildStatus.FAILED,
                 started_at=build.started_at or now,
@@ -410,14 +443,17 @@ class MemoryStore:
                 error_kind=error_kind,
                 error=error,
             )
+            gone = None
             if succeeded and build.transition is Transition.DELETE:
                 instance = self._instances[build.instance_id]
-                self._instances[instance.id] = attrs.evolve(
-                    instance, deleted=True, ready=False
-                )
+                gone = attrs.evolve(instance, deleted=True, ready=False)
+            self._builds[build_id] = finished
+            if gone is not None:
+                self._instances[gone.id] = gone
 
     def set_ready(self, instance_id: UUID, *, ready: bool = True) -> None:
         """Record whether the instance is ready."""
+        check_set_ready(instance_id, ready)
         with self._lock:
             instance = self._instances.get(instance_id)
             if instance is None:
@@ -436,7 +472,7 @@ class MemoryStore:
         now: datetime,
     ) -> Instance | None:
         """Hand the oldest claimable instance of the preset to *user_id*."""
-        check_aware("now", now)
+        check_store_claim(preset_id, user_id, name, lifecycle, now)
         now = _utc(now)
         with self._lock:
             row = self._presets.get(preset_id)
@@ -471,12 +507,14 @@ class MemoryStore:
                 lifecycle=lifecycle,
                 claimed_at=now,
             )
+            view = self._view(claimed)
             self._instances[chosen.id] = claimed
-            return self._view(claimed)
+            return view
 
     # -- reads -------------------------------------------------------------------
     def get_instance(self, instance_id: UUID) -> Instance:
         """The instance with *instance_id*."""
+        check_uuid("instance_id", instance_id)
         with self._lock:
             instance = self._instances.get(instance_id)
             if instance is None:
@@ -491,6 +529,7 @@ class MemoryStore:
         include_deleted: bool = False,
     ) -> list[Instance]:
         """Instances, oldest first."""
+        check_list_instances(preset_id, owner_id, include_deleted)
         with self._lock:
             found = [
                 self._view(i)
@@ -503,11 +542,13 @@ class MemoryStore:
 
     def get_build(self, build_id: UUID) -> Build:
         """The build with *build_id*."""
+        check_uuid("build_id", build_id)
         with self._lock:
             return self._build(build_id)
 
     def list_builds(self, *, instance_id: UUID | None = None) -> list[Build]:
         """Builds in creation order."""
+        check_optional_uuid("instance_id", instance_id)
         with self._lock:
             found = [
                 b
@@ -545,11 +586,12 @@ class MemoryStore:
             and not template.deprecated
         )
 
-    def _add_build(
+    def _new_build(
         self, instance: Instance, transition: Transition, now: datetime
     ) -> Build:
-        number = len(self._builds_of[instance.id]) + 1
-        build = Build(
+        """The instance's next build (not stored yet: see :meth:`_put_build`)."""
+        number = len(self._builds_of.get(instance.id, ())) + 1
+        return Build(
             id=uuid.uuid4(),
             instance_id=instance.id,
             preset_id=instance.preset_id,
@@ -560,8 +602,17 @@ class MemoryStore:
             initiator_id=PREBUILDS_OWNER_ID,
             created_at=now,
         )
+
+    def _put_build(self, build: Build) -> None:
         self._builds[build.id] = build
-        self._builds_of[instance.id].append(build.id)
+        self._builds_of[build.instance_id].append(build.id)
+
+    def _add_build(
+        self, instance: Instance, transition: Transition, now: datetime
+    ) -> Build:
+        """Store and return the instance's next build."""
+        build = self._new_build(instance, transition, now)
+        self._put_build(build)
         return build
 
     @staticmethod

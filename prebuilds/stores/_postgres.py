@@ -58,6 +58,17 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 from typing_extensions import Self
 
+from prebuilds._arguments import (
+    check_build_finished,
+    check_create_prebuild,
+    check_fail_stuck_builds,
+    check_id_at,
+    check_list_instances,
+    check_set_preset_status,
+    check_set_ready,
+    check_snapshot,
+    check_store_claim,
+)
 from prebuilds._model import (
     Backoff,
     GlobalSnapshot,
@@ -80,7 +91,12 @@ from prebuilds._records import (
     PresetConfig,
     Template,
 )
-from prebuilds._validate import check_aware
+from prebuilds._validate import (
+    check_bool,
+    check_instance,
+    check_optional_uuid,
+    check_uuid,
+)
 from prebuilds.exceptions import (
     BuildNotFoundError,
     InstanceNotFoundError,
@@ -1506,6 +1522,7 @@ class PostgresStore:
     # -- configuration -----------------------------------------------------------
     def put_template(self, template: Template) -> None:
         """Insert or replace *template*."""
+        check_instance("template", template, Template)
         with self._statement() as cur:
             self._execute(
                 cur,
@@ -1523,6 +1540,7 @@ class PostgresStore:
 
     def put_preset(self, preset: PresetConfig) -> None:
         """Insert or replace a preset's configuration, keeping its status."""
+        check_instance("preset", preset, PresetConfig)
         with self._statement() as cur:
             written = self._execute(
                 cur,
@@ -1546,7 +1564,7 @@ class PostgresStore:
 
     def invalidate_preset(self, preset_id: UUID, *, at: datetime) -> None:
         """Expire the preset's pooled instances created before *at*."""
-        check_aware("at", at)
+        check_id_at("preset_id", preset_id, "at", at)
         with self._statement() as cur:
             updated = self._execute(
                 cur,
@@ -1558,6 +1576,7 @@ class PostgresStore:
 
     def set_paused(self, paused: bool) -> None:
         """Pause or resume reconciliation (persisted)."""
+        check_bool("paused", paused)
         with self._statement() as cur:
             self._execute(
                 cur,
@@ -1565,7 +1584,7 @@ class PostgresStore:
                 INSERT INTO {s}.settings (singleton, paused) VALUES (true, %(paused)s)
                 ON CONFLICT (singleton) DO UPDATE SET paused = EXCLUDED.paused
                 """,
-                {"paused": bool(paused)},
+                {"paused": paused},
             )
 
     def is_paused(self) -> bool:
@@ -1576,6 +1595,7 @@ class PostgresStore:
 
     def get_template(self, template_id: UUID) -> Template:
         """The template with *template_id*."""
+        check_uuid("template_id", template_id)
         with self._statement() as cur:
             row = self._fetchone(
                 cur,
@@ -1606,6 +1626,7 @@ class PostgresStore:
             PresetNotFoundError: no preset has *preset_id*.
             InvalidInputError: the stored preset is not valid.
         """
+        check_uuid("preset_id", preset_id)
         with self._statement() as cur:
             row = self._fetchone(cur, _SQL_GET_PRESET, {"id": preset_id})
         if row is None:
@@ -1616,8 +1637,9 @@ class PostgresStore:
         self, preset_id: UUID, status: PresetStatus, *, lease: Lease | None = None
     ) -> None:
         """Record the preset's health (fenced by *lease*, in the same statement)."""
+        check_set_preset_status(preset_id, status)
         token = fence_token(lease)
-        params = {"id": preset_id, "status": PresetStatus(status).value}
+        params = {"id": preset_id, "status": status.value}
         with self._statement() as cur:
             if token is None:
                 updated = self._execute(cur, _SQL_SET_STATUS, params)
@@ -1744,7 +1766,7 @@ class PostgresStore:
         Inside a leader scope (same thread) it reads through the scope's
         transaction; otherwise in its own ``REPEATABLE READ READ ONLY`` one.
         """
-        check_aware("now", now)
+        check_snapshot(now, backoff_lookback, hard_limit)
         params = {"since": now - backoff_lookback, "hard_limit": hard_limit}
         cur: _Cursor | None = getattr(self._local, "cursor", None)
         if cur is not None:
@@ -1822,7 +1844,7 @@ class PostgresStore:
         A new pooled instance and its pending start build, in one
         transaction (fenced by *lease* in its first statement).
         """
-        check_aware("now", now)
+        check_create_prebuild(preset_id, now, name)
         token = fence_token(lease)
         with self._transaction() as cur:
             if token is None:
@@ -1866,16 +1888,17 @@ class PostgresStore:
                     "now": now,
                 },
             )
-        return BuildRequest(
-            build_id=build_id,
-            instance_id=instance_id,
-            preset_id=preset_id,
-            template_id=template_id,
-            template_version_id=version_id,
-            transition=Transition.START,
-            name=name,
-            parameters=parameters,
-        )
+            # Built before the commit: a failure rolls the creation back.
+            return BuildRequest(
+                build_id=build_id,
+                instance_id=instance_id,
+                preset_id=preset_id,
+                template_id=template_id,
+                template_version_id=version_id,
+                transition=Transition.START,
+                name=name,
+                parameters=parameters,
+            )
 
     def delete_prebuild(
         self, instance_id: UUID, *, now: datetime, lease: Lease | None = None
@@ -1887,7 +1910,7 @@ class PostgresStore:
         before (and this sees the new owner) or skips the row. Fenced by
         *lease*, in the transaction's first statement.
         """
-        check_aware("now", now)
+        check_id_at("instance_id", instance_id, "now", now)
         token = fence_token(lease)
         with self._transaction() as cur:
             self._fence(cur, token)
@@ -1923,21 +1946,21 @@ class PostgresStore:
                 },
             )
             self._execute(cur, _SQL_UNREADY, {"id": instance_id})
-        return BuildRequest(
-            build_id=build_id,
-            instance_id=instance_id,
-            preset_id=preset_id,
-            template_id=template_id,
-            template_version_id=version_id,
-            transition=Transition.DELETE,
-            name=name,
-        )
+            return BuildRequest(
+                build_id=build_id,
+                instance_id=instance_id,
+                preset_id=preset_id,
+                template_id=template_id,
+                template_version_id=version_id,
+                transition=Transition.DELETE,
+                name=name,
+            )
 
     def cancel_pending(
         self, preset_id: UUID, *, now: datetime, lease: Lease | None = None
     ) -> list[BuildRequest]:
         """Cancel queued creations of an inactive version; orphan-delete them."""
-        check_aware("now", now)
+        check_id_at("preset_id", preset_id, "now", now)
         token = fence_token(lease)
         with self._transaction() as cur:
             self._fence(cur, token)
@@ -1946,19 +1969,19 @@ class PostgresStore:
             rows = self._fetchall(
                 cur, _SQL_CANCEL_PENDING, {"preset_id": preset_id, "now": now}
             )
-        return [
-            BuildRequest(
-                build_id=r[0],
-                instance_id=r[1],
-                preset_id=r[2],
-                template_id=r[3],
-                template_version_id=r[4],
-                transition=Transition.DELETE,
-                name=r[5],
-                orphan=True,
-            )
-            for r in rows
-        ]
+            return [
+                BuildRequest(
+                    build_id=r[0],
+                    instance_id=r[1],
+                    preset_id=r[2],
+                    template_id=r[3],
+                    template_version_id=r[4],
+                    transition=Transition.DELETE,
+                    name=r[5],
+                    orphan=True,
+                )
+                for r in rows
+            ]
 
     def fail_stuck_builds(
         self, *, older_than: datetime, now: datetime, lease: Lease | None = None
@@ -1967,8 +1990,7 @@ class PostgresStore:
         Fail the pool's builds in progress since before *older_than*, in one
         statement (its fence included).
         """
-        check_aware("older_than", older_than)
-        check_aware("now", now)
+        check_fail_stuck_builds(older_than, now)
         token = fence_token(lease)
         params = {"older_than": older_than, "now": now, "error": _STUCK_ERROR}
         with self._statement() as cur:
@@ -1999,7 +2021,7 @@ class PostgresStore:
     # -- provisioner reports ---------------------------------------------------------
     def build_started(self, build_id: UUID, *, now: datetime) -> None:
         """Mark a pending build running."""
-        check_aware("now", now)
+        check_id_at("build_id", build_id, "now", now)
         with self._statement() as cur:
             row = self._fetchone(cur, _SQL_BUILD_STARTED, {"id": build_id, "now": now})
         if row is None or not row[0]:
@@ -2016,7 +2038,7 @@ class PostgresStore:
         lease: Lease | None = None,
     ) -> None:
         """Record a build's result; a late report is ignored."""
-        check_aware("now", now)
+        check_build_finished(build_id, now, succeeded, error_kind, error)
         token = fence_token(lease)
         status = BuildStatus.SUCCEEDED if succeeded else BuildStatus.FAILED
         params = {
@@ -2042,9 +2064,10 @@ class PostgresStore:
 
     def set_ready(self, instance_id: UUID, *, ready: bool = True) -> None:
         """Record whether the instance is ready (a deleted one is left alone)."""
+        check_set_ready(instance_id, ready)
         with self._statement() as cur:
             row = self._fetchone(
-                cur, _SQL_SET_READY, {"id": instance_id, "ready": bool(ready)}
+                cur, _SQL_SET_READY, {"id": instance_id, "ready": ready}
             )
         if row is None or not row[0]:
             raise InstanceNotFoundError(instance_id)
@@ -2068,7 +2091,7 @@ class PostgresStore:
         empty pool from a compare-and-set lost to a concurrent transaction,
         and then it tries again, a few times.
         """
-        check_aware("now", now)
+        check_store_claim(preset_id, user_id, name, lifecycle, now)
         params = _claim_params(preset_id, user_id, name, lifecycle, now)
         return self._claim(params, lifecycle, checked=False)
 
@@ -2095,9 +2118,10 @@ class PostgresStore:
             PresetInactiveError: the preset is not on the active version, or
                 its template is deleted or deprecated.
         """
-        check_aware("now", now)
+        check_store_claim(preset_id, user_id, name, lifecycle, now)
+        check_bool("ttl_from_template", ttl_from_template)
         params = _claim_params(preset_id, user_id, name, lifecycle, now)
-        params["ttl_from_template"] = bool(ttl_from_template)
+        params["ttl_from_template"] = ttl_from_template
         return self._claim(params, lifecycle, checked=True)
 
     def _claim(
@@ -2168,6 +2192,7 @@ class PostgresStore:
     # -- reads -------------------------------------------------------------------------
     def get_instance(self, instance_id: UUID) -> Instance:
         """The instance with *instance_id*."""
+        check_uuid("instance_id", instance_id)
         with self._statement() as cur:
             row = self._fetchone(cur, _SQL_GET_INSTANCE, {"id": instance_id})
         if row is None:
@@ -2182,6 +2207,7 @@ class PostgresStore:
         include_deleted: bool = False,
     ) -> list[Instance]:
         """Instances, oldest first, filtered by preset and owner."""
+        check_list_instances(preset_id, owner_id, include_deleted)
         with self._statement() as cur:
             rows = self._fetchall(
                 cur,
@@ -2197,13 +2223,14 @@ class PostgresStore:
                 {
                     "preset_id": preset_id,
                     "owner_id": owner_id,
-                    "include_deleted": bool(include_deleted),
+                    "include_deleted": include_deleted,
                 },
             )
         return [_instance(r) for r in rows]
 
     def get_build(self, build_id: UUID) -> Build:
         """The build with *build_id*."""
+        check_uuid("build_id", build_id)
         with self._statement() as cur:
             row = self._fetchone(cur, _SQL_GET_BUILD, {"id": build_id})
         if row is None:
@@ -2212,6 +2239,7 @@ class PostgresStore:
 
     def list_builds(self, *, instance_id: UUID | None = None) -> list[Build]:
         """Builds in creation order."""
+        check_optional_uuid("instance_id", instance_id)
         with self._statement() as cur:
             rows = self._fetchall(
                 cur,

@@ -46,6 +46,17 @@ from uuid import UUID
 
 import attrs
 
+from prebuilds._arguments import (
+    check_build_finished,
+    check_create_prebuild,
+    check_fail_stuck_builds,
+    check_id_at,
+    check_list_instances,
+    check_set_preset_status,
+    check_set_ready,
+    check_snapshot,
+    check_store_claim,
+)
 from prebuilds._model import (
     Backoff,
     GlobalSnapshot,
@@ -68,7 +79,13 @@ from prebuilds._records import (
     PresetConfig,
     Template,
 )
-from prebuilds._validate import check_aware
+from prebuilds._validate import (
+    check_aware,
+    check_bool,
+    check_instance,
+    check_optional_uuid,
+    check_uuid,
+)
 from prebuilds.exceptions import (
     BuildNotFoundError,
     InstanceNotFoundError,
@@ -1105,6 +1122,7 @@ class SQLiteStore:
 
     def put_template(self, template: Template) -> None:
         """Insert or replace *template*."""
+        check_instance("template", template, Template)
         with self._transaction(write=True) as tx:
             tx.execute(
                 """
@@ -1135,6 +1153,7 @@ class SQLiteStore:
 
     def put_preset(self, preset: PresetConfig) -> None:
         """Insert or replace a preset's configuration (status and invalidation kept)."""
+        check_instance("preset", preset, PresetConfig)
         schedules = json.dumps([[s.cron, s.instances] for s in preset.schedules])
         parameters = json.dumps([[k, v] for k, v in preset.parameters])
         with self._transaction(write=True) as tx:
@@ -1184,6 +1203,7 @@ class SQLiteStore:
         Raises:
             PresetNotFoundError: no preset has *preset_id*.
         """
+        check_id_at("preset_id", preset_id, "at", at)
         at_us = _to_us("at", at)
         with self._transaction(write=True) as tx:
             cursor = tx.execute(
@@ -1195,6 +1215,7 @@ class SQLiteStore:
 
     def set_paused(self, paused: bool) -> None:
         """Pause or resume reconciliation (persisted)."""
+        check_bool("paused", paused)
         with self._transaction(write=True) as tx:
             tx.execute(
                 """
@@ -1217,6 +1238,7 @@ class SQLiteStore:
         Raises:
             InvalidInputError: no template has *template_id*.
         """
+        check_uuid("template_id", template_id)
         with self._transaction(write=False) as tx:
             row = tx.one(
                 """
@@ -1239,6 +1261,7 @@ class SQLiteStore:
             PresetNotFoundError: no preset has *preset_id*.
             InvalidInputError: its stored configuration is not valid.
         """
+        check_uuid("preset_id", preset_id)
         with self._transaction(write=False) as tx:
             row = tx.one(_SELECT_PRESETS + "WHERE p.id = ?", (str(preset_id),))
         if row is None:
@@ -1426,6 +1449,7 @@ class SQLiteStore:
         One consistent read of every pool, in a constant number of statements:
         ``BEGIN``, five queries, ``COMMIT``.
         """
+        check_snapshot(now, backoff_lookback, hard_limit)
         now_us = _to_us("now", now)
         since_us = now_us - backoff_lookback // _US
         owner = {"owner": _OWNER}
@@ -1517,6 +1541,7 @@ class SQLiteStore:
             PresetNotFoundError: no preset has *preset_id*.
             LeadershipLostError: *lease* no longer leads.
         """
+        check_create_prebuild(preset_id, now, name)
         now_us = _to_us("now", now)
         token = self._fenced(lease)
         with self._transaction(write=True) as tx:
@@ -1570,18 +1595,20 @@ class SQLiteStore:
                     now_us,
                 ),
             )
-        with _decoding("preset"):
-            return BuildRequest(
-                build_id=build_id,
-                instance_id=instance_id,
-                preset_id=preset_id,
-                template_id=UUID(template_id),
-                template_version_id=UUID(version_id),
-                transition=Transition.START,
-                name=name,
-                parameters=parameters,
-                orphan=False,
-            )
+            # Built before the commit: a row that cannot be read back rolls
+            # the creation back instead of leaving it behind.
+            with _decoding("preset"):
+                return BuildRequest(
+                    build_id=build_id,
+                    instance_id=instance_id,
+                    preset_id=preset_id,
+                    template_id=UUID(template_id),
+                    template_version_id=UUID(version_id),
+                    transition=Transition.START,
+                    name=name,
+                    parameters=parameters,
+                    orphan=False,
+                )
 
     def delete_prebuild(
         self, instance_id: UUID, *, now: datetime, lease: Lease | None = None
@@ -1593,6 +1620,7 @@ class SQLiteStore:
         Raises:
             LeadershipLostError: *lease* no longer leads.
         """
+        check_id_at("instance_id", instance_id, "now", now)
         now_us = _to_us("now", now)
         token = self._fenced(lease)
         with self._transaction(write=True) as tx:
@@ -1609,17 +1637,17 @@ class SQLiteStore:
                 "UPDATE prebuilds_instances SET ready = 0 WHERE id = ?",
                 (str(instance_id),),
             )
-        return BuildRequest(
-            build_id=build_id,
-            instance_id=instance.id,
-            preset_id=instance.preset_id,
-            template_id=instance.template_id,
-            template_version_id=instance.template_version_id,
-            transition=Transition.DELETE,
-            name=instance.name,
-            parameters=(),
-            orphan=False,
-        )
+            return BuildRequest(
+                build_id=build_id,
+                instance_id=instance.id,
+                preset_id=instance.preset_id,
+                template_id=instance.template_id,
+                template_version_id=instance.template_version_id,
+                transition=Transition.DELETE,
+                name=instance.name,
+                parameters=(),
+                orphan=False,
+            )
 
     @staticmethod
     def _insert_delete(tx: _Tx, instance_row: Sequence[Any], now_us: int) -> UUID:
@@ -1661,6 +1689,7 @@ class SQLiteStore:
             PresetNotFoundError: no preset has *preset_id*.
             LeadershipLostError: *lease* no longer leads.
         """
+        check_id_at("preset_id", preset_id, "now", now)
         now_us = _to_us("now", now)
         token = self._fenced(lease)
         requests: list[BuildRequest] = []
@@ -1723,7 +1752,8 @@ class SQLiteStore:
             PresetNotFoundError: no preset has *preset_id*.
             LeadershipLostError: *lease* no longer leads.
         """
-        value = PresetStatus(status).value
+        check_set_preset_status(preset_id, status)
+        value = status.value
         token = self._fenced(lease)
         with self._transaction(write=True) as tx:
             self._fence(tx, token)
@@ -1743,6 +1773,7 @@ class SQLiteStore:
         Raises:
             LeadershipLostError: *lease* no longer leads.
         """
+        check_fail_stuck_builds(older_than, now)
         params = {
             "older": _to_us("older_than", older_than),
             "owner": _OWNER,
@@ -1772,17 +1803,17 @@ class SQLiteStore:
                 """,
                 {**params, "error": _STUCK_ERROR},
             )
-        with _decoding("build"):
-            return [
-                attrs.evolve(
-                    _build_from_row(row),
-                    status=BuildStatus.FAILED,
-                    finished_at=now.astimezone(timezone.utc),
-                    error_kind="timeout",
-                    error=_STUCK_ERROR,
-                )
-                for row in rows
-            ]
+            with _decoding("build"):
+                return [
+                    attrs.evolve(
+                        _build_from_row(row),
+                        status=BuildStatus.FAILED,
+                        finished_at=now.astimezone(timezone.utc),
+                        error_kind="timeout",
+                        error=_STUCK_ERROR,
+                    )
+                    for row in rows
+                ]
 
     # -- reports from the provisioner ------------------------------------------------
 
@@ -1793,6 +1824,7 @@ class SQLiteStore:
         Raises:
             BuildNotFoundError: no build has *build_id*.
         """
+        check_id_at("build_id", build_id, "now", now)
         now_us = _to_us("now", now)
         with self._transaction(write=True) as tx:
             row = tx.one(
@@ -1825,6 +1857,7 @@ class SQLiteStore:
             BuildNotFoundError: no build has *build_id*.
             LeadershipLostError: *lease* no longer leads.
         """
+        check_build_finished(build_id, now, succeeded, error_kind, error)
         now_us = _to_us("now", now)
         token = self._fenced(lease)
         with self._transaction(write=True) as tx:
@@ -1870,6 +1903,7 @@ class SQLiteStore:
         Raises:
             InstanceNotFoundError: no instance has *instance_id*.
         """
+        check_set_ready(instance_id, ready)
         with self._transaction(write=True) as tx:
             row = tx.one(
                 "SELECT deleted FROM prebuilds_instances WHERE id = ?",
@@ -1880,7 +1914,7 @@ class SQLiteStore:
             if not row[0]:
                 tx.execute(
                     "UPDATE prebuilds_instances SET ready = ? WHERE id = ?",
-                    (int(bool(ready)), str(instance_id)),
+                    (int(ready), str(instance_id)),
                 )
 
     # -- the claimer ---------------------------------------------------------------------
@@ -1898,6 +1932,7 @@ class SQLiteStore:
         Hand the oldest claimable instance of the preset to *user_id*, in one
         ``BEGIN IMMEDIATE`` transaction; None when there is none.
         """
+        check_store_claim(preset_id, user_id, name, lifecycle, now)
         now_us = _to_us("now", now)
         values = {
             "user": str(user_id),
@@ -1924,8 +1959,10 @@ class SQLiteStore:
             if tx.execute(_CLAIM_UPDATE, values).rowcount != 1:  # pragma: no cover
                 return None
             claimed = tx.one(_SELECT_INSTANCES + "WHERE i.id = ?", (row[0],))
-        with _decoding("instance"):
-            return _instance_from_row(claimed)
+            # Read back before the commit: a claim whose row cannot be read
+            # is rolled back, not left behind.
+            with _decoding("instance"):
+                return _instance_from_row(claimed)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -1936,6 +1973,7 @@ class SQLiteStore:
         Raises:
             InstanceNotFoundError: no instance has *instance_id*.
         """
+        check_uuid("instance_id", instance_id)
         with self._transaction(write=False) as tx:
             row = tx.one(_SELECT_INSTANCES + "WHERE i.id = ?", (str(instance_id),))
         if row is None:
@@ -1951,6 +1989,7 @@ class SQLiteStore:
         include_deleted: bool = False,
     ) -> list[Instance]:
         """Instances, oldest first (created_at, id), filtered."""
+        check_list_instances(preset_id, owner_id, include_deleted)
         with self._transaction(write=False) as tx:
             rows = tx.all(
                 _SELECT_INSTANCES
@@ -1963,7 +2002,7 @@ class SQLiteStore:
                 {
                     "preset": None if preset_id is None else str(preset_id),
                     "owner": None if owner_id is None else str(owner_id),
-                    "deleted": int(bool(include_deleted)),
+                    "deleted": int(include_deleted),
                 },
             )
         with _decoding("instance"):
@@ -1976,6 +2015,7 @@ class SQLiteStore:
         Raises:
             BuildNotFoundError: no build has *build_id*.
         """
+        check_uuid("build_id", build_id)
         with self._transaction(write=False) as tx:
             row = tx.one(_SELECT_BUILDS + " WHERE id = ?", (str(build_id),))
         if row is None:
@@ -1985,6 +2025,7 @@ class SQLiteStore:
 
     def list_builds(self, *, instance_id: UUID | None = None) -> list[Build]:
         """Builds in creation order (created_at, instance_id, build_number)."""
+        check_optional_uuid("instance_id", instance_id)
         with self._transaction(write=False) as tx:
             rows = tx.all(
                 _SELECT_BUILDS

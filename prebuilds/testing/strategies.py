@@ -378,9 +378,12 @@ def running_prebuilds(
 
 @st.composite
 def _in_progress(draw: st.DrawFn, preset_id: UUID) -> tuple[InProgressCount, ...]:
+    # One row per transition: a store groups its builds by transition.
     rows = draw(
         st.lists(
-            st.tuples(st.sampled_from(tuple(Transition)), st.integers(0, 4)), max_size=3
+            st.tuples(st.sampled_from(tuple(Transition)), st.integers(0, 4)),
+            max_size=3,
+            unique_by=lambda row: row[0],
         )
     )
     return tuple(
@@ -469,8 +472,8 @@ def global_snapshots(
 ) -> GlobalSnapshot:
     """
     Valid global snapshots: presets with distinct IDs and, per preset,
-    running prebuilds, in-progress rows, up to two pending and two backoff
-    rows (the first of each counts), rows of all presets interleaved.
+    running prebuilds, in-progress rows (one per transition), at most one
+    pending and one backoff row, rows of all presets interleaved.
 
     .. versionadded:: 0.1.0
     """
@@ -492,9 +495,9 @@ def global_snapshots(
             draw(running_prebuilds(preset.id, now=now, max_size=max_running))
         )
         in_progress.extend(draw(_in_progress(preset.id)))
-        counts = draw(st.lists(st.integers(0, 5), max_size=2))
+        counts = draw(st.lists(st.integers(0, 5), max_size=1))
         pending.extend(PendingCount(preset_id=preset.id, count=c) for c in counts)
-        backoffs.extend(draw(st.lists(_backoff(preset.id, now), max_size=2)))
+        backoffs.extend(draw(st.lists(_backoff(preset.id, now), max_size=1)))
         if draw(_BOOLEANS):
             hard_limited.add(preset.id)
     limited: frozenset[UUID] = frozenset(hard_limited)

@@ -1,0 +1,214 @@
+"""
+The arguments of the Store methods, of :class:`~prebuilds.StoreClaimer` and
+of :class:`~prebuilds.StoreReconciler`, checked in one place.
+
+Each function checks the arguments of one method (or of a family of methods
+with the same shape) and raises
+:class:`~prebuilds.exceptions.InvalidInputError` naming the first bad one.
+The reference stores call them on their first line, before they read or
+write anything, so a refused call leaves the store as it was. Records
+(:class:`~prebuilds.Template`, :class:`~prebuilds.PresetConfig`,
+:class:`~prebuilds.Lifecycle`) check their own fields when they are built;
+here only their type is checked.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prebuilds._model import PresetStatus
+from prebuilds._records import PREBUILDS_OWNER_ID, Lifecycle
+from prebuilds._validate import (
+    MAX_INSTANCES,
+    MAX_TEXT_LENGTH,
+    check_aware,
+    check_bool,
+    check_delta,
+    check_enum,
+    check_instance,
+    check_int,
+    check_optional_aware,
+    check_optional_delta,
+    check_optional_str,
+    check_optional_uuid,
+    check_seconds,
+    check_str,
+    check_uuid,
+)
+from prebuilds.exceptions import InvalidInputError
+
+
+if TYPE_CHECKING:
+    from uuid import UUID
+
+
+def check_user(user_id: object) -> UUID:
+    """
+    A claim's user: a UUID that is not the pool's own owner (a "claim" for
+    :data:`~prebuilds.PREBUILDS_OWNER_ID` would leave the instance in the
+    pool, to be handed out again).
+    """
+    user = check_uuid("user_id", user_id)
+    if user == PREBUILDS_OWNER_ID:
+        raise InvalidInputError(
+            "user_id", user_id, "must not be the pool's owner PREBUILDS_OWNER_ID"
+        )
+    return user
+
+
+def check_id_at(field: str, value: object, at_field: str, at: object) -> None:
+    """An ID and a time: ``invalidate_preset``, ``delete_prebuild``, ``cancel_pending``, ``build_started``."""
+    check_uuid(field, value)
+    check_aware(at_field, at)
+
+
+# -- the Store methods ---------------------------------------------------------------
+
+
+def check_snapshot(now: object, backoff_lookback: object, hard_limit: object) -> None:
+    """``Store.snapshot``."""
+    check_aware("now", now)
+    check_delta("backoff_lookback", backoff_lookback)
+    check_int("hard_limit", hard_limit, maximum=MAX_INSTANCES)
+
+
+def check_create_prebuild(preset_id: object, now: object, name: object) -> None:
+    """``Store.create_prebuild``."""
+    check_uuid("preset_id", preset_id)
+    check_aware("now", now)
+    check_str("name", name, required=True)
+
+
+def check_set_preset_status(preset_id: object, status: object) -> None:
+    """``Store.set_preset_status``."""
+    check_uuid("preset_id", preset_id)
+    check_enum("status", status, PresetStatus)
+
+
+def check_fail_stuck_builds(older_than: object, now: object) -> None:
+    """``Store.fail_stuck_builds``."""
+    check_aware("older_than", older_than)
+    check_aware("now", now)
+
+
+def check_build_finished(
+    build_id: object,
+    now: object,
+    succeeded: object,
+    error_kind: object,
+    error: object,
+) -> None:
+    """``Store.build_finished``."""
+    check_id_at("build_id", build_id, "now", now)
+    check_bool("succeeded", succeeded)
+    check_optional_str("error_kind", error_kind)
+    check_optional_str("error", error, max_length=MAX_TEXT_LENGTH)
+
+
+def check_set_ready(instance_id: object, ready: object) -> None:
+    """``Store.set_ready``."""
+    check_uuid("instance_id", instance_id)
+    check_bool("ready", ready)
+
+
+def check_store_claim(
+    preset_id: object,
+    user_id: object,
+    name: object,
+    lifecycle: object,
+    now: object,
+) -> None:
+    """``Store.claim`` (and ``PostgresStore.claim_checked``)."""
+    check_uuid("preset_id", preset_id)
+    check_user(user_id)
+    check_str("name", name, required=True)
+    check_instance("lifecycle", lifecycle, Lifecycle)
+    check_aware("now", now)
+
+
+def check_list_instances(
+    preset_id: object, owner_id: object, include_deleted: object
+) -> None:
+    """``Store.list_instances``."""
+    check_optional_uuid("preset_id", preset_id)
+    check_optional_uuid("owner_id", owner_id)
+    check_bool("include_deleted", include_deleted)
+
+
+# -- StoreClaimer and StoreReconciler ---------------------------------------------------
+
+
+def check_claim(
+    *,
+    now: object,
+    user_id: object,
+    name: object,
+    preset_id: object,
+    autostart_schedule: object,
+    next_start_at: object,
+    ttl: object,
+) -> None:
+    """``StoreClaimer.claim``: every argument, before the store is asked."""
+    check_aware("now", now)
+    check_user(user_id)
+    check_str("name", name, required=True)
+    check_uuid("preset_id", preset_id)
+    check_optional_str("autostart_schedule", autostart_schedule)
+    check_optional_aware("next_start_at", next_start_at)
+    check_optional_delta("ttl", ttl)
+
+
+#: What StoreReconciler calls on its store.
+_RECONCILER_STORE_METHODS = (
+    "leader",
+    "is_paused",
+    "set_paused",
+    "snapshot",
+    "fail_stuck_builds",
+    "set_preset_status",
+    "create_prebuild",
+    "delete_prebuild",
+    "cancel_pending",
+    "build_finished",
+    "get_instance",
+    "list_instances",
+)
+
+
+def _check_has(field: str, value: object, methods: tuple[str, ...]) -> None:
+    for method in methods:
+        if not callable(getattr(value, method, None)):
+            raise InvalidInputError(field, value, f"has no method {method}()")
+
+
+def check_reconciler(  # noqa: PLR0917 - one check per setting, in order
+    store: object,
+    provisioner: object,
+    clock: object,
+    events: object,
+    interval: object,
+    backoff_interval: object,
+    backoff_lookback: object,
+    hard_limit: object,
+    build_timeout: object,
+    submit_timeout: object,
+    max_workers: object,
+    name_factory: object,
+) -> None:
+    """``StoreReconciler(...)``: every setting."""
+    _check_has("store", store, _RECONCILER_STORE_METHODS)
+    _check_has("provisioner", provisioner, ("submit",))
+    if clock is not None:
+        _check_has("clock", clock, ("now",))
+    if events is not None:
+        _check_has("events", events, ("emit",))
+    check_delta("interval", interval, positive=True)
+    check_delta("backoff_interval", backoff_interval)
+    check_delta("backoff_lookback", backoff_lookback)
+    check_int("hard_limit", hard_limit, maximum=MAX_INSTANCES)
+    check_optional_delta("build_timeout", build_timeout, positive=True)
+    if submit_timeout is not None:
+        check_seconds("submit_timeout", submit_timeout)
+    check_int("max_workers", max_workers, minimum=1, maximum=MAX_INSTANCES)
+    if not callable(name_factory):
+        raise InvalidInputError("name_factory", name_factory, "must be callable")
