@@ -3,9 +3,9 @@ Every check runs through here: ``nox`` runs the default sessions.
 
 The tests run on every supported Python that is installed; ``lint``,
 ``typing``, ``docs``, ``newcomer``, ``stateful`` and ``coverage`` run on the
-newest one installed. Outside CI, the tests of a Python that is missing are skipped,
-and ``coverage``, the last session, ends the run with a loud list of them;
-in CI (``CI`` set) a missing Python fails the run.
+newest one installed. Outside CI, the tests of a Python that is missing are
+skipped, and ``coverage``, the last session, ends the run with a loud list
+of them; in CI (``CI`` set) a missing Python fails the run.
 
 Sessions run in parallel, one more than the CPUs (``nox --parallel 1`` runs
 them one after the other, with their output as it comes).
