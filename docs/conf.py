@@ -1,4 +1,4 @@
-"""Sphinx configuration: MyST Markdown pages, autodoc, the Furo theme."""
+"""Sphinx configuration: MyST Markdown pages, autodoc, the Furo theme, copy buttons."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
+    "sphinx_copybutton",
     # No sphinx.ext.intersphinx: the build machines reach PyPI only, and an
     # inventory that cannot be fetched is a warning, which -W makes fatal.
 ]
@@ -37,6 +38,15 @@ root_doc = "index"
 # -- MyST ---------------------------------------------------------------------
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
+
+# -- copy buttons ---------------------------------------------------------------
+# The examples keep their prompts (``>>>`` blocks are doctests, run by the
+# tests); the copy button takes the code without them, and without the
+# output lines, so what is copied runs as pasted.
+copybutton_prompt_text = r">>> |\.\.\. |\$ "
+copybutton_prompt_is_regexp = True
+copybutton_only_copy_prompt_lines = True
+copybutton_remove_prompts = True
 
 # -- autodoc / napoleon ---------------------------------------------------------
 autodoc_typehints = "signature"
@@ -70,6 +80,7 @@ _STDLIB = [
     "collections.abc.Callable",
     "collections.abc.Iterable",
     "collections.abc.Iterator",
+    "collections.abc.Sequence",
 ]
 nitpick_ignore = [
     *(("py:class", name) for name in _STDLIB),
@@ -109,9 +120,8 @@ def _follow_imported(_app: Sphinx, modname: str, attribute: str) -> str | None:
     return None
 
 
-#: Where a bare name in a signature may live. ``prebuilds.interfaces`` imports
-#: the data classes under TYPE_CHECKING only, so its annotations stay strings
-#: such as ``GlobalSnapshot``; they name objects documented as
+#: Where a bare name in a signature may live: an annotation that autodoc keeps
+#: as written, such as ``GlobalSnapshot``, names an object documented as
 #: ``prebuilds.GlobalSnapshot``.
 _PUBLIC_MODULES = ("prebuilds", "prebuilds.interfaces", "prebuilds.exceptions")
 

@@ -66,6 +66,7 @@ from prebuilds.exceptions import (
     InstanceNotFoundError,
     InvalidInputError,
     LeadershipLostError,
+    MissingExtraError,
     NoClaimablePrebuildsError,
     PrebuildsError,
     PrebuildsNotSupportedError,
@@ -114,6 +115,7 @@ __all__ = [
     "Lease",
     "Lifecycle",
     "LoggingEventSink",
+    "MissingExtraError",
     "NoClaimablePrebuildsError",
     "NoopClaimer",
     "NoopReconciler",
@@ -163,9 +165,9 @@ __all__ = [
 
 def __getattr__(name: str) -> str:
     if name == "__version__":
-        from importlib.metadata import version  # noqa: PLC0415
+        from prebuilds._version import __version__  # noqa: PLC0415
 
-        return version("prebuilds")
+        return __version__
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)
 

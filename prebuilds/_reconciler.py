@@ -231,7 +231,7 @@ class StoreReconciler:
         self._stopped = False
         self._cause: BaseException | None = None
         #: Passes that ended with an error (a store failure), since start.
-        self.pass_errors = 0
+        self.pass_errors: int = 0
         #: Resource replacements seen at claim, per preset.
         self.replacements: Counter[UUID] = Counter()
         self._ready_seen: frozenset[UUID] = frozenset()

@@ -12,7 +12,7 @@ import random
 import uuid
 
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -27,11 +27,13 @@ from prebuilds._records import (
     Template,
 )
 from prebuilds._schedule import desired_instances
-from prebuilds.exceptions import NoClaimablePrebuildsError
+from prebuilds.exceptions import InvalidInputError, NoClaimablePrebuildsError
 from prebuilds.testing._fakes import FakeClock, FakeProvisioner
 
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from prebuilds.interfaces import Store
 
 #: A Monday, 00:00 in UTC.
@@ -39,8 +41,28 @@ START = datetime(2025, 6, 2, tzinfo=timezone.utc)
 
 
 @attrs.frozen(kw_only=True)
+class PoolSample:
+    """One pool at one instant: its desired, ready and failed instances."""
+
+    name: str
+    want: int
+    ready: int
+    failed: int
+
+
+@attrs.frozen(kw_only=True)
+class Sample:
+    """Every pool at the top of one simulated hour, and the claims so far."""
+
+    at: datetime
+    pools: tuple[PoolSample, ...]
+    warm: int
+    cold: int
+
+
+@attrs.frozen(kw_only=True)
 class SimulationResult:
-    """What a simulated run measured."""
+    """What a simulated run measured, with one sample per simulated hour."""
 
     claims: int
     warm: int
@@ -48,6 +70,7 @@ class SimulationResult:
     created: int
     deleted: int
     passes: int
+    samples: tuple[Sample, ...] = ()
 
     @property
     def hit_rate(self) -> float:
@@ -96,12 +119,23 @@ def simulate(
     hours: int = 24,
     step: timedelta = timedelta(minutes=5),
     seed: int = 0,
-    out: TextIO | None = None,
+    on_sample: Callable[[Sample], None] | None = None,
 ) -> SimulationResult:
     """
-    Run the example for *hours* of simulated time on *store*, printing one
-    line per hour to *out* (if given).
+    Run the example for *hours* of simulated time on *store*.
+
+    Every *step* the fake provisioner finishes due builds, the reconciler
+    runs a pass and users may claim. At the top of each hour a
+    :class:`Sample` is taken, passed to *on_sample* (if given) and kept in
+    the result.
+
+    Raises:
+        InvalidInputError: *hours* is less than 1 or *step* not positive.
     """
+    if hours < 1:
+        raise InvalidInputError("hours", hours, "must be 1 or more")
+    if step <= timedelta(0):
+        raise InvalidInputError("step", step, "must be positive")
     rng = random.Random(seed)  # noqa: S311 - a simulation, not cryptography
     clock = FakeClock(START)
     provisioner = FakeProvisioner(
@@ -123,10 +157,8 @@ def simulate(
     claimer = StoreClaimer(store, events=events)
     presets = seed_example(store)
     warm = cold = created = deleted = passes = 0
+    samples: list[Sample] = []
     end = START + timedelta(hours=hours)
-    if out is not None:
-        names = "  ".join(f"{p.name:<24}" for p in presets)
-        print(f"{'time (UTC)':<17} {names}   warm/cold", file=out)
     while clock.now() < end:
         provisioner.process()
         stats = reconciler.reconcile_all()
@@ -146,8 +178,11 @@ def simulate(
                     warm += 1
                 except NoClaimablePrebuildsError:
                     cold += 1
-        if out is not None and now.minute == 0 and now.second == 0:
-            print(_status_line(store, presets, now, warm, cold), file=out)
+        if now.minute == 0 and now.second == 0:
+            sample = _sample(store, presets, now, warm, cold)
+            samples.append(sample)
+            if on_sample is not None:
+                on_sample(sample)
         clock.advance(step)
     return SimulationResult(
         claims=warm + cold,
@@ -156,6 +191,7 @@ def simulate(
         created=created,
         deleted=deleted,
         passes=passes,
+        samples=tuple(samples),
     )
 
 
@@ -166,23 +202,23 @@ def _demand(preset: PresetConfig, now: datetime) -> float:
     return (0.6 if busy else 0.02) if preset.name == "small" else 0.03
 
 
-def _status_line(
+def _sample(
     store: Store,
     presets: list[PresetConfig],
     now: datetime,
     warm: int,
     cold: int,
-) -> str:
-    cells = []
+) -> Sample:
+    pools = []
     for config in presets:
         preset = store.get_preset(config.id)
         pooled = store.list_instances(preset_id=config.id, owner_id=PREBUILDS_OWNER_ID)
-        ready = sum(1 for i in pooled if i.ready)
-        failed = sum(1 for i in pooled if i.latest_status is BuildStatus.FAILED)
-        want = desired_instances(preset, at=now)
-        cells.append(f"want {want} ready {ready} failed {failed}")
-    return (
-        f"{now:%a %H:%M}        "
-        + "  ".join(f"{c:<24}" for c in cells)
-        + f" {warm}/{cold}"
-    )
+        pools.append(
+            PoolSample(
+                name=config.name,
+                want=desired_instances(preset, at=now),
+                ready=sum(1 for i in pooled if i.ready),
+                failed=sum(1 for i in pooled if i.latest_status is BuildStatus.FAILED),
+            )
+        )
+    return Sample(at=now, pools=tuple(pools), warm=warm, cold=cold)

@@ -14,11 +14,13 @@ The errors prebuilds raises, all rooted at :class:`PrebuildsError`.
     ├── StoreError                           the storage seam failed
     │   ├── SchemaVersionError               the store's schema is newer than this library
     │   └── LeadershipLostError              a leader's write after another took over
-    └── ProvisionerError                     the host's provisioner failed
-        └── ProvisionerValidationError       a deterministic, 400-style failure
+    ├── ProvisionerError                     the host's provisioner failed
+    │   └── ProvisionerValidationError       a deterministic, 400-style failure
+    └── MissingExtraError (ImportError)      an optional dependency is not installed
 
 Each error carries machine-readable attributes where they apply
-(``field``, ``value``, ``preset_id``, ``instance_id``, ``build_id``).
+(``field``, ``value``, ``preset_id``, ``instance_id``, ``build_id``,
+``extra``).
 
 .. versionadded:: 0.1.0
 """
@@ -27,6 +29,24 @@ from __future__ import annotations
 
 from typing import Any
 from uuid import UUID
+
+
+__all__ = [
+    "BuildNotFoundError",
+    "InstanceNotFoundError",
+    "InvalidInputError",
+    "LeadershipLostError",
+    "MissingExtraError",
+    "NoClaimablePrebuildsError",
+    "PrebuildsError",
+    "PrebuildsNotSupportedError",
+    "PresetInactiveError",
+    "PresetNotFoundError",
+    "ProvisionerError",
+    "ProvisionerValidationError",
+    "SchemaVersionError",
+    "StoreError",
+]
 
 
 class PrebuildsError(Exception):
@@ -207,3 +227,45 @@ class ProvisionerValidationError(ProvisionerError):
 
     .. versionadded:: 0.1.0
     """
+
+
+class MissingExtraError(PrebuildsError, ImportError):
+    """
+    A feature needs an optional dependency that is not installed.
+
+    The message names the feature, what is missing and the command that
+    installs it, such as ``pip install 'prebuilds[postgres]'``.
+
+    Attributes:
+        feature: What was asked for, such as ``prebuilds.stores.PostgresStore``.
+        extra: The extra that brings the dependency, such as ``postgres``.
+        name: The module that could not be imported (as on any ImportError).
+        problem: What is wrong (default: *name* is not installed).
+        hint: How to fix it (default: ``pip install 'prebuilds[<extra>]'``).
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        feature: str,
+        extra: str,
+        name: str | None = None,
+        problem: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.feature: str = feature
+        self.extra: str = extra
+        self.problem: str = problem or f"{name or 'a dependency'} is not installed"
+        self.hint: str = hint or f"pip install 'prebuilds[{extra}]'"
+        super().__init__(
+            f"{feature} needs the {extra!r} extra: {self.problem}; "
+            f"install it with: {self.hint}",
+            name=name,
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            type(self),
+            (self.feature, self.extra, self.name, self.problem, self.hint),
+        )

@@ -7,37 +7,43 @@ Every Protocol here has a no-op or a reference implementation in the
 library; a host may write its own and check it with
 :mod:`prebuilds.testing`.
 
+Every Protocol is runtime-checkable: ``isinstance(obj, Store)`` tells
+whether *obj* has the Protocol's methods (not whether their signatures or
+behaviour are right: that is the conformance kit's job). The types in their
+signatures are imported at runtime, so ``typing.get_type_hints`` works
+on each Protocol and each of its methods.
+
 .. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 from uuid import UUID
 
+# Imported at runtime, not only for type checkers: typing.get_type_hints and
+# autodoc resolve the signatures below through this module's namespace.
+from prebuilds._model import (
+    GlobalSnapshot,
+    Preset,
+    PresetStatus,
+    ReconcileStats,
+)
+from prebuilds._records import (
+    Build,
+    BuildRequest,
+    Event,
+    Instance,
+    Lease,
+    Lifecycle,
+    PresetConfig,
+    ResourceReplacement,
+    Template,
+)
 
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from prebuilds._model import (
-        GlobalSnapshot,
-        Preset,
-        PresetStatus,
-        ReconcileStats,
-    )
-    from prebuilds._records import (
-        Build,
-        BuildRequest,
-        Event,
-        Instance,
-        Lease,
-        Lifecycle,
-        PresetConfig,
-        ResourceReplacement,
-        Template,
-    )
 
 __all__ = [
     "Claimer",
@@ -66,6 +72,7 @@ class Clock(Protocol):
         """The current time, timezone-aware."""
 
 
+@runtime_checkable
 class EventSink(Protocol):
     """
     **Protocol:** where the reference engine reports what happened.
@@ -80,6 +87,7 @@ class EventSink(Protocol):
         """Record *event*."""
 
 
+@runtime_checkable
 class Provisioner(Protocol):
     """
     **Protocol:** the host's builder of real instances.
@@ -101,6 +109,7 @@ class Provisioner(Protocol):
         """Queue *request* for building; return at once."""
 
 
+@runtime_checkable
 class Store(Protocol):
     """
     **Protocol:** the storage seam: presets, instances, builds, settings.
@@ -251,6 +260,7 @@ class Store(Protocol):
         """Builds, in creation order."""
 
 
+@runtime_checkable
 class StateSnapshotter(Protocol):
     """
     **Protocol:** captures every pool's state in one consistent read.
@@ -262,6 +272,7 @@ class StateSnapshotter(Protocol):
         """One consistent read of *store*."""
 
 
+@runtime_checkable
 class Reconciler(StateSnapshotter, Protocol):
     """
     **Protocol:** runs one reconciliation pass over every pool.
@@ -276,6 +287,7 @@ class Reconciler(StateSnapshotter, Protocol):
         """Snapshot, calculate and execute, once, for every preset."""
 
 
+@runtime_checkable
 class ReconciliationOrchestrator(Reconciler, Protocol):
     """
     **Protocol:** runs :meth:`Reconciler.reconcile_all` on an interval.
@@ -304,6 +316,7 @@ class ReconciliationOrchestrator(Reconciler, Protocol):
         """Record that claiming *workspace_id* replaced resources."""
 
 
+@runtime_checkable
 class Claimer(Protocol):
     """
     **Protocol:** hands a prebuilt instance to a user.

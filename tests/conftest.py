@@ -20,6 +20,13 @@ settings.register_profile(
     max_examples=100,
     suppress_health_check=[HealthCheck.too_slow],
 )
+# CI's Pythons other than the newest (see the noxfile's tests session): the
+# same tests with fewer examples, since the newest runs the full numbers.
+settings.register_profile(
+    "ci-light",
+    max_examples=20,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 settings.register_profile(
     "thorough",
     max_examples=2000,

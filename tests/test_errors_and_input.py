@@ -187,6 +187,9 @@ def example_errors() -> list[exceptions.PrebuildsError]:
         exceptions.LeadershipLostError("lease lost"),
         exceptions.ProvisionerError("down"),
         exceptions.ProvisionerValidationError("missing parameter"),
+        exceptions.MissingExtraError(
+            "prebuilds.stores.PostgresStore", "postgres", "psycopg"
+        ),
     ]
 
 

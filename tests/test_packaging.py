@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import inspect
 import json
+import os
 import subprocess
 import sys
 import typing
@@ -22,6 +23,7 @@ import attrs
 import pytest
 
 import prebuilds
+import prebuilds.interfaces
 
 from prebuilds import (
     DEFAULT_CLAIMER,
@@ -87,11 +89,147 @@ def test_public_names_have_public_module() -> None:
 
 
 def test_version() -> None:
-    """``prebuilds.__version__`` is the installed distribution's version string."""
-    version = prebuilds.__version__
+    """
+    The version is written once, in ``prebuilds/_version.py``: it is
+    ``prebuilds.__version__`` and the installed distribution's version (a
+    mismatch means the environment holds an old build: reinstall).
+    """
+    from prebuilds._version import __version__
 
-    assert isinstance(version, str)
-    assert importlib.metadata.version("prebuilds") == version
+    assert (__version__, __version__) == (
+        prebuilds.__version__,
+        importlib.metadata.version("prebuilds"),
+    )
+
+
+class TestMetadata:
+    """What the package tells an installer and an index."""
+
+    metadata = importlib.metadata.metadata("prebuilds")
+
+    def test_project_urls(self) -> None:
+        """The documentation, the changelog and the source are linked."""
+        urls = dict(
+            u.split(", ", 1) for u in self.metadata.get_all("Project-URL") or []
+        )
+
+        assert {"Documentation", "Changelog", "Source"} <= set(urls)
+
+    def test_licence_only_as_an_expression(self) -> None:
+        """The licence is a SPDX expression, with no legacy classifier beside it."""
+        classifiers = self.metadata.get_all("Classifier") or []
+
+        assert "MIT" == self.metadata["License-Expression"]
+        assert [] == [c for c in classifiers if c.startswith("License ::")]
+
+    def test_tzdata_on_every_platform(self) -> None:
+        """tzdata is required everywhere, not only on Windows."""
+        requires = importlib.metadata.requires("prebuilds") or []
+
+        assert "tzdata" in requires
+
+
+def test_time_zones_without_system_data(tmp_path: Path) -> None:
+    """
+    With no time-zone data on the system (a slim container: TZPATH points to
+    an empty directory), zones still resolve, from the tzdata package.
+    """
+    code = (
+        "import zoneinfo, datetime, prebuilds, uuid; "
+        "from prebuilds.testing import FakeClock; "
+        "preset = prebuilds.Preset(id=uuid.uuid4(), template_id=uuid.uuid4(), "
+        "template_version_id=uuid.uuid4(), desired_instances=1, "
+        "scheduling_timezone='Europe/Berlin', "
+        "schedules=(prebuilds.PrebuildSchedule(cron='* 9-17 * * *', instances=3),)); "
+        "at = datetime.datetime(2026, 7, 1, 7, 30, tzinfo=datetime.timezone.utc); "
+        "print(zoneinfo.TZPATH, prebuilds.desired_instances(preset, at=at))"
+    )
+    env = {**os.environ, "PYTHONTZPATH": str(tmp_path)}
+
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+
+    # 07:30 UTC is 09:30 in Berlin's summer time: inside the schedule.
+    assert f"{(str(tmp_path),)} 3" == result.stdout.strip()
+
+
+PROTOCOLS = [
+    getattr(prebuilds.interfaces, name) for name in prebuilds.interfaces.__all__
+]
+
+
+class TestProtocols:
+    """The Protocols check at runtime, and their hints resolve."""
+
+    @pytest.mark.parametrize("protocol", PROTOCOLS, ids=lambda p: p.__name__)
+    def test_hints_resolve(self, protocol: type) -> None:
+        """typing.get_type_hints works on the Protocol and on each method."""
+        methods = {
+            name: typing.get_type_hints(method)
+            for name, method in inspect.getmembers(protocol, inspect.isfunction)
+            if not name.startswith("_")
+        }
+
+        assert typing.get_type_hints(protocol) is not None
+        assert methods
+        assert all("return" in hints for hints in methods.values())
+
+    def test_store_hints_name_the_real_types(self) -> None:
+        """Store.snapshot's hints are the classes, not strings."""
+        hints = typing.get_type_hints(prebuilds.Store.snapshot)
+
+        assert (datetime, GlobalSnapshot) == (hints["now"], hints["return"])
+
+    def test_implementations_are_instances(self, tmp_path: Path) -> None:
+        """isinstance holds for the library's implementations of each Protocol."""
+        from prebuilds.stores import MemoryStore, SQLiteStore
+        from prebuilds.testing import FakeClock, FakeProvisioner
+
+        memory = MemoryStore()
+        sqlite = SQLiteStore(tmp_path / "p.sqlite3")
+        clock = FakeClock()
+        pairs: list[tuple[object, type]] = [
+            (memory, prebuilds.Store),
+            (sqlite, prebuilds.Store),
+            (clock, prebuilds.Clock),
+            (prebuilds.SystemClock(), prebuilds.Clock),
+            (prebuilds.CollectingEventSink(), prebuilds.EventSink),
+            (prebuilds.LoggingEventSink(), prebuilds.EventSink),
+            (FakeProvisioner(memory, clock), prebuilds.Provisioner),
+            (prebuilds.StoreClaimer(memory), prebuilds.Claimer),
+            (DEFAULT_CLAIMER, prebuilds.Claimer),
+            (DEFAULT_RECONCILER, prebuilds.ReconciliationOrchestrator),
+            (
+                prebuilds.StoreReconciler(memory, FakeProvisioner(memory, clock)),
+                prebuilds.ReconciliationOrchestrator,
+            ),
+        ]
+        try:
+            wrong = [
+                (type(obj).__name__, protocol.__name__)
+                for obj, protocol in pairs
+                if not isinstance(obj, protocol)
+            ]
+        finally:
+            sqlite.close()
+
+        assert [] == wrong
+
+    def test_postgres_store_is_a_store(self) -> None:
+        """PostgresStore has every Store method (checked on the class)."""
+        from prebuilds.stores import PostgresStore
+
+        assert issubclass(PostgresStore, prebuilds.Store)
+
+    @pytest.mark.parametrize("protocol", PROTOCOLS, ids=lambda p: p.__name__)
+    def test_other_objects_are_not(self, protocol: type) -> None:
+        """An object without the methods is not an instance."""
+        assert not isinstance(object(), protocol)
 
 
 def test_unknown_attribute() -> None:

@@ -42,8 +42,13 @@ def machine_settings(kind: str) -> settings:
         ],
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    if settings.get_current_profile_name() == "thorough":
+    profile = settings.get_current_profile_name()
+    if profile == "thorough":
         return base
+    if profile == "ci-light":  # the other Pythons in CI: a quarter of the runs
+        return settings(
+            base, max_examples=FAST_EXAMPLES[kind] // 4, stateful_step_count=FAST_STEPS
+        )
     return settings(
         base, max_examples=FAST_EXAMPLES[kind], stateful_step_count=FAST_STEPS
     )

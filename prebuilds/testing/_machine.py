@@ -331,7 +331,7 @@ class PoolMachine(RuleBasedStateMachine):
         self._counter = counter
         if counter is not None:
             counter.examples += 1
-        self.clock = FakeClock(DEFAULT_START)
+        self.clock: FakeClock = FakeClock(DEFAULT_START)
         self.systems: list[_System] = []
         if reference:
             memory = MemoryStore()
@@ -350,7 +350,7 @@ class PoolMachine(RuleBasedStateMachine):
             raise
         self.templates: dict[UUID, _TemplateModel] = {}
         self.presets: dict[UUID, _PresetModel] = {}
-        self.paused = False
+        self.paused: bool = False
         self._ids = itertools.count(1)
         self._claims = itertools.count()
 

@@ -23,8 +23,7 @@ from datetime import datetime, timedelta, timezone
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
-from hypothesis import strategies as st
-
+from prebuilds._extras import require
 from prebuilds._model import (
     Backoff,
     GlobalSnapshot,
@@ -39,6 +38,10 @@ from prebuilds._model import (
     is_expired,
 )
 from prebuilds._schedule import CronWindow, parse_cron, windows_overlap
+
+
+with require("testing", feature="prebuilds.testing.strategies"):
+    from hypothesis import strategies as st
 
 
 __all__ = [
