@@ -37,6 +37,7 @@ from prebuilds._model import (
     ReconciliationState,
     RunningPrebuild,
     Transition,
+    expiry_cutoff,
     is_expired,
 )
 from prebuilds._noop import (
@@ -45,6 +46,7 @@ from prebuilds._noop import (
     NoopClaimer,
     NoopReconciler,
 )
+from prebuilds._pool import PooledInstance, PoolFacts, PresetFacts, derive
 from prebuilds._reconciler import StoreReconciler, generate_name
 from prebuilds._records import (
     PREBUILDS_OWNER_ID,
@@ -70,12 +72,14 @@ from prebuilds.exceptions import (
     NoClaimablePrebuildsError,
     PrebuildsError,
     PrebuildsNotSupportedError,
+    PresetChangedError,
     PresetInactiveError,
     PresetNotFoundError,
     ProvisionerError,
     ProvisionerValidationError,
     SchemaVersionError,
     StoreError,
+    TemplateNotFoundError,
 )
 from prebuilds.interfaces import (
     Claimer,
@@ -84,6 +88,7 @@ from prebuilds.interfaces import (
     Provisioner,
     Reconciler,
     ReconciliationOrchestrator,
+    StampedClaims,
     StateSnapshotter,
     Store,
 )
@@ -120,11 +125,15 @@ __all__ = [
     "NoopClaimer",
     "NoopReconciler",
     "PendingCount",
+    "PoolFacts",
+    "PooledInstance",
     "PrebuildSchedule",
     "PrebuildsError",
     "PrebuildsNotSupportedError",
     "Preset",
+    "PresetChangedError",
     "PresetConfig",
+    "PresetFacts",
     "PresetInactiveError",
     "PresetNotFoundError",
     "PresetSnapshot",
@@ -140,6 +149,7 @@ __all__ = [
     "ResourceReplacement",
     "RunningPrebuild",
     "SchemaVersionError",
+    "StampedClaims",
     "StateSnapshotter",
     "Store",
     "StoreClaimer",
@@ -147,13 +157,16 @@ __all__ = [
     "StoreReconciler",
     "SystemClock",
     "Template",
+    "TemplateNotFoundError",
     "Transition",
     "backoff_until",
     "calculate_actions",
     "calculate_state",
     "can_skip_reconciliation",
     "claimed_lifecycle",
+    "derive",
     "desired_instances",
+    "expiry_cutoff",
     "generate_name",
     "is_expired",
     "is_lifecycle_managed",
