@@ -1187,8 +1187,13 @@ class PoolMachine(RuleBasedStateMachine):
             got = attrs.evolve(system.store.read_preset(facts.config.id), stamp=None)
             if got != facts:
                 _fail(system, f"read_preset gave {got}, expected {facts}")
-        actual = attrs.evolve(
-            actual, presets=[attrs.evolve(f, stamp=None) for f in actual.presets]
+        actual = attrs.evolve(  # in the model's order: a store may use any
+            actual,
+            presets=sorted(
+                (attrs.evolve(f, stamp=None) for f in actual.presets),
+                key=lambda f: f.config.id,
+            ),
+            instances=sorted(actual.instances, key=lambda i: i.id),
         )
         if actual == expected:
             return
