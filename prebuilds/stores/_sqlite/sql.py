@@ -185,7 +185,7 @@ DELETE_INSTANCE = f"""
 
 #: Queued first builds of the preset on a version that is no longer active.
 CANCELABLE = f"""
-    SELECT b.id, i.id, i.preset_id, i.template_id, i.template_version_id, i.name
+    SELECT b.id, i.id
     FROM prebuilds_builds AS b
     JOIN prebuilds_instances AS i ON i.id = b.instance_id
     JOIN prebuilds_templates AS t ON t.id = i.template_id
@@ -207,7 +207,7 @@ ORPHAN_DELETE = """
     SET latest_build_id = ?, latest_transition = 'delete', latest_status = 'pending',
         latest_number = COALESCE(latest_number, 0) + 1, latest_created_at = ?
     WHERE id = ?
-    RETURNING latest_number
+    RETURNING preset_id, template_id, template_version_id, name, latest_number
 """
 
 _STUCK = f"""

@@ -52,22 +52,7 @@ from prebuilds.exceptions import (
     StoreError,
     TemplateNotFoundError,
 )
-from prebuilds.stores._sqlite import schema, sql
-from prebuilds.stores._sqlite.codecs import (
-    NO_CUTOFF,
-    PoolDecoder,
-    build_from_row,
-    decode_parameters,
-    decoding,
-    delta_us,
-    encode_parameters,
-    encode_schedules,
-    facts_from_row,
-    instance_from_row,
-    opt_to_us,
-    template_from_row,
-    to_us,
-)
+from prebuilds.stores._sqlite import codecs, schema, sql
 from prebuilds.stores._sqlite.connections import Connections
 from prebuilds.stores._sqlite.lease import Leases
 
@@ -104,28 +89,13 @@ class SQLiteStore:
             For tools that inspect a host's file, such as
             ``prebuilds status``.
 
-    A file store opens one connection per thread (closed by :meth:`close`,
-    or when a later connection finds its thread gone), so threads and
-    processes sharing one file serialise their writes through SQLite's
-    locks; a forked child opens its own connections instead of using the
-    parent's. An in-memory store has one connection, shared under a lock.
-    Every method is one transaction: writes in ``BEGIN IMMEDIATE``, reads in
-    one ``BEGIN``.
-
+    A file store opens one connection per thread (a forked child opens its
+    own); an in-memory store has one, shared under a lock. Every method is
+    one transaction: writes in ``BEGIN IMMEDIATE``, reads in one ``BEGIN``.
     :meth:`leader` is a lease row that expires after *lease_ttl* (wall
-    clock), so a process that dies while leading blocks the others only that
-    long. While a scope holds it, the lease is renewed every third of
-    *lease_ttl* by one daemon thread per store object (started at the first
-    lease, idle while none is held) and by every fenced write; a holder that
-    could not renew in time (stopped, stalled) loses it to the next process
-    that asks, and its fenced writes raise
-    :class:`~prebuilds.exceptions.LeadershipLostError`.
-
-    :meth:`statement_count` counts the SQL statements the store ran, for
-    checking that :meth:`read_pool` costs a constant number of them.
-
-    The store is also a context manager that closes it. It needs SQLite
-    3.35 or later (``UPDATE … RETURNING``).
+    clock), renewed every third of it while a scope holds it (see
+    :doc:`/stores`). The store is a context manager that closes it. It needs
+    SQLite 3.35 or later (``UPDATE … RETURNING``).
 
     Raises:
         SchemaVersionError: the file was written by a newer library.
@@ -173,7 +143,7 @@ class SQLiteStore:
         self._leases = Leases(
             self._db, lease_ttl_us=lease_ttl // _US, busy_timeout=float(busy_timeout)
         )
-        self._pool = PoolDecoder()
+        self._pool = codecs.PoolDecoder()
         try:
             handle = self._db.first()
             with handle.lock:
@@ -254,7 +224,7 @@ class SQLiteStore:
                     None if org is None else str(org),
                     int(template.deleted),
                     int(template.deprecated),
-                    delta_us("default_ttl", template.default_ttl),
+                    codecs.delta_us("default_ttl", template.default_ttl),
                 ),
             )
             tx.execute(sql.STAMP_TEMPLATE, (str(template.id),))
@@ -274,10 +244,10 @@ class SQLiteStore:
             str(preset.template_version_id),
             preset.desired_instances,
             preset.name,
-            delta_us("ttl", preset.ttl),
+            codecs.delta_us("ttl", preset.ttl),
             preset.scheduling_timezone,
-            encode_schedules(preset),
-            encode_parameters(preset.parameters),
+            codecs.encode_schedules(preset),
+            codecs.encode_parameters(preset.parameters),
         )
         with self._tx(write=True) as tx:
             if tx.one(sql.TEMPLATE_EXISTS, (values[1],)) is None:
@@ -293,7 +263,7 @@ class SQLiteStore:
             PresetNotFoundError: no preset has *preset_id*.
         """
         check_id_at("preset_id", preset_id, "at", at)
-        at_us = to_us("at", at)
+        at_us = codecs.to_us("at", at)
         with self._tx(write=True) as tx:
             if tx.execute(sql.INVALIDATE_PRESET, (at_us, str(preset_id))).rowcount == 0:
                 raise PresetNotFoundError(preset_id)
@@ -322,8 +292,8 @@ class SQLiteStore:
             row = tx.one(sql.GET_TEMPLATE, (str(template_id),))
         if row is None:
             raise TemplateNotFoundError(template_id)
-        with decoding("template"):
-            return template_from_row(row)
+        with codecs.decoding("template"):
+            return codecs.template_from_row(row)
 
     def read_preset(self, preset_id: UUID) -> PresetFacts:
         """
@@ -338,7 +308,7 @@ class SQLiteStore:
             row = tx.one(sql.READ_PRESET, (str(preset_id),))
         if row is None:
             raise PresetNotFoundError(preset_id)
-        return facts_from_row(row)
+        return codecs.facts_from_row(row)
 
     # -- the reconciler ------------------------------------------------------------------
 
@@ -362,7 +332,7 @@ class SQLiteStore:
         with self._tx(write=False) as tx:
             preset_rows = tx.all(sql.POOL_PRESETS)
             instance_rows = tx.all(sql.POOL_INSTANCES)
-        with decoding("pool"):
+        with codecs.decoding("pool"):
             presets, invalid = self._pool.presets(preset_rows)
             instances = self._pool.instances(instance_rows)
             return PoolFacts(
@@ -386,7 +356,7 @@ class SQLiteStore:
             LeadershipLostError: *lease* no longer leads.
         """
         check_create_prebuild(preset_id, now, name)
-        now_us = to_us("now", now)
+        now_us = codecs.to_us("now", now)
         token = self._leases.fenced(lease)
         with self._tx(write=True) as tx:
             self._leases.fence(tx, token)
@@ -396,7 +366,7 @@ class SQLiteStore:
             template_id, version_id, raw_parameters, active, deleted, deprecated = row
             if version_id != active or deleted or deprecated:
                 return None
-            parameters = decode_parameters(raw_parameters)
+            parameters = codecs.decode_parameters(raw_parameters)
             instance_id, build_id = uuid.uuid4(), uuid.uuid4()
             instance, build = str(instance_id), str(build_id)
             preset = str(preset_id)
@@ -408,7 +378,7 @@ class SQLiteStore:
             )
             # Built before the commit: a row that cannot be read back rolls
             # the creation back instead of leaving it behind.
-            with decoding("preset"):
+            with codecs.decoding("preset"):
                 return BuildRequest(
                     build_id=build_id,
                     instance_id=instance_id,
@@ -432,33 +402,11 @@ class SQLiteStore:
             LeadershipLostError: *lease* no longer leads.
         """
         check_id_at("instance_id", instance_id, "now", now)
-        now_us = to_us("now", now)
+        now_us = codecs.to_us("now", now)
         token = self._leases.fenced(lease)
-        build_id = uuid.uuid4()
         with self._tx(write=True) as tx:
             self._leases.fence(tx, token)
-            rows = tx.all(
-                sql.DELETE_INSTANCE, (str(build_id), now_us, str(instance_id))
-            )
-            if not rows:
-                return None
-            [(preset_id, template_id, version_id, name, number)] = rows
-            tx.execute(
-                sql.INSERT_BUILD,
-                (
-                    str(build_id),
-                    str(instance_id),
-                    preset_id,
-                    version_id,
-                    "delete",
-                    number,
-                    now_us,
-                ),
-            )
-            with decoding("instance"):
-                return _delete_request(
-                    build_id, instance_id, (preset_id, template_id, version_id, name)
-                )
+            return _delete(tx, sql.DELETE_INSTANCE, str(instance_id), now_us)
 
     def cancel_pending(
         self, preset_id: UUID, *, now: datetime, lease: Lease | None = None
@@ -472,25 +420,18 @@ class SQLiteStore:
             LeadershipLostError: *lease* no longer leads.
         """
         check_id_at("preset_id", preset_id, "now", now)
-        now_us = to_us("now", now)
+        now_us = codecs.to_us("now", now)
         token = self._leases.fenced(lease)
         requests: list[BuildRequest] = []
         with self._tx(write=True) as tx:
             self._leases.fence(tx, token)
             if tx.one(sql.PRESET_EXISTS, (str(preset_id),)) is None:
                 raise PresetNotFoundError(preset_id)
-            for build, instance, *source in tx.all(sql.CANCELABLE, (str(preset_id),)):
+            for build, instance in tx.all(sql.CANCELABLE, (str(preset_id),)):
                 tx.execute(sql.CANCEL_BUILD, (now_us, build))
-                delete_id = uuid.uuid4()
-                [(number,)] = tx.all(
-                    sql.ORPHAN_DELETE, (str(delete_id), now_us, instance)
-                )
-                values = (str(delete_id), instance, source[0], source[2], "delete")
-                tx.execute(sql.INSERT_BUILD, (*values, number, now_us))
-                with decoding("instance"):
-                    requests.append(
-                        _delete_request(delete_id, UUID(instance), source, orphan=True)
-                    )
+                request = _delete(tx, sql.ORPHAN_DELETE, instance, now_us, orphan=True)
+                if request is not None:
+                    requests.append(request)
         return requests
 
     def set_preset_status(
@@ -521,8 +462,8 @@ class SQLiteStore:
             LeadershipLostError: *lease* no longer leads.
         """
         check_fail_stuck_builds(older_than, now)
-        params = {"older": to_us("older_than", older_than)}
-        now_us = to_us("now", now)
+        params = {"older": codecs.to_us("older_than", older_than)}
+        now_us = codecs.to_us("now", now)
         token = self._leases.fenced(lease)
         with self._tx(write=True) as tx:
             self._leases.fence(tx, token)
@@ -533,10 +474,10 @@ class SQLiteStore:
             tx.execute(
                 sql.FAIL_STUCK_BUILDS, {**params, "now": now_us, "error": _STUCK_ERROR}
             )
-            with decoding("build"):
+            with codecs.decoding("build"):
                 return [
                     attrs.evolve(
-                        build_from_row(row),
+                        codecs.build_from_row(row),
                         status=BuildStatus.FAILED,
                         finished_at=now.astimezone(timezone.utc),
                         error_kind="timeout",
@@ -555,7 +496,7 @@ class SQLiteStore:
             BuildNotFoundError: no build has *build_id*.
         """
         check_id_at("build_id", build_id, "now", now)
-        now_us = to_us("now", now)
+        now_us = codecs.to_us("now", now)
         build = str(build_id)
         with self._tx(write=True) as tx:
             rows = tx.all(sql.BUILD_STARTED, (now_us, build))
@@ -583,7 +524,7 @@ class SQLiteStore:
             LeadershipLostError: *lease* no longer leads.
         """
         check_build_finished(build_id, now, succeeded, error_kind, error)
-        now_us = to_us("now", now)
+        now_us = codecs.to_us("now", now)
         status = (BuildStatus.SUCCEEDED if succeeded else BuildStatus.FAILED).value
         build = str(build_id)
         token = self._leases.fenced(lease)
@@ -650,8 +591,8 @@ class SQLiteStore:
             rows = tx.all(sql.CLAIM, params)
             # Read back before the commit: a claim whose row cannot be read
             # is rolled back, not left behind.
-            with decoding("instance"):
-                return instance_from_row(rows[0]) if rows else None
+            with codecs.decoding("instance"):
+                return codecs.instance_from_row(rows[0]) if rows else None
 
     def claim_if_unchanged(
         self,
@@ -681,8 +622,8 @@ class SQLiteStore:
         with self._tx(write=True) as tx:
             rows = tx.all(sql.CLAIM_IF_STAMP, (*params, stamp))
             if rows:
-                with decoding("instance"):
-                    return instance_from_row(rows[0])
+                with codecs.decoding("instance"):
+                    return codecs.instance_from_row(rows[0])
             current = tx.one(sql.STAMP, (str(preset_id),))
         if current is None or current[0] != stamp:
             raise PresetChangedError(preset_id)
@@ -702,8 +643,8 @@ class SQLiteStore:
             row = tx.one(sql.GET_INSTANCE, (str(instance_id),))
         if row is None:
             raise InstanceNotFoundError(instance_id)
-        with decoding("instance"):
-            return instance_from_row(row)
+        with codecs.decoding("instance"):
+            return codecs.instance_from_row(row)
 
     def list_instances(
         self,
@@ -723,8 +664,8 @@ class SQLiteStore:
                     "deleted": int(include_deleted),
                 },
             )
-        with decoding("instance"):
-            return [instance_from_row(r) for r in rows]
+        with codecs.decoding("instance"):
+            return [codecs.instance_from_row(r) for r in rows]
 
     def get_build(self, build_id: UUID) -> Build:
         """
@@ -738,8 +679,8 @@ class SQLiteStore:
             row = tx.one(sql.GET_BUILD, (str(build_id),))
         if row is None:
             raise BuildNotFoundError(build_id)
-        with decoding("build"):
-            return build_from_row(row)
+        with codecs.decoding("build"):
+            return codecs.build_from_row(row)
 
     def list_builds(self, *, instance_id: UUID | None = None) -> list[Build]:
         """Builds in creation order (created_at, instance_id, build_number)."""
@@ -749,30 +690,36 @@ class SQLiteStore:
                 sql.LIST_BUILDS,
                 {"instance": None if instance_id is None else str(instance_id)},
             )
-        with decoding("build"):
-            return [build_from_row(r) for r in rows]
+        with codecs.decoding("build"):
+            return [codecs.build_from_row(r) for r in rows]
 
 
-def _delete_request(
-    build_id: UUID,
-    instance_id: UUID,
-    source: Any,
-    *,
-    orphan: bool = False,
-) -> BuildRequest:
-    """The request of a delete build; *source*: preset, template, version, name."""
-    preset_id, template_id, version_id, name = source
-    return BuildRequest(
-        build_id=build_id,
-        instance_id=instance_id,
-        preset_id=UUID(preset_id),
-        template_id=UUID(template_id),
-        template_version_id=UUID(version_id),
-        transition=Transition.DELETE,
-        name=name,
-        parameters=(),
-        orphan=orphan,
-    )
+def _delete(
+    tx: Tx, mark: str, instance: str, now_us: int, *, orphan: bool = False
+) -> BuildRequest | None:
+    """
+    Make a pending delete the instance's latest build (*mark*: an UPDATE of
+    the instance that returns its preset, template, version, name and the
+    new build's number, or nothing); its request.
+    """
+    build_id = uuid.uuid4()
+    rows = tx.all(mark, (str(build_id), now_us, instance))
+    if not rows:
+        return None
+    [(preset_id, template_id, version_id, name, number)] = rows
+    values = (str(build_id), instance, preset_id, version_id, "delete", number)
+    tx.execute(sql.INSERT_BUILD, (*values, now_us))
+    with codecs.decoding("instance"):
+        return BuildRequest(
+            build_id=build_id,
+            instance_id=UUID(instance),
+            preset_id=UUID(preset_id),
+            template_id=UUID(template_id),
+            template_version_id=UUID(version_id),
+            transition=Transition.DELETE,
+            name=name,
+            orphan=orphan,
+        )
 
 
 def _claim_params(  # noqa: PLR0917 - a claim's arguments, checked in one place
@@ -798,15 +745,17 @@ def _claim_params(  # noqa: PLR0917 - a claim's arguments, checked in one place
         str(user_id),
         name,
         life.autostart_schedule,
-        opt_to_us("next_start_at", life.next_start_at),
-        delta_us("ttl", life.ttl),
-        opt_to_us("deadline", life.deadline),
-        opt_to_us("max_deadline", life.max_deadline),
-        opt_to_us("dormant_at", life.dormant_at),
-        opt_to_us("deleting_at", life.deleting_at),
-        opt_to_us("last_used_at", life.last_used_at),
-        to_us("now", now),
+        codecs.opt_to_us("next_start_at", life.next_start_at),
+        codecs.delta_us("ttl", life.ttl),
+        codecs.opt_to_us("deadline", life.deadline),
+        codecs.opt_to_us("max_deadline", life.max_deadline),
+        codecs.opt_to_us("dormant_at", life.dormant_at),
+        codecs.opt_to_us("deleting_at", life.deleting_at),
+        codecs.opt_to_us("last_used_at", life.last_used_at),
+        codecs.to_us("now", now),
         str(preset_id),
         str(version_id),
-        NO_CUTOFF if not_before is None else to_us("not_before", not_before),
+        codecs.NO_CUTOFF
+        if not_before is None
+        else codecs.to_us("not_before", not_before),
     )
