@@ -516,8 +516,10 @@ class TestSchema:
                 path, "SELECT name FROM sqlite_master WHERE type = 'index'"
             )
         }
-        assert "prebuilds_instances_claim" in indexes
-        assert "prebuilds_instances_claimable" not in indexes
+        assert {"prebuilds_instances_claim", "prebuilds_instances_pool"} <= indexes
+        assert not {"prebuilds_instances_claimable", "prebuilds_instances_owner"} & (
+            indexes
+        )
         preset_id = UUID(rows["preset"])
         assert store.read_preset(preset_id).stamp == 0
         facts = store.read_pool()
@@ -1062,6 +1064,21 @@ class TestClaimStatement:
             assert (claimed is not None) == (outcome == "hit")
             # read_preset (BEGIN, SELECT, COMMIT) then the claim
             assert store.statement_count() - before == 3 + 3
+
+    def test_the_pool_is_read_in_id_order_from_an_index(
+        self, open_store: OpenStore
+    ) -> None:
+        """read_pool's instances come by ID, as its presets do, without a sort."""
+        store = open_store()
+        _, ids = ready_pool(store, 5)
+        assert [i.id for i in store.read_pool().instances] == sorted(ids)
+        conn = store._db.handle().conn
+        plan = " ".join(
+            str(row[3])
+            for row in conn.execute("EXPLAIN QUERY PLAN " + sql.POOL_INSTANCES)
+        )
+        assert "USING INDEX prebuilds_instances_pool" in plan
+        assert "TEMP B-TREE" not in plan
 
     def test_the_claim_uses_its_index(self, open_store: OpenStore) -> None:
         """The claim's sub-select is answered by the partial index, in claim order."""

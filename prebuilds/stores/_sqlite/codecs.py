@@ -11,30 +11,27 @@ field (a stored preset: reported in ``invalid_presets``) or, inside
 
 from __future__ import annotations
 
-import json
-
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
-from prebuilds._model import InvalidPreset, PrebuildSchedule, PresetStatus, Transition
-from prebuilds._pool import PooledInstance, PresetFacts
-from prebuilds._records import (
-    Build,
-    BuildStatus,
-    Instance,
-    Lifecycle,
-    PresetConfig,
-    Template,
-)
+from prebuilds._model import InvalidPreset, Transition
+from prebuilds._records import Build, BuildStatus, Instance, Lifecycle, Template
 from prebuilds._validate import check_aware
 from prebuilds.exceptions import InvalidInputError, StoreError
-from prebuilds.stores._common import invalid_preset
+from prebuilds.stores._common import (
+    decode_enum,
+    invalid_preset,
+    pooled_instance,
+    preset_facts,
+)
 
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
+
+    from prebuilds._pool import PooledInstance, PresetFacts
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _US = timedelta(microseconds=1)
@@ -115,49 +112,12 @@ def _int(field: str, value: object) -> int:
     return value
 
 
-def _enum(kind: type[Any], field: str, value: object) -> Any:
-    try:
-        return kind(value)
-    except ValueError:
-        raise InvalidInputError(field, value, f"unknown {kind.__name__}") from None
-
-
-def encode_schedules(config: PresetConfig) -> str:
-    """A preset's schedules as a JSON list of ``[cron, instances]``."""
-    return json.dumps([[s.cron, s.instances] for s in config.schedules])
-
-
-def encode_parameters(parameters: Sequence[tuple[str, str]]) -> str:
-    """Parameters as a JSON list of ``[name, value]``."""
-    return json.dumps([[k, v] for k, v in parameters])
-
-
-def _decode_pairs(field: str, raw: object) -> list[tuple[Any, Any]]:
-    """A JSON list of two-element lists, as tuples."""
-    reason = "must be a JSON list of pairs"
-    try:
-        value = json.loads(raw) if isinstance(raw, (str, bytes)) else None
-    except ValueError:
-        raise InvalidInputError(field, raw, reason) from None
-    if not isinstance(value, list):
-        raise InvalidInputError(field, raw, reason)
-    pairs: list[tuple[Any, Any]] = []
-    for item in value:
-        if not isinstance(item, list) or len(item) != 2:  # noqa: PLR2004
-            raise InvalidInputError(field, raw, reason)
-        pairs.append((item[0], item[1]))
-    return pairs
-
-
-def decode_parameters(raw: object) -> tuple[tuple[str, str], ...]:
-    """A JSON list of ``[name, value]`` string pairs."""
-    pairs = _decode_pairs("parameters", raw)
-    for name, value in pairs:
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise InvalidInputError(
-                "parameters", raw, "must be (name, value) string pairs"
-            )
-    return tuple(pairs)
+def _json(field: str, value: object) -> str | bytes:
+    # A JSON column holds text: anything else (a number written by hand) is
+    # not a list of pairs.
+    if not isinstance(value, (str, bytes)):
+        raise InvalidInputError(field, value, "must be a JSON list of pairs")
+    return value
 
 
 @contextmanager
@@ -194,7 +154,7 @@ def facts_from_row(row: Sequence[Any], template: Template | None = None) -> Pres
     Raises:
         InvalidInputError: the stored configuration is not valid.
     """
-    config = PresetConfig(
+    return preset_facts(
         id=_uuid("id", row[0]),
         template_id=_uuid("template_id", row[1]),
         template_version_id=_uuid("template_version_id", row[2]),
@@ -202,16 +162,10 @@ def facts_from_row(row: Sequence[Any], template: Template | None = None) -> Pres
         name=row[4],
         ttl=_opt_delta("ttl", row[5]),
         scheduling_timezone=row[6],
-        schedules=tuple(
-            PrebuildSchedule(cron=cron, instances=n)
-            for cron, n in _decode_pairs("schedules", row[7])
-        ),
-        parameters=decode_parameters(row[8]),
-    )
-    return PresetFacts(
-        config=config,
+        schedules=_json("schedules", row[7]),
+        parameters=_json("parameters", row[8]),
         template=template_from_row(row[12:]) if template is None else template,
-        status=_enum(PresetStatus, "status", row[9]),
+        status=row[9],
         last_invalidated_at=_opt_from_us("last_invalidated_at", row[10]),
         stamp=_int("stamp", row[11]),
     )
@@ -219,17 +173,17 @@ def facts_from_row(row: Sequence[Any], template: Template | None = None) -> Pres
 
 def pooled_from_row(row: Sequence[Any]) -> PooledInstance:
     """A ``sql.POOL_INSTANCES`` row."""
-    return PooledInstance(
+    return pooled_instance(
         id=_uuid("id", row[0]),
         preset_id=_uuid("preset_id", row[1]),
         template_id=_uuid("template_id", row[2]),
         template_version_id=_uuid("template_version_id", row[3]),
         name=_str("name", row[4]),
         created_at=from_us("created_at", row[5]),
-        ready=bool(row[6]),
+        ready=row[6],
         latest_build_id=_uuid("latest_build_id", row[7]),
-        latest_transition=_enum(Transition, "latest_transition", row[8]),
-        latest_status=_enum(BuildStatus, "latest_status", row[9]),
+        latest_transition=row[8],
+        latest_status=row[9],
         latest_number=row[10],
         latest_created_at=from_us("latest_created_at", row[11]),
     )
@@ -262,12 +216,12 @@ def instance_from_row(row: Sequence[Any]) -> Instance:
         latest_transition=(
             Transition.START
             if row[18] is None
-            else _enum(Transition, "transition", row[18])
+            else decode_enum(Transition, "transition", row[18])
         ),
         latest_status=(
             BuildStatus.PENDING
             if row[19] is None
-            else _enum(BuildStatus, "status", row[19])
+            else decode_enum(BuildStatus, "status", row[19])
         ),
     )
 
@@ -279,8 +233,8 @@ def build_from_row(row: Sequence[Any]) -> Build:
         instance_id=_uuid("instance_id", row[1]),
         preset_id=_uuid("preset_id", row[2]),
         template_version_id=_uuid("template_version_id", row[3]),
-        transition=_enum(Transition, "transition", row[4]),
-        status=_enum(BuildStatus, "status", row[5]),
+        transition=decode_enum(Transition, "transition", row[4]),
+        status=decode_enum(BuildStatus, "status", row[5]),
         build_number=row[6],
         initiator_id=_uuid("initiator_id", row[7]),
         created_at=from_us("created_at", row[8]),
@@ -296,7 +250,7 @@ def build_from_row(row: Sequence[Any]) -> Build:
 
 class PoolDecoder:
     """
-    Decodes the rows of a pool read, reusing what an earlier read decoded
+    Decodes the rows of a pool read, reusing what the last read decoded
     from an equal row: a steady pool is decoded once, not on every pass.
 
     The records are immutable and decoding is a function of the row alone,
@@ -307,59 +261,49 @@ class PoolDecoder:
     __slots__ = ("_instances", "_presets")
 
     def __init__(self) -> None:
-        self._presets: dict[
-            object, tuple[Sequence[Any], PresetFacts | InvalidPreset]
-        ] = {}
-        self._instances: dict[object, tuple[Sequence[Any], PooledInstance]] = {}
+        self._presets: dict[Any, tuple[Any, PresetFacts | InvalidPreset]] = {}
+        self._instances: dict[Any, tuple[Any, PooledInstance]] = {}
 
     def presets(
         self, rows: Sequence[Sequence[Any]]
     ) -> tuple[list[PresetFacts], list[InvalidPreset]]:
         """The presets of ``sql.POOL_PRESETS`` rows, and those not valid."""
-        known = self._presets
-        kept: dict[object, tuple[Sequence[Any], PresetFacts | InvalidPreset]] = {}
-        templates: dict[Sequence[Any], Template] = {}
-        presets: list[PresetFacts] = []
-        invalid: list[InvalidPreset] = []
-        for row in rows:
-            seen = known.get(row[0])
-            if seen is not None and seen[0] == row:
-                item = seen[1]
-            else:
-                item = self._decode_preset(row, templates)
-            kept[row[0]] = (row, item)
-            if isinstance(item, InvalidPreset):
-                invalid.append(item)
-            else:
-                presets.append(item)
-        self._presets = kept
-        return presets, invalid
+        templates: dict[Any, Template] = {}
 
-    @staticmethod
-    def _decode_preset(
-        row: Sequence[Any], templates: dict[Sequence[Any], Template]
-    ) -> PresetFacts | InvalidPreset:
-        try:
-            key = tuple(row[12:])
-            template = templates.get(key)
-            if template is None:
-                template = templates[key] = template_from_row(key)
-            return facts_from_row(row, template)
-        except InvalidInputError as e:
-            return invalid_preset(_uuid("id", row[0]), e)
+        def decode(row: Sequence[Any]) -> PresetFacts | InvalidPreset:
+            try:
+                key = tuple(row[12:])  # templates repeat: decode each once
+                template = templates.get(key)
+                if template is None:
+                    template = templates[key] = template_from_row(key)
+                return facts_from_row(row, template)
+            except InvalidInputError as e:
+                return invalid_preset(_uuid("id", row[0]), e)
+
+        self._presets, items = _reuse(self._presets, rows, decode)
+        valid = [i for i in items if not isinstance(i, InvalidPreset)]
+        return valid, [i for i in items if isinstance(i, InvalidPreset)]
 
     def instances(self, rows: Sequence[Sequence[Any]]) -> list[PooledInstance]:
         """The instances of ``sql.POOL_INSTANCES`` rows."""
-        known = self._instances
-        kept: dict[object, tuple[Sequence[Any], PooledInstance]] = {}
-        instances: list[PooledInstance] = []
-        for row in rows:
-            seen = known.get(row[0])
-            if seen is not None and seen[0] == row:
-                instance = seen[1]
-            else:
-                instance = pooled_from_row(row)
-            kept[row[0]] = (row, instance)
-            instances.append(instance)
-        self._instances = kept
-        return instances
+        self._instances, items = _reuse(self._instances, rows, pooled_from_row)
+        return items
+
+
+_T = TypeVar("_T")
+
+
+def _reuse(
+    known: dict[Any, tuple[Any, _T]],
+    rows: Sequence[Sequence[Any]],
+    decode: Callable[[Sequence[Any]], _T],
+) -> tuple[dict[Any, tuple[Any, _T]], list[_T]]:
+    """Decode *rows* (keyed by their first column), reusing *known*'s equal rows."""
+    kept: dict[Any, tuple[Any, _T]] = {}
+    items: list[_T] = []
+    for row in rows:
+        seen = known.get(row[0])
+        item = seen[1] if seen is not None and seen[0] == row else decode(row)
+        kept[row[0]] = (row, item)
+        items.append(item)
+    return kept, items

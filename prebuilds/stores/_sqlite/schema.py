@@ -169,6 +169,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
         "ALTER TABLE prebuilds_presets ADD COLUMN stamp INTEGER NOT NULL DEFAULT 0",
+        # The pool in ID order, as read_pool reads it (no sort).
+        "DROP INDEX IF EXISTS prebuilds_instances_owner",
+        """
+        CREATE INDEX IF NOT EXISTS prebuilds_instances_pool
+            ON prebuilds_instances (owner_id, deleted, id)
+        """,
         # The claim's candidates, in the order it takes them; the claim's
         # WHERE repeats this one word for word (a partial index is used only
         # then).

@@ -93,13 +93,15 @@ IS_PAUSED = "SELECT value FROM prebuilds_settings WHERE key = 'paused'"
 
 POOL_PRESETS = _SELECT_PRESETS + "ORDER BY p.id"
 
-#: Every pooled instance with its latest build: ``codecs.pooled_from_row``.
+#: Every pooled instance with its latest build, by ID (as presets are):
+#: ``codecs.pooled_from_row``.
 POOL_INSTANCES = f"""
     SELECT id, preset_id, template_id, template_version_id, name, created_at,
            ready, latest_build_id, latest_transition, latest_status,
            latest_number, latest_created_at
     FROM prebuilds_instances
     WHERE owner_id = {_O} AND deleted = 0 AND latest_build_id IS NOT NULL
+    ORDER BY id
 """  # noqa: S608 - constants only
 
 # -- instances and builds --------------------------------------------------------------

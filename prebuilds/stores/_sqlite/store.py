@@ -14,10 +14,12 @@ import attrs
 
 from prebuilds._arguments import (
     check_build_finished,
+    check_claim_if_unchanged,
     check_create_prebuild,
     check_fail_stuck_builds,
     check_id_at,
     check_list_instances,
+    check_read_preset,
     check_set_preset_status,
     check_set_ready,
     check_store_claim,
@@ -35,11 +37,8 @@ from prebuilds._records import (
     Template,
 )
 from prebuilds._validate import (
-    MAX_COUNT,
     check_bool,
     check_instance,
-    check_int,
-    check_optional_aware,
     check_optional_uuid,
     check_uuid,
 )
@@ -51,6 +50,12 @@ from prebuilds.exceptions import (
     PresetNotFoundError,
     StoreError,
     TemplateNotFoundError,
+)
+from prebuilds.stores._common import (
+    build_request,
+    dumps,
+    parameters_json,
+    schedules_json,
 )
 from prebuilds.stores._sqlite import codecs, schema, sql
 from prebuilds.stores._sqlite.connections import Connections
@@ -246,8 +251,8 @@ class SQLiteStore:
             preset.name,
             codecs.delta_us("ttl", preset.ttl),
             preset.scheduling_timezone,
-            codecs.encode_schedules(preset),
-            codecs.encode_parameters(preset.parameters),
+            dumps(schedules_json(preset.schedules)),
+            dumps(parameters_json(preset.parameters)),
         )
         with self._tx(write=True) as tx:
             if tx.one(sql.TEMPLATE_EXISTS, (values[1],)) is None:
@@ -303,7 +308,7 @@ class SQLiteStore:
             PresetNotFoundError: no preset has *preset_id*.
             InvalidInputError: its stored configuration is not valid.
         """
-        check_uuid("preset_id", preset_id)
+        check_read_preset(preset_id)
         with self._tx(write=False) as tx:
             row = tx.one(sql.READ_PRESET, (str(preset_id),))
         if row is None:
@@ -366,7 +371,6 @@ class SQLiteStore:
             template_id, version_id, raw_parameters, active, deleted, deprecated = row
             if version_id != active or deleted or deprecated:
                 return None
-            parameters = codecs.decode_parameters(raw_parameters)
             instance_id, build_id = uuid.uuid4(), uuid.uuid4()
             instance, build = str(instance_id), str(build_id)
             preset = str(preset_id)
@@ -379,16 +383,15 @@ class SQLiteStore:
             # Built before the commit: a row that cannot be read back rolls
             # the creation back instead of leaving it behind.
             with codecs.decoding("preset"):
-                return BuildRequest(
+                return build_request(
                     build_id=build_id,
                     instance_id=instance_id,
                     preset_id=preset_id,
                     template_id=UUID(template_id),
                     template_version_id=UUID(version_id),
-                    transition=Transition.START,
+                    transition="start",
                     name=name,
-                    parameters=parameters,
-                    orphan=False,
+                    parameters=raw_parameters,
                 )
 
     def delete_prebuild(
@@ -584,6 +587,9 @@ class SQLiteStore:
         start, built from *version_id*, created at or after *not_before*
         (``None``: no cut-off).
         """
+        check_store_claim(
+            preset_id, user_id, name, lifecycle, now, version_id, not_before
+        )
         params = _claim_params(
             preset_id, user_id, name, lifecycle, now, version_id, not_before
         )
@@ -615,7 +621,9 @@ class SQLiteStore:
             PresetChangedError: the preset's stamp is not *stamp* (or the
                 preset is unknown); nothing was written.
         """
-        check_int("stamp", stamp, minimum=0, maximum=MAX_COUNT)
+        check_claim_if_unchanged(
+            stamp, preset_id, user_id, name, lifecycle, now, version_id, not_before
+        )
         params = _claim_params(
             preset_id, user_id, name, lifecycle, now, version_id, not_before
         )
@@ -710,13 +718,13 @@ def _delete(
     values = (str(build_id), instance, preset_id, version_id, "delete", number)
     tx.execute(sql.INSERT_BUILD, (*values, now_us))
     with codecs.decoding("instance"):
-        return BuildRequest(
+        return build_request(
             build_id=build_id,
             instance_id=UUID(instance),
             preset_id=UUID(preset_id),
             template_id=UUID(template_id),
             template_version_id=UUID(version_id),
-            transition=Transition.DELETE,
+            transition="delete",
             name=name,
             orphan=orphan,
         )
@@ -731,15 +739,7 @@ def _claim_params(  # noqa: PLR0917 - a claim's arguments, checked in one place
     version_id: UUID,
     not_before: datetime | None,
 ) -> tuple[Any, ...]:
-    """
-    A claim's arguments, checked, as the parameters of ``sql.CLAIM``.
-
-    Raises:
-        InvalidInputError: naming the first bad argument.
-    """
-    check_store_claim(preset_id, user_id, name, lifecycle, now)
-    check_uuid("version_id", version_id)
-    check_optional_aware("not_before", not_before)
+    """A claim's (checked) arguments as the parameters of ``sql.CLAIM``."""
     life = lifecycle
     return (
         str(user_id),
