@@ -22,6 +22,8 @@ from prebuilds._validate import check_aware
 from prebuilds.exceptions import InvalidInputError, StoreError
 from prebuilds.stores._common import (
     decode_enum,
+    decode_parameters,
+    decode_schedules,
     invalid_preset,
     pooled_instance,
     preset_facts,
@@ -100,26 +102,6 @@ def _opt_uuid(field: str, value: object) -> UUID | None:
     return None if value is None else _uuid(field, value)
 
 
-def _str(field: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise InvalidInputError(field, value, "must be a string")
-    return value
-
-
-def _int(field: str, value: object) -> int:
-    if type(value) is not int:
-        raise InvalidInputError(field, value, "must be an integer")
-    return value
-
-
-def _json(field: str, value: object) -> str | bytes:
-    # A JSON column holds text: anything else (a number written by hand) is
-    # not a list of pairs.
-    if not isinstance(value, (str, bytes)):
-        raise InvalidInputError(field, value, "must be a JSON list of pairs")
-    return value
-
-
 @contextmanager
 def decoding(what: str) -> Iterator[None]:
     """Turn a row that cannot be decoded into a :class:`StoreError`."""
@@ -138,7 +120,7 @@ def template_from_row(row: Sequence[Any]) -> Template:
     return Template(
         id=_uuid("id", tid),
         active_version_id=_uuid("active_version_id", active),
-        name=_str("name", name),
+        name=name,
         organization_id=_opt_uuid("organization_id", org),
         deleted=bool(deleted),
         deprecated=bool(deprecated),
@@ -162,12 +144,12 @@ def facts_from_row(row: Sequence[Any], template: Template | None = None) -> Pres
         name=row[4],
         ttl=_opt_delta("ttl", row[5]),
         scheduling_timezone=row[6],
-        schedules=_json("schedules", row[7]),
-        parameters=_json("parameters", row[8]),
+        schedules=decode_schedules(row[7]),
+        parameters=decode_parameters(row[8]),
         template=template_from_row(row[12:]) if template is None else template,
         status=row[9],
         last_invalidated_at=_opt_from_us("last_invalidated_at", row[10]),
-        stamp=_int("stamp", row[11]),
+        stamp=row[11],
     )
 
 
@@ -178,7 +160,7 @@ def pooled_from_row(row: Sequence[Any]) -> PooledInstance:
         preset_id=_uuid("preset_id", row[1]),
         template_id=_uuid("template_id", row[2]),
         template_version_id=_uuid("template_version_id", row[3]),
-        name=_str("name", row[4]),
+        name=row[4],
         created_at=from_us("created_at", row[5]),
         ready=row[6],
         latest_build_id=_uuid("latest_build_id", row[7]),
@@ -197,7 +179,7 @@ def instance_from_row(row: Sequence[Any]) -> Instance:
         template_id=_uuid("template_id", row[2]),
         template_version_id=_uuid("template_version_id", row[3]),
         owner_id=_uuid("owner_id", row[4]),
-        name=_str("name", row[5]),
+        name=row[5],
         created_at=from_us("created_at", row[6]),
         ready=bool(row[7]),
         lifecycle=Lifecycle(

@@ -242,13 +242,6 @@ BUILD_STARTED = """
     RETURNING instance_id
 """
 
-#: The status of an instance's build, if it is its latest: (status,
-#: instance, build).
-LATEST_STATUS = """
-    UPDATE prebuilds_instances SET latest_status = ?
-    WHERE id = ? AND latest_build_id = ?
-"""
-
 BUILD_FINISHED = """
     UPDATE prebuilds_builds
     SET status = ?, finished_at = ?, started_at = COALESCE(started_at, ?),
@@ -257,13 +250,14 @@ BUILD_FINISHED = """
     RETURNING instance_id, transition
 """
 
-#: A successful delete leaves the instance deleted (whether or not it is
-#: its latest build): (status, build, deleted, instance).
-FINISH_DELETE = """
+#: A build of the instance changed: its status is the instance's latest if
+#: the build is its latest, and a successful delete (whether or not it is the
+#: latest) leaves the instance deleted: (build, status, deleted, instance).
+BUILD_CHANGED = """
     UPDATE prebuilds_instances
     SET latest_status = CASE WHEN latest_build_id = ?1 THEN ?2 ELSE latest_status END,
-        deleted = 1, ready = 0
-    WHERE id = ?3
+        deleted = deleted OR ?3, ready = ready AND NOT ?3
+    WHERE id = ?4
 """
 
 SET_READY = "UPDATE prebuilds_instances SET ready = ? WHERE id = ? AND deleted = 0"

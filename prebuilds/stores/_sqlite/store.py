@@ -504,7 +504,7 @@ class SQLiteStore:
         with self._tx(write=True) as tx:
             rows = tx.all(sql.BUILD_STARTED, (now_us, build))
             if rows:
-                tx.execute(sql.LATEST_STATUS, ("running", rows[0][0], build))
+                tx.execute(sql.BUILD_CHANGED, (build, "running", 0, rows[0][0]))
             elif tx.one(sql.BUILD_EXISTS, (build,)) is None:
                 raise BuildNotFoundError(build_id)
 
@@ -542,10 +542,8 @@ class SQLiteStore:
                     raise BuildNotFoundError(build_id)
                 return
             [(instance, transition)] = rows
-            if succeeded and transition == Transition.DELETE.value:
-                tx.execute(sql.FINISH_DELETE, (build, status, instance))
-            else:
-                tx.execute(sql.LATEST_STATUS, (status, instance, build))
+            gone = succeeded and transition == Transition.DELETE.value
+            tx.execute(sql.BUILD_CHANGED, (build, status, int(gone), instance))
 
     def set_ready(self, instance_id: UUID, *, ready: bool = True) -> None:
         """
