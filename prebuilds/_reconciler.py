@@ -26,6 +26,7 @@ from prebuilds._model import (
     ReconcileStats,
     ReconciliationActions,
 )
+from prebuilds._pool import derive
 from prebuilds._records import PREBUILDS_OWNER_ID, BuildStatus, Event, EventKind
 from prebuilds._validate import clean_text
 from prebuilds.exceptions import (
@@ -91,10 +92,12 @@ def _call_with_timeout(
 @attrs.frozen
 class _Pass:
     """
-    One pass's leadership: the lease every write of the pass is fenced by,
-    and whether a write found it lost (then the pass stops everywhere).
+    One pass: its instant (the clock is read once per pass), the lease every
+    write of the pass is fenced by, and whether a write found it lost (then
+    the pass stops everywhere).
     """
 
+    now: datetime
     lease: Lease
     lost: threading.Event = attrs.field(factory=threading.Event)
 
@@ -123,11 +126,13 @@ class StoreReconciler:
     Keep every pool of a :class:`~prebuilds.interfaces.Store` at its desired
     size by running the pure calculator and executing its actions.
 
-    One pass (:meth:`reconcile_all`): take the store's leader lock (skip the
-    pass if another replica holds it); stop if paused; take one snapshot;
-    fail stuck builds (they are replaced from the next pass on); for each
-    preset, in parallel on at most *max_workers* threads, calculate and
-    execute its actions. A preset that raises is logged, counted and
+    One pass (:meth:`reconcile_all`): read the clock once (the pass's
+    *now*: every rule of the pass is judged at that instant); take the
+    store's leader lock (skip the pass if another replica holds it); stop if
+    paused; read the store's facts once (``read_pool``) and derive every
+    pool's state from them (:func:`~prebuilds.derive`); fail stuck builds
+    (they are replaced from the next pass on); for each preset, in parallel
+    on at most *max_workers* threads, calculate and execute its actions. A preset that raises is logged, counted and
     skipped; the pass goes on. A store failure (:class:`StoreError`) ends
     the pass (logged, counted); the next pass starts clean.
 
@@ -306,9 +311,13 @@ class StoreReconciler:
 
     # -- one pass --------------------------------------------------------------
     def snapshot_state(self, store: Store) -> GlobalSnapshot:
-        """One consistent read of *store* at the clock's now."""
-        return store.snapshot(
-            now=self._clock.now(),
+        """Every pool's state, derived from one read of *store* at the clock's now."""
+        return self._derive(store, self._clock.now())
+
+    def _derive(self, store: Store, now: datetime) -> GlobalSnapshot:
+        return derive(
+            store.read_pool(),
+            now=now,
             backoff_lookback=self._backoff_lookback,
             hard_limit=self._hard_limit,
         )
@@ -323,20 +332,21 @@ class StoreReconciler:
         """
         started = time.perf_counter()
         stats = ReconcileStats()
+        now = self._clock.now()
         try:
             with self._store.leader() as lease:
                 stats = attrs.evolve(stats, leader=bool(lease))
                 if lease:
-                    stats = self._pass(stats, _Pass(lease))
+                    stats = self._pass(stats, _Pass(now, lease))
         except LeadershipLostError as e:  # another replica leads now
             self.pass_errors += 1
             log.warning("prebuilds reconciliation pass stopped: %s", e)
-            self._emit(EventKind.LEADERSHIP_LOST, detail=repr(e))
+            self._emit(EventKind.LEADERSHIP_LOST, at=now, detail=repr(e))
             stats = attrs.evolve(stats, error=repr(e))
         except Exception as e:  # the loop must survive anything
             self.pass_errors += 1
             log.exception("prebuilds reconciliation pass failed")
-            self._emit(EventKind.PASS_ERROR, detail=repr(e))
+            self._emit(EventKind.PASS_ERROR, at=now, detail=repr(e))
             stats = attrs.evolve(stats, error=repr(e))
         return attrs.evolve(
             stats, elapsed=timedelta(seconds=time.perf_counter() - started)
@@ -345,18 +355,19 @@ class StoreReconciler:
     def _pass(self, stats: ReconcileStats, run: _Pass) -> ReconcileStats:
         if self._store.is_paused():
             return attrs.evolve(stats, paused=True)
-        # The snapshot comes first: a store may read it through a transaction
+        now = run.now
+        # The facts come first: a store may read them through a transaction
         # opened with the leader scope (PostgreSQL), which would not see the
         # stuck builds failed below. They are replaced from the next pass on,
         # the same on every store.
-        snapshot = self.snapshot_state(self._store)
-        now = self._clock.now()
+        snapshot = self._derive(self._store, now)
         if self._build_timeout is not None:
             for build in self._store.fail_stuck_builds(
                 older_than=now - self._build_timeout, now=now, lease=run.lease
             ):
                 self._emit(
                     EventKind.STUCK,
+                    at=now,
                     preset_id=build.preset_id,
                     instance_id=build.instance_id,
                     build_id=build.id,
@@ -367,24 +378,25 @@ class StoreReconciler:
             if invalid not in self._invalid_seen:  # report each problem once
                 self._emit(
                     EventKind.INVALID_PRESET,
+                    at=now,
                     preset_id=invalid.preset_id,
                     detail=f"{invalid.field}={invalid.value}: {invalid.reason}",
                 )
         self._invalid_seen = invalid_now
-        self._report_ready(snapshot)
+        self._report_ready(snapshot, now)
         todo = []
         for preset in snapshot.presets:
             preset_snapshot = snapshot.filter_by_preset(preset.id, now=now)
             if not can_skip_reconciliation(preset_snapshot):
                 todo.append(preset_snapshot)
         if self._max_workers == 1 or len(todo) <= 1:
-            results = [self._reconcile_preset(ps, now, run) for ps in todo]
+            results = [self._reconcile_preset(ps, run) for ps in todo]
         else:
             with ThreadPoolExecutor(
                 self._max_workers, thread_name_prefix="prebuilds"
             ) as pool:
                 results = list(
-                    pool.map(lambda ps: self._reconcile_preset(ps, now, run), todo)
+                    pool.map(lambda ps: self._reconcile_preset(ps, run), todo)
                 )
         return attrs.evolve(
             stats,
@@ -397,61 +409,58 @@ class StoreReconciler:
             canceled=sum(r.canceled for r in results),
         )
 
-    def _report_ready(self, snapshot: GlobalSnapshot) -> None:
+    def _report_ready(self, snapshot: GlobalSnapshot, now: datetime) -> None:
         """Emit READY for pooled instances that became ready since last pass."""
         ready = frozenset(p.id for p in snapshot.running if p.ready)
         for prebuild in snapshot.running:
             if prebuild.ready and prebuild.id not in self._ready_seen:
                 self._emit(
                     EventKind.READY,
+                    at=now,
                     preset_id=prebuild.preset_id,
                     instance_id=prebuild.id,
                 )
         self._ready_seen = ready
 
-    def _reconcile_preset(
-        self, ps: PresetSnapshot, now: datetime, run: _Pass
-    ) -> _PresetResult:
+    def _reconcile_preset(self, ps: PresetSnapshot, run: _Pass) -> _PresetResult:
         try:
-            return self._reconcile_one(ps, now, run)
+            return self._reconcile_one(ps, run)
         except LeadershipLostError:
             run.lost.set()  # the other workers stop before their next write
             raise
 
-    def _reconcile_one(
-        self, ps: PresetSnapshot, now: datetime, run: _Pass
-    ) -> _PresetResult:
+    def _reconcile_one(self, ps: PresetSnapshot, run: _Pass) -> _PresetResult:
         result = _PresetResult()
         preset = ps.preset
         try:
             run.check()
             self._update_hard_limit(ps, run)
             actions = calculate_actions(
-                ps, now=now, backoff_interval=self._backoff_interval
+                ps, now=run.now, backoff_interval=self._backoff_interval
             )
         except StoreError:
             raise  # a store failure ends the pass
         except Exception as e:  # noqa: BLE001 - one preset never stops the rest
-            self._preset_error(preset.id, e, result)
+            self._preset_error(preset.id, e, result, run.now)
             return result
         expired = {p.id for p in ps.expired}
         for action in actions:
             try:
-                self._execute(
-                    ps, action, now=now, expired=expired, result=result, run=run
-                )
+                self._execute(ps, action, expired=expired, result=result, run=run)
             except StoreError:
                 raise  # a store failure ends the pass
             except Exception as e:  # noqa: BLE001 - go on with the next action
-                self._preset_error(preset.id, e, result)
+                self._preset_error(preset.id, e, result, run.now)
         return result
 
     def _preset_error(
-        self, preset_id: UUID, error: Exception, result: _PresetResult
+        self, preset_id: UUID, error: Exception, result: _PresetResult, now: datetime
     ) -> None:
         result.failed = True
         log.warning("prebuilds preset %s failed: %r", preset_id, error, exc_info=error)
-        self._emit(EventKind.PRESET_ERROR, preset_id=preset_id, detail=repr(error))
+        self._emit(
+            EventKind.PRESET_ERROR, at=now, preset_id=preset_id, detail=repr(error)
+        )
 
     def _update_hard_limit(self, ps: PresetSnapshot, run: _Pass) -> None:
         status = ps.preset.status
@@ -461,6 +470,7 @@ class StoreReconciler:
             )
             self._emit(
                 EventKind.HARD_LIMITED,
+                at=run.now,
                 preset_id=ps.preset.id,
                 detail=f"the last {self._hard_limit} creations failed",
             )
@@ -474,16 +484,16 @@ class StoreReconciler:
         ps: PresetSnapshot,
         action: ReconciliationActions,
         *,
-        now: datetime,
         expired: set[UUID],
         result: _PresetResult,
         run: _Pass,
     ) -> None:
         preset_id = ps.preset.id
-        lease = run.lease
+        now, lease = run.now, run.lease
         if action.action_type is ActionType.BACKOFF:
             self._emit(
                 EventKind.BACKOFF,
+                at=now,
                 preset_id=preset_id,
                 detail=f"until {action.backoff_until}",
             )
@@ -493,6 +503,7 @@ class StoreReconciler:
                 result.canceled += 1
                 self._emit(
                     EventKind.CANCELED,
+                    at=now,
                     preset_id=preset_id,
                     instance_id=request.instance_id,
                     build_id=request.build_id,
@@ -512,23 +523,19 @@ class StoreReconciler:
                 )
                 self._emit(
                     kind,
+                    at=now,
                     preset_id=preset_id,
                     instance_id=instance_id,
                     build_id=deletion.build_id,
                 )
                 self._submit(deletion, now, lease)
         else:
-            self._create(ps, action.create, now, result, run)
+            self._create(ps, action.create, result, run)
 
     def _create(
-        self,
-        ps: PresetSnapshot,
-        count: int,
-        now: datetime,
-        result: _PresetResult,
-        run: _Pass,
+        self, ps: PresetSnapshot, count: int, result: _PresetResult, run: _Pass
     ) -> None:
-        preset_id = ps.preset.id
+        preset_id, now = ps.preset.id, run.now
         for _ in range(count):
             run.check()
             request = self._store.create_prebuild(
@@ -539,6 +546,7 @@ class StoreReconciler:
             result.created += 1
             self._emit(
                 EventKind.CREATED,
+                at=now,
                 preset_id=preset_id,
                 instance_id=request.instance_id,
                 build_id=request.build_id,
@@ -574,6 +582,7 @@ class StoreReconciler:
             )
             self._emit(
                 EventKind.VALIDATION_FAILED,
+                at=now,
                 preset_id=request.preset_id,
                 instance_id=request.instance_id,
                 build_id=request.build_id,
@@ -592,6 +601,7 @@ class StoreReconciler:
             )
             self._emit(
                 EventKind.FAILED,
+                at=now,
                 preset_id=request.preset_id,
                 instance_id=request.instance_id,
                 build_id=request.build_id,
@@ -629,6 +639,7 @@ class StoreReconciler:
             deleted += 1
             self._emit(
                 EventKind.DELETED,
+                at=now,
                 preset_id=instance.preset_id,
                 instance_id=instance.id,
                 build_id=request.build_id,
@@ -668,6 +679,7 @@ class StoreReconciler:
         self,
         kind: EventKind,
         *,
+        at: datetime | None = None,
         preset_id: UUID | None = None,
         instance_id: UUID | None = None,
         build_id: UUID | None = None,
@@ -677,7 +689,7 @@ class StoreReconciler:
             self._events.emit(
                 Event(
                     kind=kind,
-                    at=self._clock.now(),
+                    at=self._clock.now() if at is None else at,
                     preset_id=preset_id,
                     instance_id=instance_id,
                     build_id=build_id,
