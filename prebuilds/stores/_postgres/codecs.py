@@ -1,16 +1,12 @@
 """
-PostgresStore's rows and records: decoding the rows of ``sql.py`` into
-records, and the JSON the preset columns hold.
-
-Schedules are stored as a JSON list of ``[cron, instances]`` pairs and
-parameters as a list of ``[name, value]`` pairs (the shape every store
-uses). A stored preset that does not decode is an
-:class:`~prebuilds.InvalidPreset`, reported, never raised, by ``read_pool``.
+PostgresStore's rows and records: the rows of ``sql.py`` decoded, through
+the builders every store shares (``stores._common``: the JSON shape of
+schedules and parameters, the facts, the checks). A stored preset that does
+not decode is an :class:`~prebuilds.InvalidPreset`, reported, never raised,
+by ``read_pool``.
 """
 
 from __future__ import annotations
-
-import json
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
@@ -18,17 +14,11 @@ from typing import Any, Generic, TypeVar
 
 from psycopg.types.json import Jsonb
 
-from prebuilds._model import InvalidPreset, PrebuildSchedule, PresetStatus, Transition
+from prebuilds._model import InvalidPreset, Transition
 from prebuilds._pool import PooledInstance, PresetFacts
-from prebuilds._records import (
-    Build,
-    BuildStatus,
-    Instance,
-    Lifecycle,
-    PresetConfig,
-    Template,
-)
+from prebuilds._records import Build, BuildStatus, Instance, Lifecycle, Template
 from prebuilds.exceptions import InvalidInputError
+from prebuilds.stores import _common as common
 
 
 _UTC = timezone.utc
@@ -45,51 +35,13 @@ def utc_opt(value: datetime | None) -> datetime | None:
     return None if value is None else value.astimezone(_UTC)
 
 
-# -- JSON ---------------------------------------------------------------------------
-def schedules_json(config: PresetConfig) -> Jsonb:
-    """The preset's schedules as stored."""
-    return Jsonb([[s.cron, s.instances] for s in config.schedules])
+def jsonb(value: list[list[Any]]) -> Jsonb:
+    """A JSON column's value (``stores._common``'s shape) for psycopg."""
+    return Jsonb(value)
 
 
-def parameters_json(parameters: tuple[tuple[str, str], ...]) -> Jsonb:
-    """The preset's parameters as stored."""
-    return Jsonb([[name, value] for name, value in parameters])
-
-
-def _json(text: str) -> Any:
-    """A JSON column read as text (most are empty lists: skip the parser)."""
-    return [] if text == "[]" else json.loads(text)
-
-
-def _pairs(field: str, text: str, kinds: tuple[type, type]) -> list[tuple[Any, Any]]:
-    """A stored list of pairs whose items are of *kinds* (never a bool)."""
-    raw = _json(text)
-    if not isinstance(raw, list):
-        raise InvalidInputError(field, raw, "must be a JSON list")
-    pairs = []
-    for item in raw:
-        if (
-            not isinstance(item, list)
-            or len(item) != 2  # noqa: PLR2004
-            or not all(
-                isinstance(x, kind) and not isinstance(x, bool)
-                for x, kind in zip(item, kinds, strict=True)
-            )
-        ):
-            kind = " and ".join(k.__name__ for k in kinds)
-            raise InvalidInputError(field, item, f"must be a pair of {kind}")
-        pairs.append((item[0], item[1]))
-    return pairs
-
-
-def parameters(text: str) -> tuple[tuple[str, str], ...]:
-    """Stored parameters as pairs."""
-    return tuple(_pairs("parameters", text, (str, str)))
-
-
-# -- rows -----------------------------------------------------------------------------
 def template(row: Sequence[Any]) -> Template:
-    """A row of ``GET_TEMPLATE``."""
+    """A row of ``GET_TEMPLATE``, or the template's columns of a preset row."""
     return Template(
         id=row[0],
         active_version_id=row[1],
@@ -108,11 +60,7 @@ def preset_facts(row: Sequence[Any]) -> PresetFacts:
     Raises:
         InvalidInputError: the stored preset is not valid.
     """
-    try:
-        status = PresetStatus(row[9])
-    except ValueError:
-        raise InvalidInputError("status", row[9], "unknown preset status") from None
-    config = PresetConfig(
+    return common.preset_facts(
         id=row[0],
         template_id=row[1],
         template_version_id=row[2],
@@ -120,26 +68,12 @@ def preset_facts(row: Sequence[Any]) -> PresetFacts:
         name=row[4],
         ttl=row[5],
         scheduling_timezone=row[6],
-        schedules=[
-            PrebuildSchedule(cron=cron, instances=n)
-            for cron, n in _pairs("schedules", row[7], (str, int))
-        ],
-        parameters=parameters(row[8]),
-    )
-    return PresetFacts(
-        config=config,
-        template=Template(
-            id=row[1],
-            active_version_id=row[12],
-            name=row[13],
-            organization_id=row[14],
-            deleted=row[15],
-            deprecated=row[16],
-            default_ttl=row[17],
-        ),
-        status=status,
+        schedules=row[7],
+        parameters=row[8],
+        status=row[9],
         last_invalidated_at=utc_opt(row[10]),
         stamp=row[11],
+        template=template(row[12:]),
     )
 
 
@@ -148,14 +82,12 @@ def preset_or_invalid(row: Sequence[Any]) -> PresetFacts | InvalidPreset:
     try:
         return preset_facts(row)
     except InvalidInputError as e:
-        return InvalidPreset(
-            preset_id=row[0], field=e.field, value=repr(e.value), reason=e.reason
-        )
+        return common.invalid_preset(row[0], e)
 
 
 def pooled(row: Sequence[Any]) -> PooledInstance:
     """A row of ``POOL_INSTANCES``."""
-    return PooledInstance(
+    return common.pooled_instance(
         id=row[0],
         preset_id=row[1],
         template_id=row[2],
@@ -164,8 +96,8 @@ def pooled(row: Sequence[Any]) -> PooledInstance:
         created_at=utc(row[5]),
         ready=row[6],
         latest_build_id=row[7],
-        latest_transition=Transition(row[8]),
-        latest_status=BuildStatus(row[9]),
+        latest_transition=row[8],
+        latest_status=row[9],
         latest_number=row[10],
         latest_created_at=utc(row[11]),
     )

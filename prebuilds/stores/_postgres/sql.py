@@ -31,7 +31,7 @@ _PRESET_COLUMNS = """
     p.id, p.template_id, p.template_version_id, p.desired_instances, p.name, p.ttl,
     p.scheduling_timezone, p.schedules::text, p.parameters::text, p.status,
     p.last_invalidated_at, p.stamp,
-    t.active_version_id, t.name, t.organization_id, t.deleted, t.deprecated,
+    t.id, t.active_version_id, t.name, t.organization_id, t.deleted, t.deprecated,
     t.default_ttl
 """
 POOL_PRESETS = f"""

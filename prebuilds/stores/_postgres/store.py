@@ -45,10 +45,12 @@ from typing_extensions import Self
 
 from prebuilds._arguments import (
     check_build_finished,
+    check_claim_if_unchanged,
     check_create_prebuild,
     check_fail_stuck_builds,
     check_id_at,
     check_list_instances,
+    check_read_preset,
     check_set_preset_status,
     check_set_ready,
     check_store_claim,
@@ -67,11 +69,8 @@ from prebuilds._records import (
     Template,
 )
 from prebuilds._validate import (
-    MAX_COUNT,
     check_bool,
     check_instance,
-    check_int,
-    check_optional_aware,
     check_optional_uuid,
     check_uuid,
 )
@@ -83,7 +82,13 @@ from prebuilds.exceptions import (
     StoreError,
     TemplateNotFoundError,
 )
-from prebuilds.stores._common import fence_token, lost
+from prebuilds.stores._common import (
+    build_request,
+    fence_token,
+    lost,
+    parameters_json,
+    schedules_json,
+)
 from prebuilds.stores._postgres import claim as _claim
 from prebuilds.stores._postgres import codecs, sql
 from prebuilds.stores._postgres.connections import (
@@ -276,8 +281,8 @@ class PostgresStore:
                 "name": preset.name,
                 "ttl": preset.ttl,
                 "scheduling_timezone": preset.scheduling_timezone,
-                "schedules": codecs.schedules_json(preset),
-                "parameters": codecs.parameters_json(preset.parameters),
+                "schedules": codecs.jsonb(schedules_json(preset.schedules)),
+                "parameters": codecs.jsonb(parameters_json(preset.parameters)),
             },
         )
         if written == 0:
@@ -320,7 +325,7 @@ class PostgresStore:
             PresetNotFoundError: no preset has *preset_id*.
             InvalidInputError: the stored preset is not valid.
         """
-        check_uuid("preset_id", preset_id)
+        check_read_preset(preset_id)
         row = self._read_one(sql.READ_PRESET, {"id": preset_id})
         if row is None:
             raise PresetNotFoundError(preset_id)
@@ -488,7 +493,7 @@ class PostgresStore:
             _, template_id, version_id, raw_parameters, active = row
             if not active:
                 return None
-            return BuildRequest(
+            return build_request(
                 build_id=build_id,
                 instance_id=instance_id,
                 preset_id=preset_id,
@@ -496,7 +501,7 @@ class PostgresStore:
                 template_version_id=version_id,
                 transition=Transition.START,
                 name=name,
-                parameters=codecs.parameters(raw_parameters),
+                parameters=raw_parameters,
             )
 
     def delete_prebuild(
@@ -677,9 +682,9 @@ class PostgresStore:
         start, built from *version_id* and created at or after *not_before*
         (``None``: no cut-off).
         """
-        check_store_claim(preset_id, user_id, name, lifecycle, now)
-        check_uuid("version_id", version_id)
-        check_optional_aware("not_before", not_before)
+        check_store_claim(
+            preset_id, user_id, name, lifecycle, now, version_id, not_before
+        )
         return _claim.claim(
             self._db,
             preset_id=preset_id,
@@ -711,10 +716,9 @@ class PostgresStore:
             PresetChangedError: the stamp changed (or the preset is gone);
                 nothing was written.
         """
-        check_int("stamp", stamp, minimum=0, maximum=MAX_COUNT)
-        check_store_claim(preset_id, user_id, name, lifecycle, now)
-        check_uuid("version_id", version_id)
-        check_optional_aware("not_before", not_before)
+        check_claim_if_unchanged(
+            stamp, preset_id, user_id, name, lifecycle, now, version_id, not_before
+        )
         return _claim.claim(
             self._db,
             preset_id=preset_id,
