@@ -1,27 +1,20 @@
 """
-PostgresStore's claim: the one hot path, what a host's users wait on, kept
-lean.
+PostgresStore's claim, the one hot path (what a host's users wait on).
 
-A claim is one ``UPDATE`` (its own transaction): a sub-select picks the
-oldest claimable instance of the preset from one partial index
-(``instances_claimable``: the ready, pooled instances whose latest build is
-a successful start), skipping rows another transaction holds
-(``FOR UPDATE SKIP LOCKED``), and the update moves it to the user only if it
-is still the pool's. The claimer worked out the version and the cut-off; the
-statement only compares them. The stamped claim gates the same update on
-the preset's stamp and returns the stamp it read beside the claimed row, so
-that one round trip tells a change of the preset from an empty pool.
+One ``UPDATE``, its own transaction: a sub-select picks the oldest
+claimable instance of the preset from the partial index
+``instances_claimable`` (ready, pooled, latest build a successful start),
+on the version and from the cut-off the claimer worked out, skipping rows
+another transaction holds (``FOR UPDATE SKIP LOCKED``). The row lock
+re-checks those conditions on the newest version of the row and skips a row
+that no longer qualifies, and nobody can change a locked row: so an empty
+result is a miss, never a lost race. The stamped claim gates the sub-select
+on the preset's stamp and returns the stamp it read beside the claimed row,
+so that one round trip tells a changed preset from an empty pool.
 
-Why so lean: the statement is run on a raw cursor kept on the connection,
-with positional parameters (no conversion of named ones on every call) and
-binary results; it returns the three columns the claim did not write
-itself, and the :class:`~prebuilds.Instance` is built from them and from
-what the claim wrote.
-
-The sub-select's row lock re-checks its conditions on the newest version of
-the row (EvalPlanQual) and skips a row that no longer qualifies, and nobody
-else can change the row once it is locked: so the update never finds the
-row gone from the pool, and an empty result is a miss, never a lost race.
+Kept lean: a raw cursor kept on the connection, positional parameters (no
+conversion of named ones on every call), binary results, three columns
+returned (the claim wrote the rest), no context managers.
 """
 
 # Assembled from this module's constants only.
@@ -125,8 +118,6 @@ def claim(
     if stamp is not None:
         params = (*params, stamp)
     sql = db.q(CLAIM if stamp is None else CLAIM_IF_UNCHANGED)
-    # No context managers on this path: each cost client CPU that 16
-    # threads sharing the GIL feel.
     conn, switched = db.acquire()
     try:
         db.count()

@@ -207,7 +207,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         ALTER TABLE {s}.presets ADD COLUMN IF NOT EXISTS stamp bigint NOT NULL DEFAULT 0
         """,
         # The rest of the latest build on its instance (its ID and when it
-        # was created), so that read_pool reads the live pool alone.
+        # was created), so that read_pool reads the live pool alone; the
+        # trigger of migration 3 copies them too from now on.
         """
         ALTER TABLE {s}.instances
             ADD COLUMN IF NOT EXISTS latest_build_id uuid,
@@ -215,14 +216,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         """,
         """
         UPDATE {s}.instances i
-        SET latest_build_number = lb.build_number,
-            latest_transition = lb.transition,
-            latest_status = lb.status,
-            latest_build_id = lb.id,
-            latest_build_created_at = lb.created_at
+        SET latest_build_id = lb.id, latest_build_created_at = lb.created_at
         FROM (
-            SELECT DISTINCT ON (instance_id) instance_id, build_number,
-                transition, status, id, created_at
+            SELECT DISTINCT ON (instance_id) instance_id, id, created_at
             FROM {s}.builds
             ORDER BY instance_id, build_number DESC
         ) lb
@@ -244,13 +240,6 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             RETURN NULL;
         END
         $$
-        """,
-        "DROP TRIGGER IF EXISTS track_latest_build ON {s}.builds",
-        """
-        CREATE TRIGGER track_latest_build
-        AFTER INSERT OR UPDATE OF id, status, transition, build_number, created_at
-        ON {s}.builds
-        FOR EACH ROW EXECUTE FUNCTION {s}.track_latest_build()
         """,
         # One JSON shape of schedules in every store: [cron, instances]
         # pairs instead of {"cron", "instances"} objects. Anything else

@@ -23,8 +23,6 @@ FENCE = """fence AS MATERIALIZED (
     )"""
 FENCED = "(%(lease)s::text IS NULL OR EXISTS (SELECT 1 FROM fence))"
 FENCE_HELD = "EXISTS (SELECT 1 FROM fence)"
-#: The fence alone, first in a transaction of several statements.
-CHECK_FENCE = "SELECT 1 FROM {s}.leader WHERE token = %(lease)s FOR SHARE"
 
 # -- reads --------------------------------------------------------------------------
 _PRESET_COLUMNS = """
@@ -61,34 +59,19 @@ GET_TEMPLATE = """
         default_ttl
     FROM {s}.templates WHERE id = %(id)s
 """
-_INSTANCE_COLUMNS = """
-    i.id, i.preset_id, i.template_id, i.template_version_id, i.owner_id, i.name,
-    i.created_at, i.ready, i.autostart_schedule, i.next_start_at, i.ttl,
-    i.deadline, i.max_deadline, i.dormant_at, i.deleting_at, i.last_used_at,
-    i.deleted, i.claimed_at, latest.transition, latest.status
+# The latest build's transition and status are on the instance row (the
+# trigger of migration 3); an instance with no build is not shown.
+_INSTANCES = """
+    SELECT i.id, i.preset_id, i.template_id, i.template_version_id, i.owner_id,
+        i.name, i.created_at, i.ready, i.autostart_schedule, i.next_start_at, i.ttl,
+        i.deadline, i.max_deadline, i.dormant_at, i.deleting_at, i.last_used_at,
+        i.deleted, i.claimed_at, i.latest_transition, i.latest_status
+    FROM {s}.instances i
+    WHERE i.latest_transition IS NOT NULL
 """
-# The latest build of instance i (highest build number): one index probe.
-# (Not the trigger's columns: an instance written by hand may lack them.)
-_LATEST_BUILD = """
-    JOIN LATERAL (
-        SELECT lb.transition, lb.status
-        FROM {s}.builds lb
-        WHERE lb.instance_id = i.id
-        ORDER BY lb.build_number DESC
-        LIMIT 1
-    ) latest ON true
-"""
-GET_INSTANCE = f"""
-    SELECT {_INSTANCE_COLUMNS}
-    FROM {{s}}.instances i
-    {_LATEST_BUILD}
-    WHERE i.id = %(id)s
-"""
-LIST_INSTANCES = f"""
-    SELECT {_INSTANCE_COLUMNS}
-    FROM {{s}}.instances i
-    {_LATEST_BUILD}
-    WHERE (%(preset_id)s::uuid IS NULL OR i.preset_id = %(preset_id)s)
+GET_INSTANCE = f"{_INSTANCES} AND i.id = %(id)s"
+LIST_INSTANCES = f"""{_INSTANCES}
+        AND (%(preset_id)s::uuid IS NULL OR i.preset_id = %(preset_id)s)
         AND (%(owner_id)s::uuid IS NULL OR i.owner_id = %(owner_id)s)
         AND (%(include_deleted)s OR NOT i.deleted)
     ORDER BY i.created_at, i.id
@@ -228,61 +211,89 @@ CREATE_PREBUILD = f"""
     FROM (VALUES (1)) AS one (x)
     LEFT JOIN source ON true
 """
-# The instance to delete, locked: a concurrent claim either committed before
-# (and its owner shows here) or skips the row until this commits.
-LOCK_INSTANCE = """
-    SELECT i.owner_id, i.deleted, i.preset_id, i.template_id, i.template_version_id,
-        i.name, i.latest_transition, i.latest_status, i.latest_build_number
-    FROM {s}.instances i
-    WHERE i.id = %(id)s
-    FOR UPDATE
-"""
-DELETE_PREBUILD = """
-    WITH built AS (
-        INSERT INTO {s}.builds
+# A pending delete build and the instance unready, if it is still the pool's
+# and not being deleted; always one row, the fence first, the instance's
+# columns NULL when nothing was written. The row lock re-checks the
+# conditions on the newest version of the row: a claim that committed first
+# leaves nothing to delete, and a claim that comes later skips the row until
+# this commits.
+DELETE_PREBUILD = f"""
+    WITH {FENCE},
+    target AS MATERIALIZED (
+        SELECT i.id, i.preset_id, i.template_id, i.template_version_id, i.name,
+            coalesce(i.latest_build_number, 0) + 1 AS number
+        FROM {{s}}.instances i
+        WHERE i.id = %(id)s AND {FENCED}
+            AND i.owner_id = '{{pool}}' AND NOT i.deleted
+            AND NOT (i.latest_transition IS NOT DISTINCT FROM 'delete'
+                AND i.latest_status IN ('pending', 'running', 'succeeded'))
+        FOR UPDATE OF i
+    ),
+    built AS (
+        INSERT INTO {{s}}.builds
             (id, instance_id, preset_id, template_version_id, transition, status,
              build_number, initiator_id, created_at)
-        VALUES (%(build_id)s, %(id)s, %(preset_id)s, %(template_version_id)s,
-            'delete', 'pending', %(build_number)s, '{pool}', %(now)s)
+        SELECT %(build_id)s, id, preset_id, template_version_id, 'delete',
+            'pending', number, '{{pool}}', %(now)s
+        FROM target
+    ),
+    unready AS (
+        UPDATE {{s}}.instances SET ready = false WHERE id = (SELECT id FROM target)
     )
-    UPDATE {s}.instances SET ready = false WHERE id = %(id)s
+    SELECT {FENCE_HELD}, target.preset_id, target.template_id,
+        target.template_version_id, target.name
+    FROM (VALUES (1)) AS one (x)
+    LEFT JOIN target ON true
 """
-PRESET_EXISTS = "SELECT 1 FROM {s}.presets WHERE id = %(id)s"
-# Cancel the queued first builds of an inactive version and, in the same
-# statement, give each instance an orphan delete build (number 2).
-CANCEL_PENDING = """
-    WITH canceled AS (
-        UPDATE {s}.builds b
+# Cancel the queued first builds of an inactive version and give each
+# instance an orphan delete build (number 2). Always one row at least: the
+# fence, whether the preset exists, then the delete builds, oldest first.
+CANCEL_PENDING = f"""
+    WITH {FENCE},
+    preset AS MATERIALIZED (
+        SELECT p.id, t.active_version_id
+        FROM {{s}}.presets p
+        JOIN {{s}}.templates t ON t.id = p.template_id
+        WHERE p.id = %(preset_id)s
+    ),
+    canceled AS (
+        UPDATE {{s}}.builds b
         SET status = 'canceled', finished_at = %(now)s
-        FROM {s}.presets p, {s}.templates t
-        WHERE b.preset_id = %(preset_id)s
-            AND p.id = b.preset_id
-            AND t.id = p.template_id
+        FROM preset p
+        WHERE b.preset_id = p.id
             AND b.build_number = 1
             AND b.transition = 'start'
             AND b.status = 'pending'
             AND b.started_at IS NULL
-            AND b.template_version_id <> t.active_version_id
+            AND b.template_version_id <> p.active_version_id
+            AND {FENCED}
         RETURNING b.instance_id, b.created_at
     ),
     deletes AS (
-        INSERT INTO {s}.builds
+        INSERT INTO {{s}}.builds
             (id, instance_id, preset_id, template_version_id, transition, status,
              build_number, initiator_id, created_at)
         SELECT gen_random_uuid(), i.id, i.preset_id, i.template_version_id, 'delete',
             'pending',
-            (SELECT max(nb.build_number) + 1 FROM {s}.builds nb
+            (SELECT max(nb.build_number) + 1 FROM {{s}}.builds nb
              WHERE nb.instance_id = i.id),
-            '{pool}', %(now)s
+            '{{pool}}', %(now)s
         FROM canceled c
-        JOIN {s}.instances i ON i.id = c.instance_id
+        JOIN {{s}}.instances i ON i.id = c.instance_id
         RETURNING id, instance_id
+    ),
+    requests AS (
+        SELECT d.id AS build_id, i.id, i.preset_id, i.template_id,
+            i.template_version_id, i.name, c.created_at
+        FROM deletes d
+        JOIN canceled c ON c.instance_id = d.instance_id
+        JOIN {{s}}.instances i ON i.id = d.instance_id
     )
-    SELECT d.id, i.id, i.preset_id, i.template_id, i.template_version_id, i.name
-    FROM deletes d
-    JOIN canceled c ON c.instance_id = d.instance_id
-    JOIN {s}.instances i ON i.id = d.instance_id
-    ORDER BY c.created_at, i.id
+    SELECT {FENCE_HELD}, EXISTS (SELECT 1 FROM preset), r.build_id, r.id,
+        r.preset_id, r.template_id, r.template_version_id, r.name
+    FROM (VALUES (1)) AS one (x)
+    LEFT JOIN requests r ON true
+    ORDER BY r.created_at, r.id
 """
 # Always one row at least: the fence's verdict, then the failed builds.
 FAIL_STUCK = f"""

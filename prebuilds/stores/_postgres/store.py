@@ -1,28 +1,10 @@
 """
 PostgresStore: the Store seam on PostgreSQL (psycopg 3), for many replicas.
 
-How it keeps the store's guarantees:
-
-- every method is one transaction, most of them one statement;
-- ``read_pool`` reads in two queries inside a ``REPEATABLE READ READ ONLY``
-  transaction (the latest build is kept on the instance row by a trigger);
-- ``leader()`` takes a session-level advisory lock (``pg_try_advisory_lock``)
-  on a connection it keeps for the scope and, in the same statement, writes a
-  new fencing token into the ``leader`` row (committed); only then does it
-  open the ``REPEATABLE READ READ ONLY`` transaction that a ``read_pool`` in
-  the same thread inside the scope reads through, so that a new leader sees
-  everything the previous one committed;
-- a write fenced by a lease checks the token in its own transaction, with
-  ``FOR SHARE`` on the ``leader`` row: a new leader's grant waits for it, or
-  it sees the new token and writes nothing;
-- ``claim`` is one ``UPDATE`` (``claim.py``); ``claim_if_unchanged`` the
-  same, gated on the preset's stamp, which every change a claim depends on
-  moves in its own statement;
-- ``delete_prebuild`` locks the instance row (``SELECT … FOR UPDATE``) and
-  re-checks its owner and latest build before it writes the delete build.
-
-The library owns its tables: they live in their own schema (``prebuilds`` by
-default), created and upgraded by :meth:`PostgresStore.migrate`.
+Every method is one transaction, almost all of them one statement; a write
+that a lease fences checks the token in that statement (``sql.py``). The
+leader scope, the claim and the stamps are described on the class and in
+``docs/postgres.md``.
 """
 
 from __future__ import annotations
@@ -58,7 +40,6 @@ from prebuilds._arguments import (
 from prebuilds._model import InvalidPreset, PresetStatus, Transition
 from prebuilds._pool import PoolFacts, PresetFacts
 from prebuilds._records import (
-    PREBUILDS_OWNER_ID,
     Build,
     BuildRequest,
     BuildStatus,
@@ -127,7 +108,13 @@ class PostgresStore:
     switched for the duration of the call and switched back.
 
     A leader scope holds one connection for its whole duration, so a pool
-    needs at least two connections.
+    needs at least two connections. It takes a session-level advisory lock
+    and commits a new fencing token before it opens the ``REPEATABLE READ``
+    transaction that :meth:`read_pool` reads through, so a new leader sees
+    everything the previous one committed; a write fenced by its lease checks
+    the token (``FOR SHARE``) in the write's own statement. A claim is one
+    ``UPDATE … FOR UPDATE SKIP LOCKED``; a preset's stamp moves in the
+    statement of every change a claim depends on.
 
     Args:
         conninfo: A libpq connection string.
@@ -336,9 +323,10 @@ class PostgresStore:
     ) -> None:
         """Record the preset's health (fenced by *lease*, in the same statement)."""
         check_set_preset_status(preset_id, status)
-        token = fence_token(lease)
-        row = self._fenced_one(
-            token, sql.SET_STATUS, {"id": preset_id, "status": status.value}
+        (row,) = self._fenced(
+            fence_token(lease),
+            sql.SET_STATUS,
+            {"id": preset_id, "status": status.value},
         )
         if not row[1]:
             raise PresetNotFoundError(preset_id)
@@ -509,79 +497,55 @@ class PostgresStore:
     ) -> BuildRequest | None:
         """
         A pending delete build, unless the instance left the pool or is
-        already being deleted.
-
-        Locks the instance row first, so a concurrent claim either commits
-        before (and this sees the new owner) or skips the row. Fenced by
-        *lease*, in the transaction's first statement.
+        already being deleted: one statement (its fence included) that locks
+        the instance row and re-checks it, so a concurrent claim either
+        commits before (and nothing is deleted) or skips the row.
         """
         check_id_at("instance_id", instance_id, "now", now)
-        token = fence_token(lease)
-        db = self._db
-        with db.transaction() as cur:
-            self._fence(cur, token)
-            row = db.fetchone(cur, sql.LOCK_INSTANCE, {"id": instance_id})
-            if row is None:
-                return None
-            owner_id, deleted, preset_id, template_id, version_id, name = row[:6]
-            transition, status, number = row[6:]
-            if deleted or owner_id != PREBUILDS_OWNER_ID:
-                return None
-            if transition == Transition.DELETE.value and status in (
-                BuildStatus.PENDING.value,
-                BuildStatus.RUNNING.value,
-                BuildStatus.SUCCEEDED.value,
-            ):
-                return None
-            build_id = uuid.uuid4()
-            db.execute(
-                cur,
-                sql.DELETE_PREBUILD,
-                {
-                    "build_id": build_id,
-                    "id": instance_id,
-                    "preset_id": preset_id,
-                    "template_version_id": version_id,
-                    "build_number": (number or 0) + 1,
-                    "now": now,
-                },
-            )
-            return BuildRequest(
-                build_id=build_id,
-                instance_id=instance_id,
-                preset_id=preset_id,
-                template_id=template_id,
-                template_version_id=version_id,
-                transition=Transition.DELETE,
-                name=name,
-            )
+        build_id = uuid.uuid4()
+        (row,) = self._fenced(
+            fence_token(lease),
+            sql.DELETE_PREBUILD,
+            {"id": instance_id, "build_id": build_id, "now": now},
+        )
+        if row[1] is None:
+            return None
+        return build_request(
+            build_id=build_id,
+            instance_id=instance_id,
+            preset_id=row[1],
+            template_id=row[2],
+            template_version_id=row[3],
+            transition=Transition.DELETE,
+            name=row[4],
+        )
 
     def cancel_pending(
         self, preset_id: UUID, *, now: datetime, lease: Lease | None = None
     ) -> list[BuildRequest]:
-        """Cancel queued creations of an inactive version; orphan-delete them."""
+        """
+        Cancel queued creations of an inactive version and orphan-delete
+        them, in one statement (its fence included).
+        """
         check_id_at("preset_id", preset_id, "now", now)
-        token = fence_token(lease)
-        db = self._db
-        with db.transaction() as cur:
-            self._fence(cur, token)
-            if db.fetchone(cur, sql.PRESET_EXISTS, {"id": preset_id}) is None:
-                raise PresetNotFoundError(preset_id)
-            rows = db.fetchall(
-                cur, sql.CANCEL_PENDING, {"preset_id": preset_id, "now": now}
-            )
+        rows = self._fenced(
+            fence_token(lease), sql.CANCEL_PENDING, {"preset_id": preset_id, "now": now}
+        )
+        if not rows[0][1]:
+            raise PresetNotFoundError(preset_id)
         return [
-            BuildRequest(
-                build_id=r[0],
-                instance_id=r[1],
-                preset_id=r[2],
-                template_id=r[3],
-                template_version_id=r[4],
+            build_request(
+                build_id=r[2],
+                instance_id=r[3],
+                preset_id=r[4],
+                template_id=r[5],
+                template_version_id=r[6],
                 transition=Transition.DELETE,
-                name=r[5],
+                name=r[7],
                 orphan=True,
             )
             for r in rows
+            if r[2] is not None
         ]
 
     def fail_stuck_builds(
@@ -592,31 +556,12 @@ class PostgresStore:
         statement (its fence included).
         """
         check_fail_stuck_builds(older_than, now)
-        token = fence_token(lease)
-        params = {
-            "older_than": older_than,
-            "now": now,
-            "error": _STUCK_ERROR,
-            "lease": token,
-        }
-        with self._db.statement() as cur:
-            rows = self._db.fetchall(cur, sql.FAIL_STUCK, params)
-        if token is not None and not (rows and rows[0][0]):
-            raise lost(token)
+        rows = self._fenced(
+            fence_token(lease),
+            sql.FAIL_STUCK,
+            {"older_than": older_than, "now": now, "error": _STUCK_ERROR},
+        )
         return [codecs.build(r[1:]) for r in rows if r[1] is not None]
-
-    def _fence(self, cur: Cursor, token: str | None) -> None:
-        """
-        Check, in the transaction of *cur*, that *token* still leads; the
-        ``FOR SHARE`` row lock holds a new grant back until it commits.
-
-        Raises:
-            LeadershipLostError: it does not (nothing is written).
-        """
-        if token is not None and (
-            self._db.fetchone(cur, sql.CHECK_FENCE, {"lease": token}) is None
-        ):
-            raise lost(token)
 
     # -- provisioner reports ---------------------------------------------------------
     def build_started(self, build_id: UUID, *, now: datetime) -> None:
@@ -638,10 +583,9 @@ class PostgresStore:
     ) -> None:
         """Record a build's result; a late report is ignored."""
         check_build_finished(build_id, now, succeeded, error_kind, error)
-        token = fence_token(lease)
         status = BuildStatus.SUCCEEDED if succeeded else BuildStatus.FAILED
-        row = self._fenced_one(
-            token,
+        (row,) = self._fenced(
+            fence_token(lease),
             sql.BUILD_FINISHED,
             {
                 "id": build_id,
@@ -786,22 +730,21 @@ class PostgresStore:
         with self._db.statement() as cur:
             return self._db.fetchone(cur, template, params)
 
-    def _fenced_one(
+    def _fenced(
         self, token: str | None, template: str, params: dict[str, Any]
-    ) -> tuple[Any, ...]:
+    ) -> list[tuple[Any, ...]]:
         """
-        Run a statement of ``sql.py`` that *token* fences; its row, the
-        fence's verdict first.
+        Run a statement of ``sql.py`` that *token* fences, on its own; its
+        rows (one at least), the fence's verdict first.
 
         Raises:
             LeadershipLostError: *token* no longer leads (nothing written).
         """
-        row = self._read_one(template, {**params, "lease": token})
-        if row is None:  # pragma: no cover - the statements return one row
-            raise StoreError("PostgreSQL returned no row")
-        if token is not None and not row[0]:
+        with self._db.statement() as cur:
+            rows = self._db.fetchall(cur, template, {**params, "lease": token})
+        if token is not None and not rows[0][0]:
             raise lost(token)
-        return row
+        return rows
 
     def _borrow(self) -> AbstractContextManager[Connection]:
         """A connection of the store's, in autocommit mode (for raw SQL in tests)."""
