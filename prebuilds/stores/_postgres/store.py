@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import attrs
 import psycopg
 
 from psycopg_pool import ConnectionPool
@@ -236,18 +237,7 @@ class PostgresStore:
     def put_template(self, template: Template) -> None:
         """Insert or replace *template*; the stamps of its presets change."""
         check_instance("template", template, Template)
-        self._write(
-            sql.PUT_TEMPLATE,
-            {
-                "id": template.id,
-                "active_version_id": template.active_version_id,
-                "name": template.name,
-                "organization_id": template.organization_id,
-                "deleted": template.deleted,
-                "deprecated": template.deprecated,
-                "default_ttl": template.default_ttl,
-            },
-        )
+        self._write(sql.PUT_TEMPLATE, attrs.asdict(template, recurse=False))
 
     def put_preset(self, preset: PresetConfig) -> None:
         """
@@ -260,14 +250,8 @@ class PostgresStore:
         check_instance("preset", preset, PresetConfig)
         written = self._write(
             sql.PUT_PRESET,
-            {
-                "id": preset.id,
-                "template_id": preset.template_id,
-                "template_version_id": preset.template_version_id,
-                "desired_instances": preset.desired_instances,
-                "name": preset.name,
-                "ttl": preset.ttl,
-                "scheduling_timezone": preset.scheduling_timezone,
+            attrs.asdict(preset, recurse=False)
+            | {
                 "schedules": codecs.jsonb(schedules_json(preset.schedules)),
                 "parameters": codecs.jsonb(parameters_json(preset.parameters)),
             },
