@@ -3,7 +3,10 @@ PostgresStore on a throw-away cluster (``tests.postgres_cluster``).
 
 - Claims per second, p50 and p99, through ``StoreClaimer.claim`` with 1 and
   16 client threads (one pooled connection each), 200 presets and a random
-  preset per claim, next to the C ceiling: ``pgbench`` running the bare
+  preset per claim (after one untimed claim per preset, as a claimer that
+  has served its presets before), with the server's execution time of the
+  claim's statement (``pg_stat_statements``) and the client's CPU per
+  claim, next to the C ceiling: ``pgbench`` running the bare
   ``UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED)`` claim on a plain
   table, same cluster, same run. Each ratio is the median of the rounds' own
   ratios, library over the pgbench round just before it (issue 12's goal:
@@ -41,6 +44,7 @@ import uuid
 
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -153,10 +157,12 @@ def _claims(task: dict[str, Any]) -> dict[str, Any]:
     clients, claims, dsn = task["clients"], task["claims"], task["dsn"]
     schema = f"claims_{uuid.uuid4().hex[:12]}"
     store = PostgresStore(dsn, schema=schema, min_size=clients + 1, max_size=20)
-    _seed(dsn, schema, presets=PRESETS, per_preset=2 * claims // PRESETS + 2)
+    _seed(dsn, schema, presets=PRESETS, per_preset=2 * claims // PRESETS + 3)
     presets = _preset_ids(store)
     claimer = StoreClaimer(store)
     now = T0 + timedelta(minutes=1)
+    for preset_id in presets:  # a host's claimer has seen its presets before
+        claimer.claim(now=now, user_id=uuid.uuid4(), name="warm", preset_id=preset_id)
     per_client = claims // clients
     ready = threading.Barrier(clients + 1)
     go = threading.Event()
@@ -344,6 +350,25 @@ def _pgbench(cluster: Any, dsn: str, clients: int, claims: int) -> dict[str, Any
     return {"claims_per_second": float(tps[1]), "latency_avg_ms": float(latency[1])}
 
 
+def _server_time(dsn: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """
+    *measure*'s result, with the server's mean execution time of the
+    statement it ran most (``pg_stat_statements``): the claim's.
+    """
+    import psycopg  # noqa: PLC0415
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_statements_reset()")
+        result = measure()
+        row = conn.execute(
+            "SELECT calls, total_exec_time / calls FROM pg_stat_statements"
+            " ORDER BY calls DESC LIMIT 1"
+        ).fetchone()
+    if row is not None:
+        result["server_exec_us_per_claim"] = float(row[1]) * 1000
+    return result
+
+
 def _rounds(
     cluster: Any, dsn: str, libraries: list[_Library], claims: int, rounds: int
 ) -> dict[str, Any]:
@@ -353,11 +378,13 @@ def _rounds(
         runs: dict[str, list[dict[str, Any]]] = {"pgbench": []}
         runs.update({lib.name: [] for lib in libraries})
         for n in range(rounds):
-            runs["pgbench"].append(_pgbench(cluster, dsn, clients, claims))
+            ceiling = partial(_pgbench, cluster, dsn, clients, claims)
+            runs["pgbench"].append(_server_time(dsn, ceiling))
             for lib in libraries if n % 2 == 0 else libraries[::-1]:
-                runs[lib.name].append(
-                    lib.run("claims", dsn=dsn, clients=clients, claims=claims)
+                measure = partial(
+                    lib.run, "claims", dsn=dsn, clients=clients, claims=claims
                 )
+                runs[lib.name].append(_server_time(dsn, measure))
         row: dict[str, Any] = {}
         for name, measured in runs.items():
             ordered = sorted(measured, key=lambda r: r["claims_per_second"])
@@ -398,7 +425,13 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         try:
             with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
                 conn.execute(f"CREATE DATABASE {_DATABASE}".encode())
+                conn.execute(
+                    "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'"
+                )
+            cluster.restart()
             dsn = cluster.dsn(_DATABASE)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CREATE EXTENSION pg_stat_statements")
             with psycopg.connect(dsn) as conn:
                 row = conn.execute("SHOW server_version").fetchone()
             for lib in libraries:  # warm up: plans, caches, the page cache
@@ -449,20 +482,25 @@ def summarize(results: dict[str, Any]) -> str:
     ]
     lines.append(
         f"  claims/s via StoreClaimer, {results['presets']} presets"
-        " (p50/p99 ms)   pgbench" + "".join(f"{n:>24}" for n in names) + "   ratios"
+        " (p50/p99 ms) [server statement / client CPU per claim]   pgbench"
+        + "".join(f"{n:>36}" for n in names)
+        + "   ratios"
     )
     for key, row in results["claims"].items():
-        cells = [f"{row['pgbench']['claims_per_second']:7.0f}"]
+        ceiling = row["pgbench"]
+        server = ceiling.get("server_exec_us_per_claim", 0)
+        cells = [f"{ceiling['claims_per_second']:7.0f} [{server:.0f} us]"]
         cells += [
             f"{row[n]['claims_per_second']:7.0f} ({row[n]['p50_ms']:.2f}/"
-            f"{row[n]['p99_ms']:.2f})"
+            f"{row[n]['p99_ms']:.2f}) [{row[n].get('server_exec_us_per_claim', 0):.0f}"
+            f"/{row[n]['client_cpu_us_per_claim']:.0f} us]"
             for n in names
         ]
         ratios = " / ".join(f"{row[f'ratio_{n}']:.2f}" for n in names)
         if "after_over_before" in row:
             ratios += f"; after/before {row['after_over_before']:.2f}"
         lines.append(
-            f"  {key:<44}" + "".join(f"{c:>24}" for c in cells) + f"   {ratios}"
+            f"  {key:<12}" + "".join(f"{c:>36}" for c in cells) + f"   {ratios}"
         )
     for name in names:
         counts = results["statements_per_read"][name]
@@ -481,4 +519,8 @@ def summarize(results: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     # A worker: python bench/bench_postgres.py TASK JSON -> one JSON line.
-    print(json.dumps(_TASKS[sys.argv[1]](json.loads(sys.argv[2]))))
+    import prebuilds
+
+    measured = _TASKS[sys.argv[1]](json.loads(sys.argv[2]))
+    measured["library"] = str(Path(prebuilds.__file__).parent)
+    print(json.dumps(measured))
