@@ -1,0 +1,23 @@
+"""
+PostgresStore, the Store seam on PostgreSQL, for many replicas: ``schema``
+(migrations), ``sql`` (the statements), ``codecs`` (rows and records),
+``connections`` (where connections come from and go back to), ``claim``
+(the tuned claim) and ``store`` (the class).
+
+Needs the ``postgres`` extra (``psycopg`` and ``psycopg-pool``); this package
+is the only part of prebuilds that imports them.
+"""
+
+from __future__ import annotations
+
+# The extra's modules first, by name: a re-import of this package (after it
+# was dropped from sys.modules) must meet a missing extra even when its
+# submodules are still cached.
+import psycopg  # noqa: F401
+import psycopg_pool  # noqa: F401
+
+from prebuilds.stores._postgres.schema import SCHEMA_VERSION
+from prebuilds.stores._postgres.store import PostgresStore
+
+
+__all__ = ["SCHEMA_VERSION", "PostgresStore"]

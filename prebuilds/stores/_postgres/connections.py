@@ -1,0 +1,374 @@
+"""
+Where PostgresStore's connections come from and go back to: its own pool, a
+host's pool or a host's connection factory; borrowing one for a call,
+giving it back whatever state an error left it in, and saying why none
+could be had.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import psycopg
+
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from prebuilds._records import PREBUILDS_OWNER_ID
+from prebuilds.exceptions import StoreError
+
+
+Row = tuple[Any, ...]
+Connection = psycopg.Connection[Any]
+Cursor = psycopg.Cursor[Any]
+
+BEGIN = "BEGIN"
+BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+_UNKNOWN = psycopg.pq.TransactionStatus.UNKNOWN  # broken or closed
+_IN_TRANSACTION = (
+    psycopg.pq.TransactionStatus.INTRANS,
+    psycopg.pq.TransactionStatus.INERROR,
+)
+
+
+class Connections:
+    """
+    The store's source of connections (exactly one of *conninfo*, *pool*,
+    *connect*), and the statements it sends, counted.
+
+    Every connection is used in autocommit mode, transactions being explicit
+    ``BEGIN``/``COMMIT``; one that came without it is switched for the
+    borrow and switched back. SQL templates name the schema ``{s}`` and the
+    pool's owner ``{pool}``.
+
+    Raises:
+        StoreError: the own pool could not open a connection (the message
+            names the cause).
+    """
+
+    def __init__(
+        self,
+        *,
+        conninfo: str | None,
+        pool: ConnectionPool[Any] | None,
+        connect: Callable[[], Connection] | None,
+        schema: str,
+        min_size: int,
+        max_size: int,
+        timeout: float,
+    ) -> None:
+        self.pool = pool
+        self.closed = False
+        self._connect = connect
+        self._owns_pool = False
+        self._timeout = timeout
+        self._quoted = f'"{schema}"'
+        self._sql: dict[str, str] = {}
+        self._count_lock = threading.Lock()
+        self._statements = 0
+        self._probe_lock = threading.Lock()
+        self._probed: tuple[float, psycopg.Error | None] | None = None
+        if conninfo is not None:
+            # Each attempt of the pool's gives up after the store's timeout:
+            # an attempt with none can outlive the pool's close().
+            own = ConnectionPool(
+                conninfo,
+                min_size=min_size,
+                max_size=max_size,
+                kwargs=with_connect_timeout(conninfo, {"autocommit": True}, timeout),
+                open=False,
+                timeout=timeout,
+                name=f"prebuilds-{schema}",
+            )
+            try:
+                own.open(wait=True, timeout=timeout)
+            except psycopg.Error as e:
+                own.close()
+                message, cause = self._no_connection(own, e)
+                raise StoreError(message) from cause
+            self.pool = own
+            self._owns_pool = True
+
+    def close(self) -> None:
+        """Close the pool opened here (a host's pool is left open)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._owns_pool and self.pool is not None:
+            self.pool.close()
+
+    @property
+    def statements(self) -> int:
+        """How many statements were sent (BEGIN/COMMIT included)."""
+        with self._count_lock:
+            return self._statements
+
+    def count(self) -> None:
+        """Count one statement sent."""
+        with self._count_lock:
+            self._statements += 1
+
+    def q(self, template: str) -> str:
+        """*template* with the schema and the pool owner filled in (cached)."""
+        sql = self._sql.get(template)
+        if sql is None:
+            sql = template.replace("{s}", self._quoted).replace(
+                "{pool}", str(PREBUILDS_OWNER_ID)
+            )
+            self._sql[template] = sql
+        return sql
+
+    # -- statements --------------------------------------------------------------
+    def execute(
+        self, cur: Cursor, template: str, params: Mapping[str, Any] | None = None
+    ) -> int:
+        """Run one statement; its row count."""
+        self.count()
+        try:
+            cur.execute(self.q(template), params)
+        except psycopg.Error as e:
+            raise StoreError(f"PostgreSQL error: {e}") from e
+        return cur.rowcount
+
+    def fetchall(
+        self, cur: Cursor, template: str, params: Mapping[str, Any] | None = None
+    ) -> list[Row]:
+        """Run one statement; its rows."""
+        self.count()
+        try:
+            cur.execute(self.q(template), params)
+            return cur.fetchall()
+        except psycopg.Error as e:
+            raise StoreError(f"PostgreSQL error: {e}") from e
+
+    def fetchone(
+        self, cur: Cursor, template: str, params: Mapping[str, Any] | None = None
+    ) -> Row | None:
+        """Run one statement; its first row, if any."""
+        rows = self.fetchall(cur, template, params)
+        return rows[0] if rows else None
+
+    @contextmanager
+    def transaction(self, begin: str = BEGIN) -> Iterator[Cursor]:
+        """One transaction on a borrowed connection: COMMIT, or ROLLBACK on error."""
+        with self.borrow() as conn, self.cursor(conn) as cur:
+            self.execute(cur, begin)
+            try:
+                yield cur
+            except BaseException:
+                with suppress(StoreError):  # a broken connection: the pool's
+                    self.execute(cur, "ROLLBACK")
+                raise
+            self.execute(cur, "COMMIT")
+
+    @contextmanager
+    def statement(self) -> Iterator[Cursor]:
+        """A cursor for one statement, its own (implicit) transaction."""
+        with self.borrow() as conn, self.cursor(conn) as cur:
+            yield cur
+
+    @staticmethod
+    @contextmanager
+    def cursor(conn: Connection) -> Iterator[Cursor]:
+        """A cursor of *conn*; a psycopg error in opening or closing it is a StoreError."""
+        try:
+            cur = conn.cursor()
+        except psycopg.Error as e:
+            raise StoreError(f"PostgreSQL error: {e}") from e
+        try:
+            yield cur
+        finally:
+            with suppress(psycopg.Error):
+                cur.close()
+
+    # -- borrowing ---------------------------------------------------------------
+    @contextmanager
+    def borrow(self) -> Iterator[Connection]:
+        """
+        A connection in autocommit mode, for the duration of the block.
+
+        A psycopg error in getting or giving back the connection becomes a
+        StoreError; exceptions of the block itself pass through untouched,
+        after a transaction the block left open is rolled back.
+        """
+        conn, switched = self.acquire()
+        try:
+            yield conn
+        except BaseException:
+            self.abandon(conn, switched=switched)
+            raise
+        self.release(conn, switched=switched)
+
+    def acquire(self) -> tuple[Connection, bool]:
+        """
+        A connection from the pool (or the host's factory) in autocommit
+        mode, and whether it had to be switched to it.
+        """
+        if self.closed:
+            raise StoreError("the store is closed")
+        if self.pool is not None:
+            try:
+                conn = self.pool.getconn(timeout=self._timeout)
+            except PoolTimeout as e:
+                message, cause = self._no_connection(self.pool, e)
+                raise StoreError(message) from cause
+            except psycopg.Error as e:  # closed, too many waiting
+                raise StoreError(f"cannot get a PostgreSQL connection: {e}") from e
+        elif self._connect is not None:
+            try:
+                conn = self._connect()
+            except psycopg.Error as e:
+                raise StoreError(f"cannot connect to PostgreSQL: {one_line(e)}") from e
+        else:  # pragma: no cover - the constructor requires a source
+            raise StoreError("no source of connections")
+        if conn.autocommit:
+            return conn, False
+        try:
+            conn.autocommit = True
+        except psycopg.Error as e:
+            self.abandon(conn, switched=False)
+            raise StoreError(f"cannot get a PostgreSQL connection: {e}") from e
+        return conn, True
+
+    def release(self, conn: Connection, *, switched: bool) -> None:
+        """
+        Give *conn* back in the mode it came in: to the pool, or closed when
+        it came from the host's factory.
+        """
+        try:
+            if switched:
+                _restore_autocommit(conn)
+            if self.pool is not None:
+                self.pool.putconn(conn)
+            else:
+                conn.close()
+        except psycopg.Error as e:
+            raise StoreError(f"cannot give back a PostgreSQL connection: {e}") from e
+
+    def abandon(self, conn: Connection, *, switched: bool) -> None:
+        """
+        Give *conn* back after an error, whatever state it is in.
+
+        A transaction left open is rolled back first; the connection goes
+        back even when that fails, and a broken one too (its pool discards
+        and replaces it; a factory's is closed). Errors in doing so are
+        dropped (the first error matters). A broken connection from a pool
+        has the pool check its idle ones (see :meth:`_check_pool`).
+        """
+        if conn.info.transaction_status in _IN_TRANSACTION:
+            with suppress(psycopg.Error):
+                conn.rollback()
+        broken = conn.info.transaction_status == _UNKNOWN
+        with suppress(StoreError):
+            self.release(conn, switched=switched)
+        if broken:
+            self._check_pool()
+
+    def discard(self, conn: Connection, *, switched: bool) -> None:
+        """Close *conn* (ending its session and its locks) and give it back."""
+        with suppress(psycopg.Error):
+            conn.close()
+        with suppress(psycopg.Error, StoreError):
+            self.release(conn, switched=switched)
+
+    def _check_pool(self) -> None:
+        """
+        After a broken connection: have the pool test the connections idle
+        in it and replace the broken ones (:meth:`ConnectionPool.check`, a
+        round trip each), so that a restarted server costs the calls in
+        flight, not one more failed call per idle connection.
+        """
+        if self.pool is not None and not self.closed:
+            with suppress(psycopg.Error):
+                self.pool.check()
+
+    # -- why there is no connection ------------------------------------------------
+    def _no_connection(
+        self, pool: ConnectionPool[Any], error: psycopg.Error
+    ) -> tuple[str, BaseException]:
+        """
+        Why *pool* gave no connection (*error*, its timeout), as the message
+        of a StoreError and the exception to chain to it.
+
+        The pool keeps its connection errors to its log, so one direct
+        connection with its settings finds the cause (refused, unknown
+        database or role, timeout…). When that succeeds, the server is
+        reachable and the pool had no connection free.
+        """
+        cause = self._probe(pool)
+        if cause is not None:
+            return f"cannot connect to PostgreSQL: {one_line(cause)}", cause
+        stats = pool.get_stats()
+        message = (
+            f"cannot get a PostgreSQL connection: {one_line(error)}, though the"
+            " server accepts a new connection: the pool is too small for the"
+            " calls made at once, or still reconnecting"
+            f" (size {stats.get('pool_size', '?')} of max"
+            f" {stats.get('pool_max', '?')},"
+            f" {stats.get('requests_waiting', '?')} requests waiting)"
+        )
+        return message, error
+
+    def _probe(self, pool: ConnectionPool[Any]) -> psycopg.Error | None:
+        """
+        The error of one direct connection with *pool*'s settings, closed at
+        once; None if it connects.
+
+        Callers that time out together share one attempt: a result newer
+        than the start of the caller's wait (*timeout* ago) is reused.
+        """
+        waited_since = time.monotonic() - self._timeout
+        with self._probe_lock:
+            if self._probed is not None and self._probed[0] >= waited_since:
+                return self._probed[1]
+            conninfo = pool.conninfo() if callable(pool.conninfo) else pool.conninfo
+            raw_kwargs = pool.kwargs() if callable(pool.kwargs) else pool.kwargs
+            kwargs = with_connect_timeout(conninfo, raw_kwargs or {}, self._timeout)
+            error: psycopg.Error | None = None
+            try:
+                pool.connection_class.connect(conninfo, **kwargs).close()
+            except psycopg.Error as e:
+                error = e
+            self._probed = (time.monotonic(), error)
+            return error
+
+
+def with_connect_timeout(
+    conninfo: str, kwargs: Mapping[str, Any], timeout: float
+) -> dict[str, Any]:
+    """
+    *kwargs* for connecting with *conninfo*, with a ``connect_timeout`` of
+    *timeout* seconds (libpq's minimum is 2) unless the connection string,
+    *kwargs* or ``PGCONNECT_TIMEOUT`` sets one.
+    """
+    given = dict(kwargs)
+    if "connect_timeout" in given or os.environ.get("PGCONNECT_TIMEOUT"):
+        return given
+    try:
+        if "connect_timeout" in conninfo_to_dict(conninfo):
+            return given
+    except psycopg.Error:
+        return given  # a bad connection string: connecting will say so
+    given["connect_timeout"] = max(2, math.ceil(timeout))
+    return given
+
+
+def one_line(error: BaseException) -> str:
+    """A driver's error message on one line (libpq's run over several)."""
+    return " ".join(str(error).split())
+
+
+def _restore_autocommit(conn: Connection) -> None:
+    """Give a borrowed connection back in the mode it came in, or close it."""
+    try:
+        conn.autocommit = False
+    except psycopg.Error:
+        conn.close()  # the pool discards a closed connection

@@ -1,0 +1,350 @@
+"""
+PostgresStore's SQL text (the claim's is in ``claim.py``).
+
+"{s}" is the quoted schema name, "{pool}" the pool owner's UUID, both filled
+in by ``Connections.q``; everything else is a bound parameter.
+
+A write that a lease may fence reads the ``leader`` row in a ``fence`` CTE
+(:data:`FENCE`) and applies only under :data:`FENCED`: with ``%(lease)s``
+NULL it is unfenced; otherwise the token must be the leader's. ``FOR SHARE``
+(not ``FOR KEY SHARE``, which a token update does not wait for) keeps a new
+grant out until the write commits; a grant that committed first fails the
+check. Such a statement returns the fence's verdict in its first column.
+"""
+
+# Assembled from this module's constants only.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+
+FENCE = """fence AS MATERIALIZED (
+        SELECT 1 FROM {s}.leader WHERE token = %(lease)s::text FOR SHARE
+    )"""
+FENCED = "(%(lease)s::text IS NULL OR EXISTS (SELECT 1 FROM fence))"
+FENCE_HELD = "EXISTS (SELECT 1 FROM fence)"
+
+# -- reads --------------------------------------------------------------------------
+_PRESET_COLUMNS = """
+    p.id, p.template_id, p.template_version_id, p.desired_instances, p.name, p.ttl,
+    p.scheduling_timezone, p.schedules::text, p.parameters::text, p.status,
+    p.last_invalidated_at, p.stamp,
+    t.id, t.active_version_id, t.name, t.organization_id, t.deleted, t.deprecated,
+    t.default_ttl
+"""
+POOL_PRESETS = f"""
+    SELECT {_PRESET_COLUMNS}
+    FROM {{s}}.presets p
+    JOIN {{s}}.templates t ON t.id = p.template_id
+    ORDER BY p.id
+"""
+# The live pool with its latest build, from the instance row alone (the
+# trigger of migrations 3 and 5 keeps it there).
+POOL_INSTANCES = """
+    SELECT i.id, i.preset_id, i.template_id, i.template_version_id, i.name,
+        i.created_at, i.ready, i.latest_build_id, i.latest_transition,
+        i.latest_status, i.latest_build_number, i.latest_build_created_at
+    FROM {s}.instances i
+    WHERE i.owner_id = '{pool}' AND NOT i.deleted AND i.latest_build_id IS NOT NULL
+    ORDER BY i.id
+"""
+READ_PRESET = f"""
+    SELECT {_PRESET_COLUMNS}
+    FROM {{s}}.presets p
+    JOIN {{s}}.templates t ON t.id = p.template_id
+    WHERE p.id = %(id)s
+"""
+GET_TEMPLATE = """
+    SELECT id, active_version_id, name, organization_id, deleted, deprecated,
+        default_ttl
+    FROM {s}.templates WHERE id = %(id)s
+"""
+# The latest build's transition and status are on the instance row (the
+# trigger of migration 3); an instance with no build is not shown.
+_INSTANCES = """
+    SELECT i.id, i.preset_id, i.template_id, i.template_version_id, i.owner_id,
+        i.name, i.created_at, i.ready, i.autostart_schedule, i.next_start_at, i.ttl,
+        i.deadline, i.max_deadline, i.dormant_at, i.deleting_at, i.last_used_at,
+        i.deleted, i.claimed_at, i.latest_transition, i.latest_status
+    FROM {s}.instances i
+    WHERE i.latest_transition IS NOT NULL
+"""
+GET_INSTANCE = f"{_INSTANCES} AND i.id = %(id)s"
+LIST_INSTANCES = f"""{_INSTANCES}
+        AND (%(preset_id)s::uuid IS NULL OR i.preset_id = %(preset_id)s)
+        AND (%(owner_id)s::uuid IS NULL OR i.owner_id = %(owner_id)s)
+        AND (%(include_deleted)s OR NOT i.deleted)
+    ORDER BY i.created_at, i.id
+"""
+_BUILD_COLUMNS = """
+    b.id, b.instance_id, b.preset_id, b.template_version_id, b.transition, b.status,
+    b.build_number, b.initiator_id, b.created_at, b.started_at, b.finished_at,
+    b.error_kind, b.error
+"""
+GET_BUILD = f"SELECT {_BUILD_COLUMNS} FROM {{s}}.builds b WHERE b.id = %(id)s"
+LIST_BUILDS = f"""
+    SELECT {_BUILD_COLUMNS}
+    FROM {{s}}.builds b
+    WHERE %(instance_id)s::uuid IS NULL OR b.instance_id = %(instance_id)s
+    ORDER BY b.created_at, b.instance_id, b.build_number
+"""
+IS_PAUSED = "SELECT paused FROM {s}.settings"
+
+# -- configuration ------------------------------------------------------------------
+# The template and, in the same statement, a new stamp for each of its presets.
+PUT_TEMPLATE = """
+    WITH written AS (
+        INSERT INTO {s}.templates
+            (id, active_version_id, name, organization_id, deleted, deprecated,
+             default_ttl)
+        VALUES (%(id)s, %(active_version_id)s, %(name)s, %(organization_id)s::uuid,
+            %(deleted)s, %(deprecated)s, %(default_ttl)s::interval)
+        ON CONFLICT (id) DO UPDATE SET
+            active_version_id = EXCLUDED.active_version_id,
+            name = EXCLUDED.name,
+            organization_id = EXCLUDED.organization_id,
+            deleted = EXCLUDED.deleted,
+            deprecated = EXCLUDED.deprecated,
+            default_ttl = EXCLUDED.default_ttl
+        RETURNING id
+    )
+    UPDATE {s}.presets SET stamp = stamp + 1
+    WHERE template_id = (SELECT id FROM written)
+"""
+# Replaces the configuration and changes the stamp; keeps status and
+# last_invalidated_at. Writes nothing for an unknown template.
+PUT_PRESET = """
+    INSERT INTO {s}.presets AS p
+        (id, template_id, template_version_id, desired_instances, name, ttl,
+         scheduling_timezone, schedules, parameters)
+    SELECT %(id)s::uuid, %(template_id)s::uuid, %(template_version_id)s::uuid,
+        %(desired_instances)s::integer, %(name)s::text, %(ttl)s::interval,
+        %(scheduling_timezone)s::text, %(schedules)s::jsonb, %(parameters)s::jsonb
+    WHERE EXISTS (SELECT 1 FROM {s}.templates WHERE id = %(template_id)s::uuid)
+    ON CONFLICT (id) DO UPDATE SET
+        template_id = EXCLUDED.template_id,
+        template_version_id = EXCLUDED.template_version_id,
+        desired_instances = EXCLUDED.desired_instances,
+        name = EXCLUDED.name,
+        ttl = EXCLUDED.ttl,
+        scheduling_timezone = EXCLUDED.scheduling_timezone,
+        schedules = EXCLUDED.schedules,
+        parameters = EXCLUDED.parameters,
+        stamp = p.stamp + 1
+"""
+INVALIDATE_PRESET = """
+    UPDATE {s}.presets SET last_invalidated_at = %(at)s, stamp = stamp + 1
+    WHERE id = %(id)s
+"""
+SET_PAUSED = """
+    INSERT INTO {s}.settings (singleton, paused) VALUES (true, %(paused)s)
+    ON CONFLICT (singleton) DO UPDATE SET paused = EXCLUDED.paused
+"""
+SET_STATUS = f"""
+    WITH {FENCE},
+    updated AS (
+        UPDATE {{s}}.presets SET status = %(status)s
+        WHERE id = %(id)s AND {FENCED}
+        RETURNING 1
+    )
+    SELECT {FENCE_HELD}, EXISTS (SELECT 1 FROM {{s}}.presets WHERE id = %(id)s)
+"""
+
+# -- leadership ---------------------------------------------------------------------
+# Take the session-level lock and, if granted, a new token, in one statement
+# (autocommit: the token is committed when it returns). The token's UPDATE
+# waits for the fenced writes of the previous leader still running.
+TAKE_LEAD = """
+    WITH attempt AS MATERIALIZED (
+        SELECT pg_try_advisory_lock(%(key)s) AS held
+    ),
+    granted AS (
+        INSERT INTO {s}.leader AS l (singleton, token, epoch, granted_at)
+        SELECT true, %(token)s, 1, now() FROM attempt WHERE held
+        ON CONFLICT (singleton) DO UPDATE
+        SET token = EXCLUDED.token, epoch = l.epoch + 1,
+            granted_at = EXCLUDED.granted_at
+        RETURNING epoch
+    )
+    SELECT (SELECT held FROM attempt), (SELECT epoch FROM granted)
+"""
+# Clear the token (a lease whose scope ended writes nothing), then unlock.
+GIVE_UP_LEAD = """
+    WITH cleared AS (
+        UPDATE {s}.leader SET token = NULL WHERE token = %(token)s RETURNING 1
+    )
+    SELECT pg_advisory_unlock(%(key)s) FROM (SELECT count(*) FROM cleared) c
+"""
+
+# -- the reconciler's transitions ----------------------------------------------------
+# A pooled instance and its pending start build, if the preset is active,
+# and what the build request needs; always one row, the fence first, the
+# preset's columns NULL when there is no such preset.
+CREATE_PREBUILD = f"""
+    WITH {FENCE},
+    source AS MATERIALIZED (
+        SELECT p.template_id, p.template_version_id, p.parameters::text,
+            p.template_version_id = t.active_version_id
+                AND NOT t.deleted AND NOT t.deprecated AS active
+        FROM {{s}}.presets p
+        JOIN {{s}}.templates t ON t.id = p.template_id
+        WHERE p.id = %(preset_id)s
+    ),
+    made AS (
+        INSERT INTO {{s}}.instances
+            (id, preset_id, template_id, template_version_id, owner_id, name,
+             created_at, ready, last_used_at, deleted)
+        SELECT %(instance_id)s, %(preset_id)s, template_id, template_version_id,
+            '{{pool}}', %(name)s, %(now)s, false, %(now)s, false
+        FROM source WHERE active AND {FENCED}
+        RETURNING id, template_version_id
+    ),
+    built AS (
+        INSERT INTO {{s}}.builds
+            (id, instance_id, preset_id, template_version_id, transition, status,
+             build_number, initiator_id, created_at)
+        SELECT %(build_id)s, id, %(preset_id)s, template_version_id, 'start',
+            'pending', 1, '{{pool}}', %(now)s
+        FROM made
+    )
+    SELECT {FENCE_HELD}, source.*
+    FROM (VALUES (1)) AS one (x)
+    LEFT JOIN source ON true
+"""
+# A pending delete build and the instance unready, if it is still the pool's
+# and not being deleted; always one row, the fence first, the instance's
+# columns NULL when nothing was written. The row lock re-checks the
+# conditions on the newest version of the row: a claim that committed first
+# leaves nothing to delete, and a claim that comes later skips the row until
+# this commits.
+DELETE_PREBUILD = f"""
+    WITH {FENCE},
+    target AS MATERIALIZED (
+        SELECT i.id, i.preset_id, i.template_id, i.template_version_id, i.name,
+            coalesce(i.latest_build_number, 0) + 1 AS number
+        FROM {{s}}.instances i
+        WHERE i.id = %(id)s AND {FENCED}
+            AND i.owner_id = '{{pool}}' AND NOT i.deleted
+            AND NOT (i.latest_transition IS NOT DISTINCT FROM 'delete'
+                AND i.latest_status IN ('pending', 'running', 'succeeded'))
+        FOR UPDATE OF i
+    ),
+    built AS (
+        INSERT INTO {{s}}.builds
+            (id, instance_id, preset_id, template_version_id, transition, status,
+             build_number, initiator_id, created_at)
+        SELECT %(build_id)s, id, preset_id, template_version_id, 'delete',
+            'pending', number, '{{pool}}', %(now)s
+        FROM target
+    ),
+    unready AS (
+        UPDATE {{s}}.instances SET ready = false WHERE id = (SELECT id FROM target)
+    )
+    SELECT {FENCE_HELD}, target.preset_id, target.template_id,
+        target.template_version_id, target.name
+    FROM (VALUES (1)) AS one (x)
+    LEFT JOIN target ON true
+"""
+# Cancel the queued first builds of an inactive version and give each
+# instance an orphan delete build (number 2). Always one row at least: the
+# fence, whether the preset exists, then the delete builds, oldest first.
+CANCEL_PENDING = f"""
+    WITH {FENCE},
+    preset AS MATERIALIZED (
+        SELECT p.id, t.active_version_id
+        FROM {{s}}.presets p
+        JOIN {{s}}.templates t ON t.id = p.template_id
+        WHERE p.id = %(preset_id)s
+    ),
+    canceled AS (
+        UPDATE {{s}}.builds b
+        SET status = 'canceled', finished_at = %(now)s
+        FROM preset p
+        WHERE b.preset_id = p.id
+            AND b.build_number = 1
+            AND b.transition = 'start'
+            AND b.status = 'pending'
+            AND b.started_at IS NULL
+            AND b.template_version_id <> p.active_version_id
+            AND {FENCED}
+        RETURNING b.instance_id, b.created_at
+    ),
+    deletes AS (
+        INSERT INTO {{s}}.builds
+            (id, instance_id, preset_id, template_version_id, transition, status,
+             build_number, initiator_id, created_at)
+        SELECT gen_random_uuid(), i.id, i.preset_id, i.template_version_id, 'delete',
+            'pending',
+            (SELECT max(nb.build_number) + 1 FROM {{s}}.builds nb
+             WHERE nb.instance_id = i.id),
+            '{{pool}}', %(now)s
+        FROM canceled c
+        JOIN {{s}}.instances i ON i.id = c.instance_id
+        RETURNING id, instance_id
+    ),
+    requests AS (
+        SELECT d.id AS build_id, i.id, i.preset_id, i.template_id,
+            i.template_version_id, i.name, c.created_at
+        FROM deletes d
+        JOIN canceled c ON c.instance_id = d.instance_id
+        JOIN {{s}}.instances i ON i.id = d.instance_id
+    )
+    SELECT {FENCE_HELD}, EXISTS (SELECT 1 FROM preset), r.build_id, r.id,
+        r.preset_id, r.template_id, r.template_version_id, r.name
+    FROM (VALUES (1)) AS one (x)
+    LEFT JOIN requests r ON true
+    ORDER BY r.created_at, r.id
+"""
+# Always one row at least: the fence's verdict, then the failed builds.
+FAIL_STUCK = f"""
+    WITH {FENCE},
+    failed AS (
+        UPDATE {{s}}.builds
+        SET status = 'failed', finished_at = %(now)s, error_kind = 'timeout',
+            error = %(error)s
+        WHERE initiator_id = '{{pool}}'
+            AND status IN ('pending', 'running')
+            AND created_at < %(older_than)s
+            AND {FENCED}
+        RETURNING *
+    )
+    SELECT {FENCE_HELD}, {_BUILD_COLUMNS}
+    FROM (VALUES (1)) AS one (x)
+    LEFT JOIN failed b ON true
+    ORDER BY b.created_at, b.instance_id, b.build_number
+"""
+
+# -- reports ------------------------------------------------------------------------
+BUILD_STARTED = """
+    WITH started AS (
+        UPDATE {s}.builds SET status = 'running', started_at = %(now)s
+        WHERE id = %(id)s AND status = 'pending'
+        RETURNING id
+    )
+    SELECT EXISTS (SELECT 1 FROM {s}.builds WHERE id = %(id)s)
+"""
+BUILD_FINISHED = f"""
+    WITH {FENCE},
+    finished AS (
+        UPDATE {{s}}.builds
+        SET status = %(status)s, started_at = coalesce(started_at, %(now)s),
+            finished_at = %(now)s, error_kind = %(error_kind)s, error = %(error)s
+        WHERE id = %(id)s AND status IN ('pending', 'running') AND {FENCED}
+        RETURNING instance_id, transition
+    ),
+    gone AS (
+        UPDATE {{s}}.instances SET deleted = true, ready = false
+        WHERE %(succeeded)s
+            AND id = (SELECT instance_id FROM finished WHERE transition = 'delete')
+        RETURNING id
+    )
+    SELECT {FENCE_HELD}, EXISTS (SELECT 1 FROM {{s}}.builds WHERE id = %(id)s)
+"""
+SET_READY = """
+    WITH updated AS (
+        UPDATE {s}.instances SET ready = %(ready)s
+        WHERE id = %(id)s AND NOT deleted
+        RETURNING id
+    )
+    SELECT EXISTS (SELECT 1 FROM {s}.instances WHERE id = %(id)s)
+"""
