@@ -328,12 +328,12 @@ class ProcessLocalLeaderStore(SQLiteStore):
         self._only = threading.Lock()
 
     @contextmanager
-    def _leader_scope(self) -> Iterator[Lease]:
+    def leader(self) -> Iterator[Lease]:
         if not self._only.acquire(blocking=False):
             yield Lease(held=False)
             return
         try:
-            with super()._leader_scope() as lease:
+            with super().leader() as lease:
                 # The file's lease is taken when free, ignored when not.
                 yield lease or Lease(held=True, token=str(uuid.uuid4()))
         finally:
