@@ -599,7 +599,7 @@ def test_a_sqlite_claim_that_cannot_be_read_back_is_rolled_back(
     """
     from prebuilds.exceptions import StoreError
     from prebuilds.stores import SQLiteStore
-    from prebuilds.stores._sqlite import store as sqlite_store
+    from prebuilds.stores._sqlite import codecs as sqlite_codecs
 
     with SQLiteStore(tmp_path / "pool.sqlite3") as store:
         seeded = seed(store)
@@ -609,7 +609,7 @@ def test_a_sqlite_claim_that_cannot_be_read_back_is_rolled_back(
             raise ValueError("a row that cannot be decoded")
 
         with monkeypatch.context() as patch:
-            patch.setattr(sqlite_store, "instance_from_row", undecodable)
+            patch.setattr(sqlite_codecs, "instance_from_row", undecodable)
             with pytest.raises(StoreError):
                 claim_as(store, seeded)
 

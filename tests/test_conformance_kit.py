@@ -833,3 +833,17 @@ def test_rules_hold_on_every_store(store_factory: StoreFactory) -> None:
     """The reference stores keep every rule, through their claim and the claimer's."""
     check_rules(store_factory)
     check_rules(store_factory, StoreClaimer)
+
+
+def test_the_testing_kit_page_names_every_rule() -> None:
+    from prebuilds.testing import _rules
+
+    page = (Path(__file__).parent.parent / "docs" / "testing-kit.md").read_text()
+    rules = (
+        *_rules.CLAIM_RULES,
+        *_rules.CLAIMER_RULES,
+        *_rules.STORE_RULES,
+        *_rules.STAMP_RULES,
+    )
+    missing = [rule.name for rule in rules if f"`{rule.name}`" not in page]
+    assert missing == []

@@ -961,7 +961,8 @@ def _claim_if_unchanged(world: _World) -> None:
 
 STAMP_RULES = (
     Rule(
-        "stamps: put_preset, invalidate_preset and put_template change the preset's",
+        "stamps: put_preset, invalidate_preset and put_template change the preset's "
+        "stamp",
         _stamps,
     ),
     Rule(

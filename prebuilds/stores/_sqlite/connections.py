@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("prebuilds.stores.sqlite")
 
+#: How long close() waits for a transaction still running on another thread.
+_CLOSE_WAIT = 120.0
+
 
 def _close_quietly(conn: sqlite3.Connection) -> None:
     try:
@@ -135,7 +138,17 @@ class Connections:
             handles, self.handles = self.handles, []
             self._shared = None
         for handle in handles:
-            _close_quietly(handle.conn)
+            # Another thread (the lease renewer) may be in a transaction on
+            # this handle: closing under it crashes the interpreter. Its
+            # transaction ends within the busy timeout; the next one sees
+            # ``closed`` (or the closed connection) and raises StoreError.
+            if handle.lock.acquire(timeout=_CLOSE_WAIT):
+                try:
+                    _close_quietly(handle.conn)
+                finally:
+                    handle.lock.release()
+            else:  # pragma: no cover - a transaction stuck for minutes
+                _log.warning("a SQLite connection in use was left open at close")
 
     def _open(self) -> Handle:
         if self.read_only:
