@@ -84,7 +84,7 @@ class PresetFacts:
         InvalidInputError: naming the field: a template that is not the
             config's, a naive datetime, a negative stamp.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
 
     config: PresetConfig = attrs.field(validator=v.instance_of(PresetConfig))
@@ -147,7 +147,7 @@ class PooledInstance:
         latest_number: That build's number (1 for the first).
         latest_created_at: When that build was created.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
 
     id: UUID = attrs.field(validator=v.uuid_)
@@ -197,7 +197,7 @@ class PoolFacts:
     Raises:
         InvalidInputError: an item of the wrong type, or an ID given twice.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
 
     presets: tuple[PresetFacts, ...] = attrs.field(
@@ -243,7 +243,7 @@ def derive(
         InvalidInputError: an argument of the wrong type, a naive *now*, a
             negative look-back or limit.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
     check_instance("facts", facts, PoolFacts)
     check_aware("now", now)

@@ -288,7 +288,7 @@ class StampedClaims(Protocol):
     still equals *stamp*; otherwise it raises
     :class:`~prebuilds.exceptions.PresetChangedError` and writes nothing.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
 
     def claim_if_unchanged(
