@@ -63,6 +63,7 @@ from prebuilds._records import (
     Template,
 )
 from prebuilds._schedule import desired_instances, next_change
+from prebuilds._status import PoolStatus, explain
 from prebuilds.exceptions import (
     BuildNotFoundError,
     InstanceNotFoundError,
@@ -126,6 +127,7 @@ __all__ = [
     "NoopReconciler",
     "PendingCount",
     "PoolFacts",
+    "PoolStatus",
     "PooledInstance",
     "PrebuildSchedule",
     "PrebuildsError",
@@ -167,6 +169,7 @@ __all__ = [
     "derive",
     "desired_instances",
     "expiry_cutoff",
+    "explain",
     "generate_name",
     "is_expired",
     "is_lifecycle_managed",
