@@ -15,7 +15,11 @@ from prebuilds._calculate import (
 )
 from prebuilds._claimer import StoreClaimer, match_preset
 from prebuilds._clock import SystemClock
-from prebuilds._events import CollectingEventSink, LoggingEventSink
+from prebuilds._events import (
+    CollectingEventSink,
+    FanOutEventSink,
+    LoggingEventSink,
+)
 from prebuilds._lifecycle import (
     claimed_lifecycle,
     is_lifecycle_managed,
@@ -86,6 +90,7 @@ from prebuilds.interfaces import (
     Claimer,
     Clock,
     EventSink,
+    PassObserver,
     Provisioner,
     Reconciler,
     ReconciliationOrchestrator,
@@ -111,6 +116,7 @@ __all__ = [
     "Event",
     "EventKind",
     "EventSink",
+    "FanOutEventSink",
     "GlobalSnapshot",
     "InProgressCount",
     "Instance",
@@ -125,6 +131,7 @@ __all__ = [
     "NoClaimablePrebuildsError",
     "NoopClaimer",
     "NoopReconciler",
+    "PassObserver",
     "PendingCount",
     "PoolFacts",
     "PoolStatus",
