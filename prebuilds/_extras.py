@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 EXTRAS: dict[str, tuple[str, ...]] = {
     "postgres": ("psycopg", "psycopg_pool"),
     "prometheus": ("prometheus_client",),
+    "cli": ("rich",),
     "testing": ("hypothesis",),
 }
 
