@@ -279,7 +279,7 @@ class TestPrometheusExtra:
         import prebuilds.metrics
 
         with pytest.raises(AttributeError):
-            _ = prebuilds.metrics.Nothing  # type: ignore[attr-defined]
+            _ = prebuilds.metrics.Nothing
 
 
 class TestRequire:
