@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from prebuilds._arguments import check_claim
@@ -16,7 +19,7 @@ from prebuilds.exceptions import (
 
 
 if TYPE_CHECKING:
-    from datetime import datetime, timedelta
+    from datetime import datetime
     from uuid import UUID
 
     from prebuilds._model import Preset
@@ -81,6 +84,8 @@ class StoreClaimer:
                 *name*, a naive datetime, a *ttl* that is not a timedelta
                 from 0 to 36,500 days (see :doc:`/limits`).
         """
+        started = time.perf_counter()
+        names: tuple[str, str, UUID | None] = ("", "", None)
         check_claim(
             now=now,
             user_id=user_id,
@@ -114,6 +119,7 @@ class StoreClaimer:
             if not preset.is_active:
                 raise PresetInactiveError(preset_id)
             template = self._store.get_template(preset.template_id)
+            names = (preset.name, template.name, template.organization_id)
             lifecycle = claimed_lifecycle(
                 now=now,
                 autostart_schedule=autostart_schedule,
@@ -128,28 +134,47 @@ class StoreClaimer:
                 lifecycle=lifecycle,
                 now=now,
             )
+        self._report(
+            EventKind.CLAIM_MISSED if instance is None else EventKind.CLAIMED,
+            now=now,
+            preset_id=preset_id,
+            instance_id=None if instance is None else instance.id,
+            user_id=user_id,
+            names=names,
+            seconds=time.perf_counter() - started,
+        )
         if instance is None:
-            if self._events is not None:
-                self._events.emit(
-                    Event(
-                        kind=EventKind.CLAIM_MISSED,
-                        at=now,
-                        preset_id=preset_id,
-                        detail=f"user={user_id}",
-                    )
-                )
             raise NoClaimablePrebuildsError(preset_id)
-        if self._events is not None:
-            self._events.emit(
-                Event(
-                    kind=EventKind.CLAIMED,
-                    at=now,
-                    preset_id=preset_id,
-                    instance_id=instance.id,
-                    detail=f"user={user_id}",
-                )
-            )
         return instance.id
+
+    def _report(
+        self,
+        kind: EventKind,
+        *,
+        now: datetime,
+        preset_id: UUID,
+        instance_id: UUID | None,
+        user_id: UUID,
+        names: tuple[str, str, UUID | None],
+        seconds: float,
+    ) -> None:
+        """Tell the sink of a claim or a miss, with its names and duration."""
+        if self._events is None:
+            return
+        preset_name, template_name, organization_id = names
+        self._events.emit(
+            Event(
+                kind=kind,
+                at=now,
+                preset_id=preset_id,
+                instance_id=instance_id,
+                detail=f"user={user_id}",
+                preset_name=preset_name,
+                template_name=template_name,
+                organization_id=organization_id,
+                duration=timedelta(seconds=seconds),
+            )
+        )
 
     def initiator(self) -> UUID:
         """The pool's system owner, :data:`~prebuilds.PREBUILDS_OWNER_ID`."""

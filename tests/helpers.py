@@ -181,7 +181,7 @@ def make_world(
 ) -> World:
     """
     A world on *store*: one worker, no submit timeout (no threads), a short
-    backoff, unless *reconciler_kwargs* say otherwise.
+    backoff, no event cooldown, unless *reconciler_kwargs* say otherwise.
     """
     clock = clock or FakeClock()
     fake = FakeProvisioner(
@@ -195,6 +195,8 @@ def make_world(
     reconciler_kwargs.setdefault("max_workers", 1)
     reconciler_kwargs.setdefault("submit_timeout", None)
     reconciler_kwargs.setdefault("backoff_interval", timedelta(minutes=1))
+    # Every event, so that tests see each pass's; tests of the cooldown set it.
+    reconciler_kwargs.setdefault("event_cooldown", timedelta(0))
     reconciler = StoreReconciler(
         store,
         provisioner if provisioner is not None else fake,
