@@ -395,14 +395,10 @@ def _status(db: str, out: TextIO, *, as_json: bool) -> None:
         msg = f"not a file: {db!r}"
         raise UsageError(msg)
     with SQLiteStore(path, read_only=True) as store:
-        snapshot = store.snapshot(
-            now=datetime.now(timezone.utc),
-            backoff_lookback=timedelta(hours=1),
-            hard_limit=3,
-        )
+        facts = store.read_pool()
         paused = store.is_paused()
         presets = []
-        for preset in snapshot.presets:
+        for preset in (f.preset for f in facts.presets):
             pooled = store.list_instances(
                 preset_id=preset.id, owner_id=PREBUILDS_OWNER_ID
             )
@@ -417,7 +413,7 @@ def _status(db: str, out: TextIO, *, as_json: bool) -> None:
                 }
             )
     invalid = [
-        {"id": i.preset_id, "reason": i.reason} for i in snapshot.invalid_presets
+        {"id": i.preset_id, "reason": i.reason} for i in facts.invalid_presets
     ]
     if as_json:
         document = {

@@ -31,6 +31,7 @@ from prebuilds._model import (
     ReconciliationActions,
     Transition,
 )
+from prebuilds._pool import derive
 from prebuilds._records import PREBUILDS_OWNER_ID, BuildStatus, Event, EventKind
 from prebuilds._status import PoolStatus, pool_statuses
 from prebuilds._validate import check_delta, clean_text
@@ -97,10 +98,12 @@ def _call_with_timeout(
 @attrs.frozen
 class _Pass:
     """
-    One pass's leadership: the lease every write of the pass is fenced by,
-    and whether a write found it lost (then the pass stops everywhere).
+    One pass: its instant (the clock is read once per pass), the lease every
+    write of the pass is fenced by, and whether a write found it lost (then
+    the pass stops everywhere).
     """
 
+    now: datetime
     lease: Lease
     lost: threading.Event = attrs.field(factory=threading.Event)
 
@@ -167,11 +170,13 @@ class StoreReconciler:
     Keep every pool of a :class:`~prebuilds.interfaces.Store` at its desired
     size by running the pure calculator and executing its actions.
 
-    One pass (:meth:`reconcile_all`): take the store's leader lock (skip the
-    pass if another replica holds it); stop if paused; take one snapshot;
-    fail stuck builds (they are replaced from the next pass on); for each
-    preset, in parallel on at most *max_workers* threads, calculate and
-    execute its actions. A preset that raises is logged, counted and
+    One pass (:meth:`reconcile_all`): read the clock once (the pass's
+    *now*: every rule of the pass is judged at that instant); take the
+    store's leader lock (skip the pass if another replica holds it); stop if
+    paused; read the store's facts once (``read_pool``) and derive every
+    pool's state from them (:func:`~prebuilds.derive`); fail stuck builds
+    (they are replaced from the next pass on); for each preset, in parallel
+    on at most *max_workers* threads, calculate and execute its actions. A preset that raises is logged, counted and
     skipped; the pass goes on. A store failure (:class:`StoreError`) ends
     the pass (logged, counted); the next pass starts clean.
 
@@ -368,9 +373,13 @@ class StoreReconciler:
 
     # -- one pass --------------------------------------------------------------
     def snapshot_state(self, store: Store) -> GlobalSnapshot:
-        """One consistent read of *store* at the clock's now."""
-        return store.snapshot(
-            now=self._clock.now(),
+        """Every pool's state, derived from one read of *store* at the clock's now."""
+        return self._derive(store, self._clock.now())
+
+    def _derive(self, store: Store, now: datetime) -> GlobalSnapshot:
+        return derive(
+            store.read_pool(),
+            now=now,
             backoff_lookback=self._backoff_lookback,
             hard_limit=self._hard_limit,
         )
@@ -385,20 +394,21 @@ class StoreReconciler:
         """
         started = time.perf_counter()
         stats = ReconcileStats()
+        now = self._clock.now()
         try:
             with self._store.leader() as lease:
                 stats = attrs.evolve(stats, leader=bool(lease))
                 if lease:
-                    stats = self._pass(stats, _Pass(lease))
+                    stats = self._pass(stats, _Pass(now, lease))
         except LeadershipLostError as e:  # another replica leads now
             self.pass_errors += 1
             log.warning("prebuilds reconciliation pass stopped: %s", e)
-            self._emit(EventKind.LEADERSHIP_LOST, detail=repr(e))
+            self._emit(EventKind.LEADERSHIP_LOST, at=now, detail=repr(e))
             stats = attrs.evolve(stats, error=repr(e))
         except Exception as e:  # the loop must survive anything
             self.pass_errors += 1
             log.exception("prebuilds reconciliation pass failed")
-            self._emit(EventKind.PASS_ERROR, detail=repr(e))
+            self._emit(EventKind.PASS_ERROR, at=now, detail=repr(e))
             stats = attrs.evolve(stats, error=repr(e))
         stats = attrs.evolve(
             stats, elapsed=timedelta(seconds=time.perf_counter() - started)
@@ -407,15 +417,14 @@ class StoreReconciler:
         return stats
 
     def _pass(self, stats: ReconcileStats, run: _Pass) -> ReconcileStats:
+        now = run.now
         if self._store.is_paused():
-            now = self._clock.now()
             self._observe(self._read(now), now, paused=True)
             return attrs.evolve(stats, paused=True)
-        # The snapshot comes first: a store may read it through a transaction
+        # The facts come first: a store may read them through a transaction
         # opened with the leader scope (PostgreSQL), which would not see the
         # stuck builds failed below. They are replaced from the next pass on,
         # the same on every store.
-        now = self._clock.now()
         view = self._read(now)
         snapshot = view.snapshot
         self._forget_errors_of_full_pools(view, now)
@@ -425,6 +434,7 @@ class StoreReconciler:
             ):
                 self._emit(
                     EventKind.STUCK,
+                    at=now,
                     preset_id=build.preset_id,
                     instance_id=build.instance_id,
                     build_id=build.id,
@@ -435,24 +445,25 @@ class StoreReconciler:
             if invalid not in self._invalid_seen:  # report each problem once
                 self._emit(
                     EventKind.INVALID_PRESET,
+                    at=now,
                     preset_id=invalid.preset_id,
                     detail=f"{invalid.field}={invalid.value}: {invalid.reason}",
                 )
         self._invalid_seen = invalid_now
-        self._report_ready(snapshot)
+        self._report_ready(snapshot, now)
         todo = []
         for preset in snapshot.presets:
             preset_snapshot = snapshot.filter_by_preset(preset.id, now=now)
             if not can_skip_reconciliation(preset_snapshot):
                 todo.append(preset_snapshot)
         if self._max_workers == 1 or len(todo) <= 1:
-            results = [self._reconcile_preset(ps, now, run) for ps in todo]
+            results = [self._reconcile_preset(ps, run) for ps in todo]
         else:
             with ThreadPoolExecutor(
                 self._max_workers, thread_name_prefix="prebuilds"
             ) as pool:
                 results = list(
-                    pool.map(lambda ps: self._reconcile_preset(ps, now, run), todo)
+                    pool.map(lambda ps: self._reconcile_preset(ps, run), todo)
                 )
         self._observe(view, now, paused=False)
         return attrs.evolve(
@@ -494,25 +505,24 @@ class StoreReconciler:
             return self._statuses
 
     def _read(self, now: datetime) -> _View:
-        """One read of the store: the snapshot at *now* and the facts beside it."""
-        snapshot = self._store.snapshot(
+        """One read of the store: the state derived at *now* and the facts beside it."""
+        facts = self._store.read_pool()
+        snapshot = derive(
+            facts,
             now=now,
             backoff_lookback=self._backoff_lookback,
             hard_limit=self._hard_limit,
         )
         failed_kept: Counter[UUID] = Counter()
         failed: dict[tuple[UUID, Transition], UUID] = {}
-        for instance in self._store.list_instances(owner_id=PREBUILDS_OWNER_ID):
+        for instance in facts.instances:
             if instance.latest_status is BuildStatus.FAILED:
                 failed_kept[instance.preset_id] += 1
                 failed[instance.id, instance.latest_transition] = instance.preset_id
-        templates = {p.template_id for p in snapshot.presets}
-        names: dict[UUID, str] = {}
-        organizations: dict[UUID, UUID | None] = {}
-        for template_id in templates:
-            template = self._store.get_template(template_id)
-            names[template_id] = template.name
-            organizations[template_id] = template.organization_id
+        names = {f.template.id: f.template.name for f in facts.presets}
+        organizations = {
+            f.template.id: f.template.organization_id for f in facts.presets
+        }
         return _View(snapshot, names, dict(failed_kept), failed, organizations)
 
     def _statuses_of(
@@ -574,6 +584,7 @@ class StoreReconciler:
                 instance_id, transition = key
                 self._emit(
                     EventKind.FAILED,
+                    at=now,
                     preset_id=view.failed[key],
                     instance_id=instance_id,
                     detail=f"{transition.value} build failed",
@@ -597,62 +608,59 @@ class StoreReconciler:
         except Exception:  # a broken observer must not break the loop
             log.warning("prebuilds pass observer failed", exc_info=True)
 
-    def _report_ready(self, snapshot: GlobalSnapshot) -> None:
+    def _report_ready(self, snapshot: GlobalSnapshot, now: datetime) -> None:
         """Emit READY for pooled instances that became ready since last pass."""
         ready = frozenset(p.id for p in snapshot.running if p.ready)
         for prebuild in snapshot.running:
             if prebuild.ready and prebuild.id not in self._ready_seen:
                 self._emit(
                     EventKind.READY,
+                    at=now,
                     preset_id=prebuild.preset_id,
                     instance_id=prebuild.id,
                 )
         self._ready_seen = ready
 
-    def _reconcile_preset(
-        self, ps: PresetSnapshot, now: datetime, run: _Pass
-    ) -> _PresetResult:
+    def _reconcile_preset(self, ps: PresetSnapshot, run: _Pass) -> _PresetResult:
         try:
-            return self._reconcile_one(ps, now, run)
+            return self._reconcile_one(ps, run)
         except LeadershipLostError:
             run.lost.set()  # the other workers stop before their next write
             raise
 
-    def _reconcile_one(
-        self, ps: PresetSnapshot, now: datetime, run: _Pass
-    ) -> _PresetResult:
+    def _reconcile_one(self, ps: PresetSnapshot, run: _Pass) -> _PresetResult:
         result = _PresetResult()
         preset = ps.preset
         try:
             run.check()
             self._update_hard_limit(ps, run)
             actions = calculate_actions(
-                ps, now=now, backoff_interval=self._backoff_interval
+                ps, now=run.now, backoff_interval=self._backoff_interval
             )
         except StoreError:
             raise  # a store failure ends the pass
         except Exception as e:  # noqa: BLE001 - one preset never stops the rest
-            self._preset_error(preset.id, e, result)
+            self._preset_error(preset.id, e, result, run.now)
             return result
         expired = {p.id for p in ps.expired}
         for action in actions:
             try:
-                self._execute(
-                    ps, action, now=now, expired=expired, result=result, run=run
-                )
+                self._execute(ps, action, expired=expired, result=result, run=run)
             except StoreError:
                 raise  # a store failure ends the pass
             except Exception as e:  # noqa: BLE001 - go on with the next action
-                self._preset_error(preset.id, e, result)
+                self._preset_error(preset.id, e, result, run.now)
         return result
 
     def _preset_error(
-        self, preset_id: UUID, error: Exception, result: _PresetResult
+        self, preset_id: UUID, error: Exception, result: _PresetResult, now: datetime
     ) -> None:
         result.failed = True
         log.warning("prebuilds preset %s failed: %r", preset_id, error, exc_info=error)
         self._remember_error(preset_id, repr(error))
-        self._emit(EventKind.PRESET_ERROR, preset_id=preset_id, detail=repr(error))
+        self._emit(
+            EventKind.PRESET_ERROR, at=now, preset_id=preset_id, detail=repr(error)
+        )
 
     def _remember_error(self, preset_id: UUID, error: str) -> None:
         with self._memory_lock:
@@ -671,6 +679,7 @@ class StoreReconciler:
             )
             self._emit(
                 EventKind.HARD_LIMITED,
+                at=run.now,
                 preset_id=ps.preset.id,
                 detail=f"the last {self._hard_limit} creations failed",
             )
@@ -684,16 +693,16 @@ class StoreReconciler:
         ps: PresetSnapshot,
         action: ReconciliationActions,
         *,
-        now: datetime,
         expired: set[UUID],
         result: _PresetResult,
         run: _Pass,
     ) -> None:
         preset_id = ps.preset.id
-        lease = run.lease
+        now, lease = run.now, run.lease
         if action.action_type is ActionType.BACKOFF:
             self._emit(
                 EventKind.BACKOFF,
+                at=now,
                 preset_id=preset_id,
                 detail=f"until {action.backoff_until}",
             )
@@ -703,6 +712,7 @@ class StoreReconciler:
                 result.canceled += 1
                 self._emit(
                     EventKind.CANCELED,
+                    at=now,
                     preset_id=preset_id,
                     instance_id=request.instance_id,
                     build_id=request.build_id,
@@ -722,23 +732,19 @@ class StoreReconciler:
                 )
                 self._emit(
                     kind,
+                    at=now,
                     preset_id=preset_id,
                     instance_id=instance_id,
                     build_id=deletion.build_id,
                 )
                 self._submit(deletion, now, lease)
         else:
-            self._create(ps, action.create, now, result, run)
+            self._create(ps, action.create, result, run)
 
     def _create(
-        self,
-        ps: PresetSnapshot,
-        count: int,
-        now: datetime,
-        result: _PresetResult,
-        run: _Pass,
+        self, ps: PresetSnapshot, count: int, result: _PresetResult, run: _Pass
     ) -> None:
-        preset_id = ps.preset.id
+        preset_id, now = ps.preset.id, run.now
         for _ in range(count):
             run.check()
             request = self._store.create_prebuild(
@@ -749,6 +755,7 @@ class StoreReconciler:
             result.created += 1
             self._emit(
                 EventKind.CREATED,
+                at=now,
                 preset_id=preset_id,
                 instance_id=request.instance_id,
                 build_id=request.build_id,
@@ -786,6 +793,7 @@ class StoreReconciler:
             self._remember_error(request.preset_id, str(e))
             self._emit(
                 EventKind.VALIDATION_FAILED,
+                at=now,
                 preset_id=request.preset_id,
                 instance_id=request.instance_id,
                 build_id=request.build_id,
@@ -806,6 +814,7 @@ class StoreReconciler:
             self._remember_error(request.preset_id, repr(e))
             self._emit(
                 EventKind.FAILED,
+                at=now,
                 preset_id=request.preset_id,
                 instance_id=request.instance_id,
                 build_id=request.build_id,
@@ -843,6 +852,7 @@ class StoreReconciler:
             deleted += 1
             self._emit(
                 EventKind.DELETED,
+                at=now,
                 preset_id=instance.preset_id,
                 instance_id=instance.id,
                 build_id=request.build_id,
@@ -882,13 +892,14 @@ class StoreReconciler:
         self,
         kind: EventKind,
         *,
+        at: datetime | None = None,
         preset_id: UUID | None = None,
         instance_id: UUID | None = None,
         build_id: UUID | None = None,
         detail: str = "",
     ) -> None:
         try:
-            now = self._clock.now()
+            now = self._clock.now() if at is None else at
             suppressed = self._quieten(kind, preset_id, now)
             if suppressed is None:
                 return

@@ -211,7 +211,7 @@ def _sample(
 ) -> Sample:
     pools = []
     for config in presets:
-        preset = store.get_preset(config.id)
+        preset = store.read_preset(config.id).preset
         pooled = store.list_instances(preset_id=config.id, owner_id=PREBUILDS_OWNER_ID)
         pools.append(
             PoolSample(
