@@ -412,9 +412,7 @@ def _status(db: str, out: TextIO, *, as_json: bool) -> None:
                     "ready": sum(1 for i in pooled if i.ready),
                 }
             )
-    invalid = [
-        {"id": i.preset_id, "reason": i.reason} for i in facts.invalid_presets
-    ]
+    invalid = [{"id": i.preset_id, "reason": i.reason} for i in facts.invalid_presets]
     if as_json:
         document = {
             "db": db,

@@ -523,6 +523,13 @@ class StoreReconciler:
         organizations = {
             f.template.id: f.template.organization_id for f in facts.presets
         }
+        # The events of the pass name their presets from here on.
+        presets = {
+            f.config.id: (f.config.name, f.template.name, f.template.organization_id)
+            for f in facts.presets
+        }
+        with self._memory_lock:
+            self._names = presets
         return _View(snapshot, names, dict(failed_kept), failed, organizations)
 
     def _statuses_of(
@@ -562,19 +569,10 @@ class StoreReconciler:
 
     def _observe(self, view: _View, now: datetime, *, paused: bool) -> None:
         """
-        End of a leading pass: keep its statuses and the presets' names, and
-        report the builds that failed since the last pass.
+        End of a leading pass: keep its statuses, and report the builds
+        that failed since the last pass.
         """
-        names = {
-            p.id: (
-                p.name,
-                view.template_names.get(p.template_id, ""),
-                p.organization_id,
-            )
-            for p in view.snapshot.presets
-        }
         with self._memory_lock:
-            self._names = names
             errors = dict(self._last_errors)
             reported, self._failed_reported = self._failed_reported, set()
             seen = self._failed_seen

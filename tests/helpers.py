@@ -70,12 +70,12 @@ def new_preset(
     **fields: Any,
 ) -> PresetConfig:
     """Write a new preset of *template*'s active version (unless told) and return it."""
+    fields.setdefault("name", "preset")
     config = PresetConfig(
         id=preset_id or uuid.uuid4(),
         template_id=template.id,
         template_version_id=version_id or template.active_version_id,
         desired_instances=desired,
-        name="preset",
         **fields,
     )
     store.put_preset(config)
