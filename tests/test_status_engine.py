@@ -239,12 +239,12 @@ class TestStatus:
         """last_statuses: the state the pass read, with the pass's time."""
         world = make_world(store_factory())
         new_preset(world.store, new_template(world.store), desired=2)
-        assert () == world.reconciler.last_statuses
+        before = world.reconciler.last_statuses
 
         world.settle()
         world.reconciler.reconcile_all()
 
-        assert (only(world),) == world.reconciler.last_statuses
+        assert ((), (only(world),)) == (before, world.reconciler.last_statuses)
 
     def test_kept_while_paused(self, store_factory: StoreFactory) -> None:
         """A paused pass still reads and keeps the statuses (paused)."""
