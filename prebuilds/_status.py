@@ -27,6 +27,7 @@ fill?"):
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -43,6 +44,8 @@ from prebuilds._model import (
     PresetSnapshot,
     PresetStatus,
 )
+from prebuilds._pool import PoolFacts, derive
+from prebuilds._records import BuildStatus
 from prebuilds._schedule import load_zone, next_change
 from prebuilds._validate import (
     check_aware,
@@ -56,7 +59,7 @@ from prebuilds._validate import (
 from prebuilds.exceptions import InvalidInputError
 
 
-__all__ = ["PoolStatus", "explain", "pool_statuses"]
+__all__ = ["PoolStatus", "explain", "pool_statuses", "statuses_from_facts"]
 
 
 def _optional_change(
@@ -327,6 +330,42 @@ def pool_statuses(
     )
     statuses.sort(key=lambda s: (s.template_name, s.preset_name, s.preset_id))
     return statuses
+
+
+def statuses_from_facts(
+    facts: PoolFacts,
+    *,
+    now: datetime,
+    backoff_interval: timedelta,
+    backoff_lookback: timedelta,
+    hard_limit: int,
+    paused: bool,
+    last_errors: Mapping[UUID, str] | None = None,
+) -> list[PoolStatus]:
+    """
+    :func:`pool_statuses` of a store's facts: derived at *now*
+    (:func:`~prebuilds.derive`), with the template names and the failed
+    instances kept that the facts carry.
+
+    Raises:
+        InvalidInputError: as :func:`~prebuilds.derive` and :func:`explain`.
+    """
+    snapshot = derive(
+        facts, now=now, backoff_lookback=backoff_lookback, hard_limit=hard_limit
+    )
+    failed_kept: Counter[UUID] = Counter(
+        i.preset_id for i in facts.instances if i.latest_status is BuildStatus.FAILED
+    )
+    return pool_statuses(
+        snapshot,
+        now=now,
+        backoff_interval=backoff_interval,
+        hard_limit=hard_limit,
+        paused=paused,
+        template_names={f.template.id: f.template.name for f in facts.presets},
+        failed_kept=failed_kept,
+        last_errors=last_errors,
+    )
 
 
 # -- the sentence ------------------------------------------------------------------
