@@ -18,7 +18,6 @@ import attrs
 from prebuilds._arguments import check_reconciler
 from prebuilds._calculate import (
     calculate_actions,
-    calculate_state,
     can_skip_reconciliation,
 )
 from prebuilds._clock import SystemClock
@@ -33,7 +32,7 @@ from prebuilds._model import (
 )
 from prebuilds._pool import derive
 from prebuilds._records import PREBUILDS_OWNER_ID, BuildStatus, Event, EventKind
-from prebuilds._status import PoolStatus, pool_statuses
+from prebuilds._status import PoolStatus, pool_statuses, with_last_error
 from prebuilds._validate import check_delta, clean_text
 from prebuilds.exceptions import (
     LeadershipLostError,
@@ -155,6 +154,16 @@ class _View:
     failed: dict[tuple[UUID, Transition], UUID]
     #: Template ID -> its organisation.
     organizations: dict[UUID, UUID | None]
+
+
+def _full(status: PoolStatus) -> bool:
+    """Nothing to explain: an active, readable pool with all it wants ready."""
+    return (
+        status.desired_source not in {"inactive", "invalid"}
+        and status.eligible >= status.desired
+        and not status.hard_limited
+        and status.validation_error is None
+    )
 
 
 @attrs.define
@@ -296,6 +305,7 @@ class StoreReconciler:
         # the last leading pass's statuses, each preset's last error, names.
         self._statuses: tuple[PoolStatus, ...] = ()
         self._last_errors: dict[UUID, str] = {}
+        self._fresh_errors: set[UUID] = set()  # met since the last pass ended
         self._names: dict[UUID, tuple[str, str, UUID | None]] = {}
         self._quiet: dict[tuple[UUID | None, EventKind], _Quiet] = {}
         self._memory_lock = threading.Lock()
@@ -427,7 +437,6 @@ class StoreReconciler:
         # the same on every store.
         view = self._read(now)
         snapshot = view.snapshot
-        self._forget_errors_of_full_pools(view, now)
         if self._build_timeout is not None:
             for build in self._store.fail_stuck_builds(
                 older_than=now - self._build_timeout, now=now, lease=run.lease
@@ -546,34 +555,12 @@ class StoreReconciler:
             last_errors=errors,
         )
 
-    def _forget_errors_of_full_pools(self, view: _View, now: datetime) -> None:
-        """A preset's last error is kept until its pool is next full."""
-        full = set()
-        for preset in view.snapshot.presets:
-            pool = view.snapshot.filter_by_preset(preset.id, now=now)
-            state = calculate_state(pool, now=now)
-            if (
-                preset.is_active
-                and state.eligible >= state.desired
-                and not pool.is_hard_limited
-                and preset.status is not PresetStatus.VALIDATION_FAILED
-            ):
-                full.add(preset.id)
-        known = {p.id for p in view.snapshot.presets}
-        with self._memory_lock:
-            self._last_errors = {
-                preset_id: error
-                for preset_id, error in self._last_errors.items()
-                if preset_id in known and preset_id not in full
-            }
-
     def _observe(self, view: _View, now: datetime, *, paused: bool) -> None:
         """
         End of a leading pass: keep its statuses, and report the builds
         that failed since the last pass.
         """
         with self._memory_lock:
-            errors = dict(self._last_errors)
             reported, self._failed_reported = self._failed_reported, set()
             seen = self._failed_seen
             self._failed_seen = set(view.failed) | reported
@@ -587,9 +574,32 @@ class StoreReconciler:
                     instance_id=instance_id,
                     detail=f"{transition.value} build failed",
                 )
-        statuses = tuple(self._statuses_of(view, now, paused, errors))
+        statuses = self._statuses_of(view, now, paused, {})
         with self._memory_lock:
-            self._statuses = statuses
+            # A preset's last error is kept until a pass that met none for
+            # it finds its pool full.
+            fresh, self._fresh_errors = self._fresh_errors, set()
+            self._last_errors = errors = {
+                s.preset_id: self._last_errors[s.preset_id]
+                for s in statuses
+                if s.preset_id in self._last_errors
+                and (s.preset_id in fresh or not _full(s))
+            }
+        if errors:
+            presets = {p.id: p for p in view.snapshot.presets}
+            statuses = [
+                with_last_error(
+                    s,
+                    errors[s.preset_id],
+                    preset=presets.get(s.preset_id),
+                    hard_limit=self._hard_limit,
+                )
+                if s.preset_id in errors
+                else s
+                for s in statuses
+            ]
+        with self._memory_lock:
+            self._statuses = tuple(statuses)
 
     def _pass_finished(self, stats: ReconcileStats) -> None:
         """Forget what a pass that did not lead cannot know; tell the observer."""
@@ -663,6 +673,7 @@ class StoreReconciler:
     def _remember_error(self, preset_id: UUID, error: str) -> None:
         with self._memory_lock:
             self._last_errors[preset_id] = clean_text(error)
+            self._fresh_errors.add(preset_id)
 
     def _reported_failed(self, request: BuildRequest) -> None:
         """This build's failure is reported now: the next pass does not again."""

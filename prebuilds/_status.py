@@ -59,7 +59,13 @@ from prebuilds._validate import (
 from prebuilds.exceptions import InvalidInputError
 
 
-__all__ = ["PoolStatus", "explain", "pool_statuses", "statuses_from_facts"]
+__all__ = [
+    "PoolStatus",
+    "explain",
+    "pool_statuses",
+    "statuses_from_facts",
+    "with_last_error",
+]
 
 
 def _optional_change(
@@ -330,6 +336,25 @@ def pool_statuses(
     )
     statuses.sort(key=lambda s: (s.template_name, s.preset_name, s.preset_id))
     return statuses
+
+
+def with_last_error(
+    status: PoolStatus, last_error: str, *, preset: Preset | None, hard_limit: int
+) -> PoolStatus:
+    """
+    *status* as :func:`explain` gives it with *last_error* (*preset* is the
+    status's preset, ``None`` for an unreadable one), without filtering the
+    snapshot again.
+    """
+    validation_error = status.validation_error
+    if preset is not None and preset.status is PresetStatus.VALIDATION_FAILED:
+        validation_error = last_error
+    status = attrs.evolve(
+        status, last_error=last_error, validation_error=validation_error
+    )
+    if preset is None:
+        return status
+    return attrs.evolve(status, reason=_reason(status, preset, hard_limit))
 
 
 def statuses_from_facts(
