@@ -122,8 +122,8 @@ class _Histogram:
         for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
             running += count
             le = "+Inf" if bound == math.inf else repr(bound)
-            metric.add_sample(f"{name}_bucket", {**labels, "le": le}, running)
-        metric.add_sample(f"{name}_count", labels, running)
+            metric.add_sample(f"{name}_bucket", {**labels, "le": le}, float(running))
+        metric.add_sample(f"{name}_count", labels, float(running))
         metric.add_sample(f"{name}_sum", labels, self.total)
 
 
@@ -245,7 +245,9 @@ class PrometheusMetrics:
         with self._lock:
             families = {m.name: m for m in self.describe()}
             for (name, labels), value in sorted(self._counts.items()):
-                families[name].add_sample(f"{name}_total", _as_dict(labels), value)
+                families[name].add_sample(
+                    f"{name}_total", _as_dict(labels), float(value)
+                )
             self._collect_gauges(families)
             if self._paused is not None:
                 families[PAUSED].add_sample(PAUSED, {}, float(self._paused))
