@@ -73,7 +73,7 @@ def _measure(instances: int, repeats: int) -> dict[str, Any]:
     registry = CollectorRegistry()
     metrics = PrometheusMetrics(registry)
     reconciler = StoreReconciler(
-        store,  # type: ignore[arg-type]
+        store,
         FakeProvisioner(inner, clock),
         clock=clock,
         events=metrics,
