@@ -425,7 +425,9 @@ def expiry_cutoff(
 
     So an instance exactly *ttl* old, or created exactly at the invalidation,
     is not expired. The calculator's snapshots, the claimer's cut-off and the
-    testing kit all use it.
+    testing kit all use it. An instant before the earliest one a store holds
+    (1970) expires nothing, so it is never returned: a store may compare with
+    the cut-off as it is.
 
     Raises:
         InvalidInputError: a naive datetime, or a *ttl* out of range.
@@ -436,6 +438,8 @@ def expiry_cutoff(
     v.check_optional_aware("last_invalidated_at", last_invalidated_at)
     v.check_optional_delta("ttl", ttl)
     by_age = now - ttl if ttl else None
+    if by_age is not None and by_age <= v.MIN_DATETIME:
+        by_age = None  # nothing was created before it
     if last_invalidated_at is None:
         return by_age
     if by_age is None:

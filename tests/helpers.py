@@ -24,14 +24,16 @@ from prebuilds import (
     Instance,
     Lease,
     Lifecycle,
-    Preset,
+    PoolFacts,
     PresetConfig,
+    PresetFacts,
     PresetStatus,
     ReconcileStats,
     StoreClaimer,
     StoreReconciler,
     Template,
     Transition,
+    derive,
 )
 from prebuilds.interfaces import Provisioner, Store
 from prebuilds.stores import MemoryStore
@@ -40,6 +42,22 @@ from prebuilds.testing import FakeClock, FakeProvisioner
 
 #: How long a FakeProvisioner build takes in these tests.
 BUILD_TIME = timedelta(seconds=30)
+
+
+def snapshot(
+    store: Store,
+    *,
+    now: datetime,
+    backoff_lookback: timedelta = timedelta(hours=1),
+    hard_limit: int = 3,
+) -> GlobalSnapshot:
+    """Every pool's state at *now*, derived from one read of *store*."""
+    return derive(
+        store.read_pool(),
+        now=now,
+        backoff_lookback=backoff_lookback,
+        hard_limit=hard_limit,
+    )
 
 
 def new_template(
@@ -232,18 +250,14 @@ class DelegatingStore:
     def get_template(self, template_id: uuid.UUID) -> Template:
         return self.inner.get_template(template_id)
 
-    def get_preset(self, preset_id: uuid.UUID) -> Preset:
-        return self.inner.get_preset(preset_id)
+    def read_preset(self, preset_id: uuid.UUID) -> PresetFacts:
+        return self.inner.read_preset(preset_id)
 
     def leader(self) -> AbstractContextManager[Lease]:
         return self.inner.leader()
 
-    def snapshot(
-        self, *, now: datetime, backoff_lookback: timedelta, hard_limit: int
-    ) -> GlobalSnapshot:
-        return self.inner.snapshot(
-            now=now, backoff_lookback=backoff_lookback, hard_limit=hard_limit
-        )
+    def read_pool(self) -> PoolFacts:
+        return self.inner.read_pool()
 
     def create_prebuild(
         self,
@@ -308,6 +322,8 @@ class DelegatingStore:
         name: str,
         lifecycle: Lifecycle,
         now: datetime,
+        version_id: uuid.UUID,
+        not_before: datetime | None,
     ) -> Instance | None:
         return self.inner.claim(
             preset_id=preset_id,
@@ -315,6 +331,8 @@ class DelegatingStore:
             name=name,
             lifecycle=lifecycle,
             now=now,
+            version_id=version_id,
+            not_before=not_before,
         )
 
     def get_instance(self, instance_id: uuid.UUID) -> Instance:
@@ -356,11 +374,8 @@ def corrupt_preset(store: Store, preset_id: uuid.UUID, field: str, value: Any) -
     backend: Any = store
     kind = type(store).__name__
     column, raw = field, value
-    if field == "cron":
-        schedule: object = [value, 1]
-        if kind == "PostgresStore":
-            schedule = {"cron": value, "instances": 1}
-        column, raw = "schedules", json.dumps([schedule])
+    if field == "cron":  # one JSON shape in every store: [[cron, instances]]
+        column, raw = "schedules", json.dumps([[value, 1]])
     if kind == "SQLiteStore":
         conn = sqlite3.connect(backend.path)
         try:

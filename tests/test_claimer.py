@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import attrs
@@ -13,17 +13,23 @@ import pytest
 from prebuilds import (
     PREBUILDS_OWNER_ID,
     EventKind,
+    Instance,
     InvalidInputError,
     NoClaimablePrebuildsError,
     Preset,
+    PresetChangedError,
+    PresetFacts,
     PresetInactiveError,
     PresetNotFoundError,
     StoreClaimer,
+    Template,
     match_preset,
 )
+from prebuilds.interfaces import Store
 from prebuilds.stores import MemoryStore
 from tests.conftest import StoreFactory
 from tests.helpers import (
+    DelegatingStore,
     World,
     make_world,
     new_preset,
@@ -32,6 +38,9 @@ from tests.helpers import (
     pooled,
     ready,
 )
+
+
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 
 def _filled(
@@ -233,6 +242,179 @@ class TestNeverHandedOut:
         assert 1 == len(ready(world.store, full.id))
 
 
+class CountingStore(DelegatingStore):
+    """Counts the calls a claimer makes; offers claim_if_unchanged if *stamped*."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.calls: list[str] = []
+
+    def read_preset(self, preset_id: uuid.UUID) -> PresetFacts:
+        self.calls.append("read_preset")
+        return super().read_preset(preset_id)
+
+    def get_template(self, template_id: uuid.UUID) -> Template:
+        self.calls.append("get_template")
+        return super().get_template(template_id)
+
+    def claim(self, **kwargs: Any) -> Instance | None:
+        self.calls.append("claim")
+        return super().claim(**kwargs)
+
+
+class StampedCountingStore(CountingStore):
+    def claim_if_unchanged(self, **kwargs: Any) -> Instance | None:
+        self.calls.append("claim_if_unchanged")
+        inner: Any = self.inner
+        got: Instance | None = inner.claim_if_unchanged(**kwargs)
+        return got
+
+
+class TestRoundTrips:
+    def test_a_stamped_store_is_asked_once_when_warm(
+        self, store_factory: StoreFactory
+    ) -> None:
+        """With StampedClaims: read and claim the first time, then one call per claim."""
+        counting = StampedCountingStore(store_factory())
+        world = make_world(counting)
+        preset = new_preset(counting, new_template(counting), desired=3)
+        world.settle()
+        counting.calls.clear()
+
+        for _ in range(3):
+            world.claim(preset.id)
+        with pytest.raises(NoClaimablePrebuildsError):
+            world.claim(preset.id)
+
+        assert ["read_preset"] + ["claim_if_unchanged"] * 4 == counting.calls
+
+    def test_a_change_costs_one_read_more(self, store_factory: StoreFactory) -> None:
+        """A claim on changed facts is refused, and retried after a fresh read."""
+        counting = StampedCountingStore(store_factory())
+        world = make_world(counting)
+        preset = new_preset(counting, new_template(counting), desired=2)
+        world.settle()
+        world.claim(preset.id)
+        counting.put_preset(attrs.evolve(preset, name="renamed"))
+        counting.calls.clear()
+
+        world.claim(preset.id)
+
+        assert [
+            "claim_if_unchanged",
+            "read_preset",
+            "claim_if_unchanged",
+        ] == counting.calls
+
+    def test_other_stores_are_asked_twice(self, store_factory: StoreFactory) -> None:
+        """Without StampedClaims: read_preset, then claim, every time."""
+        counting = CountingStore(store_factory())
+        world = make_world(counting)
+        preset = new_preset(counting, new_template(counting), desired=2)
+        world.settle()
+        counting.calls.clear()
+
+        world.claim(preset.id)
+        world.claim(preset.id)
+
+        assert ["read_preset", "claim"] * 2 == counting.calls
+
+    def test_retries_are_bounded(self) -> None:
+        """Facts that change under every attempt: PresetChangedError after the retries."""
+        store = MemoryStore()
+        preset = new_preset(store, new_template(store), desired=1)
+
+        class Fickle(StampedCountingStore):
+            def claim_if_unchanged(self, **kwargs: Any) -> Instance | None:
+                self.calls.append("claim_if_unchanged")
+                raise PresetChangedError(kwargs["preset_id"])
+
+        fickle = Fickle(store)
+        claimer = StoreClaimer(fickle, retries=2)
+
+        with pytest.raises(PresetChangedError):
+            claimer.claim(now=T0, user_id=uuid.uuid4(), name="x", preset_id=preset.id)
+
+        assert ["read_preset", "claim_if_unchanged"] * 3 == fickle.calls
+
+
+class TestCachedFactsStayTrue:
+    """
+    A claimer's cache never hands out, nor refuses, what a fresh read would
+    not: another store object (another replica) changes the preset or its
+    template between two claims of a warm claimer.
+    """
+
+    def test_changes_between_claims(
+        self, store_factory: StoreFactory, second_handle: Any
+    ) -> None:
+        """Each change is seen by the next claim of a claimer that cached the facts."""
+        world = make_world(store_factory())
+        template = new_template(world.store)
+        preset = new_preset(world.store, template, desired=6)
+        world.settle()
+        other: Store = second_handle(world.store)
+        oldest = [i.id for i in ready(world.store, preset.id)]
+        outcomes: list[object] = []
+
+        def claim() -> None:
+            try:
+                outcomes.append(world.claim(preset.id))
+            except (NoClaimablePrebuildsError, PresetInactiveError) as e:
+                outcomes.append(type(e))
+
+        claim()
+        new_version(other, template)
+        claim()
+        other.put_template(template)
+        claim()
+        other.put_template(attrs.evolve(template, deprecated=True))
+        claim()
+        other.put_template(attrs.evolve(template, deleted=True))
+        claim()
+        other.put_template(template)
+        claim()
+        other.put_preset(attrs.evolve(preset, ttl=timedelta(seconds=1)))
+        world.clock.advance(timedelta(seconds=2))
+        claim()
+        other.put_preset(preset)
+        claim()
+        other.invalidate_preset(preset.id, at=world.clock.now())
+        claim()
+
+        assert [
+            oldest[0],
+            PresetInactiveError,
+            oldest[1],
+            PresetInactiveError,
+            PresetInactiveError,
+            oldest[2],
+            NoClaimablePrebuildsError,
+            oldest[3],
+            NoClaimablePrebuildsError,
+        ] == outcomes
+
+    def test_two_claimers_share_nothing_but_the_store(
+        self, store_factory: StoreFactory, second_handle: Any
+    ) -> None:
+        """Two warm claimers on two store objects hand each instance out once."""
+        world = make_world(store_factory())
+        preset = new_preset(world.store, new_template(world.store), desired=4)
+        world.settle()
+        other = StoreClaimer(second_handle(world.store))
+        now = world.clock.now()
+
+        got = [
+            claimer.claim(now=now, user_id=uuid.uuid4(), name="x", preset_id=preset.id)
+            for claimer in (world.claimer, other) * 2
+        ]
+        with pytest.raises(NoClaimablePrebuildsError):
+            other.claim(now=now, user_id=uuid.uuid4(), name="x", preset_id=preset.id)
+
+        assert sorted(i.id for i in pooled(world.store, preset.id)) == []
+        assert 4 == len(set(got))
+
+
 class TestBadRequests:
     def test_unknown_preset(self, store_factory: StoreFactory) -> None:
         """An unknown preset raises PresetNotFoundError."""
@@ -247,9 +429,7 @@ class TestBadRequests:
     def test_old_version(self, store_factory: StoreFactory) -> None:
         """A preset of a version that is no longer active raises PresetInactiveError."""
         world, preset_id = _filled(store_factory)
-        template = world.store.get_template(
-            world.store.get_preset(preset_id).template_id
-        )
+        template = world.store.read_preset(preset_id).template
         new_version(world.store, template)
 
         with pytest.raises(PresetInactiveError) as info:
@@ -262,9 +442,7 @@ class TestBadRequests:
     def test_retired_template(self, store_factory: StoreFactory, change: str) -> None:
         """A deprecated or deleted template's presets raise PresetInactiveError."""
         world, preset_id = _filled(store_factory)
-        template = world.store.get_template(
-            world.store.get_preset(preset_id).template_id
-        )
+        template = world.store.read_preset(preset_id).template
         world.store.put_template(
             attrs.evolve(
                 template,
@@ -436,7 +614,7 @@ class TestMatchPreset:
         template = new_template(store)
         config = new_preset(store, template, desired=1, parameters=P0.parameters)
 
-        found = match_preset([store.get_preset(config.id)], dict(P0.parameters))
+        found = match_preset([store.read_preset(config.id).preset], dict(P0.parameters))
 
         assert found is not None
         assert config.id == found.id

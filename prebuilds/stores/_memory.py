@@ -303,12 +303,7 @@ class MemoryStore:
         with self._lock:
             self._fence(token)
             config = self._row(preset_id).config
-            template = self._templates[config.template_id]
-            if (
-                config.template_version_id != template.active_version_id
-                or template.deleted
-                or template.deprecated
-            ):
+            if not self._active(config, self._templates[config.template_id]):
                 return None
             instance = Instance(
                 id=uuid.uuid4(),
@@ -631,6 +626,15 @@ class MemoryStore:
             status=row.status,
             last_invalidated_at=row.last_invalidated_at,
             stamp=row.stamp,
+        )
+
+    @staticmethod
+    def _active(config: PresetConfig, template: Template) -> bool:
+        """On its template's active version, the template neither deleted nor deprecated."""
+        return (
+            config.template_version_id == template.active_version_id
+            and not template.deleted
+            and not template.deprecated
         )
 
     def _pooled(self, instance: Instance) -> PooledInstance:
