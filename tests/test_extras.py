@@ -236,6 +236,12 @@ class TestPostgresExtra:
         )
 
 
+def without_prometheus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """prometheus-client unimportable, its submodules and our adapter forgotten."""
+    loaded = [m for m in sys.modules if m.startswith("prometheus_client.")]
+    without(monkeypatch, "prometheus_client", "prebuilds._prometheus", *loaded)
+
+
 class TestPrometheusExtra:
     """PrometheusMetrics needs ``prometheus``; the module imports without it."""
 
@@ -243,7 +249,7 @@ class TestPrometheusExtra:
         """``prebuilds.metrics.PrometheusMetrics`` without prometheus-client."""
         import prebuilds.metrics
 
-        without(monkeypatch, "prometheus_client", "prebuilds._prometheus")
+        without_prometheus(monkeypatch)
 
         with pytest.raises(MissingExtraError) as caught:
             _ = prebuilds.metrics.PrometheusMetrics
@@ -256,7 +262,7 @@ class TestPrometheusExtra:
 
     def test_from_import_names_the_extra(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """``from prebuilds.metrics import PrometheusMetrics`` raises the same."""
-        without(monkeypatch, "prometheus_client", "prebuilds._prometheus")
+        without_prometheus(monkeypatch)
 
         with pytest.raises(MissingExtraError) as caught:
             from prebuilds.metrics import PrometheusMetrics  # noqa: F401
