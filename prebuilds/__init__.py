@@ -15,7 +15,11 @@ from prebuilds._calculate import (
 )
 from prebuilds._claimer import StoreClaimer, match_preset
 from prebuilds._clock import SystemClock
-from prebuilds._events import CollectingEventSink, LoggingEventSink
+from prebuilds._events import (
+    CollectingEventSink,
+    FanOutEventSink,
+    LoggingEventSink,
+)
 from prebuilds._lifecycle import (
     claimed_lifecycle,
     is_lifecycle_managed,
@@ -63,6 +67,7 @@ from prebuilds._records import (
     Template,
 )
 from prebuilds._schedule import desired_instances, next_change
+from prebuilds._status import PoolStatus, explain
 from prebuilds.exceptions import (
     BuildNotFoundError,
     InstanceNotFoundError,
@@ -85,6 +90,7 @@ from prebuilds.interfaces import (
     Claimer,
     Clock,
     EventSink,
+    PassObserver,
     Provisioner,
     Reconciler,
     ReconciliationOrchestrator,
@@ -110,6 +116,7 @@ __all__ = [
     "Event",
     "EventKind",
     "EventSink",
+    "FanOutEventSink",
     "GlobalSnapshot",
     "InProgressCount",
     "Instance",
@@ -124,8 +131,10 @@ __all__ = [
     "NoClaimablePrebuildsError",
     "NoopClaimer",
     "NoopReconciler",
+    "PassObserver",
     "PendingCount",
     "PoolFacts",
+    "PoolStatus",
     "PooledInstance",
     "PrebuildSchedule",
     "PrebuildsError",
@@ -167,6 +176,7 @@ __all__ = [
     "derive",
     "desired_instances",
     "expiry_cutoff",
+    "explain",
     "generate_name",
     "is_expired",
     "is_lifecycle_managed",

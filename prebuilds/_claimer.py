@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 import attrs
@@ -24,7 +26,7 @@ from prebuilds.interfaces import StampedClaims
 
 
 if TYPE_CHECKING:
-    from datetime import datetime, timedelta
+    from datetime import datetime
     from uuid import UUID
 
     from prebuilds._model import Preset
@@ -124,6 +126,7 @@ class StoreClaimer:
                 *name*, a naive datetime, a *ttl* that is not a timedelta
                 from 0 to 36,500 days (see :doc:`/limits`).
         """
+        started = time.perf_counter()
         check_claim(
             now=now,
             user_id=user_id,
@@ -142,23 +145,26 @@ class StoreClaimer:
             next_start_at=next_start_at,
             ttl=ttl,
         )
-        instance = self._claim_stamped(claim) if self._stamped else self._claim(claim)
+        instance, facts = (
+            self._claim_stamped(claim) if self._stamped else self._claim(claim)
+        )
+        took = timedelta(seconds=time.perf_counter() - started)
         if instance is None:
-            self._emit(EventKind.CLAIM_MISSED, now, preset_id, None, user_id)
+            self._emit(EventKind.CLAIM_MISSED, claim, None, facts, took)
             raise NoClaimablePrebuildsError(preset_id)
-        self._emit(EventKind.CLAIMED, now, preset_id, instance.id, user_id)
+        self._emit(EventKind.CLAIMED, claim, instance.id, facts, took)
         return instance.id
 
     def initiator(self) -> UUID:
         """The pool's system owner, :data:`~prebuilds.PREBUILDS_OWNER_ID`."""
         return PREBUILDS_OWNER_ID
 
-    def _claim(self, claim: _Claim) -> Instance | None:
+    def _claim(self, claim: _Claim) -> tuple[Instance | None, PresetFacts]:
         """Read the preset, then claim: two calls."""
         facts = self._store.read_preset(claim.preset_id)
-        return self._store.claim(**claim.arguments(facts))
+        return self._store.claim(**claim.arguments(facts)), facts
 
-    def _claim_stamped(self, claim: _Claim) -> Instance | None:
+    def _claim_stamped(self, claim: _Claim) -> tuple[Instance | None, PresetFacts]:
         """Claim against the cached facts, re-reading them when they changed."""
         store = cast("StampedClaims", self._store)
         preset_id = claim.preset_id
@@ -168,11 +174,11 @@ class StoreClaimer:
             if facts is None or not facts.preset.is_active:
                 facts = self._read(preset_id)
             if facts.stamp is None:  # the store keeps no stamp for it
-                return self._store.claim(**claim.arguments(facts))
+                return self._store.claim(**claim.arguments(facts)), facts
             try:
                 return store.claim_if_unchanged(
                     stamp=facts.stamp, **claim.arguments(facts)
-                )
+                ), facts
             except PresetChangedError:
                 with self._lock:
                     if self._cache.get(preset_id) is facts:
@@ -192,19 +198,24 @@ class StoreClaimer:
     def _emit(
         self,
         kind: EventKind,
-        now: datetime,
-        preset_id: UUID,
+        claim: _Claim,
         instance_id: UUID | None,
-        user_id: UUID,
+        facts: PresetFacts,
+        took: timedelta,
     ) -> None:
+        """Tell the sink of a claim or a miss, with its names and duration."""
         if self._events is not None:
             self._events.emit(
                 Event(
                     kind=kind,
-                    at=now,
-                    preset_id=preset_id,
+                    at=claim.now,
+                    preset_id=claim.preset_id,
                     instance_id=instance_id,
-                    detail=f"user={user_id}",
+                    detail=f"user={claim.user_id}",
+                    preset_name=facts.config.name,
+                    template_name=facts.template.name,
+                    organization_id=facts.template.organization_id,
+                    duration=took,
                 )
             )
 

@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING
 import attrs
 
 from prebuilds._arguments import check_reconciler
-from prebuilds._calculate import calculate_actions, can_skip_reconciliation
+from prebuilds._calculate import (
+    calculate_actions,
+    can_skip_reconciliation,
+)
 from prebuilds._clock import SystemClock
 from prebuilds._events import LoggingEventSink
 from prebuilds._model import (
@@ -25,10 +28,12 @@ from prebuilds._model import (
     PresetStatus,
     ReconcileStats,
     ReconciliationActions,
+    Transition,
 )
 from prebuilds._pool import derive
 from prebuilds._records import PREBUILDS_OWNER_ID, BuildStatus, Event, EventKind
-from prebuilds._validate import clean_text
+from prebuilds._status import PoolStatus, pool_statuses, with_last_error
+from prebuilds._validate import check_delta, clean_text
 from prebuilds.exceptions import (
     LeadershipLostError,
     ProvisionerValidationError,
@@ -113,6 +118,54 @@ class _Pass:
             raise LeadershipLostError(msg)
 
 
+#: Event kinds that repeat every pass while their cause lasts: the
+#: reconciler emits one per preset and cooldown, and counts the rest.
+QUIET_KINDS = frozenset(
+    {
+        EventKind.BACKOFF,
+        EventKind.HARD_LIMITED,
+        EventKind.INVALID_PRESET,
+        EventKind.PASS_ERROR,
+    }
+)
+
+
+@attrs.define
+class _Quiet:
+    """When an event of one (preset, kind) was last emitted; how many since held back."""
+
+    since: datetime
+    suppressed: int = 0
+
+
+@attrs.frozen
+class _View:
+    """
+    What a pass (or :meth:`StoreReconciler.status`) reads: the snapshot,
+    and the facts a snapshot does not carry.
+    """
+
+    snapshot: GlobalSnapshot
+    #: Template ID -> its name.
+    template_names: dict[UUID, str]
+    #: Preset ID -> pooled instances whose latest build failed.
+    failed_kept: dict[UUID, int]
+    #: (instance ID, transition) -> preset ID: the failed latest builds.
+    failed: dict[tuple[UUID, Transition], UUID]
+    #: Template ID -> its organisation.
+    organizations: dict[UUID, UUID | None]
+
+
+def _full(status: PoolStatus) -> bool:
+    """Nothing to explain: an active, readable pool with all it wants ready."""
+    return (
+        status.desired_source not in {"inactive", "invalid"}
+        and status.eligible >= status.desired
+        and not status.hard_limited
+        and status.validation_error is None
+    )
+
+
 @attrs.define
 class _PresetResult:
     created: int = 0
@@ -167,6 +220,11 @@ class StoreReconciler:
         max_workers: Presets reconciled in parallel (1: in order, in the
             calling thread).
         name_factory: Names for new pooled instances.
+        event_cooldown: Emit at most one event per preset and kind in this
+            time for the kinds that repeat every pass while their cause
+            lasts (``BACKOFF``, ``HARD_LIMITED``, ``INVALID_PRESET``,
+            ``PASS_ERROR``); the next one emitted carries how many were
+            held back in ``Event.suppressed`` (``timedelta(0)``: emit all).
 
     Attributes:
         pass_errors: Passes that ended with an error (a store failure),
@@ -201,6 +259,7 @@ class StoreReconciler:
         submit_timeout: float | None = 60.0,
         max_workers: int = 5,
         name_factory: Callable[[], str] = generate_name,
+        event_cooldown: timedelta = timedelta(minutes=10),
     ) -> None:
         check_reconciler(
             store,
@@ -228,6 +287,7 @@ class StoreReconciler:
         self._submit_timeout = submit_timeout
         self._max_workers = max_workers
         self._name_factory = name_factory
+        self._event_cooldown = check_delta("event_cooldown", event_cooldown)
         self._state_lock = threading.Lock()
         self._stop_event = threading.Event()
         self._done = threading.Event()
@@ -241,6 +301,18 @@ class StoreReconciler:
         self.replacements: Counter[UUID] = Counter()
         self._ready_seen: frozenset[UUID] = frozenset()
         self._invalid_seen: frozenset[InvalidPreset] = frozenset()
+        # What a scrape, a dashboard or status() reads without the store:
+        # the last leading pass's statuses, each preset's last error, names.
+        self._statuses: tuple[PoolStatus, ...] = ()
+        self._last_errors: dict[UUID, str] = {}
+        self._fresh_errors: set[UUID] = set()  # met since the last pass ended
+        self._names: dict[UUID, tuple[str, str, UUID | None]] = {}
+        self._quiet: dict[tuple[UUID | None, EventKind], _Quiet] = {}
+        self._memory_lock = threading.Lock()
+        # Failed builds already reported (None: learn them silently on the
+        # next leading pass, so a new leader does not report them again).
+        self._failed_seen: set[tuple[UUID, Transition]] | None = None
+        self._failed_reported: set[tuple[UUID, Transition]] = set()
 
     # -- loop ------------------------------------------------------------------
     def run(self) -> None:
@@ -348,19 +420,23 @@ class StoreReconciler:
             log.exception("prebuilds reconciliation pass failed")
             self._emit(EventKind.PASS_ERROR, at=now, detail=repr(e))
             stats = attrs.evolve(stats, error=repr(e))
-        return attrs.evolve(
+        stats = attrs.evolve(
             stats, elapsed=timedelta(seconds=time.perf_counter() - started)
         )
+        self._pass_finished(stats)
+        return stats
 
     def _pass(self, stats: ReconcileStats, run: _Pass) -> ReconcileStats:
-        if self._store.is_paused():
-            return attrs.evolve(stats, paused=True)
         now = run.now
+        if self._store.is_paused():
+            self._observe(self._read(now), now, paused=True)
+            return attrs.evolve(stats, paused=True)
         # The facts come first: a store may read them through a transaction
         # opened with the leader scope (PostgreSQL), which would not see the
         # stuck builds failed below. They are replaced from the next pass on,
         # the same on every store.
-        snapshot = self._derive(self._store, now)
+        view = self._read(now)
+        snapshot = view.snapshot
         if self._build_timeout is not None:
             for build in self._store.fail_stuck_builds(
                 older_than=now - self._build_timeout, now=now, lease=run.lease
@@ -398,6 +474,7 @@ class StoreReconciler:
                 results = list(
                     pool.map(lambda ps: self._reconcile_preset(ps, run), todo)
                 )
+        self._observe(view, now, paused=False)
         return attrs.evolve(
             stats,
             presets_total=len(snapshot.presets) + len(snapshot.invalid_presets),
@@ -408,6 +485,136 @@ class StoreReconciler:
             deleted=sum(r.deleted for r in results),
             canceled=sum(r.canceled for r in results),
         )
+
+    # -- status ------------------------------------------------------------------
+    def status(self) -> list[PoolStatus]:
+        """
+        Every preset's :class:`~prebuilds.PoolStatus` now, read from the
+        store (one read; nothing is written), with the last error this
+        reconciler met for each preset. Sorted by template name, preset
+        name and preset ID; unreadable presets included.
+
+        Raises:
+            StoreError: the store could not be read.
+        """
+        now = self._clock.now()
+        view = self._read(now)
+        with self._memory_lock:
+            errors = dict(self._last_errors)
+        return self._statuses_of(view, now, self._store.is_paused(), errors)
+
+    @property
+    def last_statuses(self) -> tuple[PoolStatus, ...]:
+        """
+        The statuses of the last pass that led (empty before one, or after
+        a pass that did not lead): what metrics and dashboards read without
+        touching the store.
+        """
+        with self._memory_lock:
+            return self._statuses
+
+    def _read(self, now: datetime) -> _View:
+        """One read of the store: the state derived at *now* and the facts beside it."""
+        facts = self._store.read_pool()
+        snapshot = derive(
+            facts,
+            now=now,
+            backoff_lookback=self._backoff_lookback,
+            hard_limit=self._hard_limit,
+        )
+        failed_kept: Counter[UUID] = Counter()
+        failed: dict[tuple[UUID, Transition], UUID] = {}
+        for instance in facts.instances:
+            if instance.latest_status is BuildStatus.FAILED:
+                failed_kept[instance.preset_id] += 1
+                failed[instance.id, instance.latest_transition] = instance.preset_id
+        names = {f.template.id: f.template.name for f in facts.presets}
+        organizations = {
+            f.template.id: f.template.organization_id for f in facts.presets
+        }
+        # The events of the pass name their presets from here on.
+        presets = {
+            f.config.id: (f.config.name, f.template.name, f.template.organization_id)
+            for f in facts.presets
+        }
+        with self._memory_lock:
+            self._names = presets
+        return _View(snapshot, names, dict(failed_kept), failed, organizations)
+
+    def _statuses_of(
+        self, view: _View, now: datetime, paused: bool, errors: dict[UUID, str]
+    ) -> list[PoolStatus]:
+        return pool_statuses(
+            view.snapshot,
+            now=now,
+            backoff_interval=self._backoff_interval,
+            hard_limit=self._hard_limit,
+            paused=paused,
+            template_names=view.template_names,
+            failed_kept=view.failed_kept,
+            last_errors=errors,
+        )
+
+    def _observe(self, view: _View, now: datetime, *, paused: bool) -> None:
+        """
+        End of a leading pass: keep its statuses, and report the builds
+        that failed since the last pass.
+        """
+        with self._memory_lock:
+            reported, self._failed_reported = self._failed_reported, set()
+            seen = self._failed_seen
+            self._failed_seen = set(view.failed) | reported
+        if seen is not None:  # the first leading pass learns them silently
+            for key in sorted(view.failed.keys() - seen - reported):
+                instance_id, transition = key
+                self._emit(
+                    EventKind.FAILED,
+                    at=now,
+                    preset_id=view.failed[key],
+                    instance_id=instance_id,
+                    detail=f"{transition.value} build failed",
+                )
+        statuses = self._statuses_of(view, now, paused, {})
+        with self._memory_lock:
+            # A preset's last error is kept until a pass that met none for
+            # it finds its pool full.
+            fresh, self._fresh_errors = self._fresh_errors, set()
+            self._last_errors = errors = {
+                s.preset_id: self._last_errors[s.preset_id]
+                for s in statuses
+                if s.preset_id in self._last_errors
+                and (s.preset_id in fresh or not _full(s))
+            }
+        if errors:
+            presets = {p.id: p for p in view.snapshot.presets}
+            statuses = [
+                with_last_error(
+                    s,
+                    errors[s.preset_id],
+                    preset=presets.get(s.preset_id),
+                    hard_limit=self._hard_limit,
+                )
+                if s.preset_id in errors
+                else s
+                for s in statuses
+            ]
+        with self._memory_lock:
+            self._statuses = tuple(statuses)
+
+    def _pass_finished(self, stats: ReconcileStats) -> None:
+        """Forget what a pass that did not lead cannot know; tell the observer."""
+        if not stats.leader:
+            with self._memory_lock:
+                self._statuses = ()
+                self._failed_seen = None  # another replica reports meanwhile
+        observe = getattr(self._events, "pass_finished", None)
+        if observe is None:
+            return
+        statuses = self.last_statuses if stats.leader and stats.error is None else ()
+        try:
+            observe(stats, statuses)
+        except Exception:  # a broken observer must not break the loop
+            log.warning("prebuilds pass observer failed", exc_info=True)
 
     def _report_ready(self, snapshot: GlobalSnapshot, now: datetime) -> None:
         """Emit READY for pooled instances that became ready since last pass."""
@@ -458,9 +665,20 @@ class StoreReconciler:
     ) -> None:
         result.failed = True
         log.warning("prebuilds preset %s failed: %r", preset_id, error, exc_info=error)
+        self._remember_error(preset_id, repr(error))
         self._emit(
             EventKind.PRESET_ERROR, at=now, preset_id=preset_id, detail=repr(error)
         )
+
+    def _remember_error(self, preset_id: UUID, error: str) -> None:
+        with self._memory_lock:
+            self._last_errors[preset_id] = clean_text(error)
+            self._fresh_errors.add(preset_id)
+
+    def _reported_failed(self, request: BuildRequest) -> None:
+        """This build's failure is reported now: the next pass does not again."""
+        with self._memory_lock:
+            self._failed_reported.add((request.instance_id, request.transition))
 
     def _update_hard_limit(self, ps: PresetSnapshot, run: _Pass) -> None:
         status = ps.preset.status
@@ -580,6 +798,8 @@ class StoreReconciler:
             self._store.set_preset_status(
                 request.preset_id, PresetStatus.VALIDATION_FAILED, lease=lease
             )
+            self._reported_failed(request)
+            self._remember_error(request.preset_id, str(e))
             self._emit(
                 EventKind.VALIDATION_FAILED,
                 at=now,
@@ -599,6 +819,8 @@ class StoreReconciler:
                 error=clean_text(repr(e)),
                 lease=lease,
             )
+            self._reported_failed(request)
+            self._remember_error(request.preset_id, repr(e))
             self._emit(
                 EventKind.FAILED,
                 at=now,
@@ -686,15 +908,43 @@ class StoreReconciler:
         detail: str = "",
     ) -> None:
         try:
+            now = self._clock.now() if at is None else at
+            suppressed = self._quieten(kind, preset_id, now)
+            if suppressed is None:
+                return
+            with self._memory_lock:
+                names = self._names.get(preset_id) if preset_id else None
+            preset_name, template_name, organization_id = names or ("", "", None)
             self._events.emit(
                 Event(
                     kind=kind,
-                    at=self._clock.now() if at is None else at,
+                    at=now,
                     preset_id=preset_id,
                     instance_id=instance_id,
                     build_id=build_id,
                     detail=clean_text(detail),
+                    preset_name=preset_name,
+                    template_name=template_name,
+                    organization_id=organization_id,
+                    suppressed=suppressed,
                 )
             )
         except Exception:  # a broken sink must not break a pass
             log.warning("prebuilds event sink failed", exc_info=True)
+
+    def _quieten(
+        self, kind: EventKind, preset_id: UUID | None, now: datetime
+    ) -> int | None:
+        """
+        None to hold the event back (one of its kind and preset was emitted
+        within the cooldown); else how many were held back before it.
+        """
+        if kind not in QUIET_KINDS or not self._event_cooldown:
+            return 0
+        with self._memory_lock:
+            quiet = self._quiet.get((preset_id, kind))
+            if quiet is not None and now < quiet.since + self._event_cooldown:
+                quiet.suppressed += 1
+                return None
+            self._quiet[preset_id, kind] = _Quiet(since=now)
+            return quiet.suppressed if quiet is not None else 0

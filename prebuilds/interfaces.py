@@ -43,12 +43,14 @@ from prebuilds._records import (
     ResourceReplacement,
     Template,
 )
+from prebuilds._status import PoolStatus
 
 
 __all__ = [
     "Claimer",
     "Clock",
     "EventSink",
+    "PassObserver",
     "Provisioner",
     "Reconciler",
     "ReconciliationOrchestrator",
@@ -86,6 +88,29 @@ class EventSink(Protocol):
 
     def emit(self, event: Event) -> None:
         """Record *event*."""
+
+
+@runtime_checkable
+class PassObserver(Protocol):
+    """
+    **Protocol (optional):** an event sink that also wants each
+    reconciliation pass's outcome.
+
+    When the reconciler's event sink offers ``pass_finished``, the
+    reconciler calls it at the end of every pass with the pass's
+    :class:`~prebuilds.ReconcileStats` (its ``elapsed`` time, whether it
+    led, whether it was paused) and the statuses of every pool it read
+    (empty when the pass did not lead or could not read the store).
+    :class:`prebuilds.metrics.PrometheusMetrics` keeps them for its gauges,
+    so a scrape never touches the store. Like ``emit``, it must not raise.
+
+    .. versionadded:: 0.2.0
+    """
+
+    def pass_finished(
+        self, stats: ReconcileStats, statuses: Sequence[PoolStatus]
+    ) -> None:
+        """Record the pass that just ended."""
 
 
 @runtime_checkable

@@ -88,12 +88,12 @@ def new_preset(
     **fields: Any,
 ) -> PresetConfig:
     """Write a new preset of *template*'s active version (unless told) and return it."""
+    fields.setdefault("name", "preset")
     config = PresetConfig(
         id=preset_id or uuid.uuid4(),
         template_id=template.id,
         template_version_id=version_id or template.active_version_id,
         desired_instances=desired,
-        name="preset",
         **fields,
     )
     store.put_preset(config)
@@ -199,7 +199,7 @@ def make_world(
 ) -> World:
     """
     A world on *store*: one worker, no submit timeout (no threads), a short
-    backoff, unless *reconciler_kwargs* say otherwise.
+    backoff, no event cooldown, unless *reconciler_kwargs* say otherwise.
     """
     clock = clock or FakeClock()
     fake = FakeProvisioner(
@@ -213,6 +213,8 @@ def make_world(
     reconciler_kwargs.setdefault("max_workers", 1)
     reconciler_kwargs.setdefault("submit_timeout", None)
     reconciler_kwargs.setdefault("backoff_interval", timedelta(minutes=1))
+    # Every event, so that tests see each pass's; tests of the cooldown set it.
+    reconciler_kwargs.setdefault("event_cooldown", timedelta(0))
     reconciler = StoreReconciler(
         store,
         provisioner if provisioner is not None else fake,
