@@ -100,7 +100,7 @@ class PresetFacts:
 
     @property
     def preset(self) -> Preset:
-        """The calculator's view: the config with what its template says."""
+        """The calculator's view of the preset (the config with what its template says)."""
         preset = self._preset
         if preset is None:
             config, template = self.config, self.template
