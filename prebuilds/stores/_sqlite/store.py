@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import uuid
 
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import attrs
 
@@ -304,7 +303,7 @@ class SQLiteStore:
             template_id, version_id, raw_parameters, active, deleted, deprecated = row
             if version_id != active or deleted or deprecated:
                 return None
-            instance_id, build_id = uuid.uuid4(), uuid.uuid4()
+            instance_id, build_id = uuid4(), uuid4()
             instance, build = str(instance_id), str(build_id)
             preset = str(preset_id)
             values = (instance, preset, template_id, version_id, name, now_us, now_us)
@@ -563,7 +562,7 @@ def _delete(
     DELETE_INSTANCE or ORPHAN_DELETE); its request, None if *mark* changed
     nothing.
     """
-    build_id = uuid.uuid4()
+    build_id = uuid4()
     rows = tx.all(mark, (str(build_id), now_us, instance))
     if not rows:
         return None
