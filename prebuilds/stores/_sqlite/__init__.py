@@ -1,13 +1,8 @@
 """
-:class:`SQLiteStore`: the embedded default store, on the standard library's
-:mod:`sqlite3` (internal: import it from :mod:`prebuilds.stores`).
-
-- ``schema``: the migrations, the version table, opening checks;
-- ``sql``: the SQL text;
-- ``codecs``: rows to records and back;
-- ``connections``: one connection per thread, transactions;
-- ``lease``: the leader lease, its renewal and the fence of writes;
-- ``store``: the class.
+:class:`SQLiteStore`, on :mod:`sqlite3` (internal: import it from
+:mod:`prebuilds.stores`). Modules: ``schema`` (migrations), ``sql``,
+``codecs`` (rows and values), ``connections`` (transactions), ``lease``
+(the leader lease and fencing), ``store``.
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """
-The SQLite store's rows and records, both ways.
-
-Datetimes are exact integer microseconds since the Unix epoch (UTC),
-timedeltas integer microseconds, IDs canonical UUID text, enums their
-values, schedules and parameters JSON lists of pairs. A value that cannot be
-decoded raises :class:`~prebuilds.exceptions.InvalidInputError` naming the
-field (a stored preset: reported in ``invalid_presets``) or, inside
-:func:`decoding`, :class:`~prebuilds.exceptions.StoreError`.
+The SQLite store's rows as records, and values as parameters (encodings:
+see ``sql``). A value that cannot be decoded raises
+:class:`~prebuilds.exceptions.InvalidInputError` naming the field (a stored
+preset: reported in ``invalid_presets``) or, inside :func:`decoding`,
+:class:`~prebuilds.exceptions.StoreError`.
 """
 
 from __future__ import annotations
@@ -28,12 +25,17 @@ from prebuilds.stores._common import (
     pooled_instance,
     preset_facts,
 )
+from prebuilds.stores._sqlite import sql
 
 
 if TYPE_CHECKING:
+    import enum
+
     from collections.abc import Callable, Iterator, Sequence
 
     from prebuilds._pool import PooledInstance, PresetFacts
+
+    _Decode = Callable[[str, Any], Any]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _US = timedelta(microseconds=1)
@@ -51,42 +53,36 @@ def to_us(field: str, value: datetime) -> int:
     return (value - _EPOCH) // _US
 
 
-def opt_to_us(field: str, value: datetime | None) -> int | None:
-    """:func:`to_us`, None kept."""
-    return None if value is None else to_us(field, value)
+def encode(field: str, value: object) -> object:
+    """A record's value as a parameter (SQLite integers are 64-bit)."""
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, datetime):
+        return to_us(field, value)
+    if isinstance(value, timedelta):
+        micros = value // _US
+        if not _INT64_MIN <= micros <= _INT64_MAX:
+            raise InvalidInputError(field, value, "too large for the SQLite store")
+        return micros
+    return value
 
 
-def delta_us(field: str, value: timedelta | None) -> int | None:
-    """A timedelta as integer microseconds (SQLite integers are 64-bit)."""
-    if value is None:
-        return None
-    micros = value // _US
-    if not _INT64_MIN <= micros <= _INT64_MAX:
-        raise InvalidInputError(field, value, "too large for the SQLite store")
-    return micros
-
-
-def from_us(field: str, value: object) -> datetime:
-    """Integer microseconds since the epoch as an aware UTC datetime."""
-    if type(value) is not int:
-        raise InvalidInputError(field, value, "must be integer microseconds")
-    try:
-        return _EPOCH + value * _US
-    except OverflowError:
-        raise InvalidInputError(field, value, "out of range") from None
-
-
-def _opt_from_us(field: str, value: object) -> datetime | None:
-    return None if value is None else from_us(field, value)
-
-
-def _opt_delta(field: str, value: object) -> timedelta | None:
-    if value is None:
-        return None
+def _delta(field: str, value: object) -> timedelta:
     if type(value) is not int:
         raise InvalidInputError(field, value, "must be integer microseconds")
     try:
         return value * _US
+    except OverflowError:
+        raise InvalidInputError(field, value, "out of range") from None
+
+
+def from_us(field: str, value: object) -> datetime:
+    """Integer microseconds since the epoch as an aware UTC datetime."""
+    delta = _delta(field, value)
+    try:
+        return _EPOCH + delta
     except OverflowError:
         raise InvalidInputError(field, value, "out of range") from None
 
@@ -98,8 +94,19 @@ def _uuid(field: str, value: object) -> UUID:
         raise InvalidInputError(field, value, "must be a UUID") from None
 
 
-def _opt_uuid(field: str, value: object) -> UUID | None:
-    return None if value is None else _uuid(field, value)
+def _optional(decode: _Decode) -> _Decode:
+    return lambda field, value: None if value is None else decode(field, value)
+
+
+def _enum(kind: type[enum.Enum], field: str, default: object = None) -> _Decode:
+    """*kind*'s member, reported as *field*; None reads as *default* if given."""
+
+    def decode(_: str, value: object) -> object:
+        if value is None and default is not None:
+            return default
+        return decode_enum(kind, field, value)
+
+    return decode
 
 
 @contextmanager
@@ -113,118 +120,95 @@ def decoding(what: str) -> Iterator[None]:
 
 # -- rows ------------------------------------------------------------------------------
 
+#: How a column is read, by its name; a column not named is taken as it is.
+_READ: dict[str, _Decode] = {
+    **dict.fromkeys(
+        sql.names(
+            "id, preset_id, template_id, template_version_id, owner_id, instance_id,"
+            "initiator_id, active_version_id, latest_build_id"
+        ),
+        _uuid,
+    ),
+    "organization_id": _optional(_uuid),
+    **dict.fromkeys(sql.names("ready, deleted, deprecated"), lambda _, v: bool(v)),
+    **dict.fromkeys(sql.names("ttl, default_ttl"), _optional(_delta)),
+    **dict.fromkeys(sql.names("created_at, latest_created_at"), from_us),
+    **dict.fromkeys(
+        sql.names(
+            "next_start_at, deadline, max_deadline, dormant_at, deleting_at,"
+            "last_used_at, claimed_at, started_at, finished_at, last_invalidated_at"
+        ),
+        _optional(from_us),
+    ),
+    "schedules": lambda _, v: decode_schedules(v),
+    "parameters": lambda _, v: decode_parameters(v),
+}
+_TEMPLATE = sql.names(sql.TEMPLATE_COLUMNS)
+_PRESET = sql.names(sql.PRESET_COLUMNS)
+_POOL = sql.names(sql.POOL_COLUMNS)
+_INSTANCE = sql.names(sql.INSTANCE_COLUMNS)
+_LIFECYCLE = sql.names(sql.LIFECYCLE_COLUMNS)
+_BUILD = sql.names(sql.BUILD_COLUMNS)
+# An instance without a build (written by hand) reads as queued.
+_INSTANCE_READ = {
+    "latest_transition": _enum(Transition, "transition", Transition.START),
+    "latest_status": _enum(BuildStatus, "status", BuildStatus.PENDING),
+}
+_BUILD_READ = {
+    "transition": _enum(Transition, "transition"),
+    "status": _enum(BuildStatus, "status"),
+}
+
+
+def _fields(
+    columns: Sequence[str], row: Sequence[Any], read: dict[str, _Decode] | None = None
+) -> dict[str, Any]:
+    """*row*'s values by column name, decoded (*read* before :data:`_READ`)."""
+    read = read or {}
+    return {
+        name: read.get(name, _READ.get(name, _as_is))(name, value)
+        for name, value in zip(columns, row, strict=True)
+    }
+
+
+def _as_is(_: str, value: object) -> object:
+    return value
+
 
 def template_from_row(row: Sequence[Any]) -> Template:
-    """A ``sql.GET_TEMPLATE`` row (or the template part of a preset row)."""
-    (tid, active, name, org, deleted, deprecated, default_ttl) = row
-    return Template(
-        id=_uuid("id", tid),
-        active_version_id=_uuid("active_version_id", active),
-        name=name,
-        organization_id=_opt_uuid("organization_id", org),
-        deleted=bool(deleted),
-        deprecated=bool(deprecated),
-        default_ttl=_opt_delta("default_ttl", default_ttl),
-    )
+    """A row of ``sql.TEMPLATE_COLUMNS``."""
+    return Template(**_fields(_TEMPLATE, row))
 
 
 def facts_from_row(row: Sequence[Any], template: Template | None = None) -> PresetFacts:
     """
-    A ``sql.READ_PRESET`` row: the preset and its template (*template*, if
-    given, is that part of the row already decoded).
+    A ``sql.READ_PRESET`` row (*template*: its template part, decoded already).
 
     Raises:
         InvalidInputError: the stored configuration is not valid.
     """
-    return preset_facts(
-        id=_uuid("id", row[0]),
-        template_id=_uuid("template_id", row[1]),
-        template_version_id=_uuid("template_version_id", row[2]),
-        desired_instances=row[3],
-        name=row[4],
-        ttl=_opt_delta("ttl", row[5]),
-        scheduling_timezone=row[6],
-        schedules=decode_schedules(row[7]),
-        parameters=decode_parameters(row[8]),
-        template=template_from_row(row[12:]) if template is None else template,
-        status=row[9],
-        last_invalidated_at=_opt_from_us("last_invalidated_at", row[10]),
-        stamp=row[11],
-    )
+    split = len(_PRESET)
+    fields = _fields(_PRESET, row[:split])
+    if template is None:
+        template = template_from_row(row[split:])
+    return preset_facts(**fields, template=template)
 
 
 def pooled_from_row(row: Sequence[Any]) -> PooledInstance:
     """A ``sql.POOL_INSTANCES`` row."""
-    return pooled_instance(
-        id=_uuid("id", row[0]),
-        preset_id=_uuid("preset_id", row[1]),
-        template_id=_uuid("template_id", row[2]),
-        template_version_id=_uuid("template_version_id", row[3]),
-        name=row[4],
-        created_at=from_us("created_at", row[5]),
-        ready=row[6],
-        latest_build_id=_uuid("latest_build_id", row[7]),
-        latest_transition=row[8],
-        latest_status=row[9],
-        latest_number=row[10],
-        latest_created_at=from_us("latest_created_at", row[11]),
-    )
+    return pooled_instance(**_fields(_POOL, row))
 
 
 def instance_from_row(row: Sequence[Any]) -> Instance:
     """A row of ``sql.INSTANCE_COLUMNS``."""
-    return Instance(
-        id=_uuid("id", row[0]),
-        preset_id=_uuid("preset_id", row[1]),
-        template_id=_uuid("template_id", row[2]),
-        template_version_id=_uuid("template_version_id", row[3]),
-        owner_id=_uuid("owner_id", row[4]),
-        name=row[5],
-        created_at=from_us("created_at", row[6]),
-        ready=bool(row[7]),
-        lifecycle=Lifecycle(
-            autostart_schedule=row[8],
-            next_start_at=_opt_from_us("next_start_at", row[9]),
-            ttl=_opt_delta("ttl", row[10]),
-            deadline=_opt_from_us("deadline", row[11]),
-            max_deadline=_opt_from_us("max_deadline", row[12]),
-            dormant_at=_opt_from_us("dormant_at", row[13]),
-            deleting_at=_opt_from_us("deleting_at", row[14]),
-            last_used_at=_opt_from_us("last_used_at", row[15]),
-        ),
-        deleted=bool(row[16]),
-        claimed_at=_opt_from_us("claimed_at", row[17]),
-        # An instance without a build (written by hand) reads as queued.
-        latest_transition=(
-            Transition.START
-            if row[18] is None
-            else decode_enum(Transition, "transition", row[18])
-        ),
-        latest_status=(
-            BuildStatus.PENDING
-            if row[19] is None
-            else decode_enum(BuildStatus, "status", row[19])
-        ),
-    )
+    fields = _fields(_INSTANCE, row, _INSTANCE_READ)
+    lifecycle = Lifecycle(**{name: fields.pop(name) for name in _LIFECYCLE})
+    return Instance(**fields, lifecycle=lifecycle)
 
 
 def build_from_row(row: Sequence[Any]) -> Build:
-    """A row of the build columns."""
-    return Build(
-        id=_uuid("id", row[0]),
-        instance_id=_uuid("instance_id", row[1]),
-        preset_id=_uuid("preset_id", row[2]),
-        template_version_id=_uuid("template_version_id", row[3]),
-        transition=decode_enum(Transition, "transition", row[4]),
-        status=decode_enum(BuildStatus, "status", row[5]),
-        build_number=row[6],
-        initiator_id=_uuid("initiator_id", row[7]),
-        created_at=from_us("created_at", row[8]),
-        started_at=_opt_from_us("started_at", row[9]),
-        finished_at=_opt_from_us("finished_at", row[10]),
-        error_kind=row[11],
-        error=row[12],
-    )
+    """A row of ``sql.BUILD_COLUMNS``."""
+    return Build(**_fields(_BUILD, row, _BUILD_READ))
 
 
 # -- the pool, decoded once per row ---------------------------------------------------------
@@ -232,12 +216,9 @@ def build_from_row(row: Sequence[Any]) -> Build:
 
 class PoolDecoder:
     """
-    Decodes the rows of a pool read, reusing what the last read decoded
-    from an equal row: a steady pool is decoded once, not on every pass.
-
-    The records are immutable and decoding is a function of the row alone,
-    so an equal row stands for an equal record, whoever wrote it (another
-    process, a hand edit). Only the last read's rows are kept.
+    Decodes a pool read's rows, reusing the last read's record for an equal
+    row (decoding is a function of the row alone), so that a steady pool is
+    decoded once. Only the last read's rows are kept.
     """
 
     __slots__ = ("_instances", "_presets")
@@ -254,7 +235,7 @@ class PoolDecoder:
 
         def decode(row: Sequence[Any]) -> PresetFacts | InvalidPreset:
             try:
-                key = tuple(row[12:])  # templates repeat: decode each once
+                key = tuple(row[len(_PRESET) :])  # templates repeat: decode each once
                 template = templates.get(key)
                 if template is None:
                     template = templates[key] = template_from_row(key)

@@ -1,16 +1,11 @@
 """
 The SQLite store's connections and transactions.
 
-A file store opens one connection per thread (closed by :meth:`Connections.close`,
-or when a later connection finds its thread gone), so threads and processes
-sharing one file serialise their writes through SQLite's locks; a forked
-child opens its own connections instead of using the parent's. An
-in-memory store has one connection, shared under a lock.
-
-Connections run in autocommit mode; every store method is one explicit
-transaction: writes in ``BEGIN IMMEDIATE`` (one writer at a time, across
-threads and processes), reads in one deferred ``BEGIN`` so that all their
-queries read one state.
+A file store opens one connection per thread (a forked child opens its
+own); an in-memory store has one, shared under a lock. Connections run in
+autocommit mode and every store method is one explicit transaction: writes
+in ``BEGIN IMMEDIATE`` (one writer at a time, across processes), reads in
+one deferred ``BEGIN`` (all their queries read one state).
 """
 
 from __future__ import annotations
@@ -29,6 +24,8 @@ from prebuilds.exceptions import StoreError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
+
+    _Params = Sequence[Any] | dict[str, Any]
 
 _log = logging.getLogger("prebuilds.stores.sqlite")
 
@@ -65,30 +62,25 @@ class Tx:
         self._conn = conn
         self._count = count
 
-    def execute(
-        self, sql: str, params: Sequence[Any] | dict[str, Any] = ()
-    ) -> sqlite3.Cursor:
+    def execute(self, sql: str, params: _Params = ()) -> sqlite3.Cursor:
         """Run one statement."""
         self._count()
         return self._conn.execute(sql, params)
 
-    def one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
+    def one(self, sql: str, params: _Params = ()) -> Any:
         """Run one statement; its first row or None."""
         return self.execute(sql, params).fetchone()
 
-    def all(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
+    def all(self, sql: str, params: _Params = ()) -> list[Any]:
         """Run one statement; its rows."""
         return self.execute(sql, params).fetchall()
 
 
 class Connections:
     """
-    The connections of one store object, its statement counter, and its
-    transactions.
-
-    *on_fork* is called (under no lock) when a forked child first uses the
-    store: the parent's connections are dropped without being closed, which
-    SQLite forbids across ``fork()``.
+    A store object's connections, statement counter and transactions.
+    *on_fork* is called when a forked child first uses the store (which
+    drops the parent's connections unclosed: SQLite forbids closing them).
     """
 
     def __init__(
@@ -216,13 +208,8 @@ class Connections:
     @contextmanager
     def transaction(self, *, write: bool) -> Iterator[Tx]:
         """
-        One transaction: ``BEGIN IMMEDIATE`` to write, ``BEGIN`` to read.
-
-        sqlite3 errors become StoreError; any error rolls back.
-
-        Raises:
-            StoreError: the store is closed, or read-only and *write*; the
-                database failed.
+        One transaction, rolled back by any error; sqlite3 errors, a closed
+        store and a write to a read-only one raise StoreError.
         """
         if write and self.read_only:
             raise StoreError(f"the SQLiteStore on {self.path!r} is read-only")

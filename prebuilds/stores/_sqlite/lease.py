@@ -1,12 +1,10 @@
 """
 The SQLite store's leader lease: a row that expires after ``lease_ttl``
-(wall clock), renewed while a scope holds it, and the fence of every write
-given ``lease=``.
+(wall clock), renewed while a scope holds it, and the fence of writes.
 
-One daemon thread per store object renews the leases it holds, so that a
-pass outlives ``lease_ttl`` whatever it waits for (a slow submit included),
-and a steady pass starts no thread: the renewer starts with the first lease
-and then waits, idle, while none is held.
+One daemon thread per store object renews the leases it holds (a pass may
+outlive ``lease_ttl``, a slow submit included); it starts with the first
+lease, so a steady pass starts no thread.
 """
 
 from __future__ import annotations
@@ -45,13 +43,9 @@ class Leases:
         self.forget()
 
     def forget(self) -> None:
-        """
-        Start afresh, holding nothing (in a forked child: the parent's leases
-        are not the child's to renew or fence, and its renewer thread did not
-        survive the fork).
-        """
-        # Leases this store object holds (renewed by the renewer thread) and
-        # leases it found taken over (their fenced writes fail at once).
+        """Hold nothing (a forked child: the parent's leases are not its own)."""
+        # Leases held (renewed by the renewer thread) and leases found taken
+        # over (their fenced writes fail at once).
         self._renewal = threading.Condition(threading.Lock())
         self._held: set[str] = set()
         self._lost: set[str] = set()
@@ -180,14 +174,16 @@ class Leases:
         )
         return cursor.rowcount == 1
 
-    def fenced(self, lease: Lease | None) -> str | None:
+    @contextmanager
+    def write(self, lease: Lease | None) -> Iterator[Tx]:
         """
-        The token of a fenced write (None: unfenced), failing at once for a
-        lease this store already found lost.
+        A write transaction fenced by *lease* (None: unfenced): its first
+        statement checks and renews the lease; a lease known lost fails
+        before it begins.
 
         Raises:
             InvalidInputError: *lease* is not a Lease.
-            LeadershipLostError: the lease is not held, or known lost.
+            LeadershipLostError: the lease is not held, or lost.
         """
         token = fence_token(lease)
         if token is not None:
@@ -195,16 +191,8 @@ class Leases:
                 known_lost = token in self._lost
             if known_lost:
                 raise lost(token)
-        return token
-
-    def fence(self, tx: Tx, token: str | None) -> None:
-        """
-        The fence of a write, its transaction's first statement: *token*
-        must still hold an unexpired lease (which it renews).
-
-        Raises:
-            LeadershipLostError: it does not (the write is rolled back).
-        """
-        if token is not None and not self._fence_row(tx, token):
-            self._mark_lost(token)
-            raise lost(token)
+        with self._connections.transaction(write=True) as tx:
+            if token is not None and not self._fence_row(tx, token):
+                self._mark_lost(token)
+                raise lost(token)
+            yield tx

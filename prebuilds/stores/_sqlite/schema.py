@@ -2,18 +2,12 @@
 The SQLite store's schema: its migrations, the version table, and what
 opening a file checks.
 
-- Tables are prefixed ``prebuilds_`` and the schema version lives in a table
-  of its own, ``prebuilds_schema``, so the store can share a file with a
-  host's tables: it never reads or writes the file's ``PRAGMA user_version``
-  and never touches a table without the prefix.
-- Opening a file migrates it under ``BEGIN IMMEDIATE`` (so two processes
-  opening a new file at once are safe); a file written by a newer library
-  raises :class:`~prebuilds.exceptions.SchemaVersionError` before anything in
-  it is changed, the journal mode included. Files of the first development
-  releases, which kept the version in ``user_version``, are recognised by
-  their tables and get the version table on first open (their
-  ``user_version`` stays as it is).
-- A read-only store only checks that the file holds the current schema.
+Tables are prefixed ``prebuilds_`` and the version lives in
+``prebuilds_schema`` (never ``PRAGMA user_version``), so that a host's tables
+may share the file. Opening a file migrates it under ``BEGIN IMMEDIATE``; a
+file of a newer library raises SchemaVersionError before anything changes,
+its journal mode included. Files of the first development releases (version
+in ``user_version``) are recognised by their tables.
 """
 
 from __future__ import annotations
@@ -204,14 +198,8 @@ _SET_VERSION = (
 # The tables of schema version 1, which recorded its version in
 # ``PRAGMA user_version`` (0.1.0 development releases).
 _VERSION_1_TABLES = frozenset(
-    {
-        "prebuilds_settings",
-        "prebuilds_templates",
-        "prebuilds_presets",
-        "prebuilds_instances",
-        "prebuilds_builds",
-        "prebuilds_leader",
-    }
+    f"prebuilds_{table}"
+    for table in ("settings", "templates", "presets", "instances", "builds", "leader")
 )
 
 
@@ -220,11 +208,7 @@ MIN_SQLITE = (3, 35, 0)
 
 
 def check_library(version: tuple[int, int, int] = sqlite3.sqlite_version_info) -> None:
-    """
-    Raises:
-        StoreError: the SQLite library Python uses is older than
-            :data:`MIN_SQLITE`.
-    """
+    """Raise StoreError if the SQLite library is older than :data:`MIN_SQLITE`."""
     if version < MIN_SQLITE:
         wanted = ".".join(map(str, MIN_SQLITE))
         found = ".".join(map(str, version))
@@ -235,11 +219,7 @@ def check_library(version: tuple[int, int, int] = sqlite3.sqlite_version_info) -
 
 
 def _read_version(conn: sqlite3.Connection) -> int | None:
-    """
-    The prebuilds schema version of the file behind *conn*: 0 for a file
-    without prebuilds tables, None for one with some of them but no
-    record of their version (not a file this library wrote).
-    """
+    """The file's schema version: 0 without prebuilds tables, None if unknown."""
     tables = {
         name
         for (name,) in conn.execute(
@@ -271,13 +251,6 @@ def _checked_version(version: int | None, path: str) -> int:
     return version
 
 
-def _has_version_table(conn: sqlite3.Connection) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'prebuilds_schema'"
-    ).fetchone()
-    return row is not None
-
-
 def migrate(
     conn: sqlite3.Connection,
     *,
@@ -287,17 +260,15 @@ def migrate(
     count: Callable[[], None],
 ) -> None:
     """
-    Bring the file behind *conn* to :data:`SCHEMA_VERSION` (and, for a file,
-    *wal*, to WAL journal mode), counting each statement with *count*.
+    Bring the file to :data:`SCHEMA_VERSION` (and, if *wal*, to WAL journal
+    mode), counting each statement with *count*.
 
-    Switching a new file to WAL, or reading it while another process
-    switches it, can return SQLITE_BUSY without consulting the busy
-    handler; such a failure is retried until *busy_timeout* is spent.
+    Switching a new file to WAL (or reading it meanwhile) can fail busy
+    without consulting the busy handler: retried until *busy_timeout*.
 
     Raises:
         SchemaVersionError: the file was written by a newer library.
-        StoreError: the file is not one this library wrote, or cannot be
-            read or migrated.
+        StoreError: the file is not ours, or cannot be read or migrated.
     """
     deadline = time.monotonic() + busy_timeout
     delay = 0.01
@@ -334,7 +305,8 @@ def _migrate_once(
                     path,
                     mode,
                 )
-        if version == SCHEMA_VERSION and _has_version_table(conn):
+        # Only prebuilds_schema records the current version: nothing to do.
+        if version == SCHEMA_VERSION:
             return
         count()
         conn.execute("BEGIN IMMEDIATE")
@@ -363,12 +335,8 @@ def check_readable(
     conn: sqlite3.Connection, *, path: str, count: Callable[[], None]
 ) -> None:
     """
-    Read-only: the file must hold the current prebuilds schema.
-
-    Raises:
-        SchemaVersionError: the file was written by a newer library.
-        StoreError: it cannot be read, is not a prebuilds database, or
-            needs a migration.
+    Raise SchemaVersionError or StoreError unless the file holds the
+    current schema (a read-only store does not migrate).
     """
     try:
         count()

@@ -1,11 +1,11 @@
 """
-The SQLite store's SQL text.
+The SQLite store's SQL text, and the column lists ``codecs`` reads rows by.
 
 IDs are canonical UUID text, datetimes integer microseconds since the Unix
 epoch (UTC), timedeltas integer microseconds, enums their values, schedules
 and parameters JSON lists of pairs. The pool's owner is written into the
 text as a constant, so that the claim's WHERE matches the partial index
-``prebuilds_instances_claim`` word for word.
+``prebuilds_instances_claim``.
 """
 
 from __future__ import annotations
@@ -13,109 +13,95 @@ from __future__ import annotations
 from prebuilds._records import PREBUILDS_OWNER_ID
 
 
-OWNER = str(PREBUILDS_OWNER_ID)
-_O = f"'{OWNER}'"
+_O = f"'{PREBUILDS_OWNER_ID}'"
+
+
+def names(columns: str) -> list[str]:
+    """The names of a comma-separated column list."""
+    return [column.strip() for column in columns.split(",")]
+
+
+def _columns(text: str) -> str:
+    """A column list on one line."""
+    return " ".join(text.split())
+
+
+def _prefixed(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{column}" for column in names(columns))
+
+
+def _upsert(table: str, columns: str, also: str = "") -> str:
+    """Insert a row of *columns*, or update every column but the first (the key)."""
+    key, *rest = names(columns)
+    updates = ", ".join([f"{column} = excluded.{column}" for column in rest])
+    marks = ", ".join("?" * (len(rest) + 1))
+    return (
+        f"INSERT INTO {table} ({columns}) VALUES ({marks}) "  # noqa: S608 - constants
+        f"ON CONFLICT ({key}) DO UPDATE SET {updates}{also}"
+    )
+
+
+TEMPLATE_COLUMNS = _columns("""
+    id, active_version_id, name, organization_id, deleted, deprecated, default_ttl
+""")
+#: The configuration of a preset, as put.
+PRESET_CONFIG = _columns("""
+    id, template_id, template_version_id, desired_instances, name, ttl,
+    scheduling_timezone, schedules, parameters
+""")
+PRESET_COLUMNS = PRESET_CONFIG + ", status, last_invalidated_at, stamp"
+LIFECYCLE_COLUMNS = _columns("""
+    autostart_schedule, next_start_at, ttl, deadline, max_deadline, dormant_at,
+    deleting_at, last_used_at
+""")
+INSTANCE_COLUMNS = _columns(f"""
+    id, preset_id, template_id, template_version_id, owner_id, name, created_at,
+    ready, {LIFECYCLE_COLUMNS}, deleted, claimed_at, latest_transition, latest_status
+""")
+POOL_COLUMNS = _columns("""
+    id, preset_id, template_id, template_version_id, name, created_at, ready,
+    latest_build_id, latest_transition, latest_status, latest_number, latest_created_at
+""")
+BUILD_COLUMNS = _columns("""
+    id, instance_id, preset_id, template_version_id, transition, status,
+    build_number, initiator_id, created_at, started_at, finished_at,
+    error_kind, error
+""")
 
 # -- templates and presets ---------------------------------------------------------
 
-PUT_TEMPLATE = """
-    INSERT INTO prebuilds_templates (
-        id, active_version_id, name, organization_id, deleted, deprecated,
-        default_ttl
-    ) VALUES (?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (id) DO UPDATE SET
-        active_version_id = excluded.active_version_id,
-        name = excluded.name,
-        organization_id = excluded.organization_id,
-        deleted = excluded.deleted,
-        deprecated = excluded.deprecated,
-        default_ttl = excluded.default_ttl
-"""
-
+PUT_TEMPLATE = _upsert("prebuilds_templates", TEMPLATE_COLUMNS)
 #: What a claim depends on changed for every preset of the template.
 STAMP_TEMPLATE = "UPDATE prebuilds_presets SET stamp = stamp + 1 WHERE template_id = ?"
-
-_TEMPLATE_COLUMNS = (
-    "id, active_version_id, name, organization_id, deleted, deprecated, default_ttl"
-)
-
-GET_TEMPLATE = f"SELECT {_TEMPLATE_COLUMNS} FROM prebuilds_templates WHERE id = ?"  # noqa: S608
-
+GET_TEMPLATE = f"SELECT {TEMPLATE_COLUMNS} FROM prebuilds_templates WHERE id = ?"  # noqa: S608
 TEMPLATE_EXISTS = "SELECT 1 FROM prebuilds_templates WHERE id = ?"
-
-PUT_PRESET = """
-    INSERT INTO prebuilds_presets (
-        id, template_id, template_version_id, desired_instances, name, ttl,
-        scheduling_timezone, schedules, parameters
-    ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (id) DO UPDATE SET
-        template_id = excluded.template_id,
-        template_version_id = excluded.template_version_id,
-        desired_instances = excluded.desired_instances,
-        name = excluded.name,
-        ttl = excluded.ttl,
-        scheduling_timezone = excluded.scheduling_timezone,
-        schedules = excluded.schedules,
-        parameters = excluded.parameters,
-        stamp = stamp + 1
-"""
-
+PUT_PRESET = _upsert("prebuilds_presets", PRESET_CONFIG, ", stamp = stamp + 1")
 INVALIDATE_PRESET = """
     UPDATE prebuilds_presets SET last_invalidated_at = ?, stamp = stamp + 1
     WHERE id = ?
 """
-
 SET_PRESET_STATUS = "UPDATE prebuilds_presets SET status = ? WHERE id = ?"
-
 PRESET_EXISTS = "SELECT 1 FROM prebuilds_presets WHERE id = ?"
-
 #: A preset and its template: ``codecs.facts_from_row`` reads it.
-_SELECT_PRESETS = """
-    SELECT p.id, p.template_id, p.template_version_id, p.desired_instances,
-           p.name, p.ttl, p.scheduling_timezone, p.schedules, p.parameters,
-           p.status, p.last_invalidated_at, p.stamp,
-           t.id, t.active_version_id, t.name, t.organization_id, t.deleted,
-           t.deprecated, t.default_ttl
+_SELECT_PRESETS = f"""
+    SELECT {_prefixed("p", PRESET_COLUMNS)}, {_prefixed("t", TEMPLATE_COLUMNS)}
     FROM prebuilds_presets AS p
     JOIN prebuilds_templates AS t ON t.id = p.template_id
-"""
-
+"""  # noqa: S608 - constants only
 READ_PRESET = _SELECT_PRESETS + "WHERE p.id = ?"
-
-SET_PAUSED = """
-    INSERT INTO prebuilds_settings (key, value) VALUES ('paused', ?)
-    ON CONFLICT (key) DO UPDATE SET value = excluded.value
-"""
-
+SET_PAUSED = _upsert("prebuilds_settings", "key, value")
 IS_PAUSED = "SELECT value FROM prebuilds_settings WHERE key = 'paused'"
 
-# -- the pool ------------------------------------------------------------------------
+# -- the pool and reads ----------------------------------------------------------------
 
 POOL_PRESETS = _SELECT_PRESETS + "ORDER BY p.id"
-
-#: Every pooled instance with its latest build, by ID (as presets are):
-#: ``codecs.pooled_from_row``.
+#: Every pooled instance with its latest build, by ID (as presets are).
 POOL_INSTANCES = f"""
-    SELECT id, preset_id, template_id, template_version_id, name, created_at,
-           ready, latest_build_id, latest_transition, latest_status,
-           latest_number, latest_created_at
-    FROM prebuilds_instances
+    SELECT {POOL_COLUMNS} FROM prebuilds_instances
     WHERE owner_id = {_O} AND deleted = 0 AND latest_build_id IS NOT NULL
     ORDER BY id
 """  # noqa: S608 - constants only
-
-# -- instances and builds --------------------------------------------------------------
-
-#: ``codecs.instance_from_row`` reads these.
-INSTANCE_COLUMNS = """
-    id, preset_id, template_id, template_version_id, owner_id, name,
-    created_at, ready, autostart_schedule, next_start_at, ttl, deadline,
-    max_deadline, dormant_at, deleting_at, last_used_at, deleted, claimed_at,
-    latest_transition, latest_status
-"""
-
 GET_INSTANCE = f"SELECT {INSTANCE_COLUMNS} FROM prebuilds_instances WHERE id = ?"  # noqa: S608
-
 LIST_INSTANCES = f"""
     SELECT {INSTANCE_COLUMNS} FROM prebuilds_instances
     WHERE (:preset IS NULL OR preset_id = :preset)
@@ -123,24 +109,13 @@ LIST_INSTANCES = f"""
         AND (:deleted OR deleted = 0)
     ORDER BY created_at, id
 """  # noqa: S608 - constants only
-
 INSTANCE_EXISTS = "SELECT 1 FROM prebuilds_instances WHERE id = ?"
-
-#: ``codecs.build_from_row`` reads these.
-_BUILD_COLUMNS = """
-    id, instance_id, preset_id, template_version_id, transition, status,
-    build_number, initiator_id, created_at, started_at, finished_at,
-    error_kind, error
-"""
-
-GET_BUILD = f"SELECT {_BUILD_COLUMNS} FROM prebuilds_builds WHERE id = ?"  # noqa: S608
-
+GET_BUILD = f"SELECT {BUILD_COLUMNS} FROM prebuilds_builds WHERE id = ?"  # noqa: S608
 LIST_BUILDS = f"""
-    SELECT {_BUILD_COLUMNS} FROM prebuilds_builds
+    SELECT {BUILD_COLUMNS} FROM prebuilds_builds
     WHERE (:instance IS NULL OR instance_id = :instance)
     ORDER BY created_at, instance_id, build_number
 """  # noqa: S608 - constants only
-
 BUILD_EXISTS = "SELECT 1 FROM prebuilds_builds WHERE id = ?"
 
 # -- the reconciler's transitions ------------------------------------------------------
@@ -152,7 +127,6 @@ CREATE_SOURCE = """
     JOIN prebuilds_templates AS t ON t.id = p.template_id
     WHERE p.id = ?
 """
-
 #: A new pooled instance, whose latest build is its first: (id, preset,
 #: template, version, name, now, now, build, now).
 INSERT_INSTANCE = f"""
@@ -162,7 +136,6 @@ INSERT_INSTANCE = f"""
         latest_transition, latest_status, latest_number, latest_created_at
     ) VALUES (?, ?, ?, ?, {_O}, ?, ?, 0, ?, 0, ?, 'start', 'pending', 1, ?)
 """  # noqa: S608 - constants only
-
 #: A pending build: (id, instance, preset, version, transition, number, now).
 INSERT_BUILD = f"""
     INSERT INTO prebuilds_builds (
@@ -171,20 +144,29 @@ INSERT_BUILD = f"""
     ) VALUES (?, ?, ?, ?, ?, 'pending', ?, {_O}, ?)
 """  # noqa: S608 - constants only
 
-#: A still pooled instance that is not already being (or done being)
-#: deleted gets a pending delete as its latest build, and is no longer
-#: ready: (build, now, instance).
-DELETE_INSTANCE = f"""
+
+def _delete_instance(ready: str, where: str) -> str:
+    """A pending delete as the instance's latest build: (build, now, instance)."""
+    return f"""
     UPDATE prebuilds_instances
-    SET ready = 0, latest_build_id = ?, latest_transition = 'delete',
+    SET {ready}latest_build_id = ?, latest_transition = 'delete',
         latest_status = 'pending', latest_number = COALESCE(latest_number, 0) + 1,
         latest_created_at = ?
-    WHERE id = ? AND owner_id = {_O} AND deleted = 0
-        AND NOT (latest_transition IS 'delete'
-                 AND latest_status IN ('pending', 'running', 'succeeded'))
+    WHERE id = ?{where}
     RETURNING preset_id, template_id, template_version_id, name, latest_number
 """  # noqa: S608 - constants only
 
+
+#: A still pooled instance not already being (or done being) deleted; no
+#: longer ready.
+DELETE_INSTANCE = _delete_instance(
+    "ready = 0, ",
+    f""" AND owner_id = {_O} AND deleted = 0
+        AND NOT (latest_transition IS 'delete'
+                 AND latest_status IN ('pending', 'running', 'succeeded'))""",
+)
+#: The orphan delete of a canceled creation.
+ORPHAN_DELETE = _delete_instance("", "")
 #: Queued first builds of the preset on a version that is no longer active.
 CANCELABLE = f"""
     SELECT b.id, i.id
@@ -198,36 +180,21 @@ CANCELABLE = f"""
         AND b.template_version_id != t.active_version_id
     ORDER BY i.created_at, i.id
 """  # noqa: S608 - constants only
-
 CANCEL_BUILD = """
     UPDATE prebuilds_builds SET status = 'canceled', finished_at = ? WHERE id = ?
 """
-
-#: The orphan delete of a canceled creation: (build, now, instance).
-ORPHAN_DELETE = """
-    UPDATE prebuilds_instances
-    SET latest_build_id = ?, latest_transition = 'delete', latest_status = 'pending',
-        latest_number = COALESCE(latest_number, 0) + 1, latest_created_at = ?
-    WHERE id = ?
-    RETURNING preset_id, template_id, template_version_id, name, latest_number
-"""
-
 _STUCK = f"""
-    status IN ('pending', 'running') AND created_at < :older
-    AND initiator_id = {_O}
+    status IN ('pending', 'running') AND created_at < :older AND initiator_id = {_O}
 """
-
 STUCK_BUILDS = f"""
-    SELECT {_BUILD_COLUMNS} FROM prebuilds_builds WHERE {_STUCK}
+    SELECT {BUILD_COLUMNS} FROM prebuilds_builds WHERE {_STUCK}
     ORDER BY created_at, instance_id, build_number
 """  # noqa: S608 - constants only
-
 #: Before the builds change: the instances whose latest build is stuck.
 FAIL_STUCK_INSTANCES = f"""
     UPDATE prebuilds_instances SET latest_status = 'failed'
     WHERE latest_build_id IN (SELECT id FROM prebuilds_builds WHERE {_STUCK})
 """  # noqa: S608 - constants only
-
 FAIL_STUCK_BUILDS = f"""
     UPDATE prebuilds_builds
     SET status = 'failed', finished_at = :now, error_kind = 'timeout', error = :error
@@ -241,7 +208,6 @@ BUILD_STARTED = """
     WHERE id = ? AND status = 'pending'
     RETURNING instance_id
 """
-
 BUILD_FINISHED = """
     UPDATE prebuilds_builds
     SET status = ?, finished_at = ?, started_at = COALESCE(started_at, ?),
@@ -249,7 +215,6 @@ BUILD_FINISHED = """
     WHERE id = ? AND status IN ('pending', 'running')
     RETURNING instance_id, transition
 """
-
 #: A build of the instance changed: its status is the instance's latest if
 #: the build is its latest, and a successful delete (whether or not it is the
 #: latest) leaves the instance deleted: (build, status, deleted, instance).
@@ -259,70 +224,48 @@ BUILD_CHANGED = """
         deleted = deleted OR ?3, ready = ready AND NOT ?3
     WHERE id = ?4
 """
-
 SET_READY = "UPDATE prebuilds_instances SET ready = ? WHERE id = ? AND deleted = 0"
 
 # -- claims ------------------------------------------------------------------------------
 
-#: The oldest claimable instance of a preset, handed to a user in one
-#: statement: (user, name, autostart_schedule, next_start_at, ttl, deadline,
-#: max_deadline, dormant_at, deleting_at, last_used_at, now, preset,
-#: version, not_before).
-CLAIM = f"""
-    UPDATE prebuilds_instances
-    SET owner_id = ?, name = ?, autostart_schedule = ?, next_start_at = ?,
-        ttl = ?, deadline = ?, max_deadline = ?, dormant_at = ?, deleting_at = ?,
-        last_used_at = ?, claimed_at = ?
-    WHERE id = (
-        SELECT id FROM prebuilds_instances
-        WHERE preset_id = ? AND template_version_id = ? AND created_at >= ?
-            AND owner_id = {_O} AND deleted = 0 AND ready = 1
-            AND latest_transition = 'start' AND latest_status = 'succeeded'
-        ORDER BY created_at, id
-        LIMIT 1
-    )
-    RETURNING {INSTANCE_COLUMNS}
-"""  # noqa: S608 - constants only
 
-#: CLAIM, applied only while the preset's stamp is the last parameter.
-CLAIM_IF_STAMP = f"""
+def _claim(condition: str = "") -> str:
+    """
+    The oldest claimable instance of a preset, handed to a user in one
+    statement: (user, name, the lifecycle's columns, now, preset, version,
+    not_before), then *condition*'s parameters.
+    """
+    lifecycle = ", ".join(f"{column} = ?" for column in names(LIFECYCLE_COLUMNS))
+    return f"""
     UPDATE prebuilds_instances
-    SET owner_id = ?, name = ?, autostart_schedule = ?, next_start_at = ?,
-        ttl = ?, deadline = ?, max_deadline = ?, dormant_at = ?, deleting_at = ?,
-        last_used_at = ?, claimed_at = ?
+    SET owner_id = ?, name = ?, {lifecycle}, claimed_at = ?
     WHERE id = (
         SELECT id FROM prebuilds_instances
         WHERE preset_id = ?12 AND template_version_id = ? AND created_at >= ?
             AND owner_id = {_O} AND deleted = 0 AND ready = 1
-            AND latest_transition = 'start' AND latest_status = 'succeeded'
-            AND EXISTS (
-                SELECT 1 FROM prebuilds_presets WHERE id = ?12 AND stamp = ?
-            )
+            AND latest_transition = 'start' AND latest_status = 'succeeded'{condition}
         ORDER BY created_at, id
         LIMIT 1
     )
     RETURNING {INSTANCE_COLUMNS}
 """  # noqa: S608 - constants only
 
+
+CLAIM = _claim()
+#: CLAIM, applied only while the preset's stamp is the last parameter.
+CLAIM_IF_STAMP = _claim(
+    "\n            AND EXISTS (SELECT 1 FROM prebuilds_presets WHERE id = ?12 AND stamp = ?)"
+)
 STAMP = "SELECT stamp FROM prebuilds_presets WHERE id = ?"
 
 # -- the leader lease ----------------------------------------------------------------------
 
 LEADER_NAME = "reconciler"
-
 LEASE_HOLDER = "SELECT holder, expires_at FROM prebuilds_leader WHERE name = ?"
-
-TAKE_LEASE = """
-    INSERT INTO prebuilds_leader (name, holder, expires_at) VALUES (?, ?, ?)
-    ON CONFLICT (name) DO UPDATE SET
-        holder = excluded.holder, expires_at = excluded.expires_at
-"""
-
+TAKE_LEASE = _upsert("prebuilds_leader", "name, holder, expires_at")
 RELEASE_LEASE = "DELETE FROM prebuilds_leader WHERE name = ? AND holder = ?"
-
-#: A fenced write's check, in its own transaction: the lease is still this
-#: holder's and unexpired; renewed by the same statement (one row changed).
-#: (expires, name, token, now).
+#: A fenced write's check and renewal in one statement (one row changed):
+#: the lease is still this holder's and unexpired. (expires, name, token, now).
 FENCE = """
     UPDATE prebuilds_leader SET expires_at = ?
     WHERE name = ? AND holder = ? AND expires_at > ?

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import uuid
 
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import attrs
 
@@ -63,6 +62,7 @@ from prebuilds.stores._sqlite.lease import Leases
 
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from contextlib import AbstractContextManager
     from types import TracebackType
 
@@ -77,30 +77,17 @@ _STUCK_ERROR = "stuck: no result before the timeout"
 
 class SQLiteStore:
     """
-    The embedded default :class:`~prebuilds.interfaces.Store`, on
-    :mod:`sqlite3`; it also offers
-    :class:`~prebuilds.interfaces.StampedClaims`.
+    The embedded default :class:`~prebuilds.interfaces.Store` (and
+    :class:`~prebuilds.interfaces.StampedClaims`), on :mod:`sqlite3`; see
+    :doc:`/stores`.
 
     Args:
-        path: A database file (created if missing), or ``":memory:"`` for a
-            private in-memory database.
+        path: A database file (created if missing), or ``":memory:"``.
         lease_ttl: How long a :meth:`leader` lease lasts if its holder dies
             without releasing it (wall clock).
-        busy_timeout: Seconds a connection waits for another writer before
-            failing with :class:`~prebuilds.exceptions.StoreError`.
-        read_only: Open an existing file for reading only: the file is never
-            created, migrated or written (its journal mode included), and
-            every write method raises :class:`~prebuilds.exceptions.StoreError`.
-            For tools that inspect a host's file, such as
-            ``prebuilds status``.
-
-    A file store opens one connection per thread (a forked child opens its
-    own); an in-memory store has one, shared under a lock. Every method is
-    one transaction: writes in ``BEGIN IMMEDIATE``, reads in one ``BEGIN``.
-    :meth:`leader` is a lease row that expires after *lease_ttl* (wall
-    clock), renewed every third of it while a scope holds it (see
-    :doc:`/stores`). The store is a context manager that closes it. It needs
-    SQLite 3.35 or later (``UPDATE … RETURNING``).
+        busy_timeout: Seconds a connection waits for another writer.
+        read_only: Open an existing file that is never created, migrated
+            or written; every write raises StoreError.
 
     Raises:
         SchemaVersionError: the file was written by a newer library.
@@ -139,14 +126,15 @@ class SQLiteStore:
         schema.check_library()
         if read_only and not Path(path).is_file():
             raise StoreError(f"no SQLite database at {path!r}")
+        busy_timeout = float(busy_timeout)
         self._db = Connections(
             path,
-            busy_timeout=float(busy_timeout),
+            busy_timeout=busy_timeout,
             read_only=read_only,
-            on_fork=self._forget_leases,
+            on_fork=lambda: self._leases.forget(),  # noqa: PLW0108 - made below
         )
         self._leases = Leases(
-            self._db, lease_ttl_us=lease_ttl // _US, busy_timeout=float(busy_timeout)
+            self._db, lease_ttl_us=lease_ttl // _US, busy_timeout=busy_timeout
         )
         self._pool = codecs.PoolDecoder()
         try:
@@ -159,17 +147,12 @@ class SQLiteStore:
                         handle.conn,
                         path=path,
                         wal=not self._db.memory,
-                        busy_timeout=float(busy_timeout),
+                        busy_timeout=busy_timeout,
                         count=self._db.count,
                     )
         except BaseException:
             self.close()
             raise
-
-    def _forget_leases(self) -> None:
-        self._leases.forget()
-
-    # -- the store itself ------------------------------------------------------------
 
     @property
     def path(self) -> str:
@@ -205,136 +188,94 @@ class SQLiteStore:
     def statement_count(self) -> int:
         """
         How many SQL statements this store has executed so far, over all its
-        connections (``BEGIN``/``COMMIT`` included). Take the difference
-        around a call to count the statements it costs.
+        connections (``BEGIN``/``COMMIT`` included).
         """
         return self._db.statement_count()
 
-    def _tx(self, *, write: bool) -> AbstractContextManager[Tx]:
-        return self._db.transaction(write=write)
+    def _read(self) -> AbstractContextManager[Tx]:
+        return self._db.transaction(write=False)
+
+    def _write(self, lease: Lease | None = None) -> AbstractContextManager[Tx]:
+        return self._leases.write(lease)
+
+    def _row(self, query: str, key: UUID, missing: Callable[[UUID], Exception]) -> Any:
+        """The row *query* reads for *key*; *missing* if there is none."""
+        with self._read() as tx:
+            row = tx.one(query, (str(key),))
+        if row is None:
+            raise missing(key)
+        return row
 
     # -- configuration -----------------------------------------------------------------
 
     def put_template(self, template: Template) -> None:
-        """Insert or replace *template*; its presets' stamps change."""
+        """An upsert; the stamps of the template's presets change."""
         check_instance("template", template, Template)
-        org = template.organization_id
-        with self._tx(write=True) as tx:
-            tx.execute(
-                sql.PUT_TEMPLATE,
-                (
-                    str(template.id),
-                    str(template.active_version_id),
-                    template.name,
-                    None if org is None else str(org),
-                    int(template.deleted),
-                    int(template.deprecated),
-                    codecs.delta_us("default_ttl", template.default_ttl),
-                ),
-            )
+        with self._write() as tx:
+            tx.execute(sql.PUT_TEMPLATE, _values(template, sql.TEMPLATE_COLUMNS))
             tx.execute(sql.STAMP_TEMPLATE, (str(template.id),))
 
     def put_preset(self, preset: PresetConfig) -> None:
-        """
-        Insert or replace a preset's configuration (status and invalidation
-        kept); its stamp changes.
-
-        Raises:
-            TemplateNotFoundError: its template was never put.
-        """
+        """An upsert that keeps status and invalidation; the stamp changes."""
         check_instance("preset", preset, PresetConfig)
-        values = (
-            str(preset.id),
-            str(preset.template_id),
-            str(preset.template_version_id),
-            preset.desired_instances,
-            preset.name,
-            codecs.delta_us("ttl", preset.ttl),
-            preset.scheduling_timezone,
+        values = _values(preset, sql.PRESET_CONFIG)
+        values[-2:] = [
             dumps(schedules_json(preset.schedules)),
             dumps(parameters_json(preset.parameters)),
-        )
-        with self._tx(write=True) as tx:
+        ]
+        with self._write() as tx:
             if tx.one(sql.TEMPLATE_EXISTS, (values[1],)) is None:
                 raise TemplateNotFoundError(preset.template_id)
             tx.execute(sql.PUT_PRESET, values)
 
     def invalidate_preset(self, preset_id: UUID, *, at: datetime) -> None:
-        """
-        Expire every pooled instance of the preset created before *at*; its
-        stamp changes.
-
-        Raises:
-            PresetNotFoundError: no preset has *preset_id*.
-        """
+        """One ``UPDATE``; the preset's stamp changes."""
         check_id_at("preset_id", preset_id, "at", at)
         at_us = codecs.to_us("at", at)
-        with self._tx(write=True) as tx:
+        with self._write() as tx:
             if tx.execute(sql.INVALIDATE_PRESET, (at_us, str(preset_id))).rowcount == 0:
                 raise PresetNotFoundError(preset_id)
 
     def set_paused(self, paused: bool) -> None:
-        """Pause or resume reconciliation (persisted)."""
+        """Persisted in ``prebuilds_settings``."""
         check_bool("paused", paused)
-        with self._tx(write=True) as tx:
-            tx.execute(sql.SET_PAUSED, ("true" if paused else "false",))
+        with self._write() as tx:
+            tx.execute(sql.SET_PAUSED, ("paused", "true" if paused else "false"))
 
     def is_paused(self) -> bool:
-        """Whether reconciliation is paused."""
-        with self._tx(write=False) as tx:
+        """Read from ``prebuilds_settings``."""
+        with self._read() as tx:
             row = tx.one(sql.IS_PAUSED)
         return row is not None and row[0] == "true"
 
     def get_template(self, template_id: UUID) -> Template:
-        """
-        The template with *template_id*.
-
-        Raises:
-            TemplateNotFoundError: no template has *template_id*.
-        """
+        """One ``SELECT``."""
         check_uuid("template_id", template_id)
-        with self._tx(write=False) as tx:
-            row = tx.one(sql.GET_TEMPLATE, (str(template_id),))
-        if row is None:
-            raise TemplateNotFoundError(template_id)
+        row = self._row(sql.GET_TEMPLATE, template_id, TemplateNotFoundError)
         with codecs.decoding("template"):
             return codecs.template_from_row(row)
 
     def read_preset(self, preset_id: UUID) -> PresetFacts:
-        """
-        What the store keeps about the preset, with its template and stamp.
-
-        Raises:
-            PresetNotFoundError: no preset has *preset_id*.
-            InvalidInputError: its stored configuration is not valid.
-        """
+        """One ``SELECT`` of the preset joined with its template."""
         check_read_preset(preset_id)
-        with self._tx(write=False) as tx:
-            row = tx.one(sql.READ_PRESET, (str(preset_id),))
-        if row is None:
-            raise PresetNotFoundError(preset_id)
+        row = self._row(sql.READ_PRESET, preset_id, PresetNotFoundError)
         return codecs.facts_from_row(row)
 
     # -- the reconciler ------------------------------------------------------------------
 
     def leader(self) -> AbstractContextManager[Lease]:
         """
-        A non-blocking leader scope on a lease row: yields a held
-        :class:`~prebuilds.Lease` if this call took (or found expired and
-        took over) the lease, a lease not held if another holder has an
-        unexpired one. While the scope runs, the lease is renewed every
-        third of ``lease_ttl``; it is released when the scope exits, and a
-        holder that dies leaves it to expire after ``lease_ttl``.
+        A lease row, renewed every third of ``lease_ttl`` while the scope
+        runs and released when it exits; a dead holder's expires.
         """
         return self._leases.scope()
 
     def read_pool(self) -> PoolFacts:
         """
-        Every preset and every pooled instance, in one read transaction of
-        four statements (``BEGIN``, two queries, ``COMMIT``) whatever their
-        number. Rows equal to those of the last read are not decoded again.
+        Four statements (``BEGIN``, two queries, ``COMMIT``) whatever the
+        pool's size; rows equal to the last read's are not decoded again.
         """
-        with self._tx(write=False) as tx:
+        with self._read() as tx:
             preset_rows = tx.all(sql.POOL_PRESETS)
             instance_rows = tx.all(sql.POOL_INSTANCES)
         with codecs.decoding("pool"):
@@ -352,26 +293,17 @@ class SQLiteStore:
         name: str,
         lease: Lease | None = None,
     ) -> BuildRequest | None:
-        """
-        A new pooled instance and its pending start build, in one write
-        transaction; None if the preset is not active.
-
-        Raises:
-            PresetNotFoundError: no preset has *preset_id*.
-            LeadershipLostError: *lease* no longer leads.
-        """
+        """The instance and its start build in one fenced write transaction."""
         check_create_prebuild(preset_id, now, name)
         now_us = codecs.to_us("now", now)
-        token = self._leases.fenced(lease)
-        with self._tx(write=True) as tx:
-            self._leases.fence(tx, token)
+        with self._write(lease) as tx:
             row = tx.one(sql.CREATE_SOURCE, (str(preset_id),))
             if row is None:
                 raise PresetNotFoundError(preset_id)
             template_id, version_id, raw_parameters, active, deleted, deprecated = row
             if version_id != active or deleted or deprecated:
                 return None
-            instance_id, build_id = uuid.uuid4(), uuid.uuid4()
+            instance_id, build_id = uuid4(), uuid4()
             instance, build = str(instance_id), str(build_id)
             preset = str(preset_id)
             values = (instance, preset, template_id, version_id, name, now_us, now_us)
@@ -397,37 +329,20 @@ class SQLiteStore:
     def delete_prebuild(
         self, instance_id: UUID, *, now: datetime, lease: Lease | None = None
     ) -> BuildRequest | None:
-        """
-        A pending delete build of a still pooled instance; None if it is
-        unknown, deleted, claimed or already being deleted.
-
-        Raises:
-            LeadershipLostError: *lease* no longer leads.
-        """
+        """One ``UPDATE … RETURNING`` of the instance and an ``INSERT``, fenced."""
         check_id_at("instance_id", instance_id, "now", now)
         now_us = codecs.to_us("now", now)
-        token = self._leases.fenced(lease)
-        with self._tx(write=True) as tx:
-            self._leases.fence(tx, token)
+        with self._write(lease) as tx:
             return _delete(tx, sql.DELETE_INSTANCE, str(instance_id), now_us)
 
     def cancel_pending(
         self, preset_id: UUID, *, now: datetime, lease: Lease | None = None
     ) -> list[BuildRequest]:
-        """
-        Cancel the queued first builds of the preset on an inactive version;
-        the orphan deletes to submit, one per instance.
-
-        Raises:
-            PresetNotFoundError: no preset has *preset_id*.
-            LeadershipLostError: *lease* no longer leads.
-        """
+        """One fenced write transaction; an orphan delete per canceled build."""
         check_id_at("preset_id", preset_id, "now", now)
         now_us = codecs.to_us("now", now)
-        token = self._leases.fenced(lease)
         requests: list[BuildRequest] = []
-        with self._tx(write=True) as tx:
-            self._leases.fence(tx, token)
+        with self._write(lease) as tx:
             if tx.one(sql.PRESET_EXISTS, (str(preset_id),)) is None:
                 raise PresetNotFoundError(preset_id)
             for build, instance in tx.all(sql.CANCELABLE, (str(preset_id),)):
@@ -440,17 +355,9 @@ class SQLiteStore:
     def set_preset_status(
         self, preset_id: UUID, status: PresetStatus, *, lease: Lease | None = None
     ) -> None:
-        """
-        Record the preset's health (its stamp stays).
-
-        Raises:
-            PresetNotFoundError: no preset has *preset_id*.
-            LeadershipLostError: *lease* no longer leads.
-        """
+        """One fenced ``UPDATE``; the stamp stays."""
         check_set_preset_status(preset_id, status)
-        token = self._leases.fenced(lease)
-        with self._tx(write=True) as tx:
-            self._leases.fence(tx, token)
+        with self._write(lease) as tx:
             cursor = tx.execute(sql.SET_PRESET_STATUS, (status.value, str(preset_id)))
             if cursor.rowcount == 0:
                 raise PresetNotFoundError(preset_id)
@@ -458,18 +365,11 @@ class SQLiteStore:
     def fail_stuck_builds(
         self, *, older_than: datetime, now: datetime, lease: Lease | None = None
     ) -> list[Build]:
-        """
-        Fail the pool's builds pending or running since before *older_than*.
-
-        Raises:
-            LeadershipLostError: *lease* no longer leads.
-        """
+        """One fenced write transaction: the builds, then their instances."""
         check_fail_stuck_builds(older_than, now)
         params = {"older": codecs.to_us("older_than", older_than)}
         now_us = codecs.to_us("now", now)
-        token = self._leases.fenced(lease)
-        with self._tx(write=True) as tx:
-            self._leases.fence(tx, token)
+        with self._write(lease) as tx:
             rows = tx.all(sql.STUCK_BUILDS, params)
             if not rows:
                 return []
@@ -492,16 +392,11 @@ class SQLiteStore:
     # -- reports from the provisioner ------------------------------------------------------
 
     def build_started(self, build_id: UUID, *, now: datetime) -> None:
-        """
-        A worker picked the build up (only a pending build changes).
-
-        Raises:
-            BuildNotFoundError: no build has *build_id*.
-        """
+        """One ``UPDATE … RETURNING`` of the build, one of its instance."""
         check_id_at("build_id", build_id, "now", now)
         now_us = codecs.to_us("now", now)
         build = str(build_id)
-        with self._tx(write=True) as tx:
+        with self._write() as tx:
             rows = tx.all(sql.BUILD_STARTED, (now_us, build))
             if rows:
                 tx.execute(sql.BUILD_CHANGED, (build, "running", 0, rows[0][0]))
@@ -518,21 +413,12 @@ class SQLiteStore:
         error: str | None = None,
         lease: Lease | None = None,
     ) -> None:
-        """
-        The build ended; a report on an already finished build is ignored.
-        A successful delete marks the instance deleted.
-
-        Raises:
-            BuildNotFoundError: no build has *build_id*.
-            LeadershipLostError: *lease* no longer leads.
-        """
+        """One ``UPDATE … RETURNING`` of the build, one of its instance, fenced."""
         check_build_finished(build_id, now, succeeded, error_kind, error)
         now_us = codecs.to_us("now", now)
         status = (BuildStatus.SUCCEEDED if succeeded else BuildStatus.FAILED).value
         build = str(build_id)
-        token = self._leases.fenced(lease)
-        with self._tx(write=True) as tx:
-            self._leases.fence(tx, token)
+        with self._write(lease) as tx:
             rows = tx.all(
                 sql.BUILD_FINISHED,
                 (status, now_us, now_us, error_kind, error, build),
@@ -546,16 +432,10 @@ class SQLiteStore:
             tx.execute(sql.BUILD_CHANGED, (build, status, int(gone), instance))
 
     def set_ready(self, instance_id: UUID, *, ready: bool = True) -> None:
-        """
-        The instance's agents are (or are no longer) ready; ignored for a
-        deleted instance.
-
-        Raises:
-            InstanceNotFoundError: no instance has *instance_id*.
-        """
+        """One ``UPDATE`` (and, if it changed nothing, a look-up)."""
         check_set_ready(instance_id, ready)
         instance = str(instance_id)
-        with self._tx(write=True) as tx:
+        with self._write() as tx:
             cursor = tx.execute(sql.SET_READY, (int(ready), instance))
             if (
                 cursor.rowcount == 0
@@ -576,22 +456,14 @@ class SQLiteStore:
         version_id: UUID,
         not_before: datetime | None,
     ) -> Instance | None:
-        """
-        Hand the oldest claimable instance of the preset to *user_id*: one
-        ``UPDATE … RETURNING`` in one ``BEGIN IMMEDIATE`` transaction; None
-        when there is none.
-
-        Claimable: pooled, not deleted, ready, its latest build a successful
-        start, built from *version_id*, created at or after *not_before*
-        (``None``: no cut-off).
-        """
+        """One ``UPDATE … RETURNING`` in one ``BEGIN IMMEDIATE`` transaction."""
         check_store_claim(
             preset_id, user_id, name, lifecycle, now, version_id, not_before
         )
         params = _claim_params(
             preset_id, user_id, name, lifecycle, now, version_id, not_before
         )
-        with self._tx(write=True) as tx:
+        with self._write() as tx:
             rows = tx.all(sql.CLAIM, params)
             # Read back before the commit: a claim whose row cannot be read
             # is rolled back, not left behind.
@@ -611,13 +483,8 @@ class SQLiteStore:
         not_before: datetime | None,
     ) -> Instance | None:
         """
-        :meth:`claim`, provided the preset's stamp is still *stamp*: checked
-        by the claim's own statement (and, on a miss, told from a changed
-        stamp in the same transaction).
-
-        Raises:
-            PresetChangedError: the preset's stamp is not *stamp* (or the
-                preset is unknown); nothing was written.
+        :meth:`claim` whose statement also checks the stamp; on a miss, the
+        stamp is read in the same transaction.
         """
         check_claim_if_unchanged(
             stamp, preset_id, user_id, name, lifecycle, now, version_id, not_before
@@ -625,7 +492,7 @@ class SQLiteStore:
         params = _claim_params(
             preset_id, user_id, name, lifecycle, now, version_id, not_before
         )
-        with self._tx(write=True) as tx:
+        with self._write() as tx:
             rows = tx.all(sql.CLAIM_IF_STAMP, (*params, stamp))
             if rows:
                 with codecs.decoding("instance"):
@@ -638,17 +505,9 @@ class SQLiteStore:
     # -- reads -------------------------------------------------------------------------------
 
     def get_instance(self, instance_id: UUID) -> Instance:
-        """
-        The instance with *instance_id*.
-
-        Raises:
-            InstanceNotFoundError: no instance has *instance_id*.
-        """
+        """One ``SELECT``."""
         check_uuid("instance_id", instance_id)
-        with self._tx(write=False) as tx:
-            row = tx.one(sql.GET_INSTANCE, (str(instance_id),))
-        if row is None:
-            raise InstanceNotFoundError(instance_id)
+        row = self._row(sql.GET_INSTANCE, instance_id, InstanceNotFoundError)
         with codecs.decoding("instance"):
             return codecs.instance_from_row(row)
 
@@ -659,14 +518,14 @@ class SQLiteStore:
         owner_id: UUID | None = None,
         include_deleted: bool = False,
     ) -> list[Instance]:
-        """Instances, oldest first (created_at, id), filtered."""
+        """One ``SELECT``."""
         check_list_instances(preset_id, owner_id, include_deleted)
-        with self._tx(write=False) as tx:
+        with self._read() as tx:
             rows = tx.all(
                 sql.LIST_INSTANCES,
                 {
-                    "preset": None if preset_id is None else str(preset_id),
-                    "owner": None if owner_id is None else str(owner_id),
+                    "preset": codecs.encode("preset_id", preset_id),
+                    "owner": codecs.encode("owner_id", owner_id),
                     "deleted": int(include_deleted),
                 },
             )
@@ -674,41 +533,36 @@ class SQLiteStore:
             return [codecs.instance_from_row(r) for r in rows]
 
     def get_build(self, build_id: UUID) -> Build:
-        """
-        The build with *build_id*.
-
-        Raises:
-            BuildNotFoundError: no build has *build_id*.
-        """
+        """One ``SELECT``."""
         check_uuid("build_id", build_id)
-        with self._tx(write=False) as tx:
-            row = tx.one(sql.GET_BUILD, (str(build_id),))
-        if row is None:
-            raise BuildNotFoundError(build_id)
+        row = self._row(sql.GET_BUILD, build_id, BuildNotFoundError)
         with codecs.decoding("build"):
             return codecs.build_from_row(row)
 
     def list_builds(self, *, instance_id: UUID | None = None) -> list[Build]:
-        """Builds in creation order (created_at, instance_id, build_number)."""
+        """One ``SELECT``."""
         check_optional_uuid("instance_id", instance_id)
-        with self._tx(write=False) as tx:
-            rows = tx.all(
-                sql.LIST_BUILDS,
-                {"instance": None if instance_id is None else str(instance_id)},
-            )
+        with self._read() as tx:
+            params = {"instance": codecs.encode("instance_id", instance_id)}
+            rows = tx.all(sql.LIST_BUILDS, params)
         with codecs.decoding("build"):
             return [codecs.build_from_row(r) for r in rows]
+
+
+def _values(record: object, columns: str) -> list[object]:
+    """*record*'s attributes named by *columns*, as parameters."""
+    return [codecs.encode(c, getattr(record, c)) for c in sql.names(columns)]
 
 
 def _delete(
     tx: Tx, mark: str, instance: str, now_us: int, *, orphan: bool = False
 ) -> BuildRequest | None:
     """
-    Make a pending delete the instance's latest build (*mark*: an UPDATE of
-    the instance that returns its preset, template, version, name and the
-    new build's number, or nothing); its request.
+    Make a pending delete the instance's latest build (*mark*: ``sql``'s
+    DELETE_INSTANCE or ORPHAN_DELETE); its request, None if *mark* changed
+    nothing.
     """
-    build_id = uuid.uuid4()
+    build_id = uuid4()
     rows = tx.all(mark, (str(build_id), now_us, instance))
     if not rows:
         return None
@@ -736,24 +590,15 @@ def _claim_params(  # noqa: PLR0917 - a claim's arguments, checked in one place
     now: datetime,
     version_id: UUID,
     not_before: datetime | None,
-) -> tuple[Any, ...]:
+) -> list[object]:
     """A claim's (checked) arguments as the parameters of ``sql.CLAIM``."""
-    life = lifecycle
-    return (
+    cutoff = codecs.NO_CUTOFF if not_before is None else not_before
+    return [
         str(user_id),
         name,
-        life.autostart_schedule,
-        codecs.opt_to_us("next_start_at", life.next_start_at),
-        codecs.delta_us("ttl", life.ttl),
-        codecs.opt_to_us("deadline", life.deadline),
-        codecs.opt_to_us("max_deadline", life.max_deadline),
-        codecs.opt_to_us("dormant_at", life.dormant_at),
-        codecs.opt_to_us("deleting_at", life.deleting_at),
-        codecs.opt_to_us("last_used_at", life.last_used_at),
+        *_values(lifecycle, sql.LIFECYCLE_COLUMNS),
         codecs.to_us("now", now),
         str(preset_id),
         str(version_id),
-        codecs.NO_CUTOFF
-        if not_before is None
-        else codecs.to_us("not_before", not_before),
-    )
+        codecs.encode("not_before", cutoff),
+    ]
