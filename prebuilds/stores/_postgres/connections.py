@@ -122,21 +122,22 @@ class Connections:
         self, cur: Cursor, template: str, params: Mapping[str, Any] | None = None
     ) -> int:
         """Run one statement; its row count."""
-        self.count()
-        try:
-            cur.execute(self.q(template), params)
-        except psycopg.Error as e:
-            raise StoreError(f"PostgreSQL error: {e}") from e
+        self.fetchall(cur, template, params, fetch=False)
         return cur.rowcount
 
     def fetchall(
-        self, cur: Cursor, template: str, params: Mapping[str, Any] | None = None
+        self,
+        cur: Cursor,
+        template: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        fetch: bool = True,
     ) -> list[Row]:
-        """Run one statement; its rows."""
+        """Run one statement (counted); its rows, if *fetch*."""
         self.count()
         try:
             cur.execute(self.q(template), params)
-            return cur.fetchall()
+            return cur.fetchall() if fetch else []
         except psycopg.Error as e:
             raise StoreError(f"PostgreSQL error: {e}") from e
 
@@ -221,7 +222,10 @@ class Connections:
         """Give *conn* back in the mode it came in (a factory's is closed)."""
         try:
             if switched:
-                _restore_autocommit(conn)
+                try:
+                    conn.autocommit = False
+                except psycopg.Error:
+                    conn.close()  # the pool discards a closed connection
             if self.pool is not None:
                 self.pool.putconn(conn)
             else:
@@ -326,11 +330,3 @@ def open_cursor(conn: Connection) -> Cursor:
         return conn.cursor()
     except psycopg.Error as e:
         raise StoreError(f"PostgreSQL error: {e}") from e
-
-
-def _restore_autocommit(conn: Connection) -> None:
-    """Give a borrowed connection back in the mode it came in, or close it."""
-    try:
-        conn.autocommit = False
-    except psycopg.Error:
-        conn.close()  # the pool discards a closed connection

@@ -207,11 +207,9 @@ CREATE_PREBUILD = f"""
     LEFT JOIN source ON true
 """
 # A pending delete build and the instance unready, if it is still the pool's
-# and not being deleted; always one row, the fence first, the instance's
-# columns NULL when nothing was written. The row lock re-checks the
-# conditions on the newest version of the row: a claim that committed first
-# leaves nothing to delete, and a claim that comes later skips the row until
-# this commits.
+# and not being deleted; one row, the instance's columns NULL when nothing was
+# written. The row lock re-checks the row's newest version: a claim committed
+# first leaves nothing to delete, a later one skips the row until this commits.
 DELETE_PREBUILD = f"""
     WITH {FENCE},
     target AS MATERIALIZED (
