@@ -29,6 +29,7 @@ from prebuilds._model import Transition
 from prebuilds._records import BuildStatus, Instance, Lifecycle
 from prebuilds.exceptions import PresetChangedError, StoreError
 from prebuilds.stores._postgres.codecs import utc
+from prebuilds.stores._postgres.sql import ONE_ROW
 
 
 if TYPE_CHECKING:
@@ -72,8 +73,7 @@ CLAIM_IF_UNCHANGED = f"""
     ),
     claimed AS ({_GATED})
     SELECT (SELECT stamp FROM preset), claimed.*
-    FROM (VALUES (1)) AS one (x)
-    LEFT JOIN claimed ON true
+    {ONE_ROW} claimed ON true
 """
 
 

@@ -44,6 +44,8 @@ FENCE = """fence AS MATERIALIZED (
     )"""
 FENCED = "(%(lease)s::text IS NULL OR EXISTS (SELECT 1 FROM fence))"
 FENCE_HELD = "EXISTS (SELECT 1 FROM fence)"
+#: Followed by ``x ON true``: one row, with x's columns NULL when x has none.
+ONE_ROW = "FROM (VALUES (1)) AS one (x) LEFT JOIN"
 _INSERT_BUILD = """INSERT INTO {s}.builds
             (id, instance_id, preset_id, template_version_id, transition, status,
              build_number, initiator_id, created_at)"""
@@ -203,8 +205,7 @@ CREATE_PREBUILD = f"""
         FROM made
     )
     SELECT {FENCE_HELD}, source.*
-    FROM (VALUES (1)) AS one (x)
-    LEFT JOIN source ON true
+    {ONE_ROW} source ON true
 """
 # A pending delete build and the instance unready, if it is still the pool's
 # and not being deleted; one row, the instance's columns NULL when nothing was
@@ -233,8 +234,7 @@ DELETE_PREBUILD = f"""
     )
     SELECT {FENCE_HELD}, target.preset_id, target.template_id,
         target.template_version_id, target.name
-    FROM (VALUES (1)) AS one (x)
-    LEFT JOIN target ON true
+    {ONE_ROW} target ON true
 """
 # Cancel the queued first builds of an inactive version and give each
 # instance an orphan delete build (number 2). Always one row at least: the
@@ -276,8 +276,7 @@ CANCEL_PENDING = f"""
     )
     SELECT {FENCE_HELD}, EXISTS (SELECT 1 FROM preset), r.build_id, r.id,
         r.preset_id, r.template_id, r.template_version_id, r.name
-    FROM (VALUES (1)) AS one (x)
-    LEFT JOIN requests r ON true
+    {ONE_ROW} requests r ON true
     ORDER BY r.created_at, r.id
 """
 # Always one row at least: the fence's verdict, then the failed builds.
@@ -294,8 +293,7 @@ FAIL_STUCK = f"""
         RETURNING *
     )
     SELECT {FENCE_HELD}, {_BUILD_COLUMNS}
-    FROM (VALUES (1)) AS one (x)
-    LEFT JOIN failed b ON true
+    {ONE_ROW} failed b ON true
     ORDER BY b.created_at, b.instance_id, b.build_number
 """
 
