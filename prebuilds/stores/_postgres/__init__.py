@@ -1,12 +1,4 @@
-"""
-PostgresStore, the Store seam on PostgreSQL, for many replicas: ``schema``
-(migrations), ``sql`` (the statements), ``codecs`` (rows and records),
-``connections`` (where connections come from and go back to), ``claim``
-(the tuned claim) and ``store`` (the class).
-
-Needs the ``postgres`` extra (``psycopg`` and ``psycopg-pool``); this package
-is the only part of prebuilds that imports them.
-"""
+"""PostgresStore; needs the ``postgres`` extra (the only package importing psycopg)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,4 @@
-"""
-PostgresStore's rows and records: the rows of ``sql.py`` decoded, through
-the builders every store shares (``stores._common``: the JSON shape of
-schedules and parameters, the facts, the checks). A stored preset that does
-not decode is an :class:`~prebuilds.InvalidPreset`, reported, never raised,
-by ``read_pool``.
-"""
+"""PostgresStore's rows of ``sql.py`` decoded to records (through ``stores._common``)."""
 
 from __future__ import annotations
 
@@ -19,6 +13,7 @@ from prebuilds._pool import PooledInstance, PresetFacts
 from prebuilds._records import Build, BuildStatus, Instance, Lifecycle, Template
 from prebuilds.exceptions import InvalidInputError
 from prebuilds.stores import _common as common
+from prebuilds.stores._postgres import sql
 
 
 _UTC = timezone.utc
@@ -30,9 +25,14 @@ def utc(value: datetime) -> datetime:
     return value.astimezone(_UTC)
 
 
-def utc_opt(value: datetime | None) -> datetime | None:
-    """:func:`utc`, None kept."""
-    return None if value is None else value.astimezone(_UTC)
+def utc_opt(value: Any) -> Any:
+    """A datetime in UTC; any other value (None included) as it is."""
+    return value.astimezone(_UTC) if isinstance(value, datetime) else value
+
+
+def _named(columns: tuple[str, ...], row: Sequence[Any]) -> dict[str, Any]:
+    """*row*'s values by column name, datetimes in UTC."""
+    return {name: utc_opt(value) for name, value in zip(columns, row, strict=True)}
 
 
 def jsonb(value: list[list[Any]]) -> Jsonb:
@@ -42,15 +42,7 @@ def jsonb(value: list[list[Any]]) -> Jsonb:
 
 def template(row: Sequence[Any]) -> Template:
     """A row of ``GET_TEMPLATE``, or the template's columns of a preset row."""
-    return Template(
-        id=row[0],
-        active_version_id=row[1],
-        name=row[2],
-        organization_id=row[3],
-        deleted=row[4],
-        deprecated=row[5],
-        default_ttl=row[6],
-    )
+    return Template(**_named(sql.TEMPLATE_COLUMNS, row))
 
 
 def preset_facts(row: Sequence[Any]) -> PresetFacts:
@@ -105,57 +97,26 @@ def pooled(row: Sequence[Any]) -> PooledInstance:
 
 def instance(row: Sequence[Any]) -> Instance:
     """A row of ``GET_INSTANCE`` or ``LIST_INSTANCES``."""
-    return Instance(
-        id=row[0],
-        preset_id=row[1],
-        template_id=row[2],
-        template_version_id=row[3],
-        owner_id=row[4],
-        name=row[5],
-        created_at=utc(row[6]),
-        ready=row[7],
-        lifecycle=Lifecycle(
-            autostart_schedule=row[8],
-            next_start_at=utc_opt(row[9]),
-            ttl=row[10],
-            deadline=utc_opt(row[11]),
-            max_deadline=utc_opt(row[12]),
-            dormant_at=utc_opt(row[13]),
-            deleting_at=utc_opt(row[14]),
-            last_used_at=utc_opt(row[15]),
-        ),
-        deleted=row[16],
-        claimed_at=utc_opt(row[17]),
-        latest_transition=Transition(row[18]),
-        latest_status=BuildStatus(row[19]),
-    )
+    fields = _named(sql.INSTANCE_COLUMNS, row)
+    lifecycle = {name: fields.pop(name) for name in sql.LIFECYCLE_COLUMNS}
+    fields["lifecycle"] = Lifecycle(**lifecycle)
+    fields["latest_transition"] = Transition(fields["latest_transition"])
+    fields["latest_status"] = BuildStatus(fields["latest_status"])
+    return Instance(**fields)
 
 
 def build(row: Sequence[Any]) -> Build:
     """A row of ``GET_BUILD``, ``LIST_BUILDS`` or ``FAIL_STUCK`` (its fence cut)."""
-    return Build(
-        id=row[0],
-        instance_id=row[1],
-        preset_id=row[2],
-        template_version_id=row[3],
-        transition=Transition(row[4]),
-        status=BuildStatus(row[5]),
-        build_number=row[6],
-        initiator_id=row[7],
-        created_at=utc(row[8]),
-        started_at=utc_opt(row[9]),
-        finished_at=utc_opt(row[10]),
-        error_kind=row[11],
-        error=row[12],
-    )
+    fields = _named(sql.BUILD_COLUMNS, row)
+    fields["transition"] = Transition(fields["transition"])
+    fields["status"] = BuildStatus(fields["status"])
+    return Build(**fields)
 
 
 class RowMemo(Generic[_T]):
     """
-    Rows decoded by the last read, kept for the next: a row equal to one
-    read last time gets the record decoded then (records are immutable), so
-    a steady pool costs a dictionary look-up per row instead of a decoding
-    and its validation. Only the last read's rows are kept.
+    The last read's rows and their (immutable) records, so that a row read
+    again costs a dictionary look-up instead of a decoding and validation.
     """
 
     def __init__(self, decode: Callable[[Sequence[Any]], _T]) -> None:

@@ -1,9 +1,4 @@
-"""
-Where PostgresStore's connections come from and go back to: its own pool, a
-host's pool or a host's connection factory; borrowing one for a call,
-giving it back whatever state an error left it in, and saying why none
-could be had.
-"""
+"""PostgresStore's connections: borrowed for a call, given back whatever the state."""
 
 from __future__ import annotations
 
@@ -42,16 +37,12 @@ _IN_TRANSACTION = (
 class Connections:
     """
     The store's source of connections (exactly one of *conninfo*, *pool*,
-    *connect*), and the statements it sends, counted.
-
-    Every connection is used in autocommit mode, transactions being explicit
-    ``BEGIN``/``COMMIT``; one that came without it is switched for the
-    borrow and switched back. SQL templates name the schema ``{s}`` and the
-    pool's owner ``{pool}``.
+    *connect*), and the statements it sends, counted. Connections are used in
+    autocommit mode (explicit ``BEGIN``/``COMMIT``); one that came without it
+    is switched for the borrow and switched back.
 
     Raises:
-        StoreError: the own pool could not open a connection (the message
-            names the cause).
+        StoreError: the own pool could not open a connection (naming why).
     """
 
     def __init__(
@@ -131,21 +122,22 @@ class Connections:
         self, cur: Cursor, template: str, params: Mapping[str, Any] | None = None
     ) -> int:
         """Run one statement; its row count."""
-        self.count()
-        try:
-            cur.execute(self.q(template), params)
-        except psycopg.Error as e:
-            raise StoreError(f"PostgreSQL error: {e}") from e
+        self.fetchall(cur, template, params, fetch=False)
         return cur.rowcount
 
     def fetchall(
-        self, cur: Cursor, template: str, params: Mapping[str, Any] | None = None
+        self,
+        cur: Cursor,
+        template: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        fetch: bool = True,
     ) -> list[Row]:
-        """Run one statement; its rows."""
+        """Run one statement (counted); its rows, if *fetch*."""
         self.count()
         try:
             cur.execute(self.q(template), params)
-            return cur.fetchall()
+            return cur.fetchall() if fetch else []
         except psycopg.Error as e:
             raise StoreError(f"PostgreSQL error: {e}") from e
 
@@ -178,11 +170,8 @@ class Connections:
     @staticmethod
     @contextmanager
     def cursor(conn: Connection) -> Iterator[Cursor]:
-        """A cursor of *conn*; a psycopg error in opening or closing it is a StoreError."""
-        try:
-            cur = conn.cursor()
-        except psycopg.Error as e:
-            raise StoreError(f"PostgreSQL error: {e}") from e
+        """:func:`open_cursor`, closed after the block."""
+        cur = open_cursor(conn)
         try:
             yield cur
         finally:
@@ -192,13 +181,7 @@ class Connections:
     # -- borrowing ---------------------------------------------------------------
     @contextmanager
     def borrow(self) -> Iterator[Connection]:
-        """
-        A connection in autocommit mode, for the duration of the block.
-
-        A psycopg error in getting or giving back the connection becomes a
-        StoreError; exceptions of the block itself pass through untouched,
-        after a transaction the block left open is rolled back.
-        """
+        """A connection in autocommit mode for the block; see :meth:`abandon`."""
         conn, switched = self.acquire()
         try:
             yield conn
@@ -208,10 +191,7 @@ class Connections:
         self.release(conn, switched=switched)
 
     def acquire(self) -> tuple[Connection, bool]:
-        """
-        A connection from the pool (or the host's factory) in autocommit
-        mode, and whether it had to be switched to it.
-        """
+        """A connection in autocommit mode, and whether it was switched to it."""
         if self.closed:
             raise StoreError("the store is closed")
         if self.pool is not None:
@@ -239,13 +219,13 @@ class Connections:
         return conn, True
 
     def release(self, conn: Connection, *, switched: bool) -> None:
-        """
-        Give *conn* back in the mode it came in: to the pool, or closed when
-        it came from the host's factory.
-        """
+        """Give *conn* back in the mode it came in (a factory's is closed)."""
         try:
             if switched:
-                _restore_autocommit(conn)
+                try:
+                    conn.autocommit = False
+                except psycopg.Error:
+                    conn.close()  # the pool discards a closed connection
             if self.pool is not None:
                 self.pool.putconn(conn)
             else:
@@ -255,13 +235,9 @@ class Connections:
 
     def abandon(self, conn: Connection, *, switched: bool) -> None:
         """
-        Give *conn* back after an error, whatever state it is in.
-
-        A transaction left open is rolled back first; the connection goes
-        back even when that fails, and a broken one too (its pool discards
-        and replaces it; a factory's is closed). Errors in doing so are
-        dropped (the first error matters). A broken connection from a pool
-        has the pool check its idle ones (see :meth:`_check_pool`).
+        Give *conn* back after an error, whatever its state: an open
+        transaction rolled back, errors dropped (the first one matters); a
+        broken one (which its pool replaces) has the pool check its idle ones.
         """
         if conn.info.transaction_status in _IN_TRANSACTION:
             with suppress(psycopg.Error):
@@ -269,8 +245,11 @@ class Connections:
         broken = conn.info.transaction_status == _UNKNOWN
         with suppress(StoreError):
             self.release(conn, switched=switched)
-        if broken:
-            self._check_pool()
+        # A check of the idle connections, a round trip each: a restarted
+        # server costs the calls in flight, not one failed call per idle one.
+        if broken and self.pool is not None and not self.closed:
+            with suppress(psycopg.Error):
+                self.pool.check()
 
     def discard(self, conn: Connection, *, switched: bool) -> None:
         """Close *conn* (ending its session and its locks) and give it back."""
@@ -279,29 +258,14 @@ class Connections:
         with suppress(psycopg.Error, StoreError):
             self.release(conn, switched=switched)
 
-    def _check_pool(self) -> None:
-        """
-        After a broken connection: have the pool test the connections idle
-        in it and replace the broken ones (:meth:`ConnectionPool.check`, a
-        round trip each), so that a restarted server costs the calls in
-        flight, not one more failed call per idle connection.
-        """
-        if self.pool is not None and not self.closed:
-            with suppress(psycopg.Error):
-                self.pool.check()
-
     # -- why there is no connection ------------------------------------------------
     def _no_connection(
         self, pool: ConnectionPool[Any], error: psycopg.Error
     ) -> tuple[str, BaseException]:
         """
-        Why *pool* gave no connection (*error*, its timeout), as the message
-        of a StoreError and the exception to chain to it.
-
-        The pool keeps its connection errors to its log, so one direct
-        connection with its settings finds the cause (refused, unknown
-        database or role, timeout…). When that succeeds, the server is
-        reachable and the pool had no connection free.
+        Why *pool* gave no connection (*error*): a StoreError's message and
+        its cause. The pool keeps its connection errors to its log, so one
+        direct connection (:meth:`_probe`) finds the cause.
         """
         cause = self._probe(pool)
         if cause is not None:
@@ -319,11 +283,9 @@ class Connections:
 
     def _probe(self, pool: ConnectionPool[Any]) -> psycopg.Error | None:
         """
-        The error of one direct connection with *pool*'s settings, closed at
-        once; None if it connects.
-
+        The error of one direct connection with *pool*'s settings, or None.
         Callers that time out together share one attempt: a result newer
-        than the start of the caller's wait (*timeout* ago) is reused.
+        than the start of the caller's wait is reused.
         """
         waited_since = time.monotonic() - self._timeout
         with self._probe_lock:
@@ -344,11 +306,7 @@ class Connections:
 def with_connect_timeout(
     conninfo: str, kwargs: Mapping[str, Any], timeout: float
 ) -> dict[str, Any]:
-    """
-    *kwargs* for connecting with *conninfo*, with a ``connect_timeout`` of
-    *timeout* seconds (libpq's minimum is 2) unless the connection string,
-    *kwargs* or ``PGCONNECT_TIMEOUT`` sets one.
-    """
+    """*kwargs* with a ``connect_timeout`` (at least 2 s) unless one is set."""
     given = dict(kwargs)
     if "connect_timeout" in given or os.environ.get("PGCONNECT_TIMEOUT"):
         return given
@@ -366,9 +324,9 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
-def _restore_autocommit(conn: Connection) -> None:
-    """Give a borrowed connection back in the mode it came in, or close it."""
+def open_cursor(conn: Connection) -> Cursor:
+    """A cursor of *conn*; a psycopg error is a StoreError."""
     try:
-        conn.autocommit = False
-    except psycopg.Error:
-        conn.close()  # the pool discards a closed connection
+        return conn.cursor()
+    except psycopg.Error as e:
+        raise StoreError(f"PostgreSQL error: {e}") from e

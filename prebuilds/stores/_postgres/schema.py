@@ -1,10 +1,11 @@
 """
-PostgresStore's schema: its migrations, in order, and :func:`migrate`.
-
-"{s}" in the SQL is the quoted schema name, "{pool}" the pool owner's UUID.
-No CHECK constraints on preset fields: a preset written by hand with a bad
-value must stay readable, so that ``read_pool`` can report it as invalid.
+PostgresStore's schema: its migrations, in order, and :func:`migrate`. No CHECK
+constraints on preset fields: a preset written by hand with a bad value must
+stay readable, so that ``read_pool`` can report it as invalid.
 """
+
+# Assembled from this module's constants only.
+# ruff: noqa: S608
 
 from __future__ import annotations
 
@@ -26,6 +27,48 @@ def lock_key(purpose: str, schema: str) -> int:
     """A stable signed 64-bit advisory lock key for *purpose* in *schema*."""
     digest = hashlib.sha256(f"prebuilds:{purpose}:{schema}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+#: The instance's copies of its latest build's columns (migrations 3 and 5).
+_TRACKED = (
+    ("latest_build_number", "build_number"),
+    ("latest_transition", "transition"),
+    ("latest_status", "status"),
+    ("latest_build_id", "id"),
+    ("latest_build_created_at", "created_at"),
+)
+
+
+def _copy_latest_build(columns: tuple[tuple[str, str], ...]) -> str:
+    """Copy the latest build's *columns* (instance's, build's) onto each instance."""
+    return f"""
+        UPDATE {{s}}.instances i
+        SET {", ".join(f"{mine} = lb.{its}" for mine, its in columns)}
+        FROM (
+            SELECT DISTINCT ON (instance_id) instance_id,
+                {", ".join(its for _, its in columns)}
+            FROM {{s}}.builds
+            ORDER BY instance_id, build_number DESC
+        ) lb
+        WHERE lb.instance_id = i.id
+    """
+
+
+def _track_latest_build(columns: tuple[tuple[str, str], ...]) -> str:
+    """The trigger function that keeps *columns* of the latest build on its instance."""
+    return f"""
+        CREATE OR REPLACE FUNCTION {{s}}.track_latest_build() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE {{s}}.instances
+            SET {", ".join(f"{mine} = NEW.{its}" for mine, its in columns)}
+            WHERE id = NEW.instance_id
+                AND (latest_build_number IS NULL
+                    OR latest_build_number <= NEW.build_number);
+            RETURN NULL;
+        END
+        $$
+    """
 
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -118,56 +161,24 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX builds_created ON {s}.builds (created_at, instance_id, build_number)",
     ),
     2: (
-        # A claim looks for the oldest instance of the pool (ORDER BY
-        # created_at, id LIMIT 1), which instances_pooled answers in a few
-        # index probes. With this index the planner could instead walk every
-        # instance ever created, claimed and deleted ones included, oldest
-        # first, filtering: a claim then cost more with every claim before it
-        # (0.6 ms to 6 ms over 4,000 claims of one preset among ten).
+        # With this index the planner could answer a claim's ORDER BY by
+        # walking every instance ever created, oldest first: a claim then cost
+        # more with every claim before it (0.6 to 6 ms over 4,000 claims).
         "DROP INDEX IF EXISTS {s}.instances_created",
     ),
     3: (
-        # The latest build's transition and status, denormalised onto its
-        # instance and kept there by the database (a trigger on builds), so
-        # that a claim reads one index instead of probing every candidate's
-        # builds. latest_build_number is the build they come from: the
-        # trigger writes only a build at least as new, a condition on the
-        # instance row alone, which PostgreSQL re-checks on the newest row
-        # version when two transactions race to update it.
+        # The latest build's transition and status, kept on its instance by
+        # a trigger, so that a claim reads one index. The trigger writes only
+        # a build at least as new (latest_build_number), a condition on the
+        # instance row alone, re-checked on its newest version under a race.
         """
         ALTER TABLE {s}.instances
             ADD COLUMN IF NOT EXISTS latest_build_number integer,
             ADD COLUMN IF NOT EXISTS latest_transition text,
             ADD COLUMN IF NOT EXISTS latest_status text
         """,
-        """
-        UPDATE {s}.instances i
-        SET latest_build_number = lb.build_number,
-            latest_transition = lb.transition,
-            latest_status = lb.status
-        FROM (
-            SELECT DISTINCT ON (instance_id) instance_id, build_number,
-                transition, status
-            FROM {s}.builds
-            ORDER BY instance_id, build_number DESC
-        ) lb
-        WHERE lb.instance_id = i.id
-        """,
-        """
-        CREATE OR REPLACE FUNCTION {s}.track_latest_build() RETURNS trigger
-        LANGUAGE plpgsql AS $$
-        BEGIN
-            UPDATE {s}.instances
-            SET latest_build_number = NEW.build_number,
-                latest_transition = NEW.transition,
-                latest_status = NEW.status
-            WHERE id = NEW.instance_id
-                AND (latest_build_number IS NULL
-                    OR latest_build_number <= NEW.build_number);
-            RETURN NULL;
-        END
-        $$
-        """,
+        _copy_latest_build(_TRACKED[:3]),
+        _track_latest_build(_TRACKED[:3]),
         "DROP TRIGGER IF EXISTS track_latest_build ON {s}.builds",
         """
         CREATE TRIGGER track_latest_build
@@ -183,12 +194,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         """,
     ),
     4: (
-        # Leadership's fencing token. The leader scope writes a new token
-        # (and counts the grant in epoch) while it holds the advisory lock,
-        # before its snapshot; a fenced write checks the token with FOR SHARE
-        # in its own transaction, so that it commits before a new grant (and
-        # the new leader's snapshot sees it) or finds the token changed and
-        # writes nothing. NULL: nobody leads.
+        # Leadership's fencing token (NULL: nobody leads), written with the
+        # advisory lock held, before the leader's snapshot; a fenced write
+        # checks it FOR SHARE, so it commits before a new grant or not at all.
         """
         CREATE TABLE IF NOT EXISTS {s}.leader (
             singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
@@ -214,33 +222,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             ADD COLUMN IF NOT EXISTS latest_build_id uuid,
             ADD COLUMN IF NOT EXISTS latest_build_created_at timestamptz
         """,
-        """
-        UPDATE {s}.instances i
-        SET latest_build_id = lb.id, latest_build_created_at = lb.created_at
-        FROM (
-            SELECT DISTINCT ON (instance_id) instance_id, id, created_at
-            FROM {s}.builds
-            ORDER BY instance_id, build_number DESC
-        ) lb
-        WHERE lb.instance_id = i.id
-        """,
-        """
-        CREATE OR REPLACE FUNCTION {s}.track_latest_build() RETURNS trigger
-        LANGUAGE plpgsql AS $$
-        BEGIN
-            UPDATE {s}.instances
-            SET latest_build_number = NEW.build_number,
-                latest_transition = NEW.transition,
-                latest_status = NEW.status,
-                latest_build_id = NEW.id,
-                latest_build_created_at = NEW.created_at
-            WHERE id = NEW.instance_id
-                AND (latest_build_number IS NULL
-                    OR latest_build_number <= NEW.build_number);
-            RETURN NULL;
-        END
-        $$
-        """,
+        _copy_latest_build(_TRACKED[3:]),
+        _track_latest_build(_TRACKED),
         # One JSON shape of schedules in every store: [cron, instances]
         # pairs instead of {"cron", "instances"} objects. Anything else
         # (written by hand) stays as it is, to be reported as invalid.
@@ -264,9 +247,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 
 def migrate(db: Connections, schema: str) -> None:
     """
-    Create or upgrade *schema* to :data:`SCHEMA_VERSION`: one transaction,
-    under a transaction-scoped advisory lock, recording the version in
-    ``schema_version``.
+    Create or upgrade *schema* to :data:`SCHEMA_VERSION` in one transaction,
+    under an advisory lock (replicas may start at once).
 
     Raises:
         SchemaVersionError: the database holds a newer schema.

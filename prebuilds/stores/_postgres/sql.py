@@ -1,15 +1,11 @@
 """
-PostgresStore's SQL text (the claim's is in ``claim.py``).
+PostgresStore's SQL text (the claim's is in ``claim.py``); "{s}" is the quoted
+schema, "{pool}" the pool owner's UUID (``Connections.q``).
 
-"{s}" is the quoted schema name, "{pool}" the pool owner's UUID, both filled
-in by ``Connections.q``; everything else is a bound parameter.
-
-A write that a lease may fence reads the ``leader`` row in a ``fence`` CTE
-(:data:`FENCE`) and applies only under :data:`FENCED`: with ``%(lease)s``
-NULL it is unfenced; otherwise the token must be the leader's. ``FOR SHARE``
-(not ``FOR KEY SHARE``, which a token update does not wait for) keeps a new
-grant out until the write commits; a grant that committed first fails the
-check. Such a statement returns the fence's verdict in its first column.
+A fenced write reads the ``leader`` row in a ``fence`` CTE and applies only
+under :data:`FENCED` (``%(lease)s`` NULL: unfenced), returning the fence's
+verdict first. ``FOR SHARE`` (not ``FOR KEY SHARE``, which a token update
+does not wait for) keeps a new grant out until the write commits.
 """
 
 # Assembled from this module's constants only.
@@ -17,20 +13,48 @@ check. Such a statement returns the fence's verdict in its first column.
 
 from __future__ import annotations
 
+import attrs
+
+from prebuilds._records import Build, Instance, Lifecycle, Template
+
+
+def _names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in attrs.fields(cls))
+
+
+def _excluded(columns: str) -> str:
+    """The SET list of an upsert: each of *columns* (``a, b``) but id, from EXCLUDED."""
+    names = [c.strip() for c in columns.split(",")]
+    return ", ".join(f"{c} = EXCLUDED.{c}" for c in names if c != "id")
+
+
+# The columns of the records' tables, named and ordered as the records' fields
+# (an instance's lifecycle spread out); ``codecs.py`` decodes rows by them.
+TEMPLATE_COLUMNS = _names(Template)
+BUILD_COLUMNS = _names(Build)
+LIFECYCLE_COLUMNS = _names(Lifecycle)
+INSTANCE_COLUMNS = tuple(
+    column
+    for field in _names(Instance)
+    for column in (LIFECYCLE_COLUMNS if field == "lifecycle" else (field,))
+)
 
 FENCE = """fence AS MATERIALIZED (
         SELECT 1 FROM {s}.leader WHERE token = %(lease)s::text FOR SHARE
     )"""
 FENCED = "(%(lease)s::text IS NULL OR EXISTS (SELECT 1 FROM fence))"
 FENCE_HELD = "EXISTS (SELECT 1 FROM fence)"
+#: Followed by ``x ON true``: one row, with x's columns NULL when x has none.
+ONE_ROW = "FROM (VALUES (1)) AS one (x) LEFT JOIN"
+_INSERT_BUILD = """INSERT INTO {s}.builds
+            (id, instance_id, preset_id, template_version_id, transition, status,
+             build_number, initiator_id, created_at)"""
 
 # -- reads --------------------------------------------------------------------------
-_PRESET_COLUMNS = """
+_PRESET_COLUMNS = f"""
     p.id, p.template_id, p.template_version_id, p.desired_instances, p.name, p.ttl,
     p.scheduling_timezone, p.schedules::text, p.parameters::text, p.status,
-    p.last_invalidated_at, p.stamp,
-    t.id, t.active_version_id, t.name, t.organization_id, t.deleted, t.deprecated,
-    t.default_ttl
+    p.last_invalidated_at, p.stamp, {", ".join(f"t.{c}" for c in TEMPLATE_COLUMNS)}
 """
 POOL_PRESETS = f"""
     SELECT {_PRESET_COLUMNS}
@@ -54,19 +78,14 @@ READ_PRESET = f"""
     JOIN {{s}}.templates t ON t.id = p.template_id
     WHERE p.id = %(id)s
 """
-GET_TEMPLATE = """
-    SELECT id, active_version_id, name, organization_id, deleted, deprecated,
-        default_ttl
-    FROM {s}.templates WHERE id = %(id)s
-"""
+GET_TEMPLATE = (
+    f"SELECT {', '.join(TEMPLATE_COLUMNS)} FROM {{s}}.templates WHERE id = %(id)s"
+)
 # The latest build's transition and status are on the instance row (the
 # trigger of migration 3); an instance with no build is not shown.
-_INSTANCES = """
-    SELECT i.id, i.preset_id, i.template_id, i.template_version_id, i.owner_id,
-        i.name, i.created_at, i.ready, i.autostart_schedule, i.next_start_at, i.ttl,
-        i.deadline, i.max_deadline, i.dormant_at, i.deleting_at, i.last_used_at,
-        i.deleted, i.claimed_at, i.latest_transition, i.latest_status
-    FROM {s}.instances i
+_INSTANCES = f"""
+    SELECT {", ".join(f"i.{c}" for c in INSTANCE_COLUMNS)}
+    FROM {{s}}.instances i
     WHERE i.latest_transition IS NOT NULL
 """
 GET_INSTANCE = f"{_INSTANCES} AND i.id = %(id)s"
@@ -76,11 +95,7 @@ LIST_INSTANCES = f"""{_INSTANCES}
         AND (%(include_deleted)s OR NOT i.deleted)
     ORDER BY i.created_at, i.id
 """
-_BUILD_COLUMNS = """
-    b.id, b.instance_id, b.preset_id, b.template_version_id, b.transition, b.status,
-    b.build_number, b.initiator_id, b.created_at, b.started_at, b.finished_at,
-    b.error_kind, b.error
-"""
+_BUILD_COLUMNS = ", ".join(f"b.{c}" for c in BUILD_COLUMNS)
 GET_BUILD = f"SELECT {_BUILD_COLUMNS} FROM {{s}}.builds b WHERE b.id = %(id)s"
 LIST_BUILDS = f"""
     SELECT {_BUILD_COLUMNS}
@@ -91,46 +106,30 @@ LIST_BUILDS = f"""
 IS_PAUSED = "SELECT paused FROM {s}.settings"
 
 # -- configuration ------------------------------------------------------------------
+_TEMPLATE = ", ".join(TEMPLATE_COLUMNS)
 # The template and, in the same statement, a new stamp for each of its presets.
-PUT_TEMPLATE = """
+PUT_TEMPLATE = f"""
     WITH written AS (
-        INSERT INTO {s}.templates
-            (id, active_version_id, name, organization_id, deleted, deprecated,
-             default_ttl)
+        INSERT INTO {{s}}.templates ({_TEMPLATE})
         VALUES (%(id)s, %(active_version_id)s, %(name)s, %(organization_id)s::uuid,
             %(deleted)s, %(deprecated)s, %(default_ttl)s::interval)
-        ON CONFLICT (id) DO UPDATE SET
-            active_version_id = EXCLUDED.active_version_id,
-            name = EXCLUDED.name,
-            organization_id = EXCLUDED.organization_id,
-            deleted = EXCLUDED.deleted,
-            deprecated = EXCLUDED.deprecated,
-            default_ttl = EXCLUDED.default_ttl
+        ON CONFLICT (id) DO UPDATE SET {_excluded(_TEMPLATE)}
         RETURNING id
     )
-    UPDATE {s}.presets SET stamp = stamp + 1
+    UPDATE {{s}}.presets SET stamp = stamp + 1
     WHERE template_id = (SELECT id FROM written)
 """
 # Replaces the configuration and changes the stamp; keeps status and
 # last_invalidated_at. Writes nothing for an unknown template.
-PUT_PRESET = """
-    INSERT INTO {s}.presets AS p
-        (id, template_id, template_version_id, desired_instances, name, ttl,
-         scheduling_timezone, schedules, parameters)
+_PRESET_CONFIG = """id, template_id, template_version_id, desired_instances, name, ttl,
+    scheduling_timezone, schedules, parameters"""
+PUT_PRESET = f"""
+    INSERT INTO {{s}}.presets AS p ({_PRESET_CONFIG})
     SELECT %(id)s::uuid, %(template_id)s::uuid, %(template_version_id)s::uuid,
         %(desired_instances)s::integer, %(name)s::text, %(ttl)s::interval,
         %(scheduling_timezone)s::text, %(schedules)s::jsonb, %(parameters)s::jsonb
-    WHERE EXISTS (SELECT 1 FROM {s}.templates WHERE id = %(template_id)s::uuid)
-    ON CONFLICT (id) DO UPDATE SET
-        template_id = EXCLUDED.template_id,
-        template_version_id = EXCLUDED.template_version_id,
-        desired_instances = EXCLUDED.desired_instances,
-        name = EXCLUDED.name,
-        ttl = EXCLUDED.ttl,
-        scheduling_timezone = EXCLUDED.scheduling_timezone,
-        schedules = EXCLUDED.schedules,
-        parameters = EXCLUDED.parameters,
-        stamp = p.stamp + 1
+    WHERE EXISTS (SELECT 1 FROM {{s}}.templates WHERE id = %(template_id)s::uuid)
+    ON CONFLICT (id) DO UPDATE SET {_excluded(_PRESET_CONFIG)}, stamp = p.stamp + 1
 """
 INVALIDATE_PRESET = """
     UPDATE {s}.presets SET last_invalidated_at = %(at)s, stamp = stamp + 1
@@ -200,23 +199,18 @@ CREATE_PREBUILD = f"""
         RETURNING id, template_version_id
     ),
     built AS (
-        INSERT INTO {{s}}.builds
-            (id, instance_id, preset_id, template_version_id, transition, status,
-             build_number, initiator_id, created_at)
+        {_INSERT_BUILD}
         SELECT %(build_id)s, id, %(preset_id)s, template_version_id, 'start',
             'pending', 1, '{{pool}}', %(now)s
         FROM made
     )
     SELECT {FENCE_HELD}, source.*
-    FROM (VALUES (1)) AS one (x)
-    LEFT JOIN source ON true
+    {ONE_ROW} source ON true
 """
 # A pending delete build and the instance unready, if it is still the pool's
-# and not being deleted; always one row, the fence first, the instance's
-# columns NULL when nothing was written. The row lock re-checks the
-# conditions on the newest version of the row: a claim that committed first
-# leaves nothing to delete, and a claim that comes later skips the row until
-# this commits.
+# and not being deleted; one row, the instance's columns NULL when nothing was
+# written. The row lock re-checks the row's newest version: a claim committed
+# first leaves nothing to delete, a later one skips the row until this commits.
 DELETE_PREBUILD = f"""
     WITH {FENCE},
     target AS MATERIALIZED (
@@ -230,9 +224,7 @@ DELETE_PREBUILD = f"""
         FOR UPDATE OF i
     ),
     built AS (
-        INSERT INTO {{s}}.builds
-            (id, instance_id, preset_id, template_version_id, transition, status,
-             build_number, initiator_id, created_at)
+        {_INSERT_BUILD}
         SELECT %(build_id)s, id, preset_id, template_version_id, 'delete',
             'pending', number, '{{pool}}', %(now)s
         FROM target
@@ -242,8 +234,7 @@ DELETE_PREBUILD = f"""
     )
     SELECT {FENCE_HELD}, target.preset_id, target.template_id,
         target.template_version_id, target.name
-    FROM (VALUES (1)) AS one (x)
-    LEFT JOIN target ON true
+    {ONE_ROW} target ON true
 """
 # Cancel the queued first builds of an inactive version and give each
 # instance an orphan delete build (number 2). Always one row at least: the
@@ -260,19 +251,13 @@ CANCEL_PENDING = f"""
         UPDATE {{s}}.builds b
         SET status = 'canceled', finished_at = %(now)s
         FROM preset p
-        WHERE b.preset_id = p.id
-            AND b.build_number = 1
-            AND b.transition = 'start'
-            AND b.status = 'pending'
-            AND b.started_at IS NULL
-            AND b.template_version_id <> p.active_version_id
-            AND {FENCED}
+        WHERE b.preset_id = p.id AND b.build_number = 1 AND b.transition = 'start'
+            AND b.status = 'pending' AND b.started_at IS NULL
+            AND b.template_version_id <> p.active_version_id AND {FENCED}
         RETURNING b.instance_id, b.created_at
     ),
     deletes AS (
-        INSERT INTO {{s}}.builds
-            (id, instance_id, preset_id, template_version_id, transition, status,
-             build_number, initiator_id, created_at)
+        {_INSERT_BUILD}
         SELECT gen_random_uuid(), i.id, i.preset_id, i.template_version_id, 'delete',
             'pending',
             (SELECT max(nb.build_number) + 1 FROM {{s}}.builds nb
@@ -291,8 +276,7 @@ CANCEL_PENDING = f"""
     )
     SELECT {FENCE_HELD}, EXISTS (SELECT 1 FROM preset), r.build_id, r.id,
         r.preset_id, r.template_id, r.template_version_id, r.name
-    FROM (VALUES (1)) AS one (x)
-    LEFT JOIN requests r ON true
+    {ONE_ROW} requests r ON true
     ORDER BY r.created_at, r.id
 """
 # Always one row at least: the fence's verdict, then the failed builds.
@@ -309,8 +293,7 @@ FAIL_STUCK = f"""
         RETURNING *
     )
     SELECT {FENCE_HELD}, {_BUILD_COLUMNS}
-    FROM (VALUES (1)) AS one (x)
-    LEFT JOIN failed b ON true
+    {ONE_ROW} failed b ON true
     ORDER BY b.created_at, b.instance_id, b.build_number
 """
 

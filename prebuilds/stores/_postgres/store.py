@@ -1,11 +1,4 @@
-"""
-PostgresStore: the Store seam on PostgreSQL (psycopg 3), for many replicas.
-
-Every method is one transaction, almost all of them one statement; a write
-that a lease fences checks the token in that statement (``sql.py``). The
-leader scope, the claim and the stamps are described on the class and in
-``docs/postgres.md``.
-"""
+"""PostgresStore: the Store seam on PostgreSQL (psycopg 3), for many replicas."""
 
 from __future__ import annotations
 
@@ -78,6 +71,8 @@ from prebuilds.stores._postgres.connections import (
     Connection,
     Connections,
     Cursor,
+    Row,
+    open_cursor,
 )
 from prebuilds.stores._postgres.schema import installed_version, lock_key
 from prebuilds.stores._postgres.schema import migrate as migrate_schema
@@ -93,29 +88,13 @@ class PostgresStore:
     A :class:`~prebuilds.interfaces.Store` on PostgreSQL, shared by many
     replicas; it offers :class:`~prebuilds.interfaces.StampedClaims`.
 
-    Give exactly one source of connections:
-
-    - *conninfo*: a libpq connection string; the store opens its own
-      :class:`psycopg_pool.ConnectionPool` (*min_size*, *max_size*) and
-      closes it in :meth:`close`;
-    - *pool*: the host's :class:`psycopg_pool.ConnectionPool`; the store
-      borrows connections and never closes the pool;
-    - *connect*: a callable returning a new :class:`psycopg.Connection`; the
-      store calls it whenever it needs a connection and closes that
-      connection when done.
-
-    The store runs its transactions with explicit ``BEGIN``/``COMMIT`` in
-    autocommit mode; a borrowed connection that was not in autocommit mode is
-    switched for the duration of the call and switched back.
-
-    A leader scope holds one connection for its whole duration, so a pool
-    needs at least two connections. It takes a session-level advisory lock
-    and commits a new fencing token before it opens the ``REPEATABLE READ``
-    transaction that :meth:`read_pool` reads through, so a new leader sees
-    everything the previous one committed; a write fenced by its lease checks
-    the token (``FOR SHARE``) in the write's own statement. A claim is one
-    ``UPDATE … FOR UPDATE SKIP LOCKED``; a preset's stamp moves in the
-    statement of every change a claim depends on.
+    Give exactly one source of connections: *conninfo* (the store opens its
+    own :class:`psycopg_pool.ConnectionPool` and closes it in :meth:`close`),
+    *pool* (the host's pool, never closed here) or *connect* (a callable
+    returning a new :class:`psycopg.Connection`, closed after each call). A
+    leader scope holds a connection for its whole duration, so a pool needs
+    at least two. See ``docs/postgres.md`` for leadership, fencing and the
+    claim.
 
     Args:
         conninfo: A libpq connection string.
@@ -129,17 +108,12 @@ class PostgresStore:
             ``connect_timeout`` of the own pool's connections, unless
             *conninfo* sets one.
 
-    A connection broken under a call (a server restart, a failover) goes
-    back to its pool, which replaces it; calls work again once the server is
-    back. A :class:`~prebuilds.exceptions.StoreError` for a connection that
-    cannot be made names the cause (refused, unknown database or role,
-    timeout, or a pool too small).
-
     Raises:
         InvalidInputError: not exactly one source of connections, or a bad
             schema name or pool size.
         SchemaVersionError: the database holds a newer schema.
-        StoreError: the database could not be reached or migrated.
+        StoreError: the database could not be reached (the message names the
+            cause) or migrated.
 
     .. versionadded:: 0.1.0
     """
@@ -215,17 +189,7 @@ class PostgresStore:
         return self._db.statements
 
     def migrate(self) -> None:
-        """
-        Create or upgrade the store's schema; idempotent.
-
-        Safe when several replicas start at once: the migration runs in one
-        transaction under a transaction-scoped advisory lock, and records the
-        version in ``schema_version``.
-
-        Raises:
-            SchemaVersionError: the database holds a newer schema than this
-                library knows.
-        """
+        """Create or upgrade the schema, under an advisory lock; see ``schema.py``."""
         migrate_schema(self._db, self._schema)
 
     def schema_version(self) -> int:
@@ -235,18 +199,12 @@ class PostgresStore:
 
     # -- configuration -----------------------------------------------------------
     def put_template(self, template: Template) -> None:
-        """Insert or replace *template*; the stamps of its presets change."""
+        """One statement writes the template and moves its presets' stamps."""
         check_instance("template", template, Template)
         self._write(sql.PUT_TEMPLATE, attrs.asdict(template, recurse=False))
 
     def put_preset(self, preset: PresetConfig) -> None:
-        """
-        Insert or replace a preset's configuration, keeping its status; its
-        stamp changes.
-
-        Raises:
-            TemplateNotFoundError: no template has the preset's template ID.
-        """
+        """One ``INSERT … ON CONFLICT`` that keeps the status and moves the stamp."""
         check_instance("preset", preset, PresetConfig)
         written = self._write(
             sql.PUT_PRESET,
@@ -260,28 +218,23 @@ class PostgresStore:
             raise TemplateNotFoundError(preset.template_id)
 
     def invalidate_preset(self, preset_id: UUID, *, at: datetime) -> None:
-        """Expire the preset's pooled instances created before *at*; its stamp changes."""
+        """One ``UPDATE``; the stamp moves."""
         check_id_at("preset_id", preset_id, "at", at)
         if self._write(sql.INVALIDATE_PRESET, {"id": preset_id, "at": at}) == 0:
             raise PresetNotFoundError(preset_id)
 
     def set_paused(self, paused: bool) -> None:
-        """Pause or resume reconciliation (persisted)."""
+        """Persisted in the ``settings`` row."""
         check_bool("paused", paused)
         self._write(sql.SET_PAUSED, {"paused": paused})
 
     def is_paused(self) -> bool:
-        """Whether reconciliation is paused."""
+        """Read from the ``settings`` row."""
         row = self._read_one(sql.IS_PAUSED)
         return bool(row is not None and row[0])
 
     def get_template(self, template_id: UUID) -> Template:
-        """
-        The template with *template_id*.
-
-        Raises:
-            TemplateNotFoundError: no template has *template_id*.
-        """
+        """The template with *template_id*."""
         check_uuid("template_id", template_id)
         row = self._read_one(sql.GET_TEMPLATE, {"id": template_id})
         if row is None:
@@ -289,13 +242,7 @@ class PostgresStore:
         return codecs.template(row)
 
     def read_preset(self, preset_id: UUID) -> PresetFacts:
-        """
-        What the store keeps about the preset, with its template and stamp.
-
-        Raises:
-            PresetNotFoundError: no preset has *preset_id*.
-            InvalidInputError: the stored preset is not valid.
-        """
+        """The preset with its template and stamp, in one query."""
         check_read_preset(preset_id)
         row = self._read_one(sql.READ_PRESET, {"id": preset_id})
         if row is None:
@@ -305,13 +252,10 @@ class PostgresStore:
     def set_preset_status(
         self, preset_id: UUID, status: PresetStatus, *, lease: Lease | None = None
     ) -> None:
-        """Record the preset's health (fenced by *lease*, in the same statement)."""
+        """One statement, its fence included."""
         check_set_preset_status(preset_id, status)
-        (row,) = self._fenced(
-            fence_token(lease),
-            sql.SET_STATUS,
-            {"id": preset_id, "status": status.value},
-        )
+        params = {"id": preset_id, "status": status.value}
+        (row,) = self._fenced(lease, sql.SET_STATUS, params)
         if not row[1]:
             raise PresetNotFoundError(preset_id)
 
@@ -319,31 +263,16 @@ class PostgresStore:
     @contextmanager
     def leader(self) -> Iterator[Lease]:
         """
-        A non-blocking leader scope, shared by every replica on the schema.
-
-        On a connection kept for the scope, one statement takes the
-        session-level ``pg_try_advisory_lock`` and, if granted, commits a new
-        fencing token to the ``leader`` row (after the fenced writes of the
-        previous leader still running); only then does the scope open the
-        ``REPEATABLE READ READ ONLY`` transaction that a :meth:`read_pool` in
-        the same thread inside the scope reads through, so its snapshot is
-        taken after leadership was granted and sees everything the previous
-        leader committed. Leaving the scope ends that transaction, clears the
-        token and unlocks; if any of that fails the connection is closed
-        (which releases the lock) instead of going back to its pool.
-
-        Yields a held :class:`~prebuilds.Lease` (its token fences the pass's
-        writes), or one not held, holding nothing, when another session has
-        the lock.
+        On a connection kept for the scope, one statement takes the session's
+        ``pg_try_advisory_lock`` and commits a new token; then the scope opens
+        the ``REPEATABLE READ`` transaction that :meth:`read_pool` in the same
+        thread reads through, so its snapshot follows the grant.
         """
         db = self._db
         token = str(uuid.uuid4())
         conn, switched = db.acquire()
         try:
-            try:
-                cur = conn.cursor()
-            except psycopg.Error as e:
-                raise StoreError(f"PostgreSQL error: {e}") from e
+            cur = open_cursor(conn)
             row = db.fetchone(
                 cur, sql.TAKE_LEAD, {"key": self._leader_key, "token": token}
             )
@@ -372,11 +301,10 @@ class PostgresStore:
         self, conn: Connection, cur: Cursor, token: str, *, switched: bool, commit: bool
     ) -> None:
         """
-        End a leader scope: its snapshot transaction, the token, the lock;
-        then give the connection back, or close it if any step failed (a
-        session that may still hold the lock never goes back to a pool).
-        Failures are logged, not raised: the pass's own writes are committed
-        already, and the lock goes with the closed session.
+        End the snapshot, clear the token, unlock, and give the connection
+        back; if any step failed, close it instead (the lock goes with the
+        session). Failures are logged, not raised: the pass's writes are
+        committed already.
         """
         db = self._db
         try:
@@ -406,15 +334,7 @@ class PostgresStore:
         db.discard(conn, switched=switched)
 
     def read_pool(self) -> PoolFacts:
-        """
-        Every preset and every pooled instance, in one consistent read: two
-        queries, whatever the number of presets.
-
-        Inside a leader scope (same thread) it reads through the scope's
-        transaction; otherwise in its own ``REPEATABLE READ READ ONLY`` one.
-        A stored preset that does not decode is reported in
-        ``invalid_presets``.
-        """
+        """Two queries, through the leader scope's snapshot or a snapshot of its own."""
         cur: Cursor | None = getattr(self._local, "cursor", None)
         if cur is not None:
             return self._read_pool(cur)
@@ -438,10 +358,7 @@ class PostgresStore:
         name: str,
         lease: Lease | None = None,
     ) -> BuildRequest | None:
-        """
-        A new pooled instance and its pending start build, in one statement
-        (fenced by *lease*); None if the preset is not active.
-        """
+        """One statement, its fence included."""
         check_create_prebuild(preset_id, now, name)
         token = fence_token(lease)
         instance_id, build_id = uuid.uuid4(), uuid.uuid4()
@@ -479,19 +396,11 @@ class PostgresStore:
     def delete_prebuild(
         self, instance_id: UUID, *, now: datetime, lease: Lease | None = None
     ) -> BuildRequest | None:
-        """
-        A pending delete build, unless the instance left the pool or is
-        already being deleted: one statement (its fence included) that locks
-        the instance row and re-checks it, so a concurrent claim either
-        commits before (and nothing is deleted) or skips the row.
-        """
+        """One statement, its fence included, that locks and re-checks the row."""
         check_id_at("instance_id", instance_id, "now", now)
         build_id = uuid.uuid4()
-        (row,) = self._fenced(
-            fence_token(lease),
-            sql.DELETE_PREBUILD,
-            {"id": instance_id, "build_id": build_id, "now": now},
-        )
+        params = {"id": instance_id, "build_id": build_id, "now": now}
+        (row,) = self._fenced(lease, sql.DELETE_PREBUILD, params)
         if row[1] is None:
             return None
         return build_request(
@@ -507,14 +416,10 @@ class PostgresStore:
     def cancel_pending(
         self, preset_id: UUID, *, now: datetime, lease: Lease | None = None
     ) -> list[BuildRequest]:
-        """
-        Cancel queued creations of an inactive version and orphan-delete
-        them, in one statement (its fence included).
-        """
+        """One statement, its fence included."""
         check_id_at("preset_id", preset_id, "now", now)
-        rows = self._fenced(
-            fence_token(lease), sql.CANCEL_PENDING, {"preset_id": preset_id, "now": now}
-        )
+        params = {"preset_id": preset_id, "now": now}
+        rows = self._fenced(lease, sql.CANCEL_PENDING, params)
         if not rows[0][1]:
             raise PresetNotFoundError(preset_id)
         return [
@@ -535,21 +440,15 @@ class PostgresStore:
     def fail_stuck_builds(
         self, *, older_than: datetime, now: datetime, lease: Lease | None = None
     ) -> list[Build]:
-        """
-        Fail the pool's builds in progress since before *older_than*, in one
-        statement (its fence included).
-        """
+        """One statement, its fence included."""
         check_fail_stuck_builds(older_than, now)
-        rows = self._fenced(
-            fence_token(lease),
-            sql.FAIL_STUCK,
-            {"older_than": older_than, "now": now, "error": _STUCK_ERROR},
-        )
+        params = {"older_than": older_than, "now": now, "error": _STUCK_ERROR}
+        rows = self._fenced(lease, sql.FAIL_STUCK, params)
         return [codecs.build(r[1:]) for r in rows if r[1] is not None]
 
     # -- provisioner reports ---------------------------------------------------------
     def build_started(self, build_id: UUID, *, now: datetime) -> None:
-        """Mark a pending build running."""
+        """One statement."""
         check_id_at("build_id", build_id, "now", now)
         row = self._read_one(sql.BUILD_STARTED, {"id": build_id, "now": now})
         if row is None or not row[0]:
@@ -565,26 +464,23 @@ class PostgresStore:
         error: str | None = None,
         lease: Lease | None = None,
     ) -> None:
-        """Record a build's result; a late report is ignored."""
+        """One statement, its fence included."""
         check_build_finished(build_id, now, succeeded, error_kind, error)
         status = BuildStatus.SUCCEEDED if succeeded else BuildStatus.FAILED
-        (row,) = self._fenced(
-            fence_token(lease),
-            sql.BUILD_FINISHED,
-            {
-                "id": build_id,
-                "now": now,
-                "status": status.value,
-                "succeeded": bool(succeeded),
-                "error_kind": error_kind,
-                "error": error,
-            },
-        )
+        params = {
+            "id": build_id,
+            "now": now,
+            "status": status.value,
+            "succeeded": bool(succeeded),
+            "error_kind": error_kind,
+            "error": error,
+        }
+        (row,) = self._fenced(lease, sql.BUILD_FINISHED, params)
         if not row[1]:
             raise BuildNotFoundError(build_id)
 
     def set_ready(self, instance_id: UUID, *, ready: bool = True) -> None:
-        """Record whether the instance is ready (a deleted one is left alone)."""
+        """One statement."""
         check_set_ready(instance_id, ready)
         row = self._read_one(sql.SET_READY, {"id": instance_id, "ready": ready})
         if row is None or not row[0]:
@@ -602,27 +498,10 @@ class PostgresStore:
         version_id: UUID,
         not_before: datetime | None,
     ) -> Instance | None:
-        """
-        Hand the oldest claimable instance of the preset to *user_id*, in one
-        ``UPDATE`` statement (see ``claim.py``); None on a miss.
-
-        Claimable: pooled, not deleted, ready, its latest build a successful
-        start, built from *version_id* and created at or after *not_before*
-        (``None``: no cut-off).
-        """
-        check_store_claim(
-            preset_id, user_id, name, lifecycle, now, version_id, not_before
-        )
-        return _claim.claim(
-            self._db,
-            preset_id=preset_id,
-            user_id=user_id,
-            name=name,
-            lifecycle=lifecycle,
-            now=now,
-            version_id=version_id,
-            not_before=not_before,
-        )
+        """One ``UPDATE … FOR UPDATE SKIP LOCKED`` (``claim.py``)."""
+        args = (preset_id, user_id, name, lifecycle, now, version_id, not_before)
+        check_store_claim(*args)
+        return _claim.claim(self._db, None, *args)
 
     def claim_if_unchanged(
         self,
@@ -636,28 +515,10 @@ class PostgresStore:
         version_id: UUID,
         not_before: datetime | None,
     ) -> Instance | None:
-        """
-        :meth:`claim`, applied only while the preset's stamp is still
-        *stamp*: one statement reads the stamp and claims under it.
-
-        Raises:
-            PresetChangedError: the stamp changed (or the preset is gone);
-                nothing was written.
-        """
-        check_claim_if_unchanged(
-            stamp, preset_id, user_id, name, lifecycle, now, version_id, not_before
-        )
-        return _claim.claim(
-            self._db,
-            preset_id=preset_id,
-            user_id=user_id,
-            name=name,
-            lifecycle=lifecycle,
-            now=now,
-            version_id=version_id,
-            not_before=not_before,
-            stamp=stamp,
-        )
+        """:meth:`claim` in one statement that also reads and checks the stamp."""
+        args = (preset_id, user_id, name, lifecycle, now, version_id, not_before)
+        check_claim_if_unchanged(stamp, *args)
+        return _claim.claim(self._db, stamp, *args)
 
     # -- reads -------------------------------------------------------------------------
     def get_instance(self, instance_id: UUID) -> Instance:
@@ -675,16 +536,14 @@ class PostgresStore:
         owner_id: UUID | None = None,
         include_deleted: bool = False,
     ) -> list[Instance]:
-        """Instances, oldest first, filtered by preset and owner."""
+        """One query."""
         check_list_instances(preset_id, owner_id, include_deleted)
         params = {
             "preset_id": preset_id,
             "owner_id": owner_id,
             "include_deleted": include_deleted,
         }
-        with self._db.statement() as cur:
-            rows = self._db.fetchall(cur, sql.LIST_INSTANCES, params)
-        return [codecs.instance(r) for r in rows]
+        return [codecs.instance(r) for r in self._read_all(sql.LIST_INSTANCES, params)]
 
     def get_build(self, build_id: UUID) -> Build:
         """The build with *build_id*."""
@@ -695,10 +554,9 @@ class PostgresStore:
         return codecs.build(row)
 
     def list_builds(self, *, instance_id: UUID | None = None) -> list[Build]:
-        """Builds in creation order."""
+        """One query."""
         check_optional_uuid("instance_id", instance_id)
-        with self._db.statement() as cur:
-            rows = self._db.fetchall(cur, sql.LIST_BUILDS, {"instance_id": instance_id})
+        rows = self._read_all(sql.LIST_BUILDS, {"instance_id": instance_id})
         return [codecs.build(r) for r in rows]
 
     # -- plumbing ----------------------------------------------------------------------
@@ -707,25 +565,32 @@ class PostgresStore:
         with self._db.statement() as cur:
             return self._db.execute(cur, template, params)
 
+    def _read_all(
+        self, template: str, params: dict[str, Any] | None = None
+    ) -> list[Row]:
+        """Run one statement on its own; its rows."""
+        with self._db.statement() as cur:
+            return self._db.fetchall(cur, template, params)
+
     def _read_one(
         self, template: str, params: dict[str, Any] | None = None
-    ) -> tuple[Any, ...] | None:
+    ) -> Row | None:
         """Run one statement on its own; its first row, if any."""
-        with self._db.statement() as cur:
-            return self._db.fetchone(cur, template, params)
+        rows = self._read_all(template, params)
+        return rows[0] if rows else None
 
     def _fenced(
-        self, token: str | None, template: str, params: dict[str, Any]
-    ) -> list[tuple[Any, ...]]:
+        self, lease: Lease | None, template: str, params: dict[str, Any]
+    ) -> list[Row]:
         """
-        Run a statement of ``sql.py`` that *token* fences, on its own; its
-        rows (one at least), the fence's verdict first.
+        Run a statement that *lease* fences, on its own; its rows, the
+        fence's verdict first.
 
         Raises:
-            LeadershipLostError: *token* no longer leads (nothing written).
+            LeadershipLostError: the lease no longer leads (nothing written).
         """
-        with self._db.statement() as cur:
-            rows = self._db.fetchall(cur, template, {**params, "lease": token})
+        token = fence_token(lease)
+        rows = self._read_all(template, {**params, "lease": token})
         if token is not None and not rows[0][0]:
             raise lost(token)
         return rows
