@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Any, cast
 import attrs
 
 from prebuilds._arguments import check_claim
-from prebuilds._lifecycle import claimed_lifecycle
 from prebuilds._model import expiry_cutoff
-from prebuilds._records import PREBUILDS_OWNER_ID, Event, EventKind
+from prebuilds._records import PREBUILDS_OWNER_ID, Event, EventKind, Lifecycle
 from prebuilds._validate import check_int
 from prebuilds.exceptions import (
     InvalidInputError,
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
 
     from prebuilds._model import Preset
     from prebuilds._pool import PresetFacts
-    from prebuilds._records import Instance, Lifecycle
+    from prebuilds._records import Instance
     from prebuilds.interfaces import EventSink, Store
 
 
@@ -148,11 +147,10 @@ class StoreClaimer:
         instance, facts = (
             self._claim_stamped(claim) if self._stamped else self._claim(claim)
         )
-        took = timedelta(seconds=time.perf_counter() - started)
         if instance is None:
-            self._emit(EventKind.CLAIM_MISSED, claim, None, facts, took)
+            self._emit(EventKind.CLAIM_MISSED, claim, None, facts, started)
             raise NoClaimablePrebuildsError(preset_id)
-        self._emit(EventKind.CLAIMED, claim, instance.id, facts, took)
+        self._emit(EventKind.CLAIMED, claim, instance.id, facts, started)
         return instance.id
 
     def initiator(self) -> UUID:
@@ -169,8 +167,9 @@ class StoreClaimer:
         store = cast("StampedClaims", self._store)
         preset_id = claim.preset_id
         for attempt in range(self._retries + 1):
-            with self._lock:
-                facts = self._cache.get(preset_id)
+            # A lone dict read needs no lock (it is atomic); the lock keeps
+            # a read-then-write of the cache whole.
+            facts = self._cache.get(preset_id)
             if facts is None or not facts.preset.is_active:
                 facts = self._read(preset_id)
             if facts.stamp is None:  # the store keeps no stamp for it
@@ -201,7 +200,7 @@ class StoreClaimer:
         claim: _Claim,
         instance_id: UUID | None,
         facts: PresetFacts,
-        took: timedelta,
+        started: float,
     ) -> None:
         """Tell the sink of a claim or a miss, with its names and duration."""
         if self._events is not None:
@@ -215,14 +214,14 @@ class StoreClaimer:
                     preset_name=facts.config.name,
                     template_name=facts.template.name,
                     organization_id=facts.template.organization_id,
-                    duration=took,
+                    duration=timedelta(seconds=time.perf_counter() - started),
                 )
             )
 
 
 @attrs.frozen(kw_only=True)
 class _Claim:
-    """One claim's arguments, and what they ask of the store given the facts."""
+    """One claim's arguments (checked), and what they ask of the store given the facts."""
 
     preset_id: UUID
     user_id: UUID
@@ -236,27 +235,35 @@ class _Claim:
         """
         ``Store.claim``'s arguments for these facts.
 
+        The claim's own arguments were checked by ``check_claim`` and the
+        facts when the store decoded them, so the lifecycle is built as
+        :func:`~prebuilds.claimed_lifecycle` builds it, without
+        checking them again (``Lifecycle`` still checks its fields).
+
         Raises:
             PresetInactiveError: the preset is not active.
         """
         if not facts.preset.is_active:
             raise PresetInactiveError(self.preset_id)
-        lifecycle: Lifecycle = claimed_lifecycle(
-            now=self.now,
-            autostart_schedule=self.autostart_schedule,
-            next_start_at=self.next_start_at,
-            ttl=self.ttl,
-            template_default_ttl=facts.template.default_ttl,
-        )
+        config = facts.config
+        ttl = self.ttl if self.ttl is not None else facts.template.default_ttl
         return {
             "preset_id": self.preset_id,
             "user_id": self.user_id,
             "name": self.name,
-            "lifecycle": lifecycle,
+            "lifecycle": Lifecycle(
+                autostart_schedule=self.autostart_schedule,
+                next_start_at=self.next_start_at,
+                ttl=ttl,
+                last_used_at=self.now,
+            ),
             "now": self.now,
-            "version_id": facts.config.template_version_id,
-            "not_before": expiry_cutoff(
-                ttl=facts.config.ttl,
+            "version_id": config.template_version_id,
+            # Most presets have neither a TTL nor an invalidation: no cut-off.
+            "not_before": None
+            if not config.ttl and facts.last_invalidated_at is None
+            else expiry_cutoff(
+                ttl=config.ttl,
                 last_invalidated_at=facts.last_invalidated_at,
                 now=self.now,
             ),

@@ -23,6 +23,8 @@ from prebuilds import (
     PresetNotFoundError,
     StoreClaimer,
     Template,
+    claimed_lifecycle,
+    expiry_cutoff,
     match_preset,
 )
 from prebuilds.interfaces import Store
@@ -336,6 +338,80 @@ class TestRoundTrips:
             claimer.claim(now=T0, user_id=uuid.uuid4(), name="x", preset_id=preset.id)
 
         assert ["read_preset", "claim_if_unchanged"] * 3 == fickle.calls
+
+
+class TestArgumentsFollowTheRules:
+    """
+    The claimer builds the store's arguments itself, without checking its
+    own checked inputs again: they must be what ``claimed_lifecycle`` and
+    ``expiry_cutoff`` (the rules' homes) say.
+    """
+
+    @pytest.mark.parametrize("default_ttl", [None, timedelta(0), timedelta(hours=8)])
+    @pytest.mark.parametrize("claim_ttl", [None, timedelta(0), timedelta(hours=1)])
+    @pytest.mark.parametrize("preset_ttl", [None, timedelta(0), timedelta(minutes=5)])
+    @pytest.mark.parametrize("invalidated", [False, True])
+    def test_lifecycle_and_cutoff(
+        self,
+        default_ttl: timedelta | None,
+        claim_ttl: timedelta | None,
+        preset_ttl: timedelta | None,
+        invalidated: bool,
+    ) -> None:
+        """Every combination of the TTLs and an invalidation, on a stamped store."""
+        store = StampedRecordingStore(MemoryStore())
+        template = new_template(store, default_ttl=default_ttl)
+        preset = new_preset(store, template, desired=1, ttl=preset_ttl)
+        if invalidated:
+            store.invalidate_preset(preset.id, at=T0 - timedelta(minutes=1))
+        claimer = StoreClaimer(store)
+        now, schedule, start = T0, "CRON_TZ=UTC 0 9 * * 1-5", T0 + timedelta(hours=9)
+
+        with pytest.raises(NoClaimablePrebuildsError):
+            claimer.claim(
+                now=now,
+                user_id=uuid.uuid4(),
+                name="x",
+                preset_id=preset.id,
+                autostart_schedule=schedule,
+                next_start_at=start,
+                ttl=claim_ttl,
+            )
+
+        [sent] = store.claims
+        assert (
+            claimed_lifecycle(
+                now=now,
+                autostart_schedule=schedule,
+                next_start_at=start,
+                ttl=claim_ttl,
+                template_default_ttl=default_ttl,
+            )
+            == sent["lifecycle"]
+        )
+        assert (
+            expiry_cutoff(
+                ttl=preset_ttl,
+                last_invalidated_at=T0 - timedelta(minutes=1) if invalidated else None,
+                now=now,
+            )
+            == sent["not_before"]
+        )
+        assert template.active_version_id == sent["version_id"]
+
+
+class StampedRecordingStore(DelegatingStore):
+    """Records the arguments of every claim_if_unchanged."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.claims: list[dict[str, Any]] = []
+
+    def claim_if_unchanged(self, **kwargs: Any) -> Instance | None:
+        self.claims.append(kwargs)
+        inner: Any = self.inner
+        got: Instance | None = inner.claim_if_unchanged(**kwargs)
+        return got
 
 
 class TestCachedFactsStayTrue:
