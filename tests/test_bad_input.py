@@ -609,7 +609,7 @@ def test_a_sqlite_claim_that_cannot_be_read_back_is_rolled_back(
             raise ValueError("a row that cannot be decoded")
 
         with monkeypatch.context() as patch:
-            patch.setattr(sqlite_codecs, "instance_from_row", undecodable)
+            patch.setattr(sqlite_codecs, "claimed_instance", undecodable)
             with pytest.raises(StoreError):
                 claim_as(store, seeded)
 

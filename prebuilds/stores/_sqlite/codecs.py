@@ -206,6 +206,35 @@ def instance_from_row(row: Sequence[Any]) -> Instance:
     return Instance(**fields, lifecycle=lifecycle)
 
 
+def claimed_instance(  # noqa: PLR0917 - what the claim wrote
+    row: Sequence[Any],
+    preset_id: UUID,
+    version_id: UUID,
+    user_id: UUID,
+    name: str,
+    lifecycle: Lifecycle,
+    now: datetime,
+) -> Instance:
+    """
+    The instance a claim took, from its ``sql.CLAIMED_COLUMNS`` row and what
+    the claim wrote (decoding the whole row cost half the claim's Python).
+    """
+    return Instance(
+        id=UUID(row[0]),
+        preset_id=preset_id,
+        template_id=UUID(row[1]),
+        template_version_id=version_id,
+        owner_id=user_id,
+        name=name,
+        created_at=from_us("created_at", row[2]),
+        ready=True,
+        lifecycle=lifecycle,
+        claimed_at=now.astimezone(timezone.utc),
+        latest_transition=Transition.START,
+        latest_status=BuildStatus.SUCCEEDED,
+    )
+
+
 def build_from_row(row: Sequence[Any]) -> Build:
     """A row of ``sql.BUILD_COLUMNS``."""
     return Build(**_fields(_BUILD, row, _BUILD_READ))

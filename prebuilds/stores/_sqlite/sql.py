@@ -229,6 +229,10 @@ SET_READY = "UPDATE prebuilds_instances SET ready = ? WHERE id = ? AND deleted =
 # -- claims ------------------------------------------------------------------------------
 
 
+#: What a claim returns: the rest of the claimed instance is what it wrote.
+CLAIMED_COLUMNS = "id, template_id, created_at"
+
+
 def _claim(condition: str = "") -> str:
     """
     The oldest claimable instance of a preset, handed to a user in one
@@ -247,7 +251,7 @@ def _claim(condition: str = "") -> str:
         ORDER BY created_at, id
         LIMIT 1
     )
-    RETURNING {INSTANCE_COLUMNS}
+    RETURNING {CLAIMED_COLUMNS}
 """  # noqa: S608 - constants only
 
 

@@ -468,7 +468,11 @@ class SQLiteStore:
             # Read back before the commit: a claim whose row cannot be read
             # is rolled back, not left behind.
             with codecs.decoding("instance"):
-                return codecs.instance_from_row(rows[0]) if rows else None
+                if not rows:
+                    return None
+                return codecs.claimed_instance(
+                    rows[0], preset_id, version_id, user_id, name, lifecycle, now
+                )
 
     def claim_if_unchanged(
         self,
@@ -496,7 +500,9 @@ class SQLiteStore:
             rows = tx.all(sql.CLAIM_IF_STAMP, (*params, stamp))
             if rows:
                 with codecs.decoding("instance"):
-                    return codecs.instance_from_row(rows[0])
+                    return codecs.claimed_instance(
+                        rows[0], preset_id, version_id, user_id, name, lifecycle, now
+                    )
             current = tx.one(sql.STAMP, (str(preset_id),))
         if current is None or current[0] != stamp:
             raise PresetChangedError(preset_id)
