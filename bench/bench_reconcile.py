@@ -68,10 +68,10 @@ def _steady(tmp: str, presets: int, rounds: int) -> dict[str, Any]:
     }
 
 
-def _fill_pass(tmp: str, presets: int, per_preset: int) -> dict[str, Any]:
+def _fill_pass(tmp: str, presets: int, per_preset: int, round_: int) -> dict[str, Any]:
     """One pass that creates presets x per_preset instances, a no-op provisioner."""
     clock = FakeClock()
-    store = SQLiteStore(Path(tmp) / f"fill-{presets}.sqlite3")
+    store = SQLiteStore(Path(tmp) / f"fill-{round_}.sqlite3")
     template = Template(id=uuid.uuid4(), active_version_id=uuid.uuid4(), name="t")
     store.put_template(template)
     for p in range(presets):
@@ -94,9 +94,9 @@ def _fill_pass(tmp: str, presets: int, per_preset: int) -> dict[str, Any]:
     return {"created": stats.created, "per_instance_us": elapsed / stats.created * 1e6}
 
 
-def _bare_inserts(tmp: str, count: int) -> float:
+def _bare_inserts(tmp: str, count: int, round_: int) -> float:
     """µs per instance: a bare sqlite3 loop, an instance and a build per transaction."""
-    db = sqlite3.connect(Path(tmp) / "bare.sqlite3", isolation_level=None)
+    db = sqlite3.connect(Path(tmp) / f"bare-{round_}.sqlite3", isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("CREATE TABLE i (id TEXT PRIMARY KEY, preset TEXT, name TEXT, at INT)")
@@ -143,8 +143,8 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     sizes, rounds, hours = ((200, 2000), 3, 12) if quick else ((1000, 10000), 3, 168)
     with tempfile.TemporaryDirectory() as tmp:
         steady = [_steady(tmp, n, rounds) for n in sizes]
-        fills = [_fill_pass(tmp, 100, 5) for _ in range(3)]
-        bare = [_bare_inserts(tmp, 500) for _ in range(3)]
+        fills = [_fill_pass(tmp, 100, 5, n) for n in range(3)]
+        bare = [_bare_inserts(tmp, 500, n) for n in range(3)]
         week = _week(tmp, hours)
     small, large = steady
     fill_us = statistics.median(f["per_instance_us"] for f in fills)
