@@ -35,7 +35,9 @@ from prebuilds.exceptions import InvalidInputError
 
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping, Sequence
+
+    from prebuilds._model import PresetSnapshot
 
 __all__ = ["PoolFacts", "PooledInstance", "PresetFacts", "derive"]
 
@@ -284,6 +286,57 @@ def derive(
     )
 
 
+def derive_preset(
+    facts: PresetFacts,
+    instances: Sequence[PooledInstance],
+    *,
+    templates: Mapping[UUID, Template],
+    now: datetime,
+    backoff_lookback: timedelta,
+    hard_limit: int,
+) -> PresetSnapshot:
+    """
+    One preset's snapshot at *now*, derived from its facts and its pooled
+    instances alone (*instances*, in the order of the store's read;
+    *templates* maps every template ID of the read to its template): equal
+    to ``derive(...).filter_by_preset(preset_id, now=now)`` over the whole
+    read, at the cost of this preset's rows only. The arguments are not
+    checked (the reconciler's own path).
+    """
+    tally = _Tally()
+    for instance in instances:
+        tally.add(instance, templates.get(instance.template_id))
+    preset_id = facts.config.id
+    backoffs, hard_limited = _failures(
+        tally.starts,
+        templates,
+        {preset_id: facts.config.desired_instances},
+        since=now - backoff_lookback,
+        hard_limit=hard_limit,
+    )
+    in_progress = [
+        InProgressCount(
+            preset_id=preset_id,
+            transition=transition,
+            count=count,
+            template_id=tally.template_of[preset_id].id,
+            template_version_id=tally.template_of[preset_id].active_version_id,
+        )
+        for (_, transition), count in sorted(
+            tally.in_progress.items(), key=lambda kv: kv[0][1].value
+        )
+    ]
+    snapshot = GlobalSnapshot(
+        presets=(facts.preset,),
+        running=sorted(tally.running, key=_by_id),
+        in_progress=in_progress,
+        pending=[PendingCount(preset_id=p, count=n) for p, n in tally.pending.items()],
+        backoffs=backoffs,
+        hard_limited=hard_limited,
+    )
+    return snapshot.filter_by_preset(preset_id, now=now)
+
+
 @attrs.define
 class _Tally:
     """What one walk over the pooled instances finds."""
@@ -331,7 +384,7 @@ class _Tally:
 
 def _failures(
     starts: dict[UUID, list[PooledInstance]],
-    templates: dict[UUID, Template],
+    templates: Mapping[UUID, Template],
     desired: dict[UUID, int],
     *,
     since: datetime,

@@ -9,14 +9,14 @@ import threading
 import time
 
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 import attrs
 
 from prebuilds._arguments import check_reconciler
 from prebuilds._calculate import (
+    backoff_until,
     calculate_actions,
     can_skip_reconciliation,
 )
@@ -24,16 +24,18 @@ from prebuilds._clock import SystemClock
 from prebuilds._events import LoggingEventSink
 from prebuilds._model import (
     ActionType,
+    InvalidPreset,
     PresetSnapshot,
     PresetStatus,
     ReconcileStats,
     ReconciliationActions,
     Transition,
 )
-from prebuilds._pool import derive
+from prebuilds._pool import derive, derive_preset
 from prebuilds._records import PREBUILDS_OWNER_ID, BuildStatus, Event, EventKind
-from prebuilds._status import PoolStatus, pool_statuses, with_last_error
+from prebuilds._status import PoolStatus, explain, explain_all
 from prebuilds._validate import check_delta, clean_text
+from prebuilds._workers import Workers
 from prebuilds.exceptions import (
     LeadershipLostError,
     ProvisionerValidationError,
@@ -45,8 +47,14 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from uuid import UUID
 
-    from prebuilds._model import GlobalSnapshot, InvalidPreset
-    from prebuilds._records import BuildRequest, Lease, ResourceReplacement
+    from prebuilds._model import GlobalSnapshot
+    from prebuilds._pool import PooledInstance, PresetFacts
+    from prebuilds._records import (
+        BuildRequest,
+        Lease,
+        ResourceReplacement,
+        Template,
+    )
     from prebuilds.interfaces import Clock, EventSink, Provisioner, Store
 
 log = logging.getLogger("prebuilds")
@@ -63,13 +71,18 @@ class _SubmitTimeoutError(TimeoutError):
 
 
 def _call_with_timeout(
-    submit: Callable[[BuildRequest], None], request: BuildRequest, timeout: float
+    workers: Workers,
+    submit: Callable[[BuildRequest], None],
+    request: BuildRequest,
+    timeout: float,
 ) -> None:
     """
-    Call ``submit(request)`` on a daemon thread and wait up to *timeout* s.
+    Call ``submit(request)`` on a thread of *workers* and wait up to
+    *timeout* s.
 
-    A daemon thread, so that a submit hung in the host's code neither holds
-    up later submits nor keeps the interpreter from exiting.
+    On a thread of its own (a daemon, kept for the next submit), so that a
+    submit hung in the host's code neither holds up later submits nor keeps
+    the interpreter from exiting.
 
     Raises:
         _SubmitTimeoutError: *submit* had not returned in time.
@@ -86,7 +99,7 @@ def _call_with_timeout(
         finally:
             done.set()
 
-    threading.Thread(target=target, name="prebuilds-submit", daemon=True).start()
+    workers.start(target)
     if not done.wait(timeout):
         msg = f"provisioner.submit did not return within {timeout}s"
         raise _SubmitTimeoutError(msg)
@@ -138,22 +151,111 @@ class _Quiet:
     suppressed: int = 0
 
 
+#: The desired count of a schedule is constant between UTC quarter hours
+#: (every UTC offset has been a whole number of quarter hours since 1972):
+#: a plan of a preset with schedules is reused within one quarter hour only,
+#: and not at all before 1973.
+_QUARTER = timedelta(minutes=15)
+_SCHEDULES_FROM = datetime(1973, 1, 1, tzinfo=timezone.utc)
+
+
+@attrs.frozen
+class _Plan:
+    """
+    One preset's snapshot and actions, worked out at *at* from its facts and
+    its pooled instances; the same for every instant from *at* until
+    *until* (excluded; ``None``: no end) while those facts hold.
+    """
+
+    facts: PresetFacts
+    instances: tuple[PooledInstance, ...]
+    at: datetime
+    until: datetime | None
+    snapshot: PresetSnapshot
+    actions: tuple[ReconciliationActions, ...]
+    #: What calculating the actions raised (then it is not reused).
+    error: Exception | None
+    #: Whether the preset certainly needs nothing (can_skip_reconciliation).
+    skip: bool
+
+    def holds(
+        self, facts: PresetFacts, instances: tuple[PooledInstance, ...], now: datetime
+    ) -> bool:
+        """Whether this plan is the one for *facts* and *instances* at *now*."""
+        return (
+            self.at <= now
+            and (self.until is None or now < self.until)
+            and (self.facts is facts or self.facts == facts)
+            and self.instances == instances
+        )
+
+
+def _until(
+    snapshot: PresetSnapshot,
+    instances: tuple[PooledInstance, ...],
+    *,
+    at: datetime,
+    backoff_lookback: timedelta,
+    backoff_interval: timedelta,
+) -> datetime | None:
+    """
+    The first instant after *at* at which the preset's snapshot or actions
+    may differ with the same facts (a conservative bound), or ``None``.
+
+    Time enters through the schedules (constant between quarter hours), the
+    TTL (an instance expires), the backoff look-back (a failure stops
+    counting) and the backoff's end.
+    """
+    preset = snapshot.preset
+    ends: list[datetime] = []
+    if preset.schedules and preset.scheduling_timezone:
+        if at < _SCHEDULES_FROM:
+            return at
+        utc = at.astimezone(timezone.utc)
+        mark = utc.replace(minute=utc.minute - utc.minute % 15, second=0, microsecond=0)
+        ends.append(mark + _QUARTER)
+    if preset.ttl:
+        ends.extend(p.created_at + preset.ttl for p in snapshot.running)
+    ends.extend(
+        i.latest_created_at + backoff_lookback
+        for i in instances
+        if i.latest_status is BuildStatus.FAILED
+    )
+    until = backoff_until(snapshot, backoff_interval=backoff_interval)
+    if until is not None and until >= at:
+        ends.append(until)
+    return min(ends, default=None)
+
+
 @attrs.frozen
 class _View:
     """
-    What a pass (or :meth:`StoreReconciler.status`) reads: the snapshot,
-    and the facts a snapshot does not carry.
+    What a pass (or :meth:`StoreReconciler.status`) reads: every preset's
+    plan, and the facts a snapshot does not carry.
     """
 
-    snapshot: GlobalSnapshot
+    #: Every readable preset's plan, by preset ID.
+    plans: tuple[_Plan, ...]
+    invalid_presets: tuple[InvalidPreset, ...]
     #: Template ID -> its name.
     template_names: dict[UUID, str]
     #: Preset ID -> pooled instances whose latest build failed.
     failed_kept: dict[UUID, int]
     #: (instance ID, transition) -> preset ID: the failed latest builds.
     failed: dict[tuple[UUID, Transition], UUID]
-    #: Template ID -> its organisation.
-    organizations: dict[UUID, UUID | None]
+    #: Ready running instance ID -> its preset ID.
+    ready: dict[UUID, UUID]
+
+
+def _has_work(plan: _Plan) -> bool:
+    """Whether the preset has something to do: actions, an error, a status to record."""
+    if plan.actions or plan.error is not None:
+        return True
+    snapshot = plan.snapshot
+    status = snapshot.preset.status
+    if snapshot.is_hard_limited:
+        return status is PresetStatus.HEALTHY
+    return status is PresetStatus.HARD_LIMITED
 
 
 def _full(status: PoolStatus) -> bool:
@@ -303,7 +405,13 @@ class StoreReconciler:
         self._invalid_seen: frozenset[InvalidPreset] = frozenset()
         # What a scrape, a dashboard or status() reads without the store:
         # the last leading pass's statuses, each preset's last error, names.
-        self._statuses: tuple[PoolStatus, ...] = ()
+        self._statuses: tuple[PoolStatus, ...] | None = ()
+        # What the last leading pass's statuses are worked out from, when
+        # first read (a pass nobody reads the statuses of does not pay).
+        self._status_source: tuple[_View, datetime, bool, dict[UUID, str]] | None = None
+        # Each preset's plan of the last read, reused while its facts hold.
+        self._plans: dict[UUID, _Plan] = {}
+        self._pool: Workers | None = None
         self._last_errors: dict[UUID, str] = {}
         self._fresh_errors: set[UUID] = set()  # met since the last pass ended
         self._names: dict[UUID, tuple[str, str, UUID | None]] = {}
@@ -359,6 +467,17 @@ class StoreReconciler:
             log.info("prebuilds reconciler stopping: %r", cause)
         if running and not self._done.wait(timeout):
             log.warning("prebuilds reconciler did not stop within %ss", timeout)
+        with self._state_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()  # its idle threads end; busy ones after their task
+
+    def _workers(self) -> Workers:
+        """The threads that run presets and submits, started when first needed."""
+        with self._state_lock:
+            if self._pool is None:
+                self._pool = Workers("prebuilds")
+            return self._pool
 
     @property
     def stop_cause(self) -> BaseException | None:
@@ -436,7 +555,6 @@ class StoreReconciler:
         # stuck builds failed below. They are replaced from the next pass on,
         # the same on every store.
         view = self._read(now)
-        snapshot = view.snapshot
         if self._build_timeout is not None:
             for build in self._store.fail_stuck_builds(
                 older_than=now - self._build_timeout, now=now, lease=run.lease
@@ -449,8 +567,8 @@ class StoreReconciler:
                     build_id=build.id,
                     detail=f"{build.transition.value} build timed out",
                 )
-        invalid_now = frozenset(snapshot.invalid_presets)
-        for invalid in snapshot.invalid_presets:
+        invalid_now = frozenset(view.invalid_presets)
+        for invalid in view.invalid_presets:
             if invalid not in self._invalid_seen:  # report each problem once
                 self._emit(
                     EventKind.INVALID_PRESET,
@@ -459,32 +577,68 @@ class StoreReconciler:
                     detail=f"{invalid.field}={invalid.value}: {invalid.reason}",
                 )
         self._invalid_seen = invalid_now
-        self._report_ready(snapshot, now)
-        todo = []
-        for preset in snapshot.presets:
-            preset_snapshot = snapshot.filter_by_preset(preset.id, now=now)
-            if not can_skip_reconciliation(preset_snapshot):
-                todo.append(preset_snapshot)
-        if self._max_workers == 1 or len(todo) <= 1:
-            results = [self._reconcile_preset(ps, run) for ps in todo]
+        self._report_ready(view, now)
+        # The actions are worked out here (most presets have none); only the
+        # presets with something to do go to the workers.
+        todo = [plan for plan in view.plans if not plan.skip]
+        busy = [plan for plan in todo if _has_work(plan)]
+        if self._max_workers == 1 or len(busy) <= 1:
+            results = [self._reconcile_preset(plan, run) for plan in busy]
         else:
-            with ThreadPoolExecutor(
-                self._max_workers, thread_name_prefix="prebuilds"
-            ) as pool:
-                results = list(
-                    pool.map(lambda ps: self._reconcile_preset(ps, run), todo)
-                )
+            results = self._in_parallel(busy, run)
         self._observe(view, now, paused=False)
         return attrs.evolve(
             stats,
-            presets_total=len(snapshot.presets) + len(snapshot.invalid_presets),
+            presets_total=len(view.plans) + len(view.invalid_presets),
             presets_reconciled=len(todo),
             presets_failed=sum(r.failed for r in results),
-            presets_invalid=len(snapshot.invalid_presets),
+            presets_invalid=len(view.invalid_presets),
             created=sum(r.created for r in results),
             deleted=sum(r.deleted for r in results),
             canceled=sum(r.canceled for r in results),
         )
+
+    def _in_parallel(self, plans: list[_Plan], run: _Pass) -> list[_PresetResult]:
+        """
+        Reconcile *plans* on at most *max_workers* threads of the workers.
+
+        Raises:
+            Exception: the first (in *plans*' order) a preset raised, once
+                every preset is done.
+        """
+        results: list[_PresetResult] = [_PresetResult() for _ in plans]
+        errors: dict[int, BaseException] = {}
+        items = iter(enumerate(plans))
+        lock = threading.Lock()
+        threads = min(self._max_workers, len(plans))
+        left = [threads]
+        finished = threading.Event()
+
+        def work() -> None:
+            try:
+                while True:
+                    with lock:
+                        item = next(items, None)
+                    if item is None:
+                        return
+                    index, plan = item
+                    try:
+                        results[index] = self._reconcile_preset(plan, run)
+                    except BaseException as e:  # noqa: BLE001 - raised below
+                        errors[index] = e
+            finally:
+                with lock:
+                    left[0] -= 1
+                    if not left[0]:
+                        finished.set()
+
+        workers = self._workers()
+        for _ in range(threads):
+            workers.start(work)
+        finished.wait()
+        if errors:
+            raise errors[min(errors)]
+        return results
 
     # -- status ------------------------------------------------------------------
     def status(self) -> list[PoolStatus]:
@@ -511,41 +665,128 @@ class StoreReconciler:
         touching the store.
         """
         with self._memory_lock:
-            return self._statuses
+            statuses, source = self._statuses, self._status_source
+        if statuses is not None:
+            return statuses
+        assert source is not None  # noqa: S101 - set together
+        view, now, paused, errors = source
+        statuses = tuple(self._statuses_of(view, now, paused, errors))
+        with self._memory_lock:
+            if self._status_source is source:
+                self._statuses = statuses
+        return statuses
 
     def _read(self, now: datetime) -> _View:
-        """One read of the store: the state derived at *now* and the facts beside it."""
+        """
+        One read of the store: every preset's plan at *now* and the facts
+        beside it. A preset's plan of the last read is reused while its
+        facts, its instances and the time allow (:class:`_Plan`).
+        """
         facts = self._store.read_pool()
-        snapshot = derive(
-            facts,
-            now=now,
-            backoff_lookback=self._backoff_lookback,
-            hard_limit=self._hard_limit,
-        )
+        templates = {f.template.id: f.template for f in facts.presets}
+        by_preset: dict[UUID, list[PooledInstance]] = {}
         failed_kept: Counter[UUID] = Counter()
         failed: dict[tuple[UUID, Transition], UUID] = {}
+        ready: dict[UUID, UUID] = {}
         for instance in facts.instances:
-            if instance.latest_status is BuildStatus.FAILED:
-                failed_kept[instance.preset_id] += 1
-                failed[instance.id, instance.latest_transition] = instance.preset_id
-        names = {f.template.id: f.template.name for f in facts.presets}
-        organizations = {
-            f.template.id: f.template.organization_id for f in facts.presets
-        }
+            preset_id = instance.preset_id
+            mine = by_preset.get(preset_id)
+            if mine is None:
+                by_preset[preset_id] = [instance]
+            else:
+                mine.append(instance)
+            status = instance.latest_status
+            if status is BuildStatus.FAILED:
+                failed_kept[preset_id] += 1
+                failed[instance.id, instance.latest_transition] = preset_id
+            elif (
+                instance.ready
+                and status is BuildStatus.SUCCEEDED
+                and instance.latest_transition is Transition.START
+            ):
+                ready[instance.id] = preset_id
+        known, plans = self._plans, {}
+        for preset_facts in sorted(facts.presets, key=lambda f: f.config.id.int):
+            preset_id = preset_facts.config.id
+            instances = tuple(by_preset.get(preset_id, ()))
+            plan = known.get(preset_id)
+            if plan is None or not plan.holds(preset_facts, instances, now):
+                plan = self._plan(preset_facts, instances, templates, now)
+            plans[preset_id] = plan
+        self._plans = plans
         # The events of the pass name their presets from here on.
-        presets = {
+        names = {
             f.config.id: (f.config.name, f.template.name, f.template.organization_id)
             for f in facts.presets
         }
         with self._memory_lock:
-            self._names = presets
-        return _View(snapshot, names, dict(failed_kept), failed, organizations)
+            self._names = names
+        return _View(
+            plans=tuple(plans.values()),
+            invalid_presets=facts.invalid_presets,
+            template_names={t.id: t.name for t in templates.values()},
+            failed_kept=dict(failed_kept),
+            failed=failed,
+            ready=ready,
+        )
+
+    def _plan(
+        self,
+        facts: PresetFacts,
+        instances: tuple[PooledInstance, ...],
+        templates: dict[UUID, Template],
+        now: datetime,
+    ) -> _Plan:
+        """Work out one preset's snapshot and actions at *now*."""
+        snapshot = derive_preset(
+            facts,
+            instances,
+            templates=templates,
+            now=now,
+            backoff_lookback=self._backoff_lookback,
+            hard_limit=self._hard_limit,
+        )
+        actions: tuple[ReconciliationActions, ...] = ()
+        error: Exception | None = None
+        try:
+            actions = tuple(
+                calculate_actions(
+                    snapshot, now=now, backoff_interval=self._backoff_interval
+                )
+            )
+        except Exception as e:  # noqa: BLE001 - reported by the preset's worker
+            error = e
+        # An instance of another template would need that template's facts
+        # in the key: worked out again on every pass instead.
+        own = all(i.template_id == facts.config.template_id for i in instances)
+        until = (
+            _until(
+                snapshot,
+                instances,
+                at=now,
+                backoff_lookback=self._backoff_lookback,
+                backoff_interval=self._backoff_interval,
+            )
+            if own and error is None
+            else now
+        )
+        return _Plan(
+            facts=facts,
+            instances=instances,
+            at=now,
+            until=until,
+            snapshot=snapshot,
+            actions=actions,
+            error=error,
+            skip=can_skip_reconciliation(snapshot),
+        )
 
     def _statuses_of(
         self, view: _View, now: datetime, paused: bool, errors: dict[UUID, str]
     ) -> list[PoolStatus]:
-        return pool_statuses(
-            view.snapshot,
+        return explain_all(
+            (plan.snapshot for plan in view.plans),
+            view.invalid_presets,
             now=now,
             backoff_interval=self._backoff_interval,
             hard_limit=self._hard_limit,
@@ -574,38 +815,54 @@ class StoreReconciler:
                     instance_id=instance_id,
                     detail=f"{transition.value} build failed",
                 )
-        statuses = self._statuses_of(view, now, paused, {})
         with self._memory_lock:
             # A preset's last error is kept until a pass that met none for
             # it finds its pool full.
             fresh, self._fresh_errors = self._fresh_errors, set()
-            self._last_errors = errors = {
-                s.preset_id: self._last_errors[s.preset_id]
-                for s in statuses
-                if s.preset_id in self._last_errors
-                and (s.preset_id in fresh or not _full(s))
-            }
-        if errors:
-            presets = {p.id: p for p in view.snapshot.presets}
-            statuses = [
-                with_last_error(
-                    s,
-                    errors[s.preset_id],
-                    preset=presets.get(s.preset_id),
-                    hard_limit=self._hard_limit,
-                )
-                if s.preset_id in errors
-                else s
-                for s in statuses
-            ]
-        with self._memory_lock:
-            self._statuses = tuple(statuses)
+            if self._last_errors:
+                items = self._items(view)
+                self._last_errors = {
+                    preset_id: error
+                    for preset_id, error in self._last_errors.items()
+                    if preset_id in fresh
+                    or self._still_failing(view, items.get(preset_id), now)
+                }
+            # The statuses are worked out when first read (last_statuses).
+            self._statuses = None
+            self._status_source = (view, now, paused, dict(self._last_errors))
+
+    @staticmethod
+    def _items(view: _View) -> dict[UUID, PresetSnapshot | InvalidPreset]:
+        """Every preset of *view* by ID: its snapshot, or the store's account."""
+        items: dict[UUID, PresetSnapshot | InvalidPreset] = {
+            i.preset_id: i for i in view.invalid_presets
+        }
+        items.update((p.snapshot.preset.id, p.snapshot) for p in view.plans)
+        return items
+
+    def _still_failing(
+        self, view: _View, item: PresetSnapshot | InvalidPreset | None, now: datetime
+    ) -> bool:
+        """Whether *item* is a preset of *view* whose pool is not full at *now*."""
+        if item is None:
+            return False
+        preset_id = (
+            item.preset_id if isinstance(item, InvalidPreset) else item.preset.id
+        )
+        status = explain(
+            item,
+            now=now,
+            backoff_interval=self._backoff_interval,
+            hard_limit=self._hard_limit,
+            failed_kept=view.failed_kept.get(preset_id, 0),
+        )
+        return not _full(status)
 
     def _pass_finished(self, stats: ReconcileStats) -> None:
         """Forget what a pass that did not lead cannot know; tell the observer."""
         if not stats.leader:
             with self._memory_lock:
-                self._statuses = ()
+                self._statuses, self._status_source = (), None
                 self._failed_seen = None  # another replica reports meanwhile
         observe = getattr(self._events, "pass_finished", None)
         if observe is None:
@@ -616,42 +873,43 @@ class StoreReconciler:
         except Exception:  # a broken observer must not break the loop
             log.warning("prebuilds pass observer failed", exc_info=True)
 
-    def _report_ready(self, snapshot: GlobalSnapshot, now: datetime) -> None:
+    def _report_ready(self, view: _View, now: datetime) -> None:
         """Emit READY for pooled instances that became ready since last pass."""
-        ready = frozenset(p.id for p in snapshot.running if p.ready)
-        for prebuild in snapshot.running:
-            if prebuild.ready and prebuild.id not in self._ready_seen:
-                self._emit(
-                    EventKind.READY,
-                    at=now,
-                    preset_id=prebuild.preset_id,
-                    instance_id=prebuild.id,
-                )
-        self._ready_seen = ready
+        ready = view.ready
+        new = [i for i in ready if i not in self._ready_seen]
+        for instance_id in sorted(new, key=lambda i: i.int):
+            self._emit(
+                EventKind.READY,
+                at=now,
+                preset_id=ready[instance_id],
+                instance_id=instance_id,
+            )
+        self._ready_seen = frozenset(ready)
 
-    def _reconcile_preset(self, ps: PresetSnapshot, run: _Pass) -> _PresetResult:
+    def _reconcile_preset(self, plan: _Plan, run: _Pass) -> _PresetResult:
         try:
-            return self._reconcile_one(ps, run)
+            return self._reconcile_one(plan, run)
         except LeadershipLostError:
             run.lost.set()  # the other workers stop before their next write
             raise
 
-    def _reconcile_one(self, ps: PresetSnapshot, run: _Pass) -> _PresetResult:
+    def _reconcile_one(self, plan: _Plan, run: _Pass) -> _PresetResult:
         result = _PresetResult()
+        ps = plan.snapshot
         preset = ps.preset
         try:
             run.check()
             self._update_hard_limit(ps, run)
-            actions = calculate_actions(
-                ps, now=run.now, backoff_interval=self._backoff_interval
-            )
         except StoreError:
             raise  # a store failure ends the pass
         except Exception as e:  # noqa: BLE001 - one preset never stops the rest
             self._preset_error(preset.id, e, result, run.now)
             return result
+        if plan.error is not None:  # calculating its actions raised
+            self._preset_error(preset.id, plan.error, result, run.now)
+            return result
         expired = {p.id for p in ps.expired}
-        for action in actions:
+        for action in plan.actions:
             try:
                 self._execute(ps, action, expired=expired, result=result, run=run)
             except StoreError:
@@ -784,7 +1042,10 @@ class StoreReconciler:
                 self._provisioner.submit(request)
             else:
                 _call_with_timeout(
-                    self._provisioner.submit, request, self._submit_timeout
+                    self._workers(),
+                    self._provisioner.submit,
+                    request,
+                    self._submit_timeout,
                 )
         except ProvisionerValidationError as e:
             self._store.build_finished(

@@ -28,7 +28,7 @@ fill?"):
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
@@ -306,21 +306,47 @@ def pool_statuses(
             GlobalSnapshot.
     """
     check_instance("snapshot", snapshot, GlobalSnapshot)
+    return explain_all(
+        (snapshot.filter_by_preset(preset.id, now=now) for preset in snapshot.presets),
+        snapshot.invalid_presets,
+        now=now,
+        backoff_interval=backoff_interval,
+        hard_limit=hard_limit,
+        paused=paused,
+        template_names=template_names,
+        failed_kept=failed_kept,
+        last_errors=last_errors,
+    )
+
+
+def explain_all(
+    snapshots: Iterable[PresetSnapshot],
+    invalid_presets: Iterable[InvalidPreset],
+    *,
+    now: datetime,
+    backoff_interval: timedelta,
+    hard_limit: int,
+    paused: bool,
+    template_names: Mapping[UUID, str] | None,
+    failed_kept: Mapping[UUID, int] | None,
+    last_errors: Mapping[UUID, str] | None,
+) -> list[PoolStatus]:
+    """:func:`pool_statuses` of presets already filtered at *now*, sorted."""
     names = template_names or {}
     kept = failed_kept or {}
     errors = last_errors or {}
     statuses = [
         explain(
-            snapshot.filter_by_preset(preset.id, now=now),
+            preset_snapshot,
             now=now,
             backoff_interval=backoff_interval,
             hard_limit=hard_limit,
             paused=paused,
-            failed_kept=kept.get(preset.id, 0),
-            last_error=errors.get(preset.id),
-            template_name=names.get(preset.template_id, ""),
+            failed_kept=kept.get(preset_snapshot.preset.id, 0),
+            last_error=errors.get(preset_snapshot.preset.id),
+            template_name=names.get(preset_snapshot.preset.template_id, ""),
         )
-        for preset in snapshot.presets
+        for preset_snapshot in snapshots
     ]
     statuses.extend(
         explain(
@@ -332,7 +358,7 @@ def pool_statuses(
             failed_kept=kept.get(invalid.preset_id, 0),
             last_error=errors.get(invalid.preset_id),
         )
-        for invalid in snapshot.invalid_presets
+        for invalid in invalid_presets
     )
     statuses.sort(key=lambda s: (s.template_name, s.preset_name, s.preset_id))
     return statuses

@@ -33,10 +33,14 @@ from prebuilds import (
     PoolFacts,
     PrebuildSchedule,
     PresetConfig,
+    PresetSnapshot,
     PresetStatus,
     Template,
+    calculate_actions,
     derive,
 )
+from prebuilds._pool import PooledInstance, PresetFacts, derive_preset
+from prebuilds._reconciler import _until
 from prebuilds.interfaces import Store
 from prebuilds.stores import MemoryStore
 from tests.conftest import StoreFactory
@@ -161,6 +165,8 @@ class Agreement:
                 assert self.derive(reference, at, lookback, limit) == self.derive(
                     facts, at, lookback, limit
                 )
+        for _, lookback, limit in POLICIES:
+            check_plans(reference, self.now, lookback, limit)
             for preset_id in self.presets:
                 assert attrs.evolve(
                     self.stores[0].read_preset(preset_id), stamp=None
@@ -171,6 +177,61 @@ class Agreement:
         facts: PoolFacts, at: datetime, lookback: timedelta, limit: int
     ) -> GlobalSnapshot:
         return derive(facts, now=at, backoff_lookback=lookback, hard_limit=limit)
+
+
+def check_plans(
+    facts: PoolFacts, at: datetime, lookback: timedelta, limit: int
+) -> None:
+    """
+    Each preset's snapshot from its own rows (derive_preset) is the one
+    derive gives; and the reconciler's plan of it, worked out at *at*, holds
+    at every later instant before its end (the key of its cache).
+    """
+    templates = {f.template.id: f.template for f in facts.presets}
+    interval = timedelta(minutes=1)
+    for preset_facts in facts.presets:
+        preset_id = preset_facts.config.id
+        instances = tuple(i for i in facts.instances if i.preset_id == preset_id)
+
+        def alone(
+            now: datetime,
+            preset_facts: PresetFacts = preset_facts,
+            instances: tuple[PooledInstance, ...] = instances,
+        ) -> PresetSnapshot:
+            return derive_preset(
+                preset_facts,
+                instances,
+                templates=templates,
+                now=now,
+                backoff_lookback=lookback,
+                hard_limit=limit,
+            )
+
+        snapshot = alone(at)
+        whole = derive(facts, now=at, backoff_lookback=lookback, hard_limit=limit)
+        assert whole.filter_by_preset(preset_id, now=at) == snapshot
+        until = _until(
+            snapshot,
+            instances,
+            at=at,
+            backoff_lookback=lookback,
+            backoff_interval=interval,
+        )
+        actions = calculate_actions(snapshot, now=at, backoff_interval=interval)
+        for later in _LATER:
+            now = at + later
+            if until is not None and now >= until:
+                break
+            assert snapshot == alone(now), later
+            assert actions == calculate_actions(
+                snapshot, now=now, backoff_interval=interval
+            )
+
+
+#: Instants after a plan's at where it is checked to hold (if before its end).
+_LATER = [timedelta(seconds=s) for s in (0, 1, 59, 60, 899, 900, 1199, 1200, 3599)] + [
+    timedelta(hours=h) for h in (1, 2, 5, 24, 24 * 30)
+]
 
 
 # -- one call of the history, drawn -------------------------------------------------
