@@ -1,14 +1,9 @@
 """
-What every reference store shares, written once: the JSON shape of
-schedules and parameters, the builders of the facts and of build requests
-from stored values, and fencing.
-
-A store's codec reads a row into plain values (UUIDs, aware datetimes, the
-enum's value or member, the JSON column as text or as decoded JSON) and
-hands them to a builder here, which decodes and validates them the same way
-for every store: a stored preset that cannot be read is an
-:class:`~prebuilds.exceptions.InvalidInputError` naming the field, which
-``read_pool`` reports as an :class:`~prebuilds.InvalidPreset`.
+What every reference store shares: the JSON shape of schedules and
+parameters, the builders of facts and build requests from stored values
+(a store's codec reads a row into plain values; these decode and validate
+them alike for every store, with an
+:class:`~prebuilds.exceptions.InvalidInputError` naming the field), and fencing.
 """
 
 from __future__ import annotations
@@ -73,13 +68,7 @@ def _pairs(field: str, raw: object) -> list[tuple[Any, Any]]:
 
 
 def decode_schedules(raw: object) -> tuple[PrebuildSchedule, ...]:
-    """
-    Stored schedules, as JSON text or decoded JSON.
-
-    Raises:
-        InvalidInputError: they are not a list of ``[cron, instances]``, or a
-            schedule is not valid.
-    """
+    """Stored schedules (JSON text or decoded); InvalidInputError if not valid."""
     return tuple(
         PrebuildSchedule(cron=cron, instances=instances)
         for cron, instances in _pairs("schedules", raw)
@@ -87,12 +76,7 @@ def decode_schedules(raw: object) -> tuple[PrebuildSchedule, ...]:
 
 
 def decode_parameters(raw: object) -> tuple[tuple[str, str], ...]:
-    """
-    Stored parameters, as JSON text or decoded JSON.
-
-    Raises:
-        InvalidInputError: they are not a list of ``[name, value]`` strings.
-    """
+    """Stored parameters (JSON text or decoded); InvalidInputError if not valid."""
     pairs = _pairs("parameters", raw)
     for name, value in pairs:
         if not isinstance(name, str) or not isinstance(value, str):
@@ -103,19 +87,14 @@ def decode_parameters(raw: object) -> tuple[tuple[str, str], ...]:
 
 
 def decode_enum(kind: type[_E], field: str, raw: object) -> _E:
-    """
-    An enum member from its stored value (or the member itself).
-
-    Raises:
-        InvalidInputError: *raw* is no value of *kind*.
-    """
+    """A member of *kind* from its stored value (or itself), or InvalidInputError."""
     try:
         return kind(raw)
     except ValueError:
         raise InvalidInputError(field, raw, f"unknown {kind.__name__}") from None
 
 
-# -- builders ------------------------------------------------------------------------
+# -- builders: InvalidInputError naming a column that is not valid ------------------
 
 
 def preset_facts(
@@ -135,15 +114,9 @@ def preset_facts(
     stamp: int | None,
 ) -> PresetFacts:
     """
-    A stored preset's facts, from its columns and its template.
-
-    *schedules* and *parameters* are the JSON columns (text or decoded JSON;
-    a tuple of records is taken as it is); *status* the status' value or member. The
-    facts' :attr:`~prebuilds.PresetFacts.preset` is built here, so a stored
-    preset that the calculator could not take is refused here too.
-
-    Raises:
-        InvalidInputError: a column is not valid (naming it).
+    A stored preset's facts, from its columns (the JSON ones as text, decoded
+    JSON or records) and its template; the calculator's view is built too, so
+    a preset it could not take is refused here.
     """
     if isinstance(schedules, (str, bytes, list)):
         schedules = decode_schedules(schedules)
@@ -196,13 +169,7 @@ def pooled_instance(
     latest_number: int,
     latest_created_at: datetime,
 ) -> PooledInstance:
-    """
-    A pooled instance with its latest build, from stored values (*ready* a
-    bool or 0/1; the transition and status their values or members).
-
-    Raises:
-        InvalidInputError: a value is not valid (naming it).
-    """
+    """A pooled instance with its latest build (*ready*: a bool or 0/1)."""
     return PooledInstance(
         id=id,
         preset_id=preset_id,
@@ -231,13 +198,7 @@ def build_request(
     parameters: Any = (),
     orphan: bool = False,
 ) -> BuildRequest:
-    """
-    What the provisioner is asked to do, from stored values (*parameters*
-    the preset's JSON column or the pairs; a delete carries none).
-
-    Raises:
-        InvalidInputError: a value is not valid (naming it).
-    """
+    """What the provisioner is asked to do (*parameters*: JSON column or pairs)."""
     if isinstance(parameters, (str, bytes, list)):
         parameters = decode_parameters(parameters)
     return BuildRequest(
@@ -258,12 +219,11 @@ def build_request(
 
 def fence_token(lease: Lease | None) -> str | None:
     """
-    The token a fenced write checks: None for an unfenced write
-    (``lease=None``), else the token of *lease*.
+    The token a fenced write checks (None: unfenced).
 
     Raises:
         InvalidInputError: *lease* is neither None nor a :class:`Lease`.
-        LeadershipLostError: *lease* was never held (nothing to fence with).
+        LeadershipLostError: *lease* was never held.
     """
     if lease is None:
         return None

@@ -91,21 +91,14 @@ def _utc(value: datetime) -> datetime:
 
 class MemoryStore:
     """
-    A :class:`~prebuilds.interfaces.Store` in process memory, with
-    :class:`~prebuilds.interfaces.StampedClaims`.
+    A :class:`~prebuilds.interfaces.Store` with
+    :class:`~prebuilds.interfaces.StampedClaims` in process memory: one lock,
+    every method atomic, nothing kept past the process. The reference to read
+    when writing a store.
 
-    Thread-safe (one lock); every method is atomic. Nothing survives the
-    process: use it for tests, simulations and hosts that rebuild their pools
-    at start. It keeps facts and applies transitions, and decides nothing:
-    the reference to read when writing a store.
-
-    Leadership is the store object's own: :meth:`leader` grants one lease at
-    a time per ``MemoryStore``, and two stores share nothing (neither data
-    nor leadership). A lease lasts until its scope ends; with *lease_ttl* it
-    also expires *lease_ttl* after it was granted or last renewed (every
-    fenced write renews it), on *clock*, after which another ``leader()``
-    takes it over and the old lease's fenced writes are refused. That is for
-    tests of a takeover: a fake clock makes it happen on demand.
+    :meth:`leader` grants one lease at a time per store object. With
+    *lease_ttl*, a lease also expires that long after it was granted or last
+    renewed by a fenced write, on *clock* (for tests of a takeover).
 
     Args:
         clock: The time leases expire by (default: the system clock).
@@ -139,7 +132,7 @@ class MemoryStore:
         self._paused = False
         self._templates: dict[UUID, Template] = {}
         self._presets: dict[UUID, _PresetRow] = {}
-        #: Instances, their latest build's transition and status kept on them.
+        #: Instances, showing their latest build's transition and status.
         self._instances: dict[UUID, Instance] = {}
         self._builds: dict[UUID, Build] = {}
         #: Each instance's builds, in build-number order.
@@ -159,13 +152,7 @@ class MemoryStore:
                     row.stamp += 1
 
     def put_preset(self, preset: PresetConfig) -> None:
-        """
-        Insert or replace a preset's configuration, keeping its status and
-        invalidation; its stamp changes.
-
-        Raises:
-            TemplateNotFoundError: its template was never put.
-        """
+        """Insert or replace a preset's config (status and invalidation kept)."""
         check_instance("preset", preset, PresetConfig)
         with self._lock:
             if preset.template_id not in self._templates:
@@ -203,13 +190,7 @@ class MemoryStore:
         return template
 
     def read_preset(self, preset_id: UUID) -> PresetFacts:
-        """
-        What the store keeps about the preset, with its template.
-
-        Raises:
-            PresetNotFoundError: no such preset.
-            InvalidInputError: it is stored but not valid.
-        """
+        """What the store keeps about the preset, with its template."""
         check_read_preset(preset_id)
         with self._lock:
             return self._facts(self._row(preset_id))
@@ -219,19 +200,13 @@ class MemoryStore:
     ) -> None:
         """Record the preset's health (fenced by *lease*, if given)."""
         check_set_preset_status(preset_id, status)
-        token = fence_token(lease)
-        with self._lock:
-            self._fence(token)
+        with self._fenced(lease):
             self._row(preset_id).status = status
 
     # -- reconciler ----------------------------------------------------------
     @contextmanager
     def leader(self) -> Iterator[Lease]:
-        """
-        Non-blocking leadership of this store object: a held
-        :class:`~prebuilds.Lease` unless another scope holds an unexpired
-        one. Leaving the scope ends the lease.
-        """
+        """A held lease unless another scope holds an unexpired one; see the Store."""
         token = str(uuid.uuid4())
         with self._lock:
             acquired = self._lease_token is None or self._lease_expired()
@@ -258,18 +233,20 @@ class MemoryStore:
             self._lease_expires = self._clock.now() + self._lease_ttl
 
     def _fence(self, token: str | None) -> None:
-        """
-        Check (under the store's lock) that *token* still leads, and renew
-        it; nothing for an unfenced write.
-
-        Raises:
-            LeadershipLostError: it does not.
-        """
+        """Under the lock: check that *token* (if any) still leads, and renew it."""
         if token is None:
             return
         if token != self._lease_token or self._lease_expired():
             raise lost(token)
         self._renew()
+
+    @contextmanager
+    def _fenced(self, lease: Lease | None) -> Iterator[None]:
+        """Hold the lock, *lease* (if given) checked and renewed."""
+        token = fence_token(lease)
+        with self._lock:
+            self._fence(token)
+            yield
 
     def read_pool(self) -> PoolFacts:
         """Every preset (or why it cannot be read) and every pooled instance."""
@@ -298,10 +275,8 @@ class MemoryStore:
     ) -> BuildRequest | None:
         """A new pooled instance and its pending start build; None if inactive."""
         check_create_prebuild(preset_id, now, name)
-        token = fence_token(lease)
         now = _utc(now)
-        with self._lock:
-            self._fence(token)
+        with self._fenced(lease):
             config = self._row(preset_id).config
             if not self._active(config, self._templates[config.template_id]):
                 return None
@@ -324,10 +299,8 @@ class MemoryStore:
     ) -> BuildRequest | None:
         """A pending delete build, unless the instance left the pool or is going."""
         check_id_at("instance_id", instance_id, "now", now)
-        token = fence_token(lease)
         now = _utc(now)
-        with self._lock:
-            self._fence(token)
+        with self._fenced(lease):
             instance = self._instances.get(instance_id)
             if (
                 instance is None
@@ -347,15 +320,10 @@ class MemoryStore:
     def cancel_pending(
         self, preset_id: UUID, *, now: datetime, lease: Lease | None = None
     ) -> list[BuildRequest]:
-        """
-        Cancel the queued first builds of the preset's instances of a version
-        that is not the active one, and queue their (orphan) deletes.
-        """
+        """Cancel queued first builds off the active version; queue orphan deletes."""
         check_id_at("preset_id", preset_id, "now", now)
-        token = fence_token(lease)
         now = _utc(now)
-        with self._lock:
-            self._fence(token)
+        with self._fenced(lease):
             row = self._row(preset_id)
             active = self._templates[row.config.template_id].active_version_id
             queued = [
@@ -384,10 +352,8 @@ class MemoryStore:
     ) -> list[Build]:
         """Fail the pool's builds in progress since before *older_than*."""
         check_fail_stuck_builds(older_than, now)
-        token = fence_token(lease)
         now = _utc(now)
-        with self._lock:
-            self._fence(token)
+        with self._fenced(lease):
             failed = [
                 attrs.evolve(
                     b,
@@ -430,10 +396,8 @@ class MemoryStore:
     ) -> None:
         """Record a build's result; a report on a finished build is ignored."""
         check_build_finished(build_id, now, succeeded, error_kind, error)
-        token = fence_token(lease)
         now = _utc(now)
-        with self._lock:
-            self._fence(token)
+        with self._fenced(lease):
             build = self._build(build_id)
             if not build.status.in_progress:
                 return
@@ -473,11 +437,7 @@ class MemoryStore:
         version_id: UUID,
         not_before: datetime | None,
     ) -> Instance | None:
-        """
-        Hand the oldest claimable instance of the preset (pooled, ready,
-        running, built from *version_id*, created at or after *not_before*)
-        to *user_id*; None on a miss.
-        """
+        """The oldest claimable instance (by creation, then ID), or None."""
         check_store_claim(
             preset_id, user_id, name, lifecycle, now, version_id, not_before
         )
@@ -498,13 +458,7 @@ class MemoryStore:
         version_id: UUID,
         not_before: datetime | None,
     ) -> Instance | None:
-        """
-        :meth:`claim`, provided the preset's stamp is still *stamp*.
-
-        Raises:
-            PresetChangedError: it is not (or there is no such preset);
-                nothing was written.
-        """
+        """:meth:`claim`, provided the preset's stamp is still *stamp*."""
         check_claim_if_unchanged(
             stamp, preset_id, user_id, name, lifecycle, now, version_id, not_before
         )
@@ -630,7 +584,7 @@ class MemoryStore:
 
     @staticmethod
     def _active(config: PresetConfig, template: Template) -> bool:
-        """On its template's active version, the template neither deleted nor deprecated."""
+        """On its active version, the template neither deleted nor deprecated."""
         return (
             config.template_version_id == template.active_version_id
             and not template.deleted

@@ -1,21 +1,11 @@
 """
-PoolMachine: a Hypothesis state machine that drives the whole system.
+PoolMachine: a Hypothesis state machine that drives whole systems (store,
+claimer, reconciler, fake provisioner) in lockstep and checks the pool's
+invariants, and that they agree with the reference, after every step.
 
-It configures templates and presets, runs reconciliation passes, moves a
-fake clock, scripts the provisioner (failed, stalled, rejected builds, a
-provisioner that is down), marks instances ready, claims, pauses and
-invalidates, against one or more *systems* (a store, a claimer, a
-reconciler and a fake provisioner each) in lockstep. After every step it
-checks the invariants of the pool on each system's observable state, and
-that every system agrees with the first one (the reference).
-
-The machine keeps a model of what it put (templates, presets, invalidations)
-and reads the instances and builds a store shows its host; from these it
-builds the facts the store must hand out, and derives what it expects with
-:func:`~prebuilds.derive`, the core's own derivation: it never derives a
-pool's state a second way.
-
-Only :mod:`prebuilds.testing` imports this module (it needs Hypothesis).
+It models only what it put (templates, presets, invalidations); a pool's
+state it takes from :func:`~prebuilds.derive` and the calculator, applied to
+what a store shows its host. Only :mod:`prebuilds.testing` imports it.
 """
 
 from __future__ import annotations
@@ -24,7 +14,7 @@ import itertools
 
 from collections import Counter
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from uuid import UUID
 
 import attrs
@@ -38,15 +28,11 @@ from hypothesis.stateful import (
     rule,
 )
 
+from prebuilds._calculate import backoff_until, calculate_state
 from prebuilds._claimer import StoreClaimer
 from prebuilds._events import CollectingEventSink
 from prebuilds._lifecycle import claimed_lifecycle
-from prebuilds._model import (
-    PrebuildSchedule,
-    PresetStatus,
-    Transition,
-    expiry_cutoff,
-)
+from prebuilds._model import PrebuildSchedule, PresetSnapshot, PresetStatus, Transition
 from prebuilds._pool import PooledInstance, PoolFacts, PresetFacts, derive
 from prebuilds._reconciler import StoreReconciler
 from prebuilds._records import (
@@ -56,7 +42,6 @@ from prebuilds._records import (
     PresetConfig,
     Template,
 )
-from prebuilds._schedule import desired_instances
 from prebuilds.exceptions import (
     NoClaimablePrebuildsError,
     PresetInactiveError,
@@ -132,11 +117,8 @@ class RunCounter:
 # -- the host's side -------------------------------------------------------------
 class _ScriptedProvisioner(FakeProvisioner):
     """
-    A FakeProvisioner scripted per preset, so that every creation of one
-    preset in one pass has the same fate.
-
-    - *failing*: start builds are accepted and fail when processed;
-    - *down*: ``submit`` raises for start builds (the provisioner is down).
+    Scripted per preset, so that every creation of a preset in a pass has the
+    same fate: its start builds fail (*failing*) or ``submit`` raises (*down*).
     """
 
     def __init__(self, store: Store, clock: FakeClock) -> None:
@@ -276,13 +258,6 @@ class _Pool:
         return self.running_ready + self.running_unready
 
 
-def _is_running(instance: Instance) -> bool:
-    return (
-        instance.latest_transition is Transition.START
-        and instance.latest_status is BuildStatus.SUCCEEDED
-    )
-
-
 def _choice(values: Iterable[UUID], index: int) -> UUID:
     ordered = sorted(values)
     return ordered[index % len(ordered)]
@@ -294,6 +269,17 @@ def _schedules(index: int) -> tuple[str, tuple[PrebuildSchedule, ...]]:
     return zone, tuple(PrebuildSchedule(cron=c, instances=n) for c, n in schedules)
 
 
+def _diff(
+    what: str, mine: Mapping[Any, object], theirs: Mapping[Any, object], versus: str
+) -> list[str]:
+    """One line per key whose values differ."""
+    return [
+        f"{what}{key}: {mine.get(key)!r}{versus} {theirs.get(key)!r}"
+        for key in sorted(set(mine) | set(theirs))
+        if mine.get(key) != theirs.get(key)
+    ]
+
+
 def _fail(system: _System, message: str) -> NoReturn:
     raise AssertionError(f"[{system.label}] {message}")
 
@@ -302,18 +288,12 @@ class PoolMachine(RuleBasedStateMachine):
     """
     Drive pools end to end and check their invariants after every step.
 
-    Each run builds a *system* (the store from *store_factory*, the claimer
-    from *claimer_factory*, a :class:`~prebuilds.StoreReconciler` with one
-    worker, a fake provisioner) and, with *reference*, a second one on a
-    :class:`~prebuilds.stores.MemoryStore`, on one
-    :class:`~prebuilds.testing.FakeClock`. Every rule acts on both; the
-    invariant checks both after every step, and that they agree, by counts
-    (instance IDs are random). Rules pick presets and templates by index in
-    ID order (``p=0``: the first preset).
-
-    :func:`~prebuilds.testing.check_store` and
-    :func:`~prebuilds.testing.check_claimer` run it; the testing-kit page
-    lists its rules and invariants.
+    Each run builds a system (the store, its claimer, a one-worker
+    :class:`~prebuilds.StoreReconciler`, a fake provisioner) and, with
+    *reference*, a second on a :class:`~prebuilds.stores.MemoryStore`, on one
+    :class:`~prebuilds.testing.FakeClock`. Every rule acts on both; they must
+    agree by counts (IDs are random). Rules pick presets and templates by
+    index in ID order. The testing-kit page lists the rules and invariants.
 
     Args:
         store_factory: A new, empty store per run; closed at teardown.
@@ -374,19 +354,10 @@ class PoolMachine(RuleBasedStateMachine):
             last_invalidated_at=model.invalidated_at,
         )
 
-    def _is_active(self, preset_id: UUID) -> bool:
-        return self._facts(preset_id).preset.is_active
-
     def _desired(self, preset_id: UUID, now: datetime) -> int:
-        preset = self._facts(preset_id).preset
-        return desired_instances(preset, at=now) if preset.is_active else 0
-
-    def _expired(self, preset_id: UUID, created_at: datetime, now: datetime) -> bool:
-        model = self.presets[preset_id]
-        cutoff = expiry_cutoff(
-            ttl=model.config.ttl, last_invalidated_at=model.invalidated_at, now=now
-        )
-        return cutoff is not None and created_at < cutoff
+        """The calculator's desired count (0 for an inactive preset)."""
+        snapshot = PresetSnapshot(preset=self._facts(preset_id).preset)
+        return calculate_state(snapshot, now=now).desired
 
     def _pool_facts(
         self,
@@ -394,10 +365,7 @@ class PoolMachine(RuleBasedStateMachine):
         builds: Iterable[Build],
         statuses: Mapping[UUID, PresetStatus],
     ) -> PoolFacts:
-        """
-        The facts a store must hand out: the presets put, with the statuses
-        it recorded, and its pooled instances as its host sees them.
-        """
+        """The presets put (with *statuses*) and the pooled *instances*."""
         latest: dict[UUID, Build] = {}
         for build in builds:
             known = latest.get(build.instance_id)
@@ -428,35 +396,17 @@ class PoolMachine(RuleBasedStateMachine):
             ],
         )
 
-    def _derive(self, facts: PoolFacts) -> GlobalSnapshot:
+    def _state(
+        self, system: _System, instances: list[Instance] | None = None
+    ) -> GlobalSnapshot:
+        """What the core derives from the instances and builds *system* shows."""
+        if instances is None:
+            instances = system.store.list_instances(include_deleted=True)
         return derive(
-            facts,
+            self._pool_facts(instances, system.store.list_builds(), {}),
             now=self.clock.now(),
             backoff_lookback=BACKOFF_LOOKBACK,
             hard_limit=HARD_LIMIT,
-        )
-
-    def _config(
-        self,
-        preset_id: UUID,
-        *,
-        template: _TemplateModel,
-        desired: int,
-        ttl: timedelta | None,
-        schedule: int,
-        parameters: tuple[tuple[str, str], ...],
-    ) -> PresetConfig:
-        zone, schedules = _schedules(schedule)
-        return PresetConfig(
-            id=preset_id,
-            template_id=template.id,
-            template_version_id=template.active_version_id,
-            desired_instances=desired,
-            name=f"preset-{preset_id.int}",
-            ttl=ttl,
-            scheduling_timezone=zone,
-            schedules=schedules,
-            parameters=parameters,
         )
 
     def _put_template(self, template: _TemplateModel) -> None:
@@ -469,25 +419,29 @@ class PoolMachine(RuleBasedStateMachine):
 
     # -- helpers: observing a store -------------------------------------------------
     def _pools(self, system: _System) -> dict[UUID, _Pool]:
-        """Every preset's pool in *system*, from ``list_instances``."""
+        """Every preset's pool in *system*: running and expired as derived."""
         now = self.clock.now()
+        instances = system.store.list_instances(include_deleted=True)
+        state = self._state(system, instances)
+        running = {r.id for r in state.running}
+        expired = {
+            r.id
+            for p in self.presets
+            for r in state.filter_by_preset(p, now=now).expired
+        }
         counts: dict[UUID, Counter[str]] = {p: Counter() for p in self.presets}
-        for instance in system.store.list_instances(include_deleted=True):
+        for instance in instances:
             count = counts.setdefault(instance.preset_id, Counter())
             if instance.deleted:
                 count["deleted"] += 1
             elif instance.owner_id != PREBUILDS_OWNER_ID:
                 count["claimed"] += 1
+            elif instance.id in expired:
+                count["expired"] += 1
+            elif instance.id in running:
+                count["running_ready" if instance.ready else "running_unready"] += 1
             elif instance.latest_transition is Transition.START:
-                status = instance.latest_status
-                if status is BuildStatus.SUCCEEDED:
-                    if self._expired(instance.preset_id, instance.created_at, now):
-                        count["expired"] += 1
-                    elif instance.ready:
-                        count["running_ready"] += 1
-                    else:
-                        count["running_unready"] += 1
-                elif status.in_progress:
+                if instance.latest_status.in_progress:
                     count["starting"] += 1
                 else:
                     count["start_failed"] += 1
@@ -573,18 +527,26 @@ class PoolMachine(RuleBasedStateMachine):
         parameters: tuple[tuple[str, str], ...],
     ) -> None:
         preset_id = self._new_id()
-        config = self._config(
-            preset_id,
-            template=template,
-            desired=desired,
-            ttl=ttl,
-            schedule=schedule,
-            parameters=parameters,
+        zone, schedules = _schedules(schedule)
+        self._add_config(
+            PresetConfig(
+                id=preset_id,
+                template_id=template.id,
+                template_version_id=template.active_version_id,
+                desired_instances=desired,
+                name=f"preset-{preset_id.int}",
+                ttl=ttl,
+                scheduling_timezone=zone,
+                schedules=schedules,
+                parameters=parameters,
+            )
         )
-        self.presets[preset_id] = _PresetModel(config)
+
+    def _add_config(self, config: PresetConfig) -> None:
+        self.presets[config.id] = _PresetModel(config)
         self._put_preset(config)
         for system in self.systems:
-            system.bound[preset_id] = 0
+            system.bound[config.id] = 0
 
     # -- rules: configuration -------------------------------------------------------
     @precondition(lambda self: len(self.templates) < MAX_TEMPLATES)
@@ -645,16 +607,14 @@ class PoolMachine(RuleBasedStateMachine):
             : MAX_PRESETS - len(self.presets)
         ]:
             preset_id = self._new_id()
-            copy = attrs.evolve(
-                config,
-                id=preset_id,
-                template_version_id=template.active_version_id,
-                name=f"preset-{preset_id.int}",
+            self._add_config(
+                attrs.evolve(
+                    config,
+                    id=preset_id,
+                    template_version_id=template.active_version_id,
+                    name=f"preset-{preset_id.int}",
+                )
             )
-            self.presets[preset_id] = _PresetModel(copy)
-            self._put_preset(copy)
-            for system in self.systems:
-                system.bound[preset_id] = 0
         self._put_template(template)
 
     @rule(t=_INDEXES, state=st.sampled_from(["active", "deprecated", "deleted"]))
@@ -721,13 +681,12 @@ class PoolMachine(RuleBasedStateMachine):
         for system in self.systems:
             self._mark_ready(system, preset_id, ready=ready)
 
-    @staticmethod
-    def _mark_ready(system: _System, preset_id: UUID | None, *, ready: bool) -> None:
-        for instance in system.store.list_instances(
-            preset_id=preset_id, owner_id=PREBUILDS_OWNER_ID
-        ):
-            if _is_running(instance) and instance.ready != ready:
-                system.store.set_ready(instance.id, ready=ready)
+    def _mark_ready(
+        self, system: _System, preset_id: UUID | None, *, ready: bool
+    ) -> None:
+        for running in self._state(system).running:
+            if preset_id in {None, running.preset_id} and running.ready != ready:
+                system.store.set_ready(running.id, ready=ready)
 
     @precondition(lambda self: self.presets)
     @rule(
@@ -823,10 +782,7 @@ class PoolMachine(RuleBasedStateMachine):
             and i.owner_id == PREBUILDS_OWNER_ID
             and not i.deleted
         }
-        # What the claim may take, derived from the model's facts.
-        pool = self._derive(
-            self._pool_facts(instances, system.store.list_builds(), {})
-        ).filter_by_preset(preset_id, now=now)
+        pool = self._state(system, instances).filter_by_preset(preset_id, now=now)
         claimable = sorted(
             (r for r in pool.running if active and r.ready),
             key=lambda r: (r.created_at, r.id),
@@ -968,20 +924,21 @@ class PoolMachine(RuleBasedStateMachine):
                 _fail(system, "set_ready changed a deleted instance")
 
     def _unknown_ids(self) -> None:
-        for system in self.systems:
-            self._unknown_ids_on(system)
-
-    def _unknown_ids_on(self, system: _System) -> None:
         now = self.clock.now()
-        store = system.store
-        for error, method, call in unknown_id_calls(store, UUID(int=0xDEAD), now):
-            try:
-                call()
-            except error:
-                continue
-            _fail(system, f"{method} of an unknown ID did not raise {error.__name__}")
-        if store.delete_prebuild(UUID(int=0xDEAD), now=now) is not None:
-            _fail(system, "delete_prebuild of an unknown instance did not return None")
+        for system in self.systems:
+            store = system.store
+            for error, method, call in unknown_id_calls(store, UUID(int=0xDEAD), now):
+                try:
+                    call()
+                except error:
+                    continue
+                _fail(
+                    system, f"{method} of an unknown ID did not raise {error.__name__}"
+                )
+            if store.delete_prebuild(UUID(int=0xDEAD), now=now) is not None:
+                _fail(
+                    system, "delete_prebuild of an unknown instance did not return None"
+                )
 
     # -- rules: reconciliation ---------------------------------------------------------
     def _reconcile(self) -> None:
@@ -1099,9 +1056,14 @@ class PoolMachine(RuleBasedStateMachine):
         now = self.clock.now()
         step = timedelta(minutes=1)
         for system in self.systems:
-            for backoff in system.snapshot().backoffs:
-                until = backoff.last_build_at + backoff.num_failed * BACKOFF_INTERVAL
-                step = max(step, until - now + timedelta(seconds=1))
+            snapshot = system.snapshot()
+            for backoff in snapshot.backoffs:
+                until = backoff_until(
+                    snapshot.filter_by_preset(backoff.preset_id, now=now),
+                    backoff_interval=BACKOFF_INTERVAL,
+                )
+                if until is not None:
+                    step = max(step, until - now + timedelta(seconds=1))
         return step
 
     def _check_converged(self, system: _System) -> None:
@@ -1112,7 +1074,7 @@ class PoolMachine(RuleBasedStateMachine):
             where = f"preset {preset_id.int}, desired {desired} at {now}: {pool}"
             if pool.starting or pool.deleting or pool.expired or pool.running_unready:
                 _fail(system, f"a settled pool still has work in progress ({where})")
-            if not self._is_active(preset_id):
+            if not self._facts(preset_id).preset.is_active:
                 if pool.running:
                     _fail(system, f"an inactive pool did not drain ({where})")
                 continue
@@ -1136,12 +1098,8 @@ class PoolMachine(RuleBasedStateMachine):
         reference = summaries[0]
         for system, summary in zip(self.systems[1:], summaries[1:], strict=True):
             if summary != reference:
-                diff = [
-                    f"  {key}: {summary.get(key)!r} != reference {reference.get(key)!r}"
-                    for key in sorted(set(reference) | set(summary))
-                    if reference.get(key) != summary.get(key)
-                ]
-                _fail(system, "disagrees with the reference:\n" + "\n".join(diff))
+                diff = _diff("", summary, reference, " != reference")
+                _fail(system, "disagrees with the reference:\n  " + "\n  ".join(diff))
 
     def _check_system(self, system: _System) -> None:
         store = system.store
@@ -1197,23 +1155,17 @@ class PoolMachine(RuleBasedStateMachine):
         )
         if actual == expected:
             return
-        problems = [
-            f"{what} {key}: {mine.get(key)!r}, expected {theirs.get(key)!r}"
-            for what, mine, theirs in (
-                (
-                    "preset",
-                    {f.config.id: f for f in actual.presets},
-                    {f.config.id: f for f in expected.presets},
-                ),
-                (
-                    "instance",
-                    {i.id: i for i in actual.instances},
-                    {i.id: i for i in expected.instances},
-                ),
-            )
-            for key in sorted(set(mine) | set(theirs))
-            if mine.get(key) != theirs.get(key)
-        ]
+        problems = _diff(
+            "preset ",
+            {f.config.id: f for f in actual.presets},
+            {f.config.id: f for f in expected.presets},
+            ", expected",
+        ) + _diff(
+            "instance ",
+            {i.id: i for i in actual.instances},
+            {i.id: i for i in expected.instances},
+            ", expected",
+        )
         if actual.invalid_presets:
             problems.append(f"invalid presets {actual.invalid_presets}")
         _fail(
