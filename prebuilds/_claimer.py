@@ -166,10 +166,14 @@ class StoreClaimer:
         """Claim against the cached facts, re-reading them when they changed."""
         store = cast("StampedClaims", self._store)
         preset_id = claim.preset_id
+        changed = False
         for attempt in range(self._retries + 1):
             # A lone dict read needs no lock (it is atomic); the lock keeps
-            # a read-then-write of the cache whole.
-            facts = self._cache.get(preset_id)
+            # a read-then-write of the cache whole. After a refusal the
+            # facts are read from the store, never from the cache: another
+            # thread's read that began before the change may have put stale
+            # facts back meanwhile.
+            facts = None if changed else self._cache.get(preset_id)
             if facts is None or not facts.preset.is_active:
                 facts = self._read(preset_id)
             if facts.stamp is None:  # the store keeps no stamp for it
@@ -179,6 +183,7 @@ class StoreClaimer:
                     stamp=facts.stamp, **claim.arguments(facts)
                 ), facts
             except PresetChangedError:
+                changed = True
                 with self._lock:
                     if self._cache.get(preset_id) is facts:
                         del self._cache[preset_id]
@@ -189,9 +194,14 @@ class StoreClaimer:
     def _read(self, preset_id: UUID) -> PresetFacts:
         """The preset's facts from the store, cached when stamped."""
         facts = self._store.read_preset(preset_id)
-        if facts.stamp is not None:
+        stamp = facts.stamp
+        if stamp is not None:
             with self._lock:
-                self._cache[preset_id] = facts
+                # Stamps only grow: a read that began before a change must
+                # not replace what a later read cached.
+                cached = self._cache.get(preset_id)
+                if cached is None or cached.stamp is None or cached.stamp <= stamp:
+                    self._cache[preset_id] = facts
         return facts
 
     def _emit(

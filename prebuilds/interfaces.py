@@ -305,7 +305,7 @@ class StampedClaims(Protocol):
     **Protocol (optional):** a store that can claim against cached facts.
 
     A store that offers it keeps an integer ``stamp`` per preset (returned
-    in :class:`~prebuilds.PresetFacts`) and changes it in the same
+    in :class:`~prebuilds.PresetFacts`) and raises it in the same
     transaction as every ``put_preset``, every ``invalidate_preset`` and
     every ``put_template`` of the preset's template. A claimer may then
     cache a preset's facts and claim in one round trip:

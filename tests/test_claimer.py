@@ -339,6 +339,59 @@ class TestRoundTrips:
 
         assert ["read_preset", "claim_if_unchanged"] * 3 == fickle.calls
 
+    def test_a_stale_read_of_another_thread_is_not_claimed_on(
+        self, store_factory: StoreFactory
+    ) -> None:
+        """
+        Another thread's read that began before a change lands in the cache
+        after this claim was refused: the retry reads the store, not the
+        cache, and the stale facts never replace newer ones.
+        """
+        inner = store_factory()
+        world = make_world(inner)
+        preset = new_preset(inner, new_template(inner), desired=2)
+        world.settle()
+        stale = inner.read_preset(preset.id)
+
+        class Racing(StampedCountingStore):
+            def claim_if_unchanged(self, **kwargs: Any) -> Instance | None:
+                try:
+                    return super().claim_if_unchanged(**kwargs)
+                except PresetChangedError:
+                    # The other thread's read, begun before the change, ends now.
+                    claimer._cache[preset.id] = stale
+                    raise
+
+        racing = Racing(inner)
+        claimer = StoreClaimer(racing, retries=1)
+        claimer.claim(now=T0, user_id=uuid.uuid4(), name="a", preset_id=preset.id)
+        inner.put_preset(attrs.evolve(preset, name="renamed"))
+        racing.calls.clear()
+
+        claimer.claim(now=T0, user_id=uuid.uuid4(), name="b", preset_id=preset.id)
+
+        assert [
+            "claim_if_unchanged",
+            "read_preset",
+            "claim_if_unchanged",
+        ] == racing.calls
+        fresh = inner.read_preset(preset.id)
+        claimer._read(preset.id)
+        racing.inner = _Returning(inner, stale)
+        claimer._read(preset.id)
+        assert fresh.stamp == claimer._cache[preset.id].stamp
+
+
+class _Returning(DelegatingStore):
+    """read_preset gives *facts*, whatever is stored."""
+
+    def __init__(self, inner: Store, facts: PresetFacts) -> None:
+        super().__init__(inner)
+        self._facts = facts
+
+    def read_preset(self, preset_id: uuid.UUID) -> PresetFacts:
+        return self._facts
+
 
 class TestArgumentsFollowTheRules:
     """

@@ -905,8 +905,11 @@ def _stamps(world: _World) -> None:
     for what, change in _stamp_changes(world, template, preset):
         before = stamp()
         change()
-        if stamp() == before:
-            world.fail(f"{what} left the preset's stamp at {before}")
+        after = stamp()
+        if before is None or after is None or after <= before:
+            world.fail(
+                f"{what} did not raise the preset's stamp {before} (now {after})"
+            )
     in_pool = [
         f.stamp for f in world.store.read_pool().presets if f.config.id == preset.id
     ]
@@ -961,7 +964,7 @@ def _claim_if_unchanged(world: _World) -> None:
 
 STAMP_RULES = (
     Rule(
-        "stamps: put_preset, invalidate_preset and put_template change the preset's "
+        "stamps: put_preset, invalidate_preset and put_template raise the preset's "
         "stamp",
         _stamps,
     ),
