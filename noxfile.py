@@ -116,7 +116,7 @@ def tests(session: nox.Session) -> None:
     ``ci-light`` profile: they check the code on their Python, and the code
     has no path of its own for any of them.
     """
-    session.install("-e", ".[postgres,testing]", *group("tests"))
+    session.install("-e", ".[postgres,testing,prometheus,cli]", *group("tests"))
     if session.python == NEWEST:
         ignore = [f"--ignore={path}" for path in STATE_MACHINES]
         session.run(
@@ -138,7 +138,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=NEWEST)
 def stateful(session: nox.Session) -> None:
     """The state machines on the newest Python, full profile, no tracer."""
-    session.install("-e", ".[postgres,testing]", *group("tests"))
+    session.install("-e", ".[postgres,testing,prometheus,cli]", *group("tests"))
     session.run("pytest", *STATE_MACHINES, DURATIONS, *session.posargs)
 
 
@@ -185,7 +185,7 @@ def _shout(session: nox.Session, not_run: list[str]) -> None:
 @nox.session(python=NEWEST, default=False)
 def thorough(session: nox.Session) -> None:
     """The tests with the thorough Hypothesis profile (long: not in CI)."""
-    session.install("-e", ".[postgres,testing]", *group("tests"))
+    session.install("-e", ".[postgres,testing,prometheus,cli]", *group("tests"))
     session.run(
         "pytest",
         "--numprocesses=auto",
@@ -210,7 +210,9 @@ def typing(session: nox.Session) -> None:
     over the tutorial's code, and its verdict on the completeness of the
     public API's types.
     """
-    session.install("-e", ".[postgres,testing]", *group("typing", "bench"))
+    session.install(
+        "-e", ".[postgres,testing,prometheus,cli]", *group("typing", "bench")
+    )
     session.run("mypy", *session.posargs)
     tmp = Path(session.create_tmp()).resolve()
     # The tutorial's code, as a reader copies it, passes pyright.
@@ -233,7 +235,7 @@ def typing(session: nox.Session) -> None:
 @nox.session(python=NEWEST)
 def docs(session: nox.Session) -> None:
     """Build the docs, nitpicky, warnings as errors (examples run in tests)."""
-    session.install("-e", ".[postgres,testing]", *group("docs"))
+    session.install("-e", ".[postgres,testing,prometheus,cli]", *group("docs"))
     session.run(
         "sphinx-build",
         "-n",
@@ -298,7 +300,7 @@ def newcomer(session: nox.Session) -> None:
 @nox.session(python=NEWEST, default=False)
 def bench(session: nox.Session) -> None:
     """Benchmarks; writes JSON results to bench/results/."""
-    session.install("-e", ".[postgres,testing]", *group("bench"))
+    session.install("-e", ".[postgres,testing,prometheus,cli]", *group("bench"))
     session.run("python", "-m", "bench", *session.posargs)
 
 

@@ -1,6 +1,7 @@
 """
-The reference engine on SQLite: one reconcile_all over 1,000 presets x 5
-instances, statements per snapshot, and claim latency with 1 and 8 threads.
+The reference engine on SQLite: steady reconcile_all passes over 1,000 and
+10,000 presets x 5 instances, statements per pool read, claims through
+StoreClaimer with 1 and 8 threads and through the store alone.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from prebuilds import (
+    Lifecycle,
     NoClaimablePrebuildsError,
     PresetConfig,
     StoreClaimer,
@@ -100,42 +102,93 @@ def _claims(
     }
 
 
+def _store_claims(
+    store: SQLiteStore, clock: FakeClock, preset_ids: list[uuid.UUID]
+) -> dict[str, Any]:
+    """``SQLiteStore.claim`` alone, one thread: the store's share of a claim."""
+    versions = {
+        f.config.id: f.config.template_version_id for f in store.read_pool().presets
+    }
+    lifecycle = Lifecycle(last_used_at=clock.now())
+    now = clock.now()
+    started = time.perf_counter()
+    hits = 0
+    for preset_id in preset_ids:
+        claimed = store.claim(
+            preset_id=preset_id,
+            user_id=uuid.uuid4(),
+            name="u",
+            lifecycle=lifecycle,
+            now=now,
+            version_id=versions[preset_id],
+            not_before=None,
+        )
+        hits += claimed is not None
+    wall = time.perf_counter() - started
+    return {
+        "claims": len(preset_ids),
+        "hits": hits,
+        "claims_per_second": len(preset_ids) / wall,
+    }
+
+
+def _steady(
+    tmp: str, clock: FakeClock, presets: int, per_preset: int, repeats: int
+) -> dict[str, Any]:
+    """Steady passes (nothing to do) over *presets* presets; the store stays open."""
+    store = SQLiteStore(Path(tmp) / f"steady-{presets}.sqlite3")
+    ids = _fill(store, clock, presets, per_preset)
+    reconciler = StoreReconciler(
+        store,
+        FakeProvisioner(store, clock),
+        clock=clock,
+        submit_timeout=None,
+        build_timeout=None,
+    )
+    runs = []
+    for _ in range(repeats):
+        stats = reconciler.reconcile_all()
+        assert stats.error is None, stats.error
+        assert stats.created == 0, stats
+        runs.append(stats.elapsed.total_seconds())
+    before = store.statement_count()
+    store.read_pool()
+    return {
+        "store": store,
+        "reconciler": reconciler,
+        "ids": ids,
+        "median_s": statistics.median(runs),
+        "runs_s": runs,
+        "statements_per_read_pool": store.statement_count() - before,
+    }
+
+
 def run(*, quick: bool = False) -> dict[str, Any]:
     """Measure and return the results."""
     presets, per_preset, repeats = (200, 5, 3) if quick else (1000, 5, 7)
+    sizes = (presets,) if quick else (presets, 10 * presets)
     with tempfile.TemporaryDirectory() as tmp:
-        store = SQLiteStore(Path(tmp) / "bench.sqlite3")
         clock = FakeClock()
-        ids = _fill(store, clock, presets, per_preset)
-        reconciler = StoreReconciler(
-            store,
-            FakeProvisioner(store, clock),
-            clock=clock,
-            submit_timeout=None,
-            build_timeout=None,
-        )
-        steady = []
-        for _ in range(repeats):
-            stats = reconciler.reconcile_all()
-            assert stats.error is None, stats.error
-            assert stats.created == 0, stats
-            steady.append(stats.elapsed.total_seconds())
+        steady = {n: _steady(tmp, clock, n, per_preset, repeats) for n in sizes}
+        for n in sizes[1:]:
+            steady[n]["store"].close()
+        base = steady[presets]
+        store, reconciler, ids = base["store"], base["reconciler"], base["ids"]
 
         counts = []
         for n in (10, presets):
             small = SQLiteStore(Path(tmp) / f"count-{n}.sqlite3")
             _fill(small, clock, n, 1)
             before = small.statement_count()
-            small.snapshot(
-                now=clock.now(), backoff_lookback=timedelta(hours=1), hard_limit=3
-            )
+            small.read_pool()
             counts.append(small.statement_count() - before)
             small.close()
 
         claim_ids = [i for i in ids for _ in range(per_preset)]
-        half = len(claim_ids) // 2
-        one = _claims(store, clock, claim_ids[:half], 1)
-        eight = _claims(store, clock, claim_ids[half:], 8)
+        third = len(claim_ids) // 3
+        one = _claims(store, clock, claim_ids[:third], 1)
+        eight = _claims(store, clock, claim_ids[third : 2 * third], 8)
+        alone = _store_claims(store, clock, claim_ids[2 * third :])
 
         refill = []
         for _ in range(min(repeats, 3)):
@@ -146,15 +199,20 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     return {
         "presets": presets,
         "instances_per_preset": per_preset,
-        "reconcile_all_steady_median_s": statistics.median(steady),
-        "reconcile_all_steady_runs_s": steady,
+        "reconcile_all_steady_median_s": base["median_s"],
+        "reconcile_all_steady_runs_s": base["runs_s"],
+        "reconcile_all_steady_by_presets": {
+            f"{n}_presets": {"median_s": s["median_s"], "runs_s": s["runs_s"]}
+            for n, s in steady.items()
+        },
         "reconcile_all_refill_first_pass_s": refill[0][0],
         "reconcile_all_refill_created": refill[0][1],
-        "statements_per_snapshot": {
+        "statements_per_read_pool": {
             "10_presets": counts[0],
             f"{presets}_presets": counts[1],
         },
         "claim_1_thread": one,
         "claim_8_threads": eight,
+        "store_claim_1_thread": alone,
         "target": "reconcile_all <= 1 s for 1,000 presets x 5 instances",
     }

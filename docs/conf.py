@@ -90,6 +90,10 @@ nitpick_ignore = [
     ("py:class", "psycopg.Connection"),
     ("py:class", "psycopg_pool.ConnectionPool"),
     ("py:class", "psycopg_pool.pool.ConnectionPool"),
+    # Nor does prometheus-client: PrometheusMetrics names its registry and
+    # the metric families its collector yields.
+    ("py:class", "prometheus_client.registry.CollectorRegistry"),
+    ("py:class", "prometheus_client.metrics_core.Metric"),
 ]
 
 # -- HTML -------------------------------------------------------------------------

@@ -15,7 +15,11 @@ from prebuilds._calculate import (
 )
 from prebuilds._claimer import StoreClaimer, match_preset
 from prebuilds._clock import SystemClock
-from prebuilds._events import CollectingEventSink, LoggingEventSink
+from prebuilds._events import (
+    CollectingEventSink,
+    FanOutEventSink,
+    LoggingEventSink,
+)
 from prebuilds._lifecycle import (
     claimed_lifecycle,
     is_lifecycle_managed,
@@ -37,6 +41,7 @@ from prebuilds._model import (
     ReconciliationState,
     RunningPrebuild,
     Transition,
+    expiry_cutoff,
     is_expired,
 )
 from prebuilds._noop import (
@@ -45,6 +50,7 @@ from prebuilds._noop import (
     NoopClaimer,
     NoopReconciler,
 )
+from prebuilds._pool import PooledInstance, PoolFacts, PresetFacts, derive
 from prebuilds._reconciler import StoreReconciler, generate_name
 from prebuilds._records import (
     PREBUILDS_OWNER_ID,
@@ -61,6 +67,7 @@ from prebuilds._records import (
     Template,
 )
 from prebuilds._schedule import desired_instances, next_change
+from prebuilds._status import PoolStatus, explain
 from prebuilds.exceptions import (
     BuildNotFoundError,
     InstanceNotFoundError,
@@ -70,20 +77,24 @@ from prebuilds.exceptions import (
     NoClaimablePrebuildsError,
     PrebuildsError,
     PrebuildsNotSupportedError,
+    PresetChangedError,
     PresetInactiveError,
     PresetNotFoundError,
     ProvisionerError,
     ProvisionerValidationError,
     SchemaVersionError,
     StoreError,
+    TemplateNotFoundError,
 )
 from prebuilds.interfaces import (
     Claimer,
     Clock,
     EventSink,
+    PassObserver,
     Provisioner,
     Reconciler,
     ReconciliationOrchestrator,
+    StampedClaims,
     StateSnapshotter,
     Store,
 )
@@ -105,6 +116,7 @@ __all__ = [
     "Event",
     "EventKind",
     "EventSink",
+    "FanOutEventSink",
     "GlobalSnapshot",
     "InProgressCount",
     "Instance",
@@ -119,12 +131,18 @@ __all__ = [
     "NoClaimablePrebuildsError",
     "NoopClaimer",
     "NoopReconciler",
+    "PassObserver",
     "PendingCount",
+    "PoolFacts",
+    "PoolStatus",
+    "PooledInstance",
     "PrebuildSchedule",
     "PrebuildsError",
     "PrebuildsNotSupportedError",
     "Preset",
+    "PresetChangedError",
     "PresetConfig",
+    "PresetFacts",
     "PresetInactiveError",
     "PresetNotFoundError",
     "PresetSnapshot",
@@ -140,6 +158,7 @@ __all__ = [
     "ResourceReplacement",
     "RunningPrebuild",
     "SchemaVersionError",
+    "StampedClaims",
     "StateSnapshotter",
     "Store",
     "StoreClaimer",
@@ -147,13 +166,17 @@ __all__ = [
     "StoreReconciler",
     "SystemClock",
     "Template",
+    "TemplateNotFoundError",
     "Transition",
     "backoff_until",
     "calculate_actions",
     "calculate_state",
     "can_skip_reconciliation",
     "claimed_lifecycle",
+    "derive",
     "desired_instances",
+    "expiry_cutoff",
+    "explain",
     "generate_name",
     "is_expired",
     "is_lifecycle_managed",

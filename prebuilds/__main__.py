@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import traceback
 import uuid
 
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 import attrs
 
 from prebuilds._calculate import calculate_actions, calculate_state
+from prebuilds._clock import SystemClock
 from prebuilds._model import (
     Backoff,
     GlobalSnapshot,
@@ -38,15 +40,16 @@ from prebuilds._model import (
     ReconciliationActions,
     RunningPrebuild,
 )
-from prebuilds._records import PREBUILDS_OWNER_ID
+from prebuilds._status import PoolStatus, statuses_from_facts
 from prebuilds._version import __version__
 from prebuilds.exceptions import PrebuildsError
 
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from prebuilds._simulate import Sample, SimulationResult
+    from prebuilds.interfaces import Clock
 
 #: The longest simulation the command line runs: 30 days.
 MAX_HOURS = 720
@@ -62,6 +65,7 @@ examples:
   {prog} simulate --hours 2 --json
   {prog} plan
   {prog} status pools.sqlite3
+  {prog} status pools.sqlite3 --watch 5
 
 exit status: 0 success, 1 the command failed, 2 bad usage.
 """
@@ -113,6 +117,19 @@ def _seed(text: str) -> int:
     return _integer(text, 0, None)
 
 
+def _interval(text: str) -> float:
+    """*text* as seconds from 0.1 to a day, or the reason it is not."""
+    try:
+        value = float(text)
+    except ValueError:
+        msg = f"must be a number of seconds, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not 0.1 <= value <= 86_400:  # noqa: PLR2004 - the documented bounds
+        msg = f"must be from 0.1 to 86400 seconds, got {text}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def build_parser(prog: str) -> argparse.ArgumentParser:
     """The argument parser, naming itself *prog* in help and errors."""
     parser = _Parser(
@@ -140,7 +157,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
             default=default,
             help="show the traceback of an error",
         )
-    parser.set_defaults(command="simulate", db=None, hours=24, seed=0)
+    parser.set_defaults(command="simulate", db=None, hours=24, seed=0, watch=None)
     commands = parser.add_subparsers(
         dest="command", title="commands", metavar="COMMAND"
     )
@@ -181,12 +198,23 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status",
         parents=[common],
-        help="the pools of a prebuilds SQLite file (read-only)",
-        description="Print the pools of a prebuilds SQLite file: paused or "
-        "not, each preset's status and its pooled and ready instances. The "
+        help="why each pool of a prebuilds SQLite file is (not) full (read-only)",
+        description="Print one row per preset of a prebuilds SQLite file: "
+        "desired, running, ready, starting and failed instances, and the "
+        "reason the pool is or is not full (as StoreReconciler.status() "
+        "says, with the reconciler's default settings). A rich table when "
+        "rich is installed (the 'cli' extra), plain text otherwise. The "
         "file is opened read-only: nothing is created, migrated or written.",
     )
     status.add_argument("db", metavar="FILE", help="a prebuilds SQLite file")
+    status.add_argument(
+        "--watch",
+        metavar="SECONDS",
+        type=_interval,
+        default=None,
+        help="redraw every SECONDS (0.1 to 86400) until interrupted; with "
+        "--json, one document per line",
+    )
     return parser
 
 
@@ -384,7 +412,36 @@ def _dump_simulation(
 # -- status -----------------------------------------------------------------------
 
 
-def _status(db: str, out: TextIO, *, as_json: bool) -> None:
+#: The reconciler settings ``status`` explains the pools with: the defaults
+#: of :class:`~prebuilds.StoreReconciler`.
+_STATUS_SETTINGS: dict[str, Any] = {
+    "backoff_interval": timedelta(minutes=1),
+    "backoff_lookback": timedelta(hours=1),
+    "hard_limit": 3,
+}
+
+#: The table's columns: heading, and the PoolStatus field (or how to show it).
+_COLUMNS: tuple[tuple[str, Callable[[PoolStatus], str]], ...] = (
+    ("TEMPLATE", lambda s: s.template_name),
+    ("PRESET", lambda s: s.preset_name or str(s.preset_id)),
+    ("DESIRED", lambda s: str(s.desired)),
+    ("RUNNING", lambda s: str(s.running)),
+    ("READY", lambda s: str(s.eligible)),
+    ("STARTING", lambda s: str(s.starting)),
+    ("FAILED", lambda s: str(s.failed_kept)),
+    ("REASON", lambda s: s.reason),
+)
+
+
+def _status(
+    db: str,
+    out: TextIO,
+    *,
+    as_json: bool,
+    watch: float | None,
+    sleep: Callable[[float], object],
+    clock: Clock,
+) -> None:
     from prebuilds.stores._sqlite import SQLiteStore  # noqa: PLC0415
 
     path = Path(db)
@@ -395,63 +452,116 @@ def _status(db: str, out: TextIO, *, as_json: bool) -> None:
         msg = f"not a file: {db!r}"
         raise UsageError(msg)
     with SQLiteStore(path, read_only=True) as store:
-        snapshot = store.snapshot(
-            now=datetime.now(timezone.utc),
-            backoff_lookback=timedelta(hours=1),
-            hard_limit=3,
-        )
-        paused = store.is_paused()
-        presets = []
-        for preset in snapshot.presets:
-            pooled = store.list_instances(
-                preset_id=preset.id, owner_id=PREBUILDS_OWNER_ID
+        while True:
+            now = clock.now().astimezone(timezone.utc)
+            paused = store.is_paused()
+            statuses = statuses_from_facts(
+                store.read_pool(), now=now, paused=paused, **_STATUS_SETTINGS
             )
-            presets.append(
-                {
-                    "id": preset.id,
-                    "name": preset.name,
-                    "active": preset.is_active,
-                    "status": preset.status,
-                    "pooled": len(pooled),
-                    "ready": sum(1 for i in pooled if i.ready),
+            if as_json:
+                document = {
+                    "db": db,
+                    "at": now.isoformat(),
+                    "paused": paused,
+                    "presets": [s.to_dict() for s in statuses],
                 }
-            )
-    invalid = [
-        {"id": i.preset_id, "reason": i.reason} for i in snapshot.invalid_presets
+                # Watching: one document per line (JSON Lines).
+                json.dump(document, out, indent=None if watch else 2)
+                out.write("\n")
+            else:
+                _status_text(db, now, paused, statuses, out, clear=watch is not None)
+            out.flush()
+            if watch is None:
+                return
+            try:
+                sleep(watch)
+            except KeyboardInterrupt:  # the way a watch ends: not an error
+                return
+
+
+def _status_text(
+    db: str,
+    now: datetime,
+    paused: bool,
+    statuses: Sequence[PoolStatus],
+    out: TextIO,
+    *,
+    clear: bool,
+) -> None:
+    """A rich table when rich is installed, aligned plain text otherwise."""
+    header = [
+        f"database: {db}",
+        f"at:       {now:%Y-%m-%d %H:%M:%S} UTC",
+        f"paused:   {'yes' if paused else 'no'}",
     ]
-    if as_json:
-        document = {
-            "db": db,
-            "paused": paused,
-            "presets": presets,
-            "invalid_presets": invalid,
-        }
-        _dump(document, out)
-        return
-    print(f"database: {db}", file=out)
-    print(f"paused:   {'yes' if paused else 'no'}", file=out)
-    if not presets and not invalid:
+    rows = [[show(s) for _, show in _COLUMNS] for s in statuses]
+    if not _rich_table(header, rows, out, clear=clear):
+        _plain_table(header, rows, out, clear=clear)
+
+
+def _rich_table(
+    header: list[str], rows: list[list[str]], out: TextIO, *, clear: bool
+) -> bool:
+    """Print with rich; False when rich is not installed."""
+    try:
+        from rich.console import Console  # noqa: PLC0415
+        from rich.table import Table  # noqa: PLC0415
+    except ImportError:
+        return False
+    console = Console(file=out, width=None if out.isatty() else 200)
+    if clear and out.isatty():
+        console.clear()
+    for line in header:
+        console.print(line, highlight=False, markup=False)
+    if not rows:
+        console.print("no presets")
+        return True
+    table = Table(*(heading for heading, _ in _COLUMNS))
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    return True
+
+
+def _plain_table(
+    header: list[str], rows: list[list[str]], out: TextIO, *, clear: bool
+) -> None:
+    """Columns aligned with spaces; the reason last, never padded."""
+    if clear:
+        # A terminal is redrawn; a file or pipe gets the rounds one after
+        # the other, a blank line between.
+        out.write("\x1b[2J\x1b[H" if out.isatty() else "\n")
+    print("\n".join(header), file=out)
+    if not rows:
         print("no presets", file=out)
-    for row in presets:
-        print(
-            f"preset {row['name'] or row['id']}: "
-            f"{'active' if row['active'] else 'inactive'}, "
-            f"status {_jsonable(row['status'])}, "
-            f"{row['pooled']} pooled, {row['ready']} ready",
-            file=out,
-        )
-    for row in invalid:
-        print(f"invalid preset {row['id']}: {row['reason']}", file=out)
+        return
+    table = [[heading for heading, _ in _COLUMNS], *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(_COLUMNS) - 1)]
+    for row in table:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]), file=out)
 
 
 # -- main -----------------------------------------------------------------------
 
 
-def _run(args: argparse.Namespace, out: TextIO) -> None:
+def _run(
+    args: argparse.Namespace,
+    out: TextIO,
+    sleep: Callable[[float], object],
+    clock: Clock,
+) -> None:
     if args.command == "plan":
         _plan(out, as_json=args.json)
     elif args.command == "status":
-        _status(args.db, out, as_json=args.json)
+        _status(
+            args.db,
+            out,
+            as_json=args.json,
+            watch=args.watch,
+            sleep=sleep,
+            clock=clock,
+        )
     else:
         _simulate(args.db, args.hours, args.seed, out, as_json=args.json)
 
@@ -462,13 +572,18 @@ def main(
     prog: str = "prebuilds",
     out: TextIO | None = None,
     err: TextIO | None = None,
+    sleep: Callable[[float], object] = time.sleep,
+    clock: Clock | None = None,
 ) -> int:
     """
     Run the command line on *argv* (default: ``sys.argv[1:]``).
 
     *prog* is the name help and errors give the program (``prebuilds`` for
     the console script, ``python -m prebuilds`` for the module). Output goes
-    to *out*, errors to *err* (default: standard output and error).
+    to *out*, errors to *err* (default: standard output and error). *sleep*
+    waits between the rounds of ``status --watch``, and *clock* is the time
+    ``status`` explains the pools at (default: the system's); tests inject
+    their own.
 
     Returns:
         The exit status: 0 success, 1 the command failed, 2 bad usage.
@@ -481,7 +596,7 @@ def main(
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
         debug = args.debug
-        _run(args, out)
+        _run(args, out, sleep, clock or SystemClock())
     except _Exit as e:
         status = e.status
     except UsageError as e:

@@ -65,11 +65,9 @@ def check_id_at(field: str, value: object, at_field: str, at: object) -> None:
 # -- the Store methods ---------------------------------------------------------------
 
 
-def check_snapshot(now: object, backoff_lookback: object, hard_limit: object) -> None:
-    """``Store.snapshot``."""
-    check_aware("now", now)
-    check_delta("backoff_lookback", backoff_lookback)
-    check_int("hard_limit", hard_limit, maximum=MAX_INSTANCES)
+def check_read_preset(preset_id: object) -> None:
+    """``Store.read_preset``."""
+    check_uuid("preset_id", preset_id)
 
 
 def check_create_prebuild(preset_id: object, now: object, name: object) -> None:
@@ -111,19 +109,38 @@ def check_set_ready(instance_id: object, ready: object) -> None:
     check_bool("ready", ready)
 
 
-def check_store_claim(
+def check_store_claim(  # noqa: PLR0917 - the claim's arguments, in order
     preset_id: object,
     user_id: object,
     name: object,
     lifecycle: object,
     now: object,
+    version_id: object,
+    not_before: object,
 ) -> None:
-    """``Store.claim`` (and ``PostgresStore.claim_checked``)."""
+    """``Store.claim``."""
     check_uuid("preset_id", preset_id)
     check_user(user_id)
     check_str("name", name, required=True)
     check_instance("lifecycle", lifecycle, Lifecycle)
     check_aware("now", now)
+    check_uuid("version_id", version_id)
+    check_optional_aware("not_before", not_before)
+
+
+def check_claim_if_unchanged(  # noqa: PLR0917 - the claim's arguments, in order
+    stamp: object,
+    preset_id: object,
+    user_id: object,
+    name: object,
+    lifecycle: object,
+    now: object,
+    version_id: object,
+    not_before: object,
+) -> None:
+    """``StampedClaims.claim_if_unchanged``: the stamp, then as ``Store.claim``."""
+    check_int("stamp", stamp)
+    check_store_claim(preset_id, user_id, name, lifecycle, now, version_id, not_before)
 
 
 def check_list_instances(
@@ -163,7 +180,7 @@ _RECONCILER_STORE_METHODS = (
     "leader",
     "is_paused",
     "set_paused",
-    "snapshot",
+    "read_pool",
     "fail_stuck_builds",
     "set_preset_status",
     "create_prebuild",

@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, cast
+
+import attrs
 
 from prebuilds._arguments import check_claim
-from prebuilds._lifecycle import claimed_lifecycle
-from prebuilds._records import PREBUILDS_OWNER_ID, Event, EventKind
+from prebuilds._model import expiry_cutoff
+from prebuilds._records import PREBUILDS_OWNER_ID, Event, EventKind, Lifecycle
+from prebuilds._validate import check_int
 from prebuilds.exceptions import (
     InvalidInputError,
     NoClaimablePrebuildsError,
+    PresetChangedError,
     PresetInactiveError,
 )
+from prebuilds.interfaces import StampedClaims
 
 
 if TYPE_CHECKING:
-    from datetime import datetime, timedelta
+    from datetime import datetime
     from uuid import UUID
 
     from prebuilds._model import Preset
+    from prebuilds._pool import PresetFacts
     from prebuilds._records import Instance
     from prebuilds.interfaces import EventSink, Store
 
@@ -32,21 +42,53 @@ class StoreClaimer:
     template's active version, so the pool turns over, and moves it to the
     user in one atomic transition that also sets its lifecycle fields.
 
-    It reads the preset and its template, then claims: three calls to the
-    store. A store that offers ``claim_checked`` (as
-    :class:`~prebuilds.stores.PostgresStore` does) is asked once instead,
-    and checks the preset in the claim's own statement.
+    The claimer works out what the store compares: from the preset's facts
+    (:meth:`~prebuilds.interfaces.Store.read_preset`) it refuses an inactive
+    preset, and computes the lifecycle (the template's default TTL unless
+    the claim gives one), the version to claim and the expiry cut-off
+    (:func:`~prebuilds.expiry_cutoff`); the store's ``claim`` only compares.
+    That is two calls to the store.
+
+    A store that offers :class:`~prebuilds.interfaces.StampedClaims` (every
+    reference store does) is asked once: the claimer keeps each preset's
+    facts with their stamp, and claims with ``claim_if_unchanged``, which the
+    store applies only while the facts still hold. When they changed (a new
+    template version, a new TTL, an invalidation, from this process or
+    another), the store refuses with
+    :class:`~prebuilds.exceptions.PresetChangedError`, and the claimer reads
+    the facts again and retries, at most *retries* times. A cached preset
+    that looks inactive is read again before it is refused. So the cache
+    never hands out, nor refuses, what a fresh read would not.
+
+    Thread-safe: one claimer may serve every thread of a host.
 
     Args:
         store: Where the pool lives.
         events: Told of every claim and miss (optional).
+        retries: How many times a claim is retried after its cached facts
+            changed, before :class:`~prebuilds.exceptions.PresetChangedError`
+            is raised.
+
+    Raises:
+        InvalidInputError: *retries* is not an int from 0 to 100.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       Claims in one round trip on a store with
+       :class:`~prebuilds.interfaces.StampedClaims` (in two otherwise);
+       *retries*.
     """
 
-    def __init__(self, store: Store, *, events: EventSink | None = None) -> None:
+    def __init__(
+        self, store: Store, *, events: EventSink | None = None, retries: int = 3
+    ) -> None:
+        check_int("retries", retries, maximum=100)
         self._store = store
         self._events = events
+        self._retries = retries
+        self._stamped = isinstance(store, StampedClaims)
+        self._lock = threading.Lock()
+        self._cache: dict[UUID, PresetFacts] = {}
 
     def claim(
         self,
@@ -75,12 +117,15 @@ class StoreClaimer:
             PresetNotFoundError: the preset is unknown.
             PresetInactiveError: the preset is not on the active version, or
                 its template is deleted or deprecated.
+            PresetChangedError: the preset's facts changed under every one
+                of the *retries* + 1 attempts (a stamped store only).
             InvalidInputError: before the store is asked, naming the
                 argument: an ID that is not a :class:`uuid.UUID`, *user_id*
                 equal to :data:`~prebuilds.PREBUILDS_OWNER_ID`, an empty
                 *name*, a naive datetime, a *ttl* that is not a timedelta
                 from 0 to 36,500 days (see :doc:`/limits`).
         """
+        started = time.perf_counter()
         check_claim(
             now=now,
             user_id=user_id,
@@ -90,70 +135,149 @@ class StoreClaimer:
             next_start_at=next_start_at,
             ttl=ttl,
         )
-        checked = getattr(self._store, "claim_checked", None)
-        if checked is not None:
-            # One round trip: the store checks the preset and reads the
-            # template's default TTL in the claim's own statement.
-            lifecycle = claimed_lifecycle(
-                now=now,
-                autostart_schedule=autostart_schedule,
-                next_start_at=next_start_at,
-                ttl=ttl,
-                template_default_ttl=None,
-            )
-            instance: Instance | None = checked(
-                preset_id=preset_id,
-                user_id=user_id,
-                name=name,
-                lifecycle=lifecycle,
-                now=now,
-                ttl_from_template=ttl is None,
-            )
-        else:
-            preset = self._store.get_preset(preset_id)
-            if not preset.is_active:
-                raise PresetInactiveError(preset_id)
-            template = self._store.get_template(preset.template_id)
-            lifecycle = claimed_lifecycle(
-                now=now,
-                autostart_schedule=autostart_schedule,
-                next_start_at=next_start_at,
-                ttl=ttl,
-                template_default_ttl=template.default_ttl,
-            )
-            instance = self._store.claim(
-                preset_id=preset_id,
-                user_id=user_id,
-                name=name,
-                lifecycle=lifecycle,
-                now=now,
-            )
+        claim = _Claim(
+            preset_id=preset_id,
+            user_id=user_id,
+            name=name,
+            now=now,
+            autostart_schedule=autostart_schedule,
+            next_start_at=next_start_at,
+            ttl=ttl,
+        )
+        instance, facts = (
+            self._claim_stamped(claim) if self._stamped else self._claim(claim)
+        )
         if instance is None:
-            if self._events is not None:
-                self._events.emit(
-                    Event(
-                        kind=EventKind.CLAIM_MISSED,
-                        at=now,
-                        preset_id=preset_id,
-                        detail=f"user={user_id}",
-                    )
-                )
+            self._emit(EventKind.CLAIM_MISSED, claim, None, facts, started)
             raise NoClaimablePrebuildsError(preset_id)
-        if self._events is not None:
-            self._events.emit(
-                Event(
-                    kind=EventKind.CLAIMED,
-                    at=now,
-                    preset_id=preset_id,
-                    instance_id=instance.id,
-                    detail=f"user={user_id}",
-                )
-            )
+        self._emit(EventKind.CLAIMED, claim, instance.id, facts, started)
         return instance.id
 
     def initiator(self) -> UUID:
         """The pool's system owner, :data:`~prebuilds.PREBUILDS_OWNER_ID`."""
         return PREBUILDS_OWNER_ID
+
+    def _claim(self, claim: _Claim) -> tuple[Instance | None, PresetFacts]:
+        """Read the preset, then claim: two calls."""
+        facts = self._store.read_preset(claim.preset_id)
+        return self._store.claim(**claim.arguments(facts)), facts
+
+    def _claim_stamped(self, claim: _Claim) -> tuple[Instance | None, PresetFacts]:
+        """Claim against the cached facts, re-reading them when they changed."""
+        store = cast("StampedClaims", self._store)
+        preset_id = claim.preset_id
+        changed = False
+        for attempt in range(self._retries + 1):
+            # A lone dict read needs no lock (it is atomic); the lock keeps
+            # a read-then-write of the cache whole. After a refusal the
+            # facts are read from the store, never from the cache: another
+            # thread's read that began before the change may have put stale
+            # facts back meanwhile.
+            facts = None if changed else self._cache.get(preset_id)
+            if facts is None or not facts.preset.is_active:
+                facts = self._read(preset_id)
+            if facts.stamp is None:  # the store keeps no stamp for it
+                return self._store.claim(**claim.arguments(facts)), facts
+            try:
+                return store.claim_if_unchanged(
+                    stamp=facts.stamp, **claim.arguments(facts)
+                ), facts
+            except PresetChangedError:
+                changed = True
+                with self._lock:
+                    if self._cache.get(preset_id) is facts:
+                        del self._cache[preset_id]
+                if attempt == self._retries:
+                    raise
+        raise AssertionError  # pragma: no cover - the loop returns or raises
+
+    def _read(self, preset_id: UUID) -> PresetFacts:
+        """The preset's facts from the store, cached when stamped."""
+        facts = self._store.read_preset(preset_id)
+        stamp = facts.stamp
+        if stamp is not None:
+            with self._lock:
+                # Stamps only grow: a read that began before a change must
+                # not replace what a later read cached.
+                cached = self._cache.get(preset_id)
+                if cached is None or cached.stamp is None or cached.stamp <= stamp:
+                    self._cache[preset_id] = facts
+        return facts
+
+    def _emit(
+        self,
+        kind: EventKind,
+        claim: _Claim,
+        instance_id: UUID | None,
+        facts: PresetFacts,
+        started: float,
+    ) -> None:
+        """Tell the sink of a claim or a miss, with its names and duration."""
+        if self._events is not None:
+            self._events.emit(
+                Event(
+                    kind=kind,
+                    at=claim.now,
+                    preset_id=claim.preset_id,
+                    instance_id=instance_id,
+                    detail=f"user={claim.user_id}",
+                    preset_name=facts.config.name,
+                    template_name=facts.template.name,
+                    organization_id=facts.template.organization_id,
+                    duration=timedelta(seconds=time.perf_counter() - started),
+                )
+            )
+
+
+@attrs.frozen(kw_only=True)
+class _Claim:
+    """One claim's arguments (checked), and what they ask of the store given the facts."""
+
+    preset_id: UUID
+    user_id: UUID
+    name: str
+    now: datetime
+    autostart_schedule: str | None
+    next_start_at: datetime | None
+    ttl: timedelta | None
+
+    def arguments(self, facts: PresetFacts) -> dict[str, Any]:
+        """
+        ``Store.claim``'s arguments for these facts.
+
+        The claim's own arguments were checked by ``check_claim`` and the
+        facts when the store decoded them, so the lifecycle is built as
+        :func:`~prebuilds.claimed_lifecycle` builds it, without
+        checking them again (``Lifecycle`` still checks its fields).
+
+        Raises:
+            PresetInactiveError: the preset is not active.
+        """
+        if not facts.preset.is_active:
+            raise PresetInactiveError(self.preset_id)
+        config = facts.config
+        ttl = self.ttl if self.ttl is not None else facts.template.default_ttl
+        return {
+            "preset_id": self.preset_id,
+            "user_id": self.user_id,
+            "name": self.name,
+            "lifecycle": Lifecycle(
+                autostart_schedule=self.autostart_schedule,
+                next_start_at=self.next_start_at,
+                ttl=ttl,
+                last_used_at=self.now,
+            ),
+            "now": self.now,
+            "version_id": config.template_version_id,
+            # Most presets have neither a TTL nor an invalidation: no cut-off.
+            "not_before": None
+            if not config.ttl and facts.last_invalidated_at is None
+            else expiry_cutoff(
+                ttl=config.ttl,
+                last_invalidated_at=facts.last_invalidated_at,
+                now=self.now,
+            ),
+        }
 
 
 def match_preset(

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 #: The top-level modules each extra of ``pyproject.toml`` brings.
 EXTRAS: dict[str, tuple[str, ...]] = {
     "postgres": ("psycopg", "psycopg_pool"),
+    "prometheus": ("prometheus_client",),
+    "cli": ("rich",),
     "testing": ("hypothesis",),
 }
 

@@ -411,6 +411,42 @@ class PresetSnapshot:
             )
 
 
+def expiry_cutoff(
+    *,
+    ttl: timedelta | None,
+    last_invalidated_at: datetime | None,
+    now: datetime,
+) -> datetime | None:
+    """
+    The expiry rule, in one place: a pooled instance is expired at *now*
+    when it was created strictly before the instant this returns, the later
+    of *last_invalidated_at* and ``now - ttl`` (a *ttl* of None or zero adds
+    nothing); ``None`` when nothing expires.
+
+    So an instance exactly *ttl* old, or created exactly at the invalidation,
+    is not expired. The calculator's snapshots, the claimer's cut-off and the
+    testing kit all use it. An instant before the earliest one a store holds
+    (1970) expires nothing, so it is never returned: a store may compare with
+    the cut-off as it is.
+
+    Raises:
+        InvalidInputError: a naive datetime, or a *ttl* out of range.
+
+    .. versionadded:: 0.2.0
+    """
+    check_aware("now", now)
+    v.check_optional_aware("last_invalidated_at", last_invalidated_at)
+    v.check_optional_delta("ttl", ttl)
+    by_age = now - ttl if ttl else None
+    if by_age is not None and by_age <= v.MIN_DATETIME:
+        by_age = None  # nothing was created before it
+    if last_invalidated_at is None:
+        return by_age
+    if by_age is None:
+        return last_invalidated_at
+    return max(last_invalidated_at, by_age)
+
+
 def expired_at(
     *,
     created_at: datetime,
@@ -418,13 +454,9 @@ def expired_at(
     last_invalidated_at: datetime | None,
     now: datetime,
 ) -> bool:
-    """
-    The expiry rule: created strictly before *last_invalidated_at*, or older
-    than a non-zero *ttl* (strictly) at *now*.
-    """
-    if last_invalidated_at is not None and created_at < last_invalidated_at:
-        return True
-    return ttl is not None and bool(ttl) and now - created_at > ttl
+    """Whether an instance created at *created_at* is expired (:func:`expiry_cutoff`)."""
+    cutoff = expiry_cutoff(ttl=ttl, last_invalidated_at=last_invalidated_at, now=now)
+    return cutoff is not None and created_at < cutoff
 
 
 def is_expired(preset: Preset, prebuild: RunningPrebuild, now: datetime) -> bool:
@@ -514,14 +546,11 @@ class GlobalSnapshot:
             raise PresetNotFoundError(preset_id)
         running: list[RunningPrebuild] = []
         expired: list[RunningPrebuild] = []
-        ttl, invalidated = preset.ttl, preset.last_invalidated_at
+        cutoff = expiry_cutoff(
+            ttl=preset.ttl, last_invalidated_at=preset.last_invalidated_at, now=now
+        )
         for prebuild in index.running.get(preset_id, ()):
-            gone = expired_at(
-                created_at=prebuild.created_at,
-                ttl=ttl,
-                last_invalidated_at=invalidated,
-                now=now,
-            )
+            gone = cutoff is not None and prebuild.created_at < cutoff
             (expired if gone else running).append(prebuild)
         return PresetSnapshot(
             preset=preset,

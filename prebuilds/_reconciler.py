@@ -9,25 +9,33 @@ import threading
 import time
 
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 import attrs
 
 from prebuilds._arguments import check_reconciler
-from prebuilds._calculate import calculate_actions, can_skip_reconciliation
+from prebuilds._calculate import (
+    backoff_until,
+    calculate_actions,
+    can_skip_reconciliation,
+)
 from prebuilds._clock import SystemClock
 from prebuilds._events import LoggingEventSink
 from prebuilds._model import (
     ActionType,
+    InvalidPreset,
     PresetSnapshot,
     PresetStatus,
     ReconcileStats,
     ReconciliationActions,
+    Transition,
 )
+from prebuilds._pool import derive, derive_preset
 from prebuilds._records import PREBUILDS_OWNER_ID, BuildStatus, Event, EventKind
-from prebuilds._validate import clean_text
+from prebuilds._status import PoolStatus, explain, explain_all
+from prebuilds._validate import check_delta, clean_text
+from prebuilds._workers import Workers
 from prebuilds.exceptions import (
     LeadershipLostError,
     ProvisionerValidationError,
@@ -39,8 +47,14 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from uuid import UUID
 
-    from prebuilds._model import GlobalSnapshot, InvalidPreset
-    from prebuilds._records import BuildRequest, Lease, ResourceReplacement
+    from prebuilds._model import GlobalSnapshot
+    from prebuilds._pool import PooledInstance, PresetFacts
+    from prebuilds._records import (
+        BuildRequest,
+        Lease,
+        ResourceReplacement,
+        Template,
+    )
     from prebuilds.interfaces import Clock, EventSink, Provisioner, Store
 
 log = logging.getLogger("prebuilds")
@@ -57,13 +71,18 @@ class _SubmitTimeoutError(TimeoutError):
 
 
 def _call_with_timeout(
-    submit: Callable[[BuildRequest], None], request: BuildRequest, timeout: float
+    workers: Workers,
+    submit: Callable[[BuildRequest], None],
+    request: BuildRequest,
+    timeout: float,
 ) -> None:
     """
-    Call ``submit(request)`` on a daemon thread and wait up to *timeout* s.
+    Call ``submit(request)`` on a thread of *workers* and wait up to
+    *timeout* s.
 
-    A daemon thread, so that a submit hung in the host's code neither holds
-    up later submits nor keeps the interpreter from exiting.
+    On a thread of its own (a daemon, kept for the next submit), so that a
+    submit hung in the host's code neither holds up later submits nor keeps
+    the interpreter from exiting.
 
     Raises:
         _SubmitTimeoutError: *submit* had not returned in time.
@@ -80,7 +99,7 @@ def _call_with_timeout(
         finally:
             done.set()
 
-    threading.Thread(target=target, name="prebuilds-submit", daemon=True).start()
+    workers.start(target)
     if not done.wait(timeout):
         msg = f"provisioner.submit did not return within {timeout}s"
         raise _SubmitTimeoutError(msg)
@@ -91,10 +110,12 @@ def _call_with_timeout(
 @attrs.frozen
 class _Pass:
     """
-    One pass's leadership: the lease every write of the pass is fenced by,
-    and whether a write found it lost (then the pass stops everywhere).
+    One pass: its instant (the clock is read once per pass), the lease every
+    write of the pass is fenced by, and whether a write found it lost (then
+    the pass stops everywhere).
     """
 
+    now: datetime
     lease: Lease
     lost: threading.Event = attrs.field(factory=threading.Event)
 
@@ -110,6 +131,143 @@ class _Pass:
             raise LeadershipLostError(msg)
 
 
+#: Event kinds that repeat every pass while their cause lasts: the
+#: reconciler emits one per preset and cooldown, and counts the rest.
+QUIET_KINDS = frozenset(
+    {
+        EventKind.BACKOFF,
+        EventKind.HARD_LIMITED,
+        EventKind.INVALID_PRESET,
+        EventKind.PASS_ERROR,
+    }
+)
+
+
+@attrs.define
+class _Quiet:
+    """When an event of one (preset, kind) was last emitted; how many since held back."""
+
+    since: datetime
+    suppressed: int = 0
+
+
+#: The desired count of a schedule is constant between UTC quarter hours
+#: (every UTC offset has been a whole number of quarter hours since 1972):
+#: a plan of a preset with schedules is reused within one quarter hour only,
+#: and not at all before 1973.
+_QUARTER = timedelta(minutes=15)
+_SCHEDULES_FROM = datetime(1973, 1, 1, tzinfo=timezone.utc)
+
+
+@attrs.frozen
+class _Plan:
+    """
+    One preset's snapshot and actions, worked out at *at* from its facts and
+    its pooled instances; the same for every instant from *at* until
+    *until* (excluded; ``None``: no end) while those facts hold.
+    """
+
+    facts: PresetFacts
+    instances: tuple[PooledInstance, ...]
+    at: datetime
+    until: datetime | None
+    snapshot: PresetSnapshot
+    actions: tuple[ReconciliationActions, ...]
+    #: What calculating the actions raised (then it is not reused).
+    error: Exception | None
+    #: Whether the preset certainly needs nothing (can_skip_reconciliation).
+    skip: bool
+
+    def holds(
+        self, facts: PresetFacts, instances: tuple[PooledInstance, ...], now: datetime
+    ) -> bool:
+        """Whether this plan is the one for *facts* and *instances* at *now*."""
+        return (
+            self.at <= now
+            and (self.until is None or now < self.until)
+            and (self.facts is facts or self.facts == facts)
+            and self.instances == instances
+        )
+
+
+def _until(
+    snapshot: PresetSnapshot,
+    instances: tuple[PooledInstance, ...],
+    *,
+    at: datetime,
+    backoff_lookback: timedelta,
+    backoff_interval: timedelta,
+) -> datetime | None:
+    """
+    The first instant after *at* at which the preset's snapshot or actions
+    may differ with the same facts (a conservative bound), or ``None``.
+
+    Time enters through the schedules (constant between quarter hours), the
+    TTL (an instance expires), the backoff look-back (a failure stops
+    counting) and the backoff's end.
+    """
+    preset = snapshot.preset
+    ends: list[datetime] = []
+    if preset.schedules and preset.scheduling_timezone:
+        if at < _SCHEDULES_FROM:
+            return at
+        utc = at.astimezone(timezone.utc)
+        mark = utc.replace(minute=utc.minute - utc.minute % 15, second=0, microsecond=0)
+        ends.append(mark + _QUARTER)
+    if preset.ttl:
+        ends.extend(p.created_at + preset.ttl for p in snapshot.running)
+    ends.extend(
+        i.latest_created_at + backoff_lookback
+        for i in instances
+        if i.latest_status is BuildStatus.FAILED
+    )
+    until = backoff_until(snapshot, backoff_interval=backoff_interval)
+    if until is not None and until >= at:
+        ends.append(until)
+    return min(ends, default=None)
+
+
+@attrs.frozen
+class _View:
+    """
+    What a pass (or :meth:`StoreReconciler.status`) reads: every preset's
+    plan, and the facts a snapshot does not carry.
+    """
+
+    #: Every readable preset's plan, by preset ID.
+    plans: tuple[_Plan, ...]
+    invalid_presets: tuple[InvalidPreset, ...]
+    #: Template ID -> its name.
+    template_names: dict[UUID, str]
+    #: Preset ID -> pooled instances whose latest build failed.
+    failed_kept: dict[UUID, int]
+    #: (instance ID, transition) -> preset ID: the failed latest builds.
+    failed: dict[tuple[UUID, Transition], UUID]
+    #: Ready running instance ID -> its preset ID.
+    ready: dict[UUID, UUID]
+
+
+def _has_work(plan: _Plan) -> bool:
+    """Whether the preset has something to do: actions, an error, a status to record."""
+    if plan.actions or plan.error is not None:
+        return True
+    snapshot = plan.snapshot
+    status = snapshot.preset.status
+    if snapshot.is_hard_limited:
+        return status is PresetStatus.HEALTHY
+    return status is PresetStatus.HARD_LIMITED
+
+
+def _full(status: PoolStatus) -> bool:
+    """Nothing to explain: an active, readable pool with all it wants ready."""
+    return (
+        status.desired_source not in {"inactive", "invalid"}
+        and status.eligible >= status.desired
+        and not status.hard_limited
+        and status.validation_error is None
+    )
+
+
 @attrs.define
 class _PresetResult:
     created: int = 0
@@ -123,11 +281,13 @@ class StoreReconciler:
     Keep every pool of a :class:`~prebuilds.interfaces.Store` at its desired
     size by running the pure calculator and executing its actions.
 
-    One pass (:meth:`reconcile_all`): take the store's leader lock (skip the
-    pass if another replica holds it); stop if paused; take one snapshot;
-    fail stuck builds (they are replaced from the next pass on); for each
-    preset, in parallel on at most *max_workers* threads, calculate and
-    execute its actions. A preset that raises is logged, counted and
+    One pass (:meth:`reconcile_all`): read the clock once (the pass's
+    *now*: every rule of the pass is judged at that instant); take the
+    store's leader lock (skip the pass if another replica holds it); stop if
+    paused; read the store's facts once (``read_pool``) and derive every
+    pool's state from them (:func:`~prebuilds.derive`); fail stuck builds
+    (they are replaced from the next pass on); for each preset, in parallel
+    on at most *max_workers* threads, calculate and execute its actions. A preset that raises is logged, counted and
     skipped; the pass goes on. A store failure (:class:`StoreError`) ends
     the pass (logged, counted); the next pass starts clean.
 
@@ -162,6 +322,11 @@ class StoreReconciler:
         max_workers: Presets reconciled in parallel (1: in order, in the
             calling thread).
         name_factory: Names for new pooled instances.
+        event_cooldown: Emit at most one event per preset and kind in this
+            time for the kinds that repeat every pass while their cause
+            lasts (``BACKOFF``, ``HARD_LIMITED``, ``INVALID_PRESET``,
+            ``PASS_ERROR``); the next one emitted carries how many were
+            held back in ``Event.suppressed`` (``timedelta(0)``: emit all).
 
     Attributes:
         pass_errors: Passes that ended with an error (a store failure),
@@ -196,6 +361,7 @@ class StoreReconciler:
         submit_timeout: float | None = 60.0,
         max_workers: int = 5,
         name_factory: Callable[[], str] = generate_name,
+        event_cooldown: timedelta = timedelta(minutes=10),
     ) -> None:
         check_reconciler(
             store,
@@ -223,6 +389,7 @@ class StoreReconciler:
         self._submit_timeout = submit_timeout
         self._max_workers = max_workers
         self._name_factory = name_factory
+        self._event_cooldown = check_delta("event_cooldown", event_cooldown)
         self._state_lock = threading.Lock()
         self._stop_event = threading.Event()
         self._done = threading.Event()
@@ -236,6 +403,24 @@ class StoreReconciler:
         self.replacements: Counter[UUID] = Counter()
         self._ready_seen: frozenset[UUID] = frozenset()
         self._invalid_seen: frozenset[InvalidPreset] = frozenset()
+        # What a scrape, a dashboard or status() reads without the store:
+        # the last leading pass's statuses, each preset's last error, names.
+        self._statuses: tuple[PoolStatus, ...] | None = ()
+        # What the last leading pass's statuses are worked out from, when
+        # first read (a pass nobody reads the statuses of does not pay).
+        self._status_source: tuple[_View, datetime, bool, dict[UUID, str]] | None = None
+        # Each preset's plan of the last read, reused while its facts hold.
+        self._plans: dict[UUID, _Plan] = {}
+        self._pool: Workers | None = None
+        self._last_errors: dict[UUID, str] = {}
+        self._fresh_errors: set[UUID] = set()  # met since the last pass ended
+        self._names: dict[UUID, tuple[str, str, UUID | None]] = {}
+        self._quiet: dict[tuple[UUID | None, EventKind], _Quiet] = {}
+        self._memory_lock = threading.Lock()
+        # Failed builds already reported (None: learn them silently on the
+        # next leading pass, so a new leader does not report them again).
+        self._failed_seen: set[tuple[UUID, Transition]] | None = None
+        self._failed_reported: set[tuple[UUID, Transition]] = set()
 
     # -- loop ------------------------------------------------------------------
     def run(self) -> None:
@@ -282,6 +467,17 @@ class StoreReconciler:
             log.info("prebuilds reconciler stopping: %r", cause)
         if running and not self._done.wait(timeout):
             log.warning("prebuilds reconciler did not stop within %ss", timeout)
+        with self._state_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()  # its idle threads end; busy ones after their task
+
+    def _workers(self) -> Workers:
+        """The threads that run presets and submits, started when first needed."""
+        with self._state_lock:
+            if self._pool is None:
+                self._pool = Workers("prebuilds")
+            return self._pool
 
     @property
     def stop_cause(self) -> BaseException | None:
@@ -306,9 +502,13 @@ class StoreReconciler:
 
     # -- one pass --------------------------------------------------------------
     def snapshot_state(self, store: Store) -> GlobalSnapshot:
-        """One consistent read of *store* at the clock's now."""
-        return store.snapshot(
-            now=self._clock.now(),
+        """Every pool's state, derived from one read of *store* at the clock's now."""
+        return self._derive(store, self._clock.now())
+
+    def _derive(self, store: Store, now: datetime) -> GlobalSnapshot:
+        return derive(
+            store.read_pool(),
+            now=now,
             backoff_lookback=self._backoff_lookback,
             hard_limit=self._hard_limit,
         )
@@ -323,135 +523,420 @@ class StoreReconciler:
         """
         started = time.perf_counter()
         stats = ReconcileStats()
+        now = self._clock.now()
         try:
             with self._store.leader() as lease:
                 stats = attrs.evolve(stats, leader=bool(lease))
                 if lease:
-                    stats = self._pass(stats, _Pass(lease))
+                    stats = self._pass(stats, _Pass(now, lease))
         except LeadershipLostError as e:  # another replica leads now
             self.pass_errors += 1
             log.warning("prebuilds reconciliation pass stopped: %s", e)
-            self._emit(EventKind.LEADERSHIP_LOST, detail=repr(e))
+            self._emit(EventKind.LEADERSHIP_LOST, at=now, detail=repr(e))
             stats = attrs.evolve(stats, error=repr(e))
         except Exception as e:  # the loop must survive anything
             self.pass_errors += 1
             log.exception("prebuilds reconciliation pass failed")
-            self._emit(EventKind.PASS_ERROR, detail=repr(e))
+            self._emit(EventKind.PASS_ERROR, at=now, detail=repr(e))
             stats = attrs.evolve(stats, error=repr(e))
-        return attrs.evolve(
+        stats = attrs.evolve(
             stats, elapsed=timedelta(seconds=time.perf_counter() - started)
         )
+        self._pass_finished(stats)
+        return stats
 
     def _pass(self, stats: ReconcileStats, run: _Pass) -> ReconcileStats:
+        now = run.now
         if self._store.is_paused():
+            self._observe(self._read(now), now, paused=True)
             return attrs.evolve(stats, paused=True)
-        # The snapshot comes first: a store may read it through a transaction
+        # The facts come first: a store may read them through a transaction
         # opened with the leader scope (PostgreSQL), which would not see the
         # stuck builds failed below. They are replaced from the next pass on,
         # the same on every store.
-        snapshot = self.snapshot_state(self._store)
-        now = self._clock.now()
+        view = self._read(now)
         if self._build_timeout is not None:
             for build in self._store.fail_stuck_builds(
                 older_than=now - self._build_timeout, now=now, lease=run.lease
             ):
                 self._emit(
                     EventKind.STUCK,
+                    at=now,
                     preset_id=build.preset_id,
                     instance_id=build.instance_id,
                     build_id=build.id,
                     detail=f"{build.transition.value} build timed out",
                 )
-        invalid_now = frozenset(snapshot.invalid_presets)
-        for invalid in snapshot.invalid_presets:
+        invalid_now = frozenset(view.invalid_presets)
+        for invalid in view.invalid_presets:
             if invalid not in self._invalid_seen:  # report each problem once
                 self._emit(
                     EventKind.INVALID_PRESET,
+                    at=now,
                     preset_id=invalid.preset_id,
                     detail=f"{invalid.field}={invalid.value}: {invalid.reason}",
                 )
         self._invalid_seen = invalid_now
-        self._report_ready(snapshot)
-        todo = []
-        for preset in snapshot.presets:
-            preset_snapshot = snapshot.filter_by_preset(preset.id, now=now)
-            if not can_skip_reconciliation(preset_snapshot):
-                todo.append(preset_snapshot)
-        if self._max_workers == 1 or len(todo) <= 1:
-            results = [self._reconcile_preset(ps, now, run) for ps in todo]
+        self._report_ready(view, now)
+        # The actions are worked out here (most presets have none); only the
+        # presets with something to do go to the workers.
+        todo = [plan for plan in view.plans if not plan.skip]
+        busy = [plan for plan in todo if _has_work(plan)]
+        if self._max_workers == 1 or len(busy) <= 1:
+            results = [self._reconcile_preset(plan, run) for plan in busy]
         else:
-            with ThreadPoolExecutor(
-                self._max_workers, thread_name_prefix="prebuilds"
-            ) as pool:
-                results = list(
-                    pool.map(lambda ps: self._reconcile_preset(ps, now, run), todo)
-                )
+            results = self._in_parallel(busy, run)
+        self._observe(view, now, paused=False)
         return attrs.evolve(
             stats,
-            presets_total=len(snapshot.presets) + len(snapshot.invalid_presets),
+            presets_total=len(view.plans) + len(view.invalid_presets),
             presets_reconciled=len(todo),
             presets_failed=sum(r.failed for r in results),
-            presets_invalid=len(snapshot.invalid_presets),
+            presets_invalid=len(view.invalid_presets),
             created=sum(r.created for r in results),
             deleted=sum(r.deleted for r in results),
             canceled=sum(r.canceled for r in results),
         )
 
-    def _report_ready(self, snapshot: GlobalSnapshot) -> None:
-        """Emit READY for pooled instances that became ready since last pass."""
-        ready = frozenset(p.id for p in snapshot.running if p.ready)
-        for prebuild in snapshot.running:
-            if prebuild.ready and prebuild.id not in self._ready_seen:
-                self._emit(
-                    EventKind.READY,
-                    preset_id=prebuild.preset_id,
-                    instance_id=prebuild.id,
-                )
-        self._ready_seen = ready
+    def _in_parallel(self, plans: list[_Plan], run: _Pass) -> list[_PresetResult]:
+        """
+        Reconcile *plans* on at most *max_workers* threads of the workers.
 
-    def _reconcile_preset(
-        self, ps: PresetSnapshot, now: datetime, run: _Pass
-    ) -> _PresetResult:
+        Raises:
+            Exception: the first (in *plans*' order) a preset raised, once
+                every preset is done.
+        """
+        results: list[_PresetResult] = [_PresetResult() for _ in plans]
+        errors: dict[int, BaseException] = {}
+        items = iter(enumerate(plans))
+        lock = threading.Lock()
+        threads = min(self._max_workers, len(plans))
+        left = [threads]
+        finished = threading.Event()
+
+        def work() -> None:
+            try:
+                while True:
+                    with lock:
+                        item = next(items, None)
+                    if item is None:
+                        return
+                    index, plan = item
+                    try:
+                        results[index] = self._reconcile_preset(plan, run)
+                    except BaseException as e:  # noqa: BLE001 - raised below
+                        errors[index] = e
+            finally:
+                with lock:
+                    left[0] -= 1
+                    if not left[0]:
+                        finished.set()
+
+        workers = self._workers()
+        for _ in range(threads):
+            workers.start(work)
+        finished.wait()
+        if errors:
+            raise errors[min(errors)]
+        return results
+
+    # -- status ------------------------------------------------------------------
+    def status(self) -> list[PoolStatus]:
+        """
+        Every preset's :class:`~prebuilds.PoolStatus` now, read from the
+        store (one read; nothing is written), with the last error this
+        reconciler met for each preset. Sorted by template name, preset
+        name and preset ID; unreadable presets included.
+
+        Raises:
+            StoreError: the store could not be read.
+        """
+        now = self._clock.now()
+        view = self._read(now)
+        with self._memory_lock:
+            errors = dict(self._last_errors)
+        return self._statuses_of(view, now, self._store.is_paused(), errors)
+
+    @property
+    def last_statuses(self) -> tuple[PoolStatus, ...]:
+        """
+        The statuses of the last pass that led (empty before one, or after
+        a pass that did not lead): what metrics and dashboards read without
+        touching the store.
+        """
+        with self._memory_lock:
+            statuses, source = self._statuses, self._status_source
+        if statuses is not None:
+            return statuses
+        assert source is not None  # noqa: S101 - set together
+        view, now, paused, errors = source
+        statuses = tuple(self._statuses_of(view, now, paused, errors))
+        with self._memory_lock:
+            if self._status_source is source:
+                self._statuses = statuses
+        return statuses
+
+    def _read(self, now: datetime) -> _View:
+        """
+        One read of the store: every preset's plan at *now* and the facts
+        beside it. A preset's plan of the last read is reused while its
+        facts, its instances and the time allow (:class:`_Plan`).
+        """
+        facts = self._store.read_pool()
+        templates = {f.template.id: f.template for f in facts.presets}
+        by_preset: dict[UUID, list[PooledInstance]] = {}
+        failed_kept: Counter[UUID] = Counter()
+        failed: dict[tuple[UUID, Transition], UUID] = {}
+        ready: dict[UUID, UUID] = {}
+        for instance in facts.instances:
+            preset_id = instance.preset_id
+            mine = by_preset.get(preset_id)
+            if mine is None:
+                by_preset[preset_id] = [instance]
+            else:
+                mine.append(instance)
+            status = instance.latest_status
+            if status is BuildStatus.FAILED:
+                failed_kept[preset_id] += 1
+                failed[instance.id, instance.latest_transition] = preset_id
+            elif (
+                instance.ready
+                and status is BuildStatus.SUCCEEDED
+                and instance.latest_transition is Transition.START
+            ):
+                ready[instance.id] = preset_id
+        known, plans = self._plans, {}
+        for preset_facts in sorted(facts.presets, key=lambda f: f.config.id.int):
+            preset_id = preset_facts.config.id
+            instances = tuple(by_preset.get(preset_id, ()))
+            plan = known.get(preset_id)
+            if plan is None or not plan.holds(preset_facts, instances, now):
+                plan = self._plan(preset_facts, instances, templates, now)
+            plans[preset_id] = plan
+        self._plans = plans
+        # The events of the pass name their presets from here on.
+        names = {
+            f.config.id: (f.config.name, f.template.name, f.template.organization_id)
+            for f in facts.presets
+        }
+        with self._memory_lock:
+            self._names = names
+        return _View(
+            plans=tuple(plans.values()),
+            invalid_presets=facts.invalid_presets,
+            template_names={t.id: t.name for t in templates.values()},
+            failed_kept=dict(failed_kept),
+            failed=failed,
+            ready=ready,
+        )
+
+    def _plan(
+        self,
+        facts: PresetFacts,
+        instances: tuple[PooledInstance, ...],
+        templates: dict[UUID, Template],
+        now: datetime,
+    ) -> _Plan:
+        """Work out one preset's snapshot and actions at *now*."""
+        snapshot = derive_preset(
+            facts,
+            instances,
+            templates=templates,
+            now=now,
+            backoff_lookback=self._backoff_lookback,
+            hard_limit=self._hard_limit,
+        )
+        actions: tuple[ReconciliationActions, ...] = ()
+        error: Exception | None = None
         try:
-            return self._reconcile_one(ps, now, run)
+            actions = tuple(
+                calculate_actions(
+                    snapshot, now=now, backoff_interval=self._backoff_interval
+                )
+            )
+        except Exception as e:  # noqa: BLE001 - reported by the preset's worker
+            error = e
+        # An instance of another template would need that template's facts
+        # in the key: worked out again on every pass instead.
+        own = all(i.template_id == facts.config.template_id for i in instances)
+        until = (
+            _until(
+                snapshot,
+                instances,
+                at=now,
+                backoff_lookback=self._backoff_lookback,
+                backoff_interval=self._backoff_interval,
+            )
+            if own and error is None
+            else now
+        )
+        return _Plan(
+            facts=facts,
+            instances=instances,
+            at=now,
+            until=until,
+            snapshot=snapshot,
+            actions=actions,
+            error=error,
+            skip=can_skip_reconciliation(snapshot),
+        )
+
+    def _statuses_of(
+        self, view: _View, now: datetime, paused: bool, errors: dict[UUID, str]
+    ) -> list[PoolStatus]:
+        return explain_all(
+            (plan.snapshot for plan in view.plans),
+            view.invalid_presets,
+            now=now,
+            backoff_interval=self._backoff_interval,
+            hard_limit=self._hard_limit,
+            paused=paused,
+            template_names=view.template_names,
+            failed_kept=view.failed_kept,
+            last_errors=errors,
+        )
+
+    def _observe(self, view: _View, now: datetime, *, paused: bool) -> None:
+        """
+        End of a leading pass: keep its statuses, and report the builds
+        that failed since the last pass.
+        """
+        with self._memory_lock:
+            reported, self._failed_reported = self._failed_reported, set()
+            seen = self._failed_seen
+            self._failed_seen = set(view.failed) | reported
+        if seen is not None:  # the first leading pass learns them silently
+            for key in sorted(view.failed.keys() - seen - reported):
+                instance_id, transition = key
+                self._emit(
+                    EventKind.FAILED,
+                    at=now,
+                    preset_id=view.failed[key],
+                    instance_id=instance_id,
+                    detail=f"{transition.value} build failed",
+                )
+        with self._memory_lock:
+            # A preset's last error is kept until a pass that met none for
+            # it finds its pool full.
+            fresh, self._fresh_errors = self._fresh_errors, set()
+            if self._last_errors:
+                items = self._items(view)
+                self._last_errors = {
+                    preset_id: error
+                    for preset_id, error in self._last_errors.items()
+                    if preset_id in fresh
+                    or self._still_failing(view, items.get(preset_id), now)
+                }
+            # The statuses are worked out when first read (last_statuses).
+            self._statuses = None
+            self._status_source = (view, now, paused, dict(self._last_errors))
+
+    @staticmethod
+    def _items(view: _View) -> dict[UUID, PresetSnapshot | InvalidPreset]:
+        """Every preset of *view* by ID: its snapshot, or the store's account."""
+        items: dict[UUID, PresetSnapshot | InvalidPreset] = {
+            i.preset_id: i for i in view.invalid_presets
+        }
+        items.update((p.snapshot.preset.id, p.snapshot) for p in view.plans)
+        return items
+
+    def _still_failing(
+        self, view: _View, item: PresetSnapshot | InvalidPreset | None, now: datetime
+    ) -> bool:
+        """Whether *item* is a preset of *view* whose pool is not full at *now*."""
+        if item is None:
+            return False
+        preset_id = (
+            item.preset_id if isinstance(item, InvalidPreset) else item.preset.id
+        )
+        status = explain(
+            item,
+            now=now,
+            backoff_interval=self._backoff_interval,
+            hard_limit=self._hard_limit,
+            failed_kept=view.failed_kept.get(preset_id, 0),
+        )
+        return not _full(status)
+
+    def _pass_finished(self, stats: ReconcileStats) -> None:
+        """Forget what a pass that did not lead cannot know; tell the observer."""
+        if not stats.leader:
+            with self._memory_lock:
+                self._statuses, self._status_source = (), None
+                self._failed_seen = None  # another replica reports meanwhile
+        observe = getattr(self._events, "pass_finished", None)
+        if observe is None:
+            return
+        statuses = self.last_statuses if stats.leader and stats.error is None else ()
+        try:
+            observe(stats, statuses)
+        except Exception:  # a broken observer must not break the loop
+            log.warning("prebuilds pass observer failed", exc_info=True)
+
+    def _report_ready(self, view: _View, now: datetime) -> None:
+        """Emit READY for pooled instances that became ready since last pass."""
+        ready = view.ready
+        new = [i for i in ready if i not in self._ready_seen]
+        for instance_id in sorted(new, key=lambda i: i.int):
+            self._emit(
+                EventKind.READY,
+                at=now,
+                preset_id=ready[instance_id],
+                instance_id=instance_id,
+            )
+        self._ready_seen = frozenset(ready)
+
+    def _reconcile_preset(self, plan: _Plan, run: _Pass) -> _PresetResult:
+        try:
+            return self._reconcile_one(plan, run)
         except LeadershipLostError:
             run.lost.set()  # the other workers stop before their next write
             raise
 
-    def _reconcile_one(
-        self, ps: PresetSnapshot, now: datetime, run: _Pass
-    ) -> _PresetResult:
+    def _reconcile_one(self, plan: _Plan, run: _Pass) -> _PresetResult:
         result = _PresetResult()
+        ps = plan.snapshot
         preset = ps.preset
         try:
             run.check()
             self._update_hard_limit(ps, run)
-            actions = calculate_actions(
-                ps, now=now, backoff_interval=self._backoff_interval
-            )
         except StoreError:
             raise  # a store failure ends the pass
         except Exception as e:  # noqa: BLE001 - one preset never stops the rest
-            self._preset_error(preset.id, e, result)
+            self._preset_error(preset.id, e, result, run.now)
+            return result
+        if plan.error is not None:  # calculating its actions raised
+            self._preset_error(preset.id, plan.error, result, run.now)
             return result
         expired = {p.id for p in ps.expired}
-        for action in actions:
+        for action in plan.actions:
             try:
-                self._execute(
-                    ps, action, now=now, expired=expired, result=result, run=run
-                )
+                self._execute(ps, action, expired=expired, result=result, run=run)
             except StoreError:
                 raise  # a store failure ends the pass
             except Exception as e:  # noqa: BLE001 - go on with the next action
-                self._preset_error(preset.id, e, result)
+                self._preset_error(preset.id, e, result, run.now)
         return result
 
     def _preset_error(
-        self, preset_id: UUID, error: Exception, result: _PresetResult
+        self, preset_id: UUID, error: Exception, result: _PresetResult, now: datetime
     ) -> None:
         result.failed = True
         log.warning("prebuilds preset %s failed: %r", preset_id, error, exc_info=error)
-        self._emit(EventKind.PRESET_ERROR, preset_id=preset_id, detail=repr(error))
+        self._remember_error(preset_id, repr(error))
+        self._emit(
+            EventKind.PRESET_ERROR, at=now, preset_id=preset_id, detail=repr(error)
+        )
+
+    def _remember_error(self, preset_id: UUID, error: str) -> None:
+        with self._memory_lock:
+            self._last_errors[preset_id] = clean_text(error)
+            self._fresh_errors.add(preset_id)
+
+    def _reported_failed(self, request: BuildRequest) -> None:
+        """This build's failure is reported now: the next pass does not again."""
+        with self._memory_lock:
+            self._failed_reported.add((request.instance_id, request.transition))
 
     def _update_hard_limit(self, ps: PresetSnapshot, run: _Pass) -> None:
         status = ps.preset.status
@@ -461,6 +946,7 @@ class StoreReconciler:
             )
             self._emit(
                 EventKind.HARD_LIMITED,
+                at=run.now,
                 preset_id=ps.preset.id,
                 detail=f"the last {self._hard_limit} creations failed",
             )
@@ -474,16 +960,16 @@ class StoreReconciler:
         ps: PresetSnapshot,
         action: ReconciliationActions,
         *,
-        now: datetime,
         expired: set[UUID],
         result: _PresetResult,
         run: _Pass,
     ) -> None:
         preset_id = ps.preset.id
-        lease = run.lease
+        now, lease = run.now, run.lease
         if action.action_type is ActionType.BACKOFF:
             self._emit(
                 EventKind.BACKOFF,
+                at=now,
                 preset_id=preset_id,
                 detail=f"until {action.backoff_until}",
             )
@@ -493,6 +979,7 @@ class StoreReconciler:
                 result.canceled += 1
                 self._emit(
                     EventKind.CANCELED,
+                    at=now,
                     preset_id=preset_id,
                     instance_id=request.instance_id,
                     build_id=request.build_id,
@@ -512,23 +999,19 @@ class StoreReconciler:
                 )
                 self._emit(
                     kind,
+                    at=now,
                     preset_id=preset_id,
                     instance_id=instance_id,
                     build_id=deletion.build_id,
                 )
                 self._submit(deletion, now, lease)
         else:
-            self._create(ps, action.create, now, result, run)
+            self._create(ps, action.create, result, run)
 
     def _create(
-        self,
-        ps: PresetSnapshot,
-        count: int,
-        now: datetime,
-        result: _PresetResult,
-        run: _Pass,
+        self, ps: PresetSnapshot, count: int, result: _PresetResult, run: _Pass
     ) -> None:
-        preset_id = ps.preset.id
+        preset_id, now = ps.preset.id, run.now
         for _ in range(count):
             run.check()
             request = self._store.create_prebuild(
@@ -539,6 +1022,7 @@ class StoreReconciler:
             result.created += 1
             self._emit(
                 EventKind.CREATED,
+                at=now,
                 preset_id=preset_id,
                 instance_id=request.instance_id,
                 build_id=request.build_id,
@@ -558,7 +1042,10 @@ class StoreReconciler:
                 self._provisioner.submit(request)
             else:
                 _call_with_timeout(
-                    self._provisioner.submit, request, self._submit_timeout
+                    self._workers(),
+                    self._provisioner.submit,
+                    request,
+                    self._submit_timeout,
                 )
         except ProvisionerValidationError as e:
             self._store.build_finished(
@@ -572,8 +1059,11 @@ class StoreReconciler:
             self._store.set_preset_status(
                 request.preset_id, PresetStatus.VALIDATION_FAILED, lease=lease
             )
+            self._reported_failed(request)
+            self._remember_error(request.preset_id, str(e))
             self._emit(
                 EventKind.VALIDATION_FAILED,
+                at=now,
                 preset_id=request.preset_id,
                 instance_id=request.instance_id,
                 build_id=request.build_id,
@@ -590,8 +1080,11 @@ class StoreReconciler:
                 error=clean_text(repr(e)),
                 lease=lease,
             )
+            self._reported_failed(request)
+            self._remember_error(request.preset_id, repr(e))
             self._emit(
                 EventKind.FAILED,
+                at=now,
                 preset_id=request.preset_id,
                 instance_id=request.instance_id,
                 build_id=request.build_id,
@@ -629,6 +1122,7 @@ class StoreReconciler:
             deleted += 1
             self._emit(
                 EventKind.DELETED,
+                at=now,
                 preset_id=instance.preset_id,
                 instance_id=instance.id,
                 build_id=request.build_id,
@@ -668,21 +1162,50 @@ class StoreReconciler:
         self,
         kind: EventKind,
         *,
+        at: datetime | None = None,
         preset_id: UUID | None = None,
         instance_id: UUID | None = None,
         build_id: UUID | None = None,
         detail: str = "",
     ) -> None:
         try:
+            now = self._clock.now() if at is None else at
+            suppressed = self._quieten(kind, preset_id, now)
+            if suppressed is None:
+                return
+            with self._memory_lock:
+                names = self._names.get(preset_id) if preset_id else None
+            preset_name, template_name, organization_id = names or ("", "", None)
             self._events.emit(
                 Event(
                     kind=kind,
-                    at=self._clock.now(),
+                    at=now,
                     preset_id=preset_id,
                     instance_id=instance_id,
                     build_id=build_id,
                     detail=clean_text(detail),
+                    preset_name=preset_name,
+                    template_name=template_name,
+                    organization_id=organization_id,
+                    suppressed=suppressed,
                 )
             )
         except Exception:  # a broken sink must not break a pass
             log.warning("prebuilds event sink failed", exc_info=True)
+
+    def _quieten(
+        self, kind: EventKind, preset_id: UUID | None, now: datetime
+    ) -> int | None:
+        """
+        None to hold the event back (one of its kind and preset was emitted
+        within the cooldown); else how many were held back before it.
+        """
+        if kind not in QUIET_KINDS or not self._event_cooldown:
+            return 0
+        with self._memory_lock:
+            quiet = self._quiet.get((preset_id, kind))
+            if quiet is not None and now < quiet.since + self._event_cooldown:
+                quiet.suppressed += 1
+                return None
+            self._quiet[preset_id, kind] = _Quiet(since=now)
+            return quiet.suppressed if quiet is not None else 0

@@ -319,9 +319,28 @@ class EventKind(enum.Enum):
 @attrs.frozen(kw_only=True)
 class Event:
     """
-    One thing that happened, for logs, audit and notifications.
+    One thing that happened, for logs, audit, notifications and metrics.
+
+    Attributes:
+        kind: What happened.
+        at: When (the engine's clock).
+        preset_id: The preset it concerns, if any.
+        instance_id: The instance it concerns, if any.
+        build_id: The build it concerns, if any.
+        detail: A human description.
+        preset_name: The preset's name, when the engine knows it.
+        template_name: Its template's name, when the engine knows it.
+        organization_id: Its template's organisation, if any.
+        duration: How long it took: set on ``CLAIMED`` and ``CLAIM_MISSED``
+            (the claim, measured on a monotonic clock).
+        suppressed: How many events of this kind and preset the
+            reconciler held back since the previous one it emitted (see
+            *event_cooldown* of :class:`~prebuilds.StoreReconciler`).
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       *preset_name*, *template_name*, *organization_id*, *duration* and
+       *suppressed*.
     """
 
     kind: EventKind = attrs.field(validator=v.enum_of(EventKind))
@@ -330,6 +349,13 @@ class Event:
     instance_id: UUID | None = attrs.field(default=None, validator=v.optional_uuid)
     build_id: UUID | None = attrs.field(default=None, validator=v.optional_uuid)
     detail: str = attrs.field(default="", validator=v.text)
+    preset_name: str = attrs.field(default="", validator=v.name)
+    template_name: str = attrs.field(default="", validator=v.name)
+    organization_id: UUID | None = attrs.field(default=None, validator=v.optional_uuid)
+    duration: timedelta | None = attrs.field(
+        default=None, validator=v.optional_duration
+    )
+    suppressed: int = attrs.field(default=0, validator=v.count)
 
 
 @attrs.frozen(kw_only=True)

@@ -78,8 +78,12 @@ class SimulationResult:
         return self.warm / self.claims if self.claims else 0.0
 
 
-def seed_example(store: Store) -> list[PresetConfig]:
-    """Write the example's template and presets to *store*."""
+def seed_example(store: Store, *, pools: int = 2) -> list[PresetConfig]:
+    """
+    Write the example's template and presets to *store*: ``small`` and
+    ``gpu``, then more of the two alternately up to *pools* presets
+    (``small-2``, ``gpu-3``, ...).
+    """
     template = Template(
         id=uuid.UUID(int=1),
         active_version_id=uuid.UUID(int=2),
@@ -108,6 +112,12 @@ def seed_example(store: Store) -> list[PresetConfig]:
             parameters=(("size", "gpu"),),
         ),
     ]
+    for n in range(len(presets), pools):
+        like = presets[n % 2]
+        presets.append(
+            attrs.evolve(like, id=uuid.UUID(int=11 + n), name=f"{like.name}-{n}")
+        )
+    presets = presets[:pools]
     for preset in presets:
         store.put_preset(preset)
     return presets
@@ -120,6 +130,8 @@ def simulate(
     step: timedelta = timedelta(minutes=5),
     seed: int = 0,
     on_sample: Callable[[Sample], None] | None = None,
+    pools: int = 2,
+    default_settings: bool = False,
 ) -> SimulationResult:
     """
     Run the example for *hours* of simulated time on *store*.
@@ -127,15 +139,22 @@ def simulate(
     Every *step* the fake provisioner finishes due builds, the reconciler
     runs a pass and users may claim. At the top of each hour a
     :class:`Sample` is taken, passed to *on_sample* (if given) and kept in
-    the result.
+    the result. *pools* presets are simulated (see :func:`seed_example`).
+    The reconciler runs presets one at a time with no submit timeout, so
+    that a seed gives one result; *default_settings* gives it its default
+    settings instead (presets in parallel, a submit timeout), as a host
+    runs it.
 
     Raises:
-        InvalidInputError: *hours* is less than 1 or *step* not positive.
+        InvalidInputError: *hours* is less than 1, *step* not positive or
+            *pools* less than 1.
     """
     if hours < 1:
         raise InvalidInputError("hours", hours, "must be 1 or more")
     if step <= timedelta(0):
         raise InvalidInputError("step", step, "must be positive")
+    if pools < 1:
+        raise InvalidInputError("pools", pools, "must be 1 or more")
     rng = random.Random(seed)  # noqa: S311 - a simulation, not cryptography
     clock = FakeClock(START)
     provisioner = FakeProvisioner(
@@ -146,44 +165,51 @@ def simulate(
         seed=seed,
     )
     events = CollectingEventSink()
-    reconciler = StoreReconciler(
-        store,
-        provisioner,
-        clock=clock,
-        events=events,
-        max_workers=1,
-        submit_timeout=None,
+    reconciler = (
+        StoreReconciler(store, provisioner, clock=clock, events=events)
+        if default_settings
+        else StoreReconciler(
+            store,
+            provisioner,
+            clock=clock,
+            events=events,
+            max_workers=1,
+            submit_timeout=None,
+        )
     )
     claimer = StoreClaimer(store, events=events)
-    presets = seed_example(store)
+    presets = seed_example(store, pools=pools)
     warm = cold = created = deleted = passes = 0
     samples: list[Sample] = []
     end = START + timedelta(hours=hours)
-    while clock.now() < end:
-        provisioner.process()
-        stats = reconciler.reconcile_all()
-        passes += 1
-        created += stats.created
-        deleted += stats.deleted
-        now = clock.now()
-        for preset in presets:
-            if rng.random() < _demand(preset, now):
-                try:
-                    claimer.claim(
-                        now=now,
-                        user_id=uuid.uuid4(),
-                        name=f"ws-{rng.randrange(10**6):06d}",
-                        preset_id=preset.id,
-                    )
-                    warm += 1
-                except NoClaimablePrebuildsError:
-                    cold += 1
-        if now.minute == 0 and now.second == 0:
-            sample = _sample(store, presets, now, warm, cold)
-            samples.append(sample)
-            if on_sample is not None:
-                on_sample(sample)
-        clock.advance(step)
+    try:
+        while clock.now() < end:
+            provisioner.process()
+            stats = reconciler.reconcile_all()
+            passes += 1
+            created += stats.created
+            deleted += stats.deleted
+            now = clock.now()
+            for preset in presets:
+                if rng.random() < _demand(preset, now):
+                    try:
+                        claimer.claim(
+                            now=now,
+                            user_id=uuid.uuid4(),
+                            name=f"ws-{rng.randrange(10**6):06d}",
+                            preset_id=preset.id,
+                        )
+                        warm += 1
+                    except NoClaimablePrebuildsError:
+                        cold += 1
+            if now.minute == 0 and now.second == 0:
+                sample = _sample(store, presets, now, warm, cold)
+                samples.append(sample)
+                if on_sample is not None:
+                    on_sample(sample)
+            clock.advance(step)
+    finally:
+        reconciler.stop()  # its worker threads end
     return SimulationResult(
         claims=warm + cold,
         warm=warm,
@@ -199,7 +225,7 @@ def _demand(preset: PresetConfig, now: datetime) -> float:
     """Chance per step that a user asks for *preset*: busy in office hours."""
     local_hour = (now + timedelta(hours=2)).hour
     busy = 8 <= local_hour < 18  # noqa: PLR2004
-    return (0.6 if busy else 0.02) if preset.name == "small" else 0.03
+    return (0.6 if busy else 0.02) if preset.name.startswith("small") else 0.03
 
 
 def _sample(
@@ -211,7 +237,7 @@ def _sample(
 ) -> Sample:
     pools = []
     for config in presets:
-        preset = store.get_preset(config.id)
+        preset = store.read_preset(config.id).preset
         pooled = store.list_instances(preset_id=config.id, owner_id=PREBUILDS_OWNER_ID)
         pools.append(
             PoolSample(

@@ -6,10 +6,12 @@ The errors prebuilds raises, all rooted at :class:`PrebuildsError`.
     PrebuildsError
     ├── InvalidInputError (ValueError)       bad input; names the field and value
     ├── PresetNotFoundError (LookupError)    an unknown preset ID
+    ├── TemplateNotFoundError (LookupError)  an unknown template ID
     ├── InstanceNotFoundError (LookupError)  an unknown instance ID
     ├── BuildNotFoundError (LookupError)     an unknown build ID
     ├── NoClaimablePrebuildsError            a claim found nothing: cold-build instead
     ├── PresetInactiveError                  a claim for a preset that is not active
+    ├── PresetChangedError                   a claim on cached facts that changed
     ├── PrebuildsNotSupportedError           the no-op claimer: prebuilds are off
     ├── StoreError                           the storage seam failed
     │   ├── SchemaVersionError               the store's schema is newer than this library
@@ -19,8 +21,8 @@ The errors prebuilds raises, all rooted at :class:`PrebuildsError`.
     └── MissingExtraError (ImportError)      an optional dependency is not installed
 
 Each error carries machine-readable attributes where they apply
-(``field``, ``value``, ``preset_id``, ``instance_id``, ``build_id``,
-``extra``).
+(``field``, ``value``, ``preset_id``, ``template_id``, ``instance_id``,
+``build_id``, ``extra``).
 
 .. versionadded:: 0.1.0
 """
@@ -40,12 +42,14 @@ __all__ = [
     "NoClaimablePrebuildsError",
     "PrebuildsError",
     "PrebuildsNotSupportedError",
+    "PresetChangedError",
     "PresetInactiveError",
     "PresetNotFoundError",
     "ProvisionerError",
     "ProvisionerValidationError",
     "SchemaVersionError",
     "StoreError",
+    "TemplateNotFoundError",
 ]
 
 
@@ -95,6 +99,24 @@ class PresetNotFoundError(PrebuildsError, LookupError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.preset_id,))
+
+
+class TemplateNotFoundError(PrebuildsError, LookupError):
+    """
+    No template has the given ID.
+
+    Attributes:
+        template_id: The ID that was looked up.
+
+    .. versionadded:: 0.2.0
+    """
+
+    def __init__(self, template_id: UUID) -> None:
+        self.template_id = template_id
+        super().__init__(f"no template found with ID {str(template_id)!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.template_id,))
 
 
 class InstanceNotFoundError(PrebuildsError, LookupError):
@@ -166,6 +188,26 @@ class PresetInactiveError(PrebuildsError):
     def __init__(self, preset_id: UUID) -> None:
         self.preset_id = preset_id
         super().__init__(f"preset {str(preset_id)!r} is not active")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.preset_id,))
+
+
+class PresetChangedError(PrebuildsError):
+    """
+    A claim made against cached facts of a preset
+    (:meth:`~prebuilds.interfaces.StampedClaims.claim_if_unchanged`) found
+    them changed: nothing was written; read the preset again.
+
+    Attributes:
+        preset_id: The preset the claim was for.
+
+    .. versionadded:: 0.2.0
+    """
+
+    def __init__(self, preset_id: UUID) -> None:
+        self.preset_id = preset_id
+        super().__init__(f"preset {str(preset_id)!r} changed since it was read")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.preset_id,))

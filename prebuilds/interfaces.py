@@ -28,10 +28,10 @@ from uuid import UUID
 # autodoc resolve the signatures below through this module's namespace.
 from prebuilds._model import (
     GlobalSnapshot,
-    Preset,
     PresetStatus,
     ReconcileStats,
 )
+from prebuilds._pool import PoolFacts, PresetFacts
 from prebuilds._records import (
     Build,
     BuildRequest,
@@ -43,15 +43,18 @@ from prebuilds._records import (
     ResourceReplacement,
     Template,
 )
+from prebuilds._status import PoolStatus
 
 
 __all__ = [
     "Claimer",
     "Clock",
     "EventSink",
+    "PassObserver",
     "Provisioner",
     "Reconciler",
     "ReconciliationOrchestrator",
+    "StampedClaims",
     "StateSnapshotter",
     "Store",
 ]
@@ -88,6 +91,29 @@ class EventSink(Protocol):
 
 
 @runtime_checkable
+class PassObserver(Protocol):
+    """
+    **Protocol (optional):** an event sink that also wants each
+    reconciliation pass's outcome.
+
+    When the reconciler's event sink offers ``pass_finished``, the
+    reconciler calls it at the end of every pass with the pass's
+    :class:`~prebuilds.ReconcileStats` (its ``elapsed`` time, whether it
+    led, whether it was paused) and the statuses of every pool it read
+    (empty when the pass did not lead or could not read the store).
+    :class:`prebuilds.metrics.PrometheusMetrics` keeps them for its gauges,
+    so a scrape never touches the store. Like ``emit``, it must not raise.
+
+    .. versionadded:: 0.2.0
+    """
+
+    def pass_finished(
+        self, stats: ReconcileStats, statuses: Sequence[PoolStatus]
+    ) -> None:
+        """Record the pass that just ended."""
+
+
+@runtime_checkable
 class Provisioner(Protocol):
     """
     **Protocol:** the host's builder of real instances.
@@ -114,16 +140,22 @@ class Store(Protocol):
     """
     **Protocol:** the storage seam: presets, instances, builds, settings.
 
-    Every method is one transaction. The store derives running, in-progress,
-    pending, backoff and hard-limit from build history; it never decides
-    policy (that is the calculator's job).
+    Every method is one transaction. A store keeps **facts** and applies
+    **atomic transitions**; it decides no policy. What state a pool is in
+    (running, in progress, pending, backing off, hard-limited) is derived from
+    its facts by :func:`prebuilds.derive`, and what a claim may take is worked
+    out by the claimer: the store only compares.
 
     Guarantees every implementation gives:
 
-    - ``snapshot`` is one consistent read, in a constant number of queries.
-    - ``claim`` is one atomic transition: an instance is handed to at most one
-      user, and only while it is pooled, ready, unexpired and on the active
-      version.
+    - ``read_pool`` is one consistent read, in a constant number of queries
+      whatever the number of presets; inside a leader scope it reads what the
+      scope's leadership was granted on.
+    - ``claim`` is one atomic transition: the oldest (``created_at``, then
+      ID) instance of the preset that is pooled, not deleted, ready, whose
+      latest build is a successful start, on *version_id* and created at or
+      after *not_before*, handed to one user with the given name and
+      lifecycle; an instance is handed to at most one user.
     - ``delete_prebuild`` re-checks, inside its transaction, that the
       instance is still pooled; it never deletes a claimed instance.
     - ``create_prebuild`` writes the instance and its first build together.
@@ -167,10 +199,10 @@ class Store(Protocol):
         """Whether reconciliation is paused."""
 
     def get_template(self, template_id: UUID) -> Template:
-        """The template with *template_id*."""
+        """The template with *template_id* (:class:`~prebuilds.exceptions.TemplateNotFoundError`)."""
 
-    def get_preset(self, preset_id: UUID) -> Preset:
-        """The preset as the calculator sees it (derived fields included)."""
+    def read_preset(self, preset_id: UUID) -> PresetFacts:
+        """What the store keeps about the preset, with its template."""
 
     # -- the reconciler --------------------------------------------------------
     def leader(self) -> AbstractContextManager[Lease]:
@@ -179,10 +211,8 @@ class Store(Protocol):
         truthy when this caller now leads (until the scope exits).
         """
 
-    def snapshot(
-        self, *, now: datetime, backoff_lookback: timedelta, hard_limit: int
-    ) -> GlobalSnapshot:
-        """One consistent read of every pool."""
+    def read_pool(self) -> PoolFacts:
+        """Every preset and every pooled instance, in one consistent read."""
 
     def create_prebuild(
         self, preset_id: UUID, *, now: datetime, name: str, lease: Lease | None = None
@@ -237,8 +267,17 @@ class Store(Protocol):
         name: str,
         lifecycle: Lifecycle,
         now: datetime,
+        version_id: UUID,
+        not_before: datetime | None,
     ) -> Instance | None:
-        """Atomically hand the oldest claimable instance to *user_id*; None on a miss."""
+        """
+        Atomically hand the oldest claimable instance of *preset_id* to
+        *user_id*, with *name* and *lifecycle*; None on a miss.
+
+        Claimable: pooled, not deleted, ready, its latest build a successful
+        start, built from *version_id*, and created at or after *not_before*
+        (``None``: no cut-off). The claimer computed both.
+        """
 
     # -- reads -------------------------------------------------------------------
     def get_instance(self, instance_id: UUID) -> Instance:
@@ -258,6 +297,38 @@ class Store(Protocol):
 
     def list_builds(self, *, instance_id: UUID | None = None) -> list[Build]:
         """Builds, in creation order."""
+
+
+@runtime_checkable
+class StampedClaims(Protocol):
+    """
+    **Protocol (optional):** a store that can claim against cached facts.
+
+    A store that offers it keeps an integer ``stamp`` per preset (returned
+    in :class:`~prebuilds.PresetFacts`) and raises it in the same
+    transaction as every ``put_preset``, every ``invalidate_preset`` and
+    every ``put_template`` of the preset's template. A claimer may then
+    cache a preset's facts and claim in one round trip:
+    ``claim_if_unchanged`` is ``claim`` applied only while the preset's stamp
+    still equals *stamp*; otherwise it raises
+    :class:`~prebuilds.exceptions.PresetChangedError` and writes nothing.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def claim_if_unchanged(
+        self,
+        *,
+        stamp: int,
+        preset_id: UUID,
+        user_id: UUID,
+        name: str,
+        lifecycle: Lifecycle,
+        now: datetime,
+        version_id: UUID,
+        not_before: datetime | None,
+    ) -> Instance | None:
+        """``claim``, provided the preset's stamp is still *stamp*."""
 
 
 @runtime_checkable

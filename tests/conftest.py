@@ -6,6 +6,7 @@ import os
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,3 +91,31 @@ def _store_factory(
 def _store(store_factory: StoreFactory) -> Store:
     """A new, empty store of each backend."""
     return store_factory()
+
+
+@pytest.fixture(name="second_handle")
+def _second_handle(request: pytest.FixtureRequest) -> Callable[[Store], Store]:
+    """
+    Opens another store object on the same data as a store of *store_factory*
+    (the same file, the same schema), as another process would; a
+    MemoryStore is its own (one process: the object is the shared state).
+    """
+
+    def reopen(store: Store) -> Store:
+        from prebuilds.stores import MemoryStore
+
+        if isinstance(store, MemoryStore):
+            return store
+        kind = type(store).__name__
+        backend: Any = store
+        if kind == "SQLiteStore":
+            from prebuilds.stores import SQLiteStore
+
+            other = SQLiteStore(backend.path)
+            request.addfinalizer(other.close)
+            return other
+        make = request.getfixturevalue("make_postgres_store")
+        other_pg: Store = make(schema=backend.schema)
+        return other_pg
+
+    return reopen

@@ -24,14 +24,16 @@ from prebuilds import (
     Instance,
     Lease,
     Lifecycle,
-    Preset,
+    PoolFacts,
     PresetConfig,
+    PresetFacts,
     PresetStatus,
     ReconcileStats,
     StoreClaimer,
     StoreReconciler,
     Template,
     Transition,
+    derive,
 )
 from prebuilds.interfaces import Provisioner, Store
 from prebuilds.stores import MemoryStore
@@ -40,6 +42,22 @@ from prebuilds.testing import FakeClock, FakeProvisioner
 
 #: How long a FakeProvisioner build takes in these tests.
 BUILD_TIME = timedelta(seconds=30)
+
+
+def snapshot(
+    store: Store,
+    *,
+    now: datetime,
+    backoff_lookback: timedelta = timedelta(hours=1),
+    hard_limit: int = 3,
+) -> GlobalSnapshot:
+    """Every pool's state at *now*, derived from one read of *store*."""
+    return derive(
+        store.read_pool(),
+        now=now,
+        backoff_lookback=backoff_lookback,
+        hard_limit=hard_limit,
+    )
 
 
 def new_template(
@@ -70,12 +88,12 @@ def new_preset(
     **fields: Any,
 ) -> PresetConfig:
     """Write a new preset of *template*'s active version (unless told) and return it."""
+    fields.setdefault("name", "preset")
     config = PresetConfig(
         id=preset_id or uuid.uuid4(),
         template_id=template.id,
         template_version_id=version_id or template.active_version_id,
         desired_instances=desired,
-        name="preset",
         **fields,
     )
     store.put_preset(config)
@@ -181,7 +199,7 @@ def make_world(
 ) -> World:
     """
     A world on *store*: one worker, no submit timeout (no threads), a short
-    backoff, unless *reconciler_kwargs* say otherwise.
+    backoff, no event cooldown, unless *reconciler_kwargs* say otherwise.
     """
     clock = clock or FakeClock()
     fake = FakeProvisioner(
@@ -195,6 +213,8 @@ def make_world(
     reconciler_kwargs.setdefault("max_workers", 1)
     reconciler_kwargs.setdefault("submit_timeout", None)
     reconciler_kwargs.setdefault("backoff_interval", timedelta(minutes=1))
+    # Every event, so that tests see each pass's; tests of the cooldown set it.
+    reconciler_kwargs.setdefault("event_cooldown", timedelta(0))
     reconciler = StoreReconciler(
         store,
         provisioner if provisioner is not None else fake,
@@ -230,18 +250,14 @@ class DelegatingStore:
     def get_template(self, template_id: uuid.UUID) -> Template:
         return self.inner.get_template(template_id)
 
-    def get_preset(self, preset_id: uuid.UUID) -> Preset:
-        return self.inner.get_preset(preset_id)
+    def read_preset(self, preset_id: uuid.UUID) -> PresetFacts:
+        return self.inner.read_preset(preset_id)
 
     def leader(self) -> AbstractContextManager[Lease]:
         return self.inner.leader()
 
-    def snapshot(
-        self, *, now: datetime, backoff_lookback: timedelta, hard_limit: int
-    ) -> GlobalSnapshot:
-        return self.inner.snapshot(
-            now=now, backoff_lookback=backoff_lookback, hard_limit=hard_limit
-        )
+    def read_pool(self) -> PoolFacts:
+        return self.inner.read_pool()
 
     def create_prebuild(
         self,
@@ -306,6 +322,8 @@ class DelegatingStore:
         name: str,
         lifecycle: Lifecycle,
         now: datetime,
+        version_id: uuid.UUID,
+        not_before: datetime | None,
     ) -> Instance | None:
         return self.inner.claim(
             preset_id=preset_id,
@@ -313,6 +331,8 @@ class DelegatingStore:
             name=name,
             lifecycle=lifecycle,
             now=now,
+            version_id=version_id,
+            not_before=not_before,
         )
 
     def get_instance(self, instance_id: uuid.UUID) -> Instance:
@@ -354,11 +374,8 @@ def corrupt_preset(store: Store, preset_id: uuid.UUID, field: str, value: Any) -
     backend: Any = store
     kind = type(store).__name__
     column, raw = field, value
-    if field == "cron":
-        schedule: object = [value, 1]
-        if kind == "PostgresStore":
-            schedule = {"cron": value, "instances": 1}
-        column, raw = "schedules", json.dumps([schedule])
+    if field == "cron":  # one JSON shape in every store: [[cron, instances]]
+        column, raw = "schedules", json.dumps([[value, 1]])
     if kind == "SQLiteStore":
         conn = sqlite3.connect(backend.path)
         try:

@@ -20,10 +20,12 @@ from prebuilds import (
     GlobalSnapshot,
     Instance,
     Lifecycle,
+    PoolFacts,
     PrebuildSchedule,
-    Preset,
     PresetConfig,
+    PresetFacts,
     Template,
+    derive,
 )
 from prebuilds.interfaces import Store
 from tests.postgres_cluster import fresh_schema_name
@@ -124,6 +126,8 @@ def seed(store: Store, *, now: datetime = NOW) -> Seeded:
         name="alice-dev",
         lifecycle=Lifecycle(ttl=timedelta(hours=8), last_used_at=now),
         now=now,
+        version_id=template.active_version_id,
+        not_before=None,
     )
     assert got is not None
     assert got.id == claimed.instance_id  # the oldest ready one
@@ -135,22 +139,25 @@ class Contents:
     """Everything a store reads back about a seeded pool, and its settings."""
 
     template: Template
-    preset: Preset
+    preset: PresetFacts
     instances: tuple[Instance, ...]
     builds: tuple[Build, ...]
     paused: bool
+    pool: PoolFacts
     snapshot: GlobalSnapshot
 
 
 def contents(store: Store, seeded: Seeded, *, now: datetime = NOW) -> Contents:
     """Read back every record of *store* (and the seeded template and preset)."""
+    pool = store.read_pool()
     return Contents(
         template=store.get_template(seeded.template.id),
-        preset=store.get_preset(seeded.preset.id),
+        preset=store.read_preset(seeded.preset.id),
         instances=tuple(store.list_instances(include_deleted=True)),
         builds=tuple(store.list_builds()),
         paused=store.is_paused(),
-        snapshot=store.snapshot(
-            now=now, backoff_lookback=LOOKBACK, hard_limit=HARD_LIMIT
+        pool=pool,
+        snapshot=derive(
+            pool, now=now, backoff_lookback=LOOKBACK, hard_limit=HARD_LIMIT
         ),
     )

@@ -31,6 +31,7 @@ from prebuilds import (
     PrebuildSchedule,
     PrebuildsError,
     Preset,
+    PresetChangedError,
     PresetConfig,
     PresetInactiveError,
     PresetNotFoundError,
@@ -40,9 +41,11 @@ from prebuilds import (
     StoreClaimer,
     StoreReconciler,
     Template,
+    TemplateNotFoundError,
     calculate_actions,
+    derive,
 )
-from prebuilds.interfaces import Store
+from prebuilds.interfaces import StampedClaims, Store
 from prebuilds.stores import MemoryStore
 from prebuilds.testing import FakeClock, FakeProvisioner
 from tests.input_helpers import (
@@ -129,6 +132,8 @@ class TestOneBadClaimStopsNothing:
                 name="bob-dev",
                 lifecycle=Lifecycle(last_used_at=NOW),
                 now=NOW,
+                version_id=seeded.template.active_version_id,
+                not_before=None,
             ),
             "user_id",
             "bob",
@@ -172,6 +177,8 @@ class TestNoDoubleHandOut:
                 name="pool",
                 lifecycle=Lifecycle(last_used_at=NOW),
                 now=NOW,
+                version_id=seeded.template.active_version_id,
+                not_before=None,
             ),
             "user_id",
             PREBUILDS_OWNER_ID,
@@ -421,8 +428,32 @@ def _store_claim(**changes: Any) -> Callable[[Store, Seeded], object]:
             "name": "bob-dev",
             "lifecycle": Lifecycle(last_used_at=NOW),
             "now": NOW,
+            "version_id": seeded.template.active_version_id,
+            "not_before": None,
         }
+        if "stamp" in changes:
+            assert isinstance(store, StampedClaims)
+            return store.claim_if_unchanged(**{**arguments, **changes})
         return store.claim(**{**arguments, **changes})
+
+    return call
+
+
+def _stale_stamp(store: Store, seeded: Seeded) -> object:
+    """claim_if_unchanged with a stamp that is not the preset's."""
+    stamp = store.read_preset(seeded.preset.id).stamp
+    assert stamp is not None
+    return _store_claim(stamp=stamp + 1)(store, seeded)
+
+
+def _derive(**changes: Any) -> Callable[[Store, Seeded], object]:
+    def call(store: Store, _seeded: Seeded) -> object:
+        arguments: dict[str, Any] = {
+            "now": NOW,
+            "backoff_lookback": LOOKBACK,
+            "hard_limit": 3,
+        }
+        return derive(store.read_pool(), **{**arguments, **changes})
 
     return call
 
@@ -449,19 +480,21 @@ Call = Callable[[Store, Seeded], object]
 #: (id, call, the error, its field for an InvalidInputError)
 REFUSED: list[tuple[str, Call, type[PrebuildsError], str | None]] = [
     ("put_template-dict", lambda s, _: s.put_template({}), InvalidInputError, "template"),  # type: ignore[arg-type]
-    ("put_preset-preset", lambda s, d: s.put_preset(s.get_preset(d.preset.id)), InvalidInputError, "preset"),  # type: ignore[arg-type]
-    ("put_preset-unknown-template", lambda s, d: s.put_preset(config(id=uuid.uuid4())), InvalidInputError, "template_id"),
+    ("put_preset-facts", lambda s, d: s.put_preset(s.read_preset(d.preset.id)), InvalidInputError, "preset"),  # type: ignore[arg-type]
+    ("put_preset-unknown-template", lambda s, d: s.put_preset(config(id=uuid.uuid4())), TemplateNotFoundError, None),
     ("invalidate-bad-id", lambda s, _: s.invalidate_preset(_BAD_ID, at=NOW), InvalidInputError, "preset_id"),  # type: ignore[arg-type]
     ("invalidate-naive", lambda s, d: s.invalidate_preset(d.preset.id, at=NAIVE), InvalidInputError, "at"),
     ("invalidate-year-1", lambda s, d: s.invalidate_preset(d.preset.id, at=datetime.min.replace(tzinfo=timezone.utc)), InvalidInputError, "at"),
     ("invalidate-unknown", lambda s, _: s.invalidate_preset(uuid.uuid4(), at=NOW), PresetNotFoundError, None),
     ("set_paused-str", lambda s, _: s.set_paused("false"), InvalidInputError, "paused"),  # type: ignore[arg-type]
     ("get_template-bad-id", lambda s, _: s.get_template(_BAD_ID), InvalidInputError, "template_id"),  # type: ignore[arg-type]
-    ("get_preset-bad-id", lambda s, _: s.get_preset(_BAD_ID), InvalidInputError, "preset_id"),  # type: ignore[arg-type]
-    ("snapshot-naive", lambda s, _: s.snapshot(now=NAIVE, backoff_lookback=LOOKBACK, hard_limit=3), InvalidInputError, "now"),
-    ("snapshot-lookback-int", lambda s, _: s.snapshot(now=NOW, backoff_lookback=3600, hard_limit=3), InvalidInputError, "backoff_lookback"),  # type: ignore[arg-type]
-    ("snapshot-limit-float", lambda s, _: s.snapshot(now=NOW, backoff_lookback=LOOKBACK, hard_limit=2.5), InvalidInputError, "hard_limit"),  # type: ignore[arg-type]
-    ("snapshot-limit-huge", lambda s, _: s.snapshot(now=NOW, backoff_lookback=LOOKBACK, hard_limit=2**70), InvalidInputError, "hard_limit"),
+    ("get_template-unknown", lambda s, _: s.get_template(uuid.uuid4()), TemplateNotFoundError, None),
+    ("read_preset-bad-id", lambda s, _: s.read_preset(_BAD_ID), InvalidInputError, "preset_id"),  # type: ignore[arg-type]
+    ("read_preset-unknown", lambda s, _: s.read_preset(uuid.uuid4()), PresetNotFoundError, None),
+    ("derive-naive", _derive(now=NAIVE), InvalidInputError, "now"),
+    ("derive-lookback-int", _derive(backoff_lookback=3600), InvalidInputError, "backoff_lookback"),
+    ("derive-limit-float", _derive(hard_limit=2.5), InvalidInputError, "hard_limit"),
+    ("derive-limit-huge", _derive(hard_limit=2**70), InvalidInputError, "hard_limit"),
     ("create-unknown", lambda s, _: s.create_prebuild(uuid.uuid4(), now=NOW, name="pb"), PresetNotFoundError, None),
     ("create-bad-id", lambda s, _: s.create_prebuild(_BAD_ID, now=NOW, name="pb"), InvalidInputError, "preset_id"),  # type: ignore[arg-type]
     ("create-empty-name", lambda s, d: s.create_prebuild(d.preset.id, now=NOW, name=""), InvalidInputError, "name"),
@@ -492,6 +525,14 @@ REFUSED: list[tuple[str, Call, type[PrebuildsError], str | None]] = [
     ("claim-empty-name", _store_claim(name=""), InvalidInputError, "name"),
     ("claim-lifecycle-dict", _store_claim(lifecycle={}), InvalidInputError, "lifecycle"),
     ("claim-naive", _store_claim(now=NAIVE), InvalidInputError, "now"),
+    ("claim-version-str", _store_claim(version_id="v1"), InvalidInputError, "version_id"),
+    ("claim-version-none", _store_claim(version_id=None), InvalidInputError, "version_id"),
+    ("claim-not-before-naive", _store_claim(not_before=NAIVE), InvalidInputError, "not_before"),
+    ("claim-not-before-int", _store_claim(not_before=0), InvalidInputError, "not_before"),
+    ("claim_if_unchanged-stamp-str", _store_claim(stamp="1"), InvalidInputError, "stamp"),
+    ("claim_if_unchanged-stamp-negative", _store_claim(stamp=-1), InvalidInputError, "stamp"),
+    ("claim_if_unchanged-bob", _store_claim(stamp=0, user_id="bob"), InvalidInputError, "user_id"),
+    ("claim_if_unchanged-stale", _stale_stamp, PresetChangedError, None),
     ("list-instances-str", lambda s, _: s.list_instances(include_deleted="yes"), InvalidInputError, "include_deleted"),  # type: ignore[arg-type]
     ("list-instances-owner", lambda s, _: s.list_instances(owner_id="bob"), InvalidInputError, "owner_id"),  # type: ignore[arg-type]
     ("get-instance-bad-id", lambda s, _: s.get_instance(_BAD_ID), InvalidInputError, "instance_id"),  # type: ignore[arg-type]
@@ -557,7 +598,8 @@ def test_a_sqlite_claim_that_cannot_be_read_back_is_rolled_back(
     injected into the decoder, on a real file.
     """
     from prebuilds.exceptions import StoreError
-    from prebuilds.stores import SQLiteStore, _sqlite
+    from prebuilds.stores import SQLiteStore
+    from prebuilds.stores._sqlite import codecs as sqlite_codecs
 
     with SQLiteStore(tmp_path / "pool.sqlite3") as store:
         seeded = seed(store)
@@ -567,7 +609,7 @@ def test_a_sqlite_claim_that_cannot_be_read_back_is_rolled_back(
             raise ValueError("a row that cannot be decoded")
 
         with monkeypatch.context() as patch:
-            patch.setattr(_sqlite, "_instance_from_row", undecodable)
+            patch.setattr(sqlite_codecs, "claimed_instance", undecodable)
             with pytest.raises(StoreError):
                 claim_as(store, seeded)
 

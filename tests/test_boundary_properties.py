@@ -19,7 +19,7 @@ import uuid
 import weakref
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pytest
@@ -45,6 +45,7 @@ from prebuilds import (
     Lease,
     Lifecycle,
     PendingCount,
+    PooledInstance,
     PrebuildSchedule,
     PrebuildsError,
     Preset,
@@ -58,20 +59,23 @@ from prebuilds import (
     StoreClaimer,
     StoreReconciler,
     Template,
+    TemplateNotFoundError,
     Transition,
     backoff_until,
     calculate_actions,
     calculate_state,
     can_skip_reconciliation,
     claimed_lifecycle,
+    derive,
     desired_instances,
+    expiry_cutoff,
     generate_name,
     is_expired,
     is_lifecycle_managed,
     pooled_lifecycle,
 )
-from prebuilds._validate import MAX_DURATION, MAX_INSTANCES
-from prebuilds.interfaces import Store
+from prebuilds._validate import MAX_COUNT, MAX_DURATION, MAX_INSTANCES
+from prebuilds.interfaces import StampedClaims, Store
 from prebuilds.stores import MemoryStore
 from prebuilds.testing import FakeClock, FakeProvisioner, strategies
 from tests.boundary_kinds import (
@@ -117,7 +121,7 @@ def draw_arguments(
     first, bad.
     """
     bad = None
-    one_bad: bool = data.draw(st.booleans(), label="one bad")
+    one_bad: bool = bool(kinds) and data.draw(st.booleans(), label="one bad")
     if one_bad:
         bad = data.draw(st.sampled_from(sorted(kinds)), label="bad argument")
     return bad, {
@@ -221,6 +225,20 @@ RECORDS: dict[type[Any], dict[str, Kind]] = {
         "latest_transition": enums(Transition),
         "latest_status": enums(BuildStatus),
         "claimed_at": AWARE.optional(),
+    },
+    PooledInstance: {
+        "id": UUIDS,
+        "preset_id": UUIDS,
+        "template_id": UUIDS,
+        "template_version_id": UUIDS,
+        "name": NAMES,
+        "created_at": AWARE,
+        "ready": BOOLS,
+        "latest_build_id": UUIDS,
+        "latest_transition": enums(Transition),
+        "latest_status": enums(BuildStatus),
+        "latest_number": BUILD_NUMBERS,
+        "latest_created_at": AWARE,
     },
     Build: {
         "id": UUIDS,
@@ -458,6 +476,14 @@ FUNCTIONS: dict[str, tuple[Callable[..., object], dict[str, Kind]]] = {
         {"preset": PRESETS, "prebuild": PREBUILDS, "now": AWARE},
     ),
     "pooled_lifecycle": (pooled_lifecycle, {"now": AWARE}),
+    "expiry_cutoff": (
+        expiry_cutoff,
+        {
+            "ttl": DURATIONS.optional(),
+            "last_invalidated_at": AWARE.optional(),
+            "now": AWARE,
+        },
+    ),
     "claimed_lifecycle": (
         claimed_lifecycle,
         {
@@ -636,7 +662,7 @@ def _check_preset(store: Store, k: Known, a: dict[str, Any], result: Any) -> Non
     config: PresetConfig = a["preset"]
     if config.id not in k.presets:
         k.presets.append(config.id)
-    read = store.get_preset(config.id)
+    read = store.read_preset(config.id).config
     names = [f.name for f in attrs.fields(PresetConfig)]
     assert {n: getattr(config, n) for n in names} == {
         n: getattr(read, n) for n in names
@@ -644,7 +670,7 @@ def _check_preset(store: Store, k: Known, a: dict[str, Any], result: Any) -> Non
 
 
 def _check_invalidated(store: Store, k: Known, a: dict[str, Any], result: Any) -> None:
-    assert a["at"] == store.get_preset(a["preset_id"]).last_invalidated_at
+    assert a["at"] == store.read_preset(a["preset_id"]).last_invalidated_at
 
 
 def _check_paused(store: Store, k: Known, a: dict[str, Any], result: Any) -> None:
@@ -652,7 +678,7 @@ def _check_paused(store: Store, k: Known, a: dict[str, Any], result: Any) -> Non
 
 
 def _check_status(store: Store, k: Known, a: dict[str, Any], result: Any) -> None:
-    assert a["status"] is store.get_preset(a["preset_id"]).status
+    assert a["status"] is store.read_preset(a["preset_id"]).status
 
 
 def _check_created(store: Store, k: Known, a: dict[str, Any], result: Any) -> None:
@@ -758,6 +784,19 @@ def _check_builds(store: Store, k: Known, a: dict[str, Any], result: Any) -> Non
     assert all(b.instance_id == a["instance_id"] for b in result if a["instance_id"])
 
 
+def _claim_kinds(k: Known) -> dict[str, Kind]:
+    versions = [t.active_version_id for t in k.templates.values()]
+    return {
+        "preset_id": k.ids(k.presets),
+        "user_id": _users(),
+        "name": REQUIRED_NAMES,
+        "lifecycle": LIFECYCLES,
+        "now": AWARE,
+        "version_id": Kind(st.one_of(pick(versions), st.uuids()), UUIDS.wrong),
+        "not_before": AWARE.optional(),
+    }
+
+
 def _claimer_call(store: Store, a: dict[str, Any]) -> Any:
     return StoreClaimer(store).claim(**a)
 
@@ -784,14 +823,10 @@ METHODS: dict[str, Method] = {
         lambda s, a: s.get_template(**a),
         _no_check,
     ),
-    "get_preset": Method(
-        lambda k: {"preset_id": k.ids(k.presets)}, lambda s, a: s.get_preset(**a), _no_check
+    "read_preset": Method(
+        lambda k: {"preset_id": k.ids(k.presets)}, lambda s, a: s.read_preset(**a), _no_check
     ),
-    "snapshot": Method(
-        lambda k: {"now": AWARE, "backoff_lookback": DURATIONS, "hard_limit": INSTANCES},
-        lambda s, a: s.snapshot(**a),
-        _no_check,
-    ),
+    "read_pool": Method(lambda k: {}, lambda s, a: s.read_pool(), _no_check),
     "create_prebuild": Method(
         lambda k: {"preset_id": k.ids(k.presets), "now": AWARE, "name": REQUIRED_NAMES},
         lambda s, a: s.create_prebuild(a["preset_id"], now=a["now"], name=a["name"]),
@@ -847,14 +882,13 @@ METHODS: dict[str, Method] = {
         _check_ready,
     ),
     "claim": Method(
-        lambda k: {
-            "preset_id": k.ids(k.presets),
-            "user_id": _users(),
-            "name": REQUIRED_NAMES,
-            "lifecycle": LIFECYCLES,
-            "now": AWARE,
-        },
+        _claim_kinds,
         lambda s, a: s.claim(**a),
+        _check_claim,
+    ),
+    "claim_if_unchanged": Method(
+        lambda k: {"stamp": ints(0, MAX_COUNT), **_claim_kinds(k)},
+        lambda s, a: cast("StampedClaims", s).claim_if_unchanged(**a),
         _check_claim,
     ),
     "get_instance": Method(
@@ -895,11 +929,13 @@ METHODS: dict[str, Method] = {
 
 def everything(store: Store, k: Known) -> tuple[Any, ...]:
     """Every record the store holds, read back (each row decoded)."""
-    snapshot = store.snapshot(now=NOW, backoff_lookback=LOOKBACK, hard_limit=HARD_LIMIT)
-    assert () == snapshot.invalid_presets  # every preset written was valid
+    facts = store.read_pool()
+    assert () == facts.invalid_presets  # every preset written was valid
+    snapshot = derive(facts, now=NOW, backoff_lookback=LOOKBACK, hard_limit=HARD_LIMIT)
     return (
         [store.get_template(t) for t in sorted(k.templates)],
-        [store.get_preset(p) for p in sorted(k.presets)],
+        [store.read_preset(p) for p in sorted(k.presets)],
+        facts,
         store.list_instances(include_deleted=True),
         store.list_builds(),
         store.is_paused(),
@@ -911,14 +947,14 @@ def check_answer(
     name: str, arguments: dict[str, Any], k: Known, error: PrebuildsError
 ) -> None:
     """
-    The errors valid arguments may get: a lookup of an unknown ID, a miss, an
-    inactive preset; and one InvalidInputError, an unknown template (the
-    documented answer of get_template, and of put_preset for its preset's
-    template).
+    The errors valid arguments may get: a lookup of an unknown ID (a
+    template's too: get_template, and put_preset for its preset's template),
+    a miss, an inactive preset, a stale stamp; never an InvalidInputError.
     """
-    if isinstance(error, InvalidInputError):
-        assert "template_id" == error.field, error
+    assert not isinstance(error, InvalidInputError), (name, error)
+    if isinstance(error, TemplateNotFoundError):
         template_id = arguments.get("template_id") or arguments["preset"].template_id
+        assert template_id == error.template_id
         assert template_id not in k.templates
 
 
@@ -974,4 +1010,13 @@ def test_every_store_method_is_in_the_property_test() -> None:
         n for n, v in vars(Store).items() if callable(v) and not n.startswith("_")
     }
 
-    assert protocol - {"leader", "is_paused"} == set(METHODS) - {"StoreClaimer.claim"}
+    stamped = {
+        n
+        for n, v in vars(StampedClaims).items()
+        if callable(v) and not n.startswith("_")
+    }
+
+    assert protocol | stamped == set(METHODS) - {"StoreClaimer.claim"} | {
+        "leader",
+        "is_paused",
+    }

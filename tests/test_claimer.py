@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import attrs
@@ -13,17 +13,25 @@ import pytest
 from prebuilds import (
     PREBUILDS_OWNER_ID,
     EventKind,
+    Instance,
     InvalidInputError,
     NoClaimablePrebuildsError,
     Preset,
+    PresetChangedError,
+    PresetFacts,
     PresetInactiveError,
     PresetNotFoundError,
     StoreClaimer,
+    Template,
+    claimed_lifecycle,
+    expiry_cutoff,
     match_preset,
 )
+from prebuilds.interfaces import Store
 from prebuilds.stores import MemoryStore
 from tests.conftest import StoreFactory
 from tests.helpers import (
+    DelegatingStore,
     World,
     make_world,
     new_preset,
@@ -32,6 +40,9 @@ from tests.helpers import (
     pooled,
     ready,
 )
+
+
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 
 def _filled(
@@ -233,6 +244,306 @@ class TestNeverHandedOut:
         assert 1 == len(ready(world.store, full.id))
 
 
+class CountingStore(DelegatingStore):
+    """Counts the calls a claimer makes; offers claim_if_unchanged if *stamped*."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.calls: list[str] = []
+
+    def read_preset(self, preset_id: uuid.UUID) -> PresetFacts:
+        self.calls.append("read_preset")
+        return super().read_preset(preset_id)
+
+    def get_template(self, template_id: uuid.UUID) -> Template:
+        self.calls.append("get_template")
+        return super().get_template(template_id)
+
+    def claim(self, **kwargs: Any) -> Instance | None:
+        self.calls.append("claim")
+        return super().claim(**kwargs)
+
+
+class StampedCountingStore(CountingStore):
+    def claim_if_unchanged(self, **kwargs: Any) -> Instance | None:
+        self.calls.append("claim_if_unchanged")
+        inner: Any = self.inner
+        got: Instance | None = inner.claim_if_unchanged(**kwargs)
+        return got
+
+
+class TestRoundTrips:
+    def test_a_stamped_store_is_asked_once_when_warm(
+        self, store_factory: StoreFactory
+    ) -> None:
+        """With StampedClaims: read and claim the first time, then one call per claim."""
+        counting = StampedCountingStore(store_factory())
+        world = make_world(counting)
+        preset = new_preset(counting, new_template(counting), desired=3)
+        world.settle()
+        counting.calls.clear()
+
+        for _ in range(3):
+            world.claim(preset.id)
+        with pytest.raises(NoClaimablePrebuildsError):
+            world.claim(preset.id)
+
+        assert ["read_preset"] + ["claim_if_unchanged"] * 4 == counting.calls
+
+    def test_a_change_costs_one_read_more(self, store_factory: StoreFactory) -> None:
+        """A claim on changed facts is refused, and retried after a fresh read."""
+        counting = StampedCountingStore(store_factory())
+        world = make_world(counting)
+        preset = new_preset(counting, new_template(counting), desired=2)
+        world.settle()
+        world.claim(preset.id)
+        counting.put_preset(attrs.evolve(preset, name="renamed"))
+        counting.calls.clear()
+
+        world.claim(preset.id)
+
+        assert [
+            "claim_if_unchanged",
+            "read_preset",
+            "claim_if_unchanged",
+        ] == counting.calls
+
+    def test_other_stores_are_asked_twice(self, store_factory: StoreFactory) -> None:
+        """Without StampedClaims: read_preset, then claim, every time."""
+        counting = CountingStore(store_factory())
+        world = make_world(counting)
+        preset = new_preset(counting, new_template(counting), desired=2)
+        world.settle()
+        counting.calls.clear()
+
+        world.claim(preset.id)
+        world.claim(preset.id)
+
+        assert ["read_preset", "claim"] * 2 == counting.calls
+
+    def test_retries_are_bounded(self) -> None:
+        """Facts that change under every attempt: PresetChangedError after the retries."""
+        store = MemoryStore()
+        preset = new_preset(store, new_template(store), desired=1)
+
+        class Fickle(StampedCountingStore):
+            def claim_if_unchanged(self, **kwargs: Any) -> Instance | None:
+                self.calls.append("claim_if_unchanged")
+                raise PresetChangedError(kwargs["preset_id"])
+
+        fickle = Fickle(store)
+        claimer = StoreClaimer(fickle, retries=2)
+
+        with pytest.raises(PresetChangedError):
+            claimer.claim(now=T0, user_id=uuid.uuid4(), name="x", preset_id=preset.id)
+
+        assert ["read_preset", "claim_if_unchanged"] * 3 == fickle.calls
+
+    def test_a_stale_read_of_another_thread_is_not_claimed_on(
+        self, store_factory: StoreFactory
+    ) -> None:
+        """
+        Another thread's read that began before a change lands in the cache
+        after this claim was refused: the retry reads the store, not the
+        cache, and the stale facts never replace newer ones.
+        """
+        inner = store_factory()
+        world = make_world(inner)
+        preset = new_preset(inner, new_template(inner), desired=2)
+        world.settle()
+        stale = inner.read_preset(preset.id)
+
+        class Racing(StampedCountingStore):
+            def claim_if_unchanged(self, **kwargs: Any) -> Instance | None:
+                try:
+                    return super().claim_if_unchanged(**kwargs)
+                except PresetChangedError:
+                    # The other thread's read, begun before the change, ends now.
+                    claimer._cache[preset.id] = stale
+                    raise
+
+        racing = Racing(inner)
+        claimer = StoreClaimer(racing, retries=1)
+        claimer.claim(now=T0, user_id=uuid.uuid4(), name="a", preset_id=preset.id)
+        inner.put_preset(attrs.evolve(preset, name="renamed"))
+        racing.calls.clear()
+
+        claimer.claim(now=T0, user_id=uuid.uuid4(), name="b", preset_id=preset.id)
+
+        assert [
+            "claim_if_unchanged",
+            "read_preset",
+            "claim_if_unchanged",
+        ] == racing.calls
+        fresh = inner.read_preset(preset.id)
+        claimer._read(preset.id)
+        racing.inner = _Returning(inner, stale)
+        claimer._read(preset.id)
+        assert fresh.stamp == claimer._cache[preset.id].stamp
+
+
+class _Returning(DelegatingStore):
+    """read_preset gives *facts*, whatever is stored."""
+
+    def __init__(self, inner: Store, facts: PresetFacts) -> None:
+        super().__init__(inner)
+        self._facts = facts
+
+    def read_preset(self, preset_id: uuid.UUID) -> PresetFacts:
+        return self._facts
+
+
+class TestArgumentsFollowTheRules:
+    """
+    The claimer builds the store's arguments itself, without checking its
+    own checked inputs again: they must be what ``claimed_lifecycle`` and
+    ``expiry_cutoff`` (the rules' homes) say.
+    """
+
+    @pytest.mark.parametrize("default_ttl", [None, timedelta(0), timedelta(hours=8)])
+    @pytest.mark.parametrize("claim_ttl", [None, timedelta(0), timedelta(hours=1)])
+    @pytest.mark.parametrize("preset_ttl", [None, timedelta(0), timedelta(minutes=5)])
+    @pytest.mark.parametrize("invalidated", [False, True])
+    def test_lifecycle_and_cutoff(
+        self,
+        default_ttl: timedelta | None,
+        claim_ttl: timedelta | None,
+        preset_ttl: timedelta | None,
+        invalidated: bool,
+    ) -> None:
+        """Every combination of the TTLs and an invalidation, on a stamped store."""
+        store = StampedRecordingStore(MemoryStore())
+        template = new_template(store, default_ttl=default_ttl)
+        preset = new_preset(store, template, desired=1, ttl=preset_ttl)
+        if invalidated:
+            store.invalidate_preset(preset.id, at=T0 - timedelta(minutes=1))
+        claimer = StoreClaimer(store)
+        now, schedule, start = T0, "CRON_TZ=UTC 0 9 * * 1-5", T0 + timedelta(hours=9)
+
+        with pytest.raises(NoClaimablePrebuildsError):
+            claimer.claim(
+                now=now,
+                user_id=uuid.uuid4(),
+                name="x",
+                preset_id=preset.id,
+                autostart_schedule=schedule,
+                next_start_at=start,
+                ttl=claim_ttl,
+            )
+
+        [sent] = store.claims
+        assert (
+            claimed_lifecycle(
+                now=now,
+                autostart_schedule=schedule,
+                next_start_at=start,
+                ttl=claim_ttl,
+                template_default_ttl=default_ttl,
+            )
+            == sent["lifecycle"]
+        )
+        assert (
+            expiry_cutoff(
+                ttl=preset_ttl,
+                last_invalidated_at=T0 - timedelta(minutes=1) if invalidated else None,
+                now=now,
+            )
+            == sent["not_before"]
+        )
+        assert template.active_version_id == sent["version_id"]
+
+
+class StampedRecordingStore(DelegatingStore):
+    """Records the arguments of every claim_if_unchanged."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.claims: list[dict[str, Any]] = []
+
+    def claim_if_unchanged(self, **kwargs: Any) -> Instance | None:
+        self.claims.append(kwargs)
+        inner: Any = self.inner
+        got: Instance | None = inner.claim_if_unchanged(**kwargs)
+        return got
+
+
+class TestCachedFactsStayTrue:
+    """
+    A claimer's cache never hands out, nor refuses, what a fresh read would
+    not: another store object (another replica) changes the preset or its
+    template between two claims of a warm claimer.
+    """
+
+    def test_changes_between_claims(
+        self, store_factory: StoreFactory, second_handle: Any
+    ) -> None:
+        """Each change is seen by the next claim of a claimer that cached the facts."""
+        world = make_world(store_factory())
+        template = new_template(world.store)
+        preset = new_preset(world.store, template, desired=6)
+        world.settle()
+        other: Store = second_handle(world.store)
+        oldest = [i.id for i in ready(world.store, preset.id)]
+        outcomes: list[object] = []
+
+        def claim() -> None:
+            try:
+                outcomes.append(world.claim(preset.id))
+            except (NoClaimablePrebuildsError, PresetInactiveError) as e:
+                outcomes.append(type(e))
+
+        claim()
+        new_version(other, template)
+        claim()
+        other.put_template(template)
+        claim()
+        other.put_template(attrs.evolve(template, deprecated=True))
+        claim()
+        other.put_template(attrs.evolve(template, deleted=True))
+        claim()
+        other.put_template(template)
+        claim()
+        other.put_preset(attrs.evolve(preset, ttl=timedelta(seconds=1)))
+        world.clock.advance(timedelta(seconds=2))
+        claim()
+        other.put_preset(preset)
+        claim()
+        other.invalidate_preset(preset.id, at=world.clock.now())
+        claim()
+
+        assert [
+            oldest[0],
+            PresetInactiveError,
+            oldest[1],
+            PresetInactiveError,
+            PresetInactiveError,
+            oldest[2],
+            NoClaimablePrebuildsError,
+            oldest[3],
+            NoClaimablePrebuildsError,
+        ] == outcomes
+
+    def test_two_claimers_share_nothing_but_the_store(
+        self, store_factory: StoreFactory, second_handle: Any
+    ) -> None:
+        """Two warm claimers on two store objects hand each instance out once."""
+        world = make_world(store_factory())
+        preset = new_preset(world.store, new_template(world.store), desired=4)
+        world.settle()
+        other = StoreClaimer(second_handle(world.store))
+        now = world.clock.now()
+
+        got = [
+            claimer.claim(now=now, user_id=uuid.uuid4(), name="x", preset_id=preset.id)
+            for claimer in (world.claimer, other) * 2
+        ]
+        with pytest.raises(NoClaimablePrebuildsError):
+            other.claim(now=now, user_id=uuid.uuid4(), name="x", preset_id=preset.id)
+
+        assert sorted(i.id for i in pooled(world.store, preset.id)) == []
+        assert 4 == len(set(got))
+
+
 class TestBadRequests:
     def test_unknown_preset(self, store_factory: StoreFactory) -> None:
         """An unknown preset raises PresetNotFoundError."""
@@ -247,9 +558,7 @@ class TestBadRequests:
     def test_old_version(self, store_factory: StoreFactory) -> None:
         """A preset of a version that is no longer active raises PresetInactiveError."""
         world, preset_id = _filled(store_factory)
-        template = world.store.get_template(
-            world.store.get_preset(preset_id).template_id
-        )
+        template = world.store.read_preset(preset_id).template
         new_version(world.store, template)
 
         with pytest.raises(PresetInactiveError) as info:
@@ -262,9 +571,7 @@ class TestBadRequests:
     def test_retired_template(self, store_factory: StoreFactory, change: str) -> None:
         """A deprecated or deleted template's presets raise PresetInactiveError."""
         world, preset_id = _filled(store_factory)
-        template = world.store.get_template(
-            world.store.get_preset(preset_id).template_id
-        )
+        template = world.store.read_preset(preset_id).template
         world.store.put_template(
             attrs.evolve(
                 template,
@@ -436,7 +743,7 @@ class TestMatchPreset:
         template = new_template(store)
         config = new_preset(store, template, desired=1, parameters=P0.parameters)
 
-        found = match_preset([store.get_preset(config.id)], dict(P0.parameters))
+        found = match_preset([store.read_preset(config.id).preset], dict(P0.parameters))
 
         assert found is not None
         assert config.id == found.id

@@ -17,13 +17,15 @@ import json
 import sqlite3
 import subprocess
 import sys
+import uuid
 
 from contextlib import closing
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 import prebuilds
@@ -32,6 +34,7 @@ from prebuilds import __main__ as cli
 from prebuilds import _simulate
 from prebuilds.exceptions import InvalidInputError, StoreError
 from prebuilds.stores import MemoryStore, SQLiteStore
+from prebuilds.testing import FakeClock
 
 
 class Run:
@@ -46,9 +49,9 @@ class Run:
         return json.loads(self.out)
 
 
-def run(*argv: str, prog: str = "prebuilds") -> Run:
+def run(*argv: str, prog: str = "prebuilds", **kwargs: Any) -> Run:
     out, err = io.StringIO(), io.StringIO()
-    status = cli.main(list(argv), prog=prog, out=out, err=err)
+    status = cli.main(list(argv), prog=prog, out=out, err=err, **kwargs)
     return Run(status, out.getvalue(), err.getvalue())
 
 
@@ -60,8 +63,52 @@ def assert_usage_error(result: Run, words: str, prog: str = "prebuilds") -> None
     assert words in line, line
 
 
+#: When the ``pools`` database was built, and the clock ``status`` reads.
+T0 = datetime(2026, 1, 5, tzinfo=timezone.utc)
+
+
+def at_t0() -> FakeClock:
+    return FakeClock(T0 + timedelta(seconds=10))
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(name="pools", scope="module")
+def _pools(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """
+    A database of two pools, built at :data:`T0`: small is full; of big's
+    three builds the first failed, so it backs off.
+    """
+    from prebuilds import PresetConfig, StoreReconciler, Template
+    from prebuilds.testing import FakeClock, FakeProvisioner
+
+    path = tmp_path_factory.mktemp("cli") / "status.sqlite3"
+    clock = FakeClock(T0)
+    with SQLiteStore(path) as store:
+        template = Template(
+            id=uuid.UUID(int=1), active_version_id=uuid.UUID(int=2), name="python"
+        )
+        store.put_template(template)
+        for n, name, desired in ((3, "big", 3), (4, "small", 2)):
+            store.put_preset(
+                PresetConfig(
+                    id=uuid.UUID(int=n),
+                    template_id=template.id,
+                    template_version_id=template.active_version_id,
+                    desired_instances=desired,
+                    name=name,
+                )
+            )
+        provisioner = FakeProvisioner(store, clock, build_time=timedelta(0))
+        provisioner.fail_next(1)
+        reconciler = StoreReconciler(
+            store, provisioner, clock=clock, max_workers=1, submit_timeout=None
+        )
+        reconciler.reconcile_all()  # big: 3 builds, the first fails; small: 2
+        provisioner.process()
+    return path
 
 
 @pytest.fixture(name="db", scope="module")
@@ -129,13 +176,7 @@ class TestSimulate:
         assert 0 == result.status
         assert f"store: SQLite at {path}" == result.out.splitlines()[0]
         with SQLiteStore(path) as store:
-            assert 2 == len(
-                store.snapshot(
-                    now=_simulate.START,
-                    backoff_lookback=timedelta(hours=1),
-                    hard_limit=3,
-                ).presets
-            )
+            assert 2 == len(store.read_pool().presets)
 
     def test_db_that_exists_is_refused(self, tmp_path: Path) -> None:
         """--db never writes into an existing file (a host's database, say)."""
@@ -249,45 +290,133 @@ class TestPlan:
 class TestStatus:
     """``status FILE``: reads a prebuilds database and never writes."""
 
-    def test_text(self, db: Path) -> None:
-        """The paused switch and one line per preset."""
-        result = run("status", str(db))
+    def test_text(self, pools: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without rich: a header, then one aligned row per preset."""
+        monkeypatch.setitem(sys.modules, "rich", None)
+
+        result = run("status", str(pools), clock=at_t0())
 
         assert (0, "") == (result.status, result.err)
         assert [
-            f"database: {db}",
+            f"database: {pools}",
+            "at:       2026-01-05 00:00:10 UTC",
             "paused:   no",
-            "preset small: active, status healthy, 1 pooled, 1 ready",
-            "preset gpu: active, status healthy, 1 pooled, 1 ready",
+            "TEMPLATE  PRESET  DESIRED  RUNNING  READY  STARTING  FAILED  REASON",
+            (
+                "python    big     3        2        2      0         1       "
+                "backing off until 00:01 UTC after 1 failed build"
+            ),
+            (
+                "python    small   2        2        2      0         0       "
+                "full: 2 of 2 ready"
+            ),
         ] == result.out.splitlines()
 
-    def test_json(self, db: Path) -> None:
-        """--json: the presets with their counts, and the invalid ones."""
+    def test_rich_table(self, pools: Path) -> None:
+        """With rich (the cli extra): the same rows in a table."""
+        result = run("status", str(pools), clock=at_t0())
+
+        assert 0 == result.status
+        text = result.out
+        assert "┃ TEMPLATE" in text
+        assert "│ full: 2 of 2 ready" in text
+        assert "backing off until 00:01 UTC after 1 failed build" in text
+
+    def test_json(self, pools: Path) -> None:
+        """--json: the database, when, paused, and every PoolStatus by name."""
+        document = run("status", "--json", str(pools), clock=at_t0()).json()
+
+        assert {"db", "at", "paused", "presets"} == set(document)
+        assert (str(pools), False) == (document["db"], document["paused"])
+        assert [[f.name for f in attrs.fields(prebuilds.PoolStatus)]] * 2 == [
+            list(p) for p in document["presets"]
+        ]
+        big, small = document["presets"]
+        assert {
+            "preset_name": "big",
+            "template_name": "python",
+            "desired": 3,
+            "desired_source": "base",
+            "failed_kept": 1,
+            "recent_failures": 1,
+            "backoff_until": "2026-01-05T00:01:00+00:00",
+            "next_change": None,
+            "hard_limited": False,
+            "reason": "backing off until 00:01 UTC after 1 failed build",
+        }.items() <= big.items()
+        assert {
+            "preset_name": "small",
+            "desired": 2,
+            "running": 2,
+            "eligible": 2,
+            "reason": "full: 2 of 2 ready",
+        }.items() <= small.items()
+        assert "2026-01-05T00:00:10+00:00" == document["at"]
+
+    def test_watch_redraws_until_interrupted(
+        self, pools: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """--watch: a round, a wait, … until Ctrl-C, which ends it with 0."""
+        monkeypatch.setitem(sys.modules, "rich", None)
+        waits: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            if len(waits) == 3:
+                raise KeyboardInterrupt
+
+        out, err = io.StringIO(), io.StringIO()
+        status = cli.main(
+            ["status", "--watch", "2.5", str(pools)],
+            out=out,
+            err=err,
+            sleep=sleep,
+            clock=at_t0(),
+        )
+
+        assert (0, "", [2.5, 2.5, 2.5]) == (status, err.getvalue(), waits)
+        assert 3 == out.getvalue().count(f"database: {pools}")
+
+    def test_watch_json_is_one_document_per_line(self, pools: Path) -> None:
+        """--watch --json: JSON Lines, one document a round."""
+        rounds = iter([None, KeyboardInterrupt])
+
+        def sleep(seconds: float) -> None:
+            if next(rounds) is KeyboardInterrupt:
+                raise KeyboardInterrupt
+
+        out = io.StringIO()
+        status = cli.main(
+            ["status", "--json", "--watch", "1", str(pools)],
+            out=out,
+            sleep=sleep,
+            clock=at_t0(),
+        )
+
+        lines = out.getvalue().splitlines()
+        assert (0, 2) == (status, len(lines))
+        assert [["big", "small"]] * 2 == [
+            [p["preset_name"] for p in json.loads(line)["presets"]] for line in lines
+        ]
+
+    @pytest.mark.parametrize(
+        ("seconds", "words"),
+        [
+            ("0", "must be from 0.1 to 86400 seconds, got 0"),
+            ("soon", "must be a number of seconds, got 'soon'"),
+            ("90000", "must be from 0.1 to 86400 seconds"),
+        ],
+    )
+    def test_watch_needs_seconds(self, pools: Path, seconds: str, words: str) -> None:
+        """--watch takes 0.1 to 86,400 seconds."""
+        assert_usage_error(run("status", "--watch", seconds, str(pools)), words)
+
+    def test_the_simulation_explains_itself(self, db: Path) -> None:
+        """A simulated day's file: a row per preset, each with a reason."""
         document = run("status", "--json", str(db)).json()
 
-        assert {
-            "db": str(db),
-            "paused": False,
-            "presets": [
-                {
-                    "id": "00000000-0000-0000-0000-00000000000b",
-                    "name": "small",
-                    "active": True,
-                    "status": "healthy",
-                    "pooled": 1,
-                    "ready": 1,
-                },
-                {
-                    "id": "00000000-0000-0000-0000-00000000000c",
-                    "name": "gpu",
-                    "active": True,
-                    "status": "healthy",
-                    "pooled": 1,
-                    "ready": 1,
-                },
-            ],
-            "invalid_presets": [],
-        } == document
+        assert ["gpu", "small"] == sorted(p["preset_name"] for p in document["presets"])
+        assert all(p["reason"] for p in document["presets"])
 
     def test_an_empty_database(self, tmp_path: Path) -> None:
         """A prebuilds database with no presets says so."""

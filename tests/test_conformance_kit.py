@@ -13,7 +13,6 @@ import sqlite3
 import threading
 import uuid
 
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from datetime import datetime, timedelta
@@ -29,27 +28,28 @@ from hypothesis import HealthCheck, Phase, settings
 
 from prebuilds import (
     PREBUILDS_OWNER_ID,
-    Backoff,
     BuildRequest,
     BuildStatus,
-    InProgressCount,
     Instance,
+    InvalidInputError,
     Lease,
     Lifecycle,
     NoClaimablePrebuildsError,
-    PendingCount,
-    Preset,
+    PooledInstance,
+    PoolFacts,
     PresetConfig,
-    RunningPrebuild,
+    PresetFacts,
+    PresetInactiveError,
     StoreClaimer,
     Template,
     Transition,
     claimed_lifecycle,
+    expiry_cutoff,
 )
-from prebuilds._model import expired_at
 from prebuilds.interfaces import Store
 from prebuilds.stores import MemoryStore, SQLiteStore
 from prebuilds.stores._common import fence_token
+from prebuilds.stores._memory import _request
 from prebuilds.testing import (
     FakeClock,
     check_claimer,
@@ -93,45 +93,7 @@ class DeletesClaimedStore(MemoryStore):
             if instance is None or instance.deleted:
                 return None
             build = self._add_build(instance, Transition.DELETE, now)
-            self._instances[instance_id] = attrs.evolve(instance, ready=False)
-            return self._request(instance, build, ())
-
-
-class ReclaimingStore(MemoryStore):
-    """claim does not check the owner: it hands claimed instances out again."""
-
-    def claim(
-        self,
-        *,
-        preset_id: UUID,
-        user_id: UUID,
-        name: str,
-        lifecycle: Lifecycle,
-        now: datetime,
-    ) -> Instance | None:
-        with self._lock:
-            hidden = {
-                i.id: i
-                for i in self._instances.values()
-                if i.preset_id == preset_id and i.owner_id != PREBUILDS_OWNER_ID
-            }
-            for instance in hidden.values():  # pretend they are pooled
-                self._instances[instance.id] = attrs.evolve(
-                    instance, owner_id=PREBUILDS_OWNER_ID
-                )
-            try:
-                got = super().claim(
-                    preset_id=preset_id,
-                    user_id=user_id,
-                    name=name,
-                    lifecycle=lifecycle,
-                    now=now,
-                )
-            finally:
-                for instance_id, instance in hidden.items():
-                    if got is None or instance_id != got.id:
-                        self._instances[instance_id] = instance
-            return got
+            return _request(instance, build, ())
 
 
 class NonAtomicClaimStore(MemoryStore):
@@ -140,91 +102,167 @@ class NonAtomicClaimStore(MemoryStore):
     that the instance is still pooled.
     """
 
-    def claim(
-        self,
-        *,
-        preset_id: UUID,
-        user_id: UUID,
-        name: str,
-        lifecycle: Lifecycle,
-        now: datetime,
-    ) -> Instance | None:
+    def claim(self, **kwargs: Any) -> Instance | None:
         with self._lock:  # the read: which instance would a claim take?
             saved = dict(self._instances)
-            got = super().claim(
-                preset_id=preset_id,
-                user_id=user_id,
-                name=name,
-                lifecycle=lifecycle,
-                now=now,
-            )
+            got = super().claim(**kwargs)
             self._instances = saved
         if got is None:
             return None
         sum(range(2000))  # the round trip between the two transactions
         with self._lock:  # the write, with no compare-and-set
+            self._instances[got.id] = got
+            return got
+
+
+def breaks_claim(ignore: str, doc: str) -> type[MemoryStore]:
+    """A MemoryStore whose claims (with a stamp or not) leave out one condition."""
+
+    class BrokenClaimStore(MemoryStore):
+        def _claim(
+            self,
+            preset_id: UUID,
+            user_id: UUID,
+            name: str,
+            lifecycle: Lifecycle,
+            now: datetime,
+            version_id: UUID,
+            not_before: datetime | None,
+        ) -> Instance | None:
+            conditions: dict[str, Callable[[Instance], bool]] = {
+                "preset": lambda i: i.preset_id == preset_id,
+                "owner": lambda i: i.owner_id == PREBUILDS_OWNER_ID,
+                "ready": lambda i: i.ready,
+                "running": lambda i: (
+                    i.latest_transition is Transition.START
+                    and i.latest_status is BuildStatus.SUCCEEDED
+                ),
+                "version": lambda i: i.template_version_id == version_id,
+                "expiry": lambda i: not_before is None or i.created_at >= not_before,
+            }
+            candidates = [
+                i
+                for i in self._instances.values()
+                if not i.deleted
+                and all(check(i) for key, check in conditions.items() if key != ignore)
+            ]
+            if not candidates:
+                return None
+            order = min if ignore != "oldest" else max
+            chosen = order(candidates, key=lambda i: (i.created_at, i.id))
+            if ignore == "lifecycle":
+                lifecycle = chosen.lifecycle
             claimed = attrs.evolve(
-                self._instances[got.id],
-                owner_id=user_id,
-                name=name,
-                lifecycle=lifecycle,
-                claimed_at=now,
+                chosen, owner_id=user_id, name=name, lifecycle=lifecycle, claimed_at=now
             )
-            self._instances[got.id] = claimed
-            return self._view(claimed)
+            self._instances[chosen.id] = claimed
+            return claimed
+
+    BrokenClaimStore.__doc__ = doc
+    BrokenClaimStore.__name__ = f"ClaimIgnores{ignore.title()}Store"
+    return BrokenClaimStore
 
 
-class IgnoresExpiryStore(MemoryStore):
-    """claim forgets the preset's TTL and invalidation."""
+def breaks_read_pool(
+    name: str, doc: str, change: Callable[[MemoryStore, PoolFacts], PoolFacts]
+) -> type[MemoryStore]:
+    """A MemoryStore whose read_pool hands out facts that *change* altered."""
 
-    def claim(
-        self,
-        *,
-        preset_id: UUID,
-        user_id: UUID,
-        name: str,
-        lifecycle: Lifecycle,
-        now: datetime,
-    ) -> Instance | None:
+    class BrokenReadPoolStore(MemoryStore):
+        def read_pool(self) -> PoolFacts:
+            with self._lock:
+                return change(self, super().read_pool())
+
+    BrokenReadPoolStore.__doc__ = doc
+    BrokenReadPoolStore.__name__ = name
+    return BrokenReadPoolStore
+
+
+def _only(
+    keep: Callable[[PooledInstance], bool],
+) -> Callable[[MemoryStore, PoolFacts], PoolFacts]:
+    return lambda _, facts: attrs.evolve(
+        facts, instances=[i for i in facts.instances if keep(i)]
+    )
+
+
+def _with_claimed(store: MemoryStore, facts: PoolFacts) -> PoolFacts:
+    claimed = [
+        store._pooled(i)
+        for i in store._instances.values()
+        if i.owner_id != PREBUILDS_OWNER_ID and not i.deleted
+    ]
+    return attrs.evolve(facts, instances=[*facts.instances, *claimed])
+
+
+def _first_build_id(store: MemoryStore, facts: PoolFacts) -> PoolFacts:
+    return attrs.evolve(
+        facts,
+        instances=[
+            attrs.evolve(i, latest_build_id=store._builds_of[i.id][0])
+            for i in facts.instances
+        ],
+    )
+
+
+CountsClaimedStore = breaks_read_pool(
+    "CountsClaimedStore",
+    "read_pool hands out claimed instances as pooled.",
+    _with_claimed,
+)
+DropsUnreadyStore = breaks_read_pool(
+    "DropsUnreadyStore",
+    "read_pool leaves out the pooled instances that are not ready.",
+    _only(lambda i: i.ready or i.latest_transition is not Transition.START),
+)
+DropsRunningBuildsStore = breaks_read_pool(
+    "DropsRunningBuildsStore",
+    "read_pool leaves out the instances whose latest build is running.",
+    _only(lambda i: i.latest_status is not BuildStatus.RUNNING),
+)
+DropsFailedStore = breaks_read_pool(
+    "DropsFailedStore",
+    "read_pool leaves out the instances whose latest build failed.",
+    _only(lambda i: i.latest_status is not BuildStatus.FAILED),
+)
+FirstBuildIdStore = breaks_read_pool(
+    "FirstBuildIdStore",
+    "read_pool names each instance's first build, not its latest.",
+    _first_build_id,
+)
+
+
+class ActiveVersionOnlyStore(MemoryStore):
+    """read_pool leaves out the instances of a version that is not active."""
+
+    def read_pool(self) -> PoolFacts:
         with self._lock:
-            row = self._presets.get(preset_id)
-            saved = None if row is None else (row.config, row.last_invalidated_at)
-            if row is not None:
-                row.config = attrs.evolve(row.config, ttl=None)
-                row.last_invalidated_at = None
-            try:
-                return super().claim(
-                    preset_id=preset_id,
-                    user_id=user_id,
-                    name=name,
-                    lifecycle=lifecycle,
-                    now=now,
-                )
-            finally:
-                if row is not None and saved is not None:
-                    row.config, row.last_invalidated_at = saved
-
-
-class CountsClaimedStore(MemoryStore):
-    """The snapshot keeps claimed instances in the pool."""
-
-    def _running(self) -> list[RunningPrebuild]:
-        running = super()._running()
-        hidden = [
-            i
-            for i in self._instances.values()
-            if i.owner_id != PREBUILDS_OWNER_ID and not i.deleted
-        ]
-        for instance in hidden:
-            self._instances[instance.id] = attrs.evolve(
-                instance, owner_id=PREBUILDS_OWNER_ID
+            facts = super().read_pool()
+            active = {t.active_version_id for t in self._templates.values()}
+            return attrs.evolve(
+                facts,
+                instances=[
+                    i for i in facts.instances if i.template_version_id in active
+                ],
             )
-        try:
-            with_claimed = super()._running()
-        finally:
-            for instance in hidden:
-                self._instances[instance.id] = instance
-        return with_claimed if len(with_claimed) > len(running) else running
+
+
+class HidesDeprecationStore(MemoryStore):
+    """Presets do not show that their template is deprecated."""
+
+    def _facts(self, row: Any) -> PresetFacts:
+        facts = super()._facts(row)
+        return attrs.evolve(
+            facts, template=attrs.evolve(facts.template, deprecated=False)
+        )
+
+
+class CreatesForInactiveStore(MemoryStore):
+    """create_prebuild does not check that the preset is active."""
+
+    @staticmethod
+    def _active(config: PresetConfig, template: Template) -> bool:
+        return True
 
 
 class ForgetsStatusStore(MemoryStore):
@@ -234,6 +272,33 @@ class ForgetsStatusStore(MemoryStore):
         with self._lock:
             self._presets.pop(preset.id, None)
             super().put_preset(preset)
+
+
+class UnknownTemplateInvalidStore(MemoryStore):
+    """put_preset refuses an unknown template as bad input (as 0.1 did)."""
+
+    def put_preset(self, preset: PresetConfig) -> None:
+        if preset.template_id not in self._templates:
+            raise InvalidInputError("template_id", preset.template_id, "unknown")
+        super().put_preset(preset)
+
+
+class StaleTemplateStampStore(MemoryStore):
+    """put_template does not change the stamps of its presets."""
+
+    def put_template(self, template: Template) -> None:
+        with self._lock:
+            stamps = {p: row.stamp for p, row in self._presets.items()}
+            super().put_template(template)
+            for preset_id, stamp in stamps.items():
+                self._presets[preset_id].stamp = stamp
+
+
+class IgnoresStampStore(MemoryStore):
+    """claim_if_unchanged claims whatever the stamp."""
+
+    def claim_if_unchanged(self, *, stamp: int, **kwargs: Any) -> Instance | None:
+        return self.claim(**kwargs)
 
 
 class AlwaysLeadsStore(MemoryStore):
@@ -263,12 +328,12 @@ class ProcessLocalLeaderStore(SQLiteStore):
         self._only = threading.Lock()
 
     @contextmanager
-    def _leader_scope(self) -> Iterator[Lease]:
+    def leader(self) -> Iterator[Lease]:
         if not self._only.acquire(blocking=False):
             yield Lease(held=False)
             return
         try:
-            with super()._leader_scope() as lease:
+            with super().leader() as lease:
                 # The file's lease is taken when free, ignored when not.
                 yield lease or Lease(held=True, token=str(uuid.uuid4()))
         finally:
@@ -305,141 +370,6 @@ def reopen_sqlite(store: Store) -> Store:
     return SQLiteStore(store.path)
 
 
-def _claim(
-    store: MemoryStore,
-    *,
-    preset_id: UUID,
-    user_id: UUID,
-    name: str,
-    lifecycle: Lifecycle,
-    now: datetime,
-    ignore: str,
-) -> Instance | None:
-    """MemoryStore.claim with one of its conditions (*ignore*) left out."""
-    with store._lock:
-        row = store._presets[preset_id]
-        template = store._templates[row.config.template_id]
-        conditions: dict[str, Callable[[Instance], bool]] = {
-            "preset": lambda i: i.preset_id == preset_id,
-            "ready": lambda i: i.ready,
-            "running": lambda i: store._is_running(i.id),
-            "version": lambda i: i.template_version_id == template.active_version_id,
-            "expiry": lambda i: (
-                not expired_at(
-                    created_at=i.created_at,
-                    ttl=row.config.ttl,
-                    last_invalidated_at=row.last_invalidated_at,
-                    now=now,
-                )
-            ),
-        }
-        candidates = [
-            i
-            for i in store._instances.values()
-            if i.owner_id == PREBUILDS_OWNER_ID
-            and not i.deleted
-            and all(check(i) for key, check in conditions.items() if key != ignore)
-        ]
-        if template.deleted or not candidates:
-            return None
-        order = min if ignore != "oldest" else max
-        chosen = order(candidates, key=lambda i: (i.created_at, i.id))
-        if ignore == "lifecycle":
-            lifecycle = chosen.lifecycle
-        store._instances[chosen.id] = attrs.evolve(
-            chosen, owner_id=user_id, name=name, lifecycle=lifecycle, claimed_at=now
-        )
-        return store._view(store._instances[chosen.id])
-
-
-def breaks_claim(ignore: str, doc: str) -> type[MemoryStore]:
-    """A MemoryStore whose claim leaves out one condition."""
-
-    class BrokenClaimStore(MemoryStore):
-        def claim(
-            self,
-            *,
-            preset_id: UUID,
-            user_id: UUID,
-            name: str,
-            lifecycle: Lifecycle,
-            now: datetime,
-        ) -> Instance | None:
-            return _claim(
-                self,
-                preset_id=preset_id,
-                user_id=user_id,
-                name=name,
-                lifecycle=lifecycle,
-                now=now,
-                ignore=ignore,
-            )
-
-    BrokenClaimStore.__doc__ = doc
-    BrokenClaimStore.__name__ = f"ClaimIgnores{ignore.title()}Store"
-    return BrokenClaimStore
-
-
-class DropsUnreadyRunningStore(MemoryStore):
-    """The snapshot leaves out running instances that are not ready yet."""
-
-    def _running(self) -> list[RunningPrebuild]:
-        return [r for r in super()._running() if r.ready]
-
-
-class DropsRunningBuildsStore(MemoryStore):
-    """The snapshot counts pending builds in progress, not running ones."""
-
-    def _in_progress(self) -> list[InProgressCount]:
-        running = Counter(
-            (b.preset_id, b.transition)
-            for b in self._builds.values()
-            if b.status is BuildStatus.RUNNING
-        )
-        rows = []
-        for row in super()._in_progress():
-            count = row.count - running[row.preset_id, row.transition]
-            if count > 0:
-                rows.append(attrs.evolve(row, count=count))
-        return rows
-
-
-class NoPendingStore(MemoryStore):
-    """The snapshot leaves out the queued creations of old versions."""
-
-    def _pending(self) -> list[PendingCount]:
-        return []
-
-
-class NoBackoffStore(MemoryStore):
-    """The snapshot leaves out recent failures."""
-
-    def _backoffs(self, since: datetime) -> list[Backoff]:
-        return []
-
-
-class NoHardLimitStore(MemoryStore):
-    """The snapshot never reports a hard-limited preset."""
-
-    def _hard_limited(self, hard_limit: int) -> frozenset[UUID]:
-        return frozenset()
-
-
-class HidesDeprecationStore(MemoryStore):
-    """Presets do not show that their template is deprecated."""
-
-    def _preset(self, row: Any) -> Preset:
-        return attrs.evolve(super()._preset(row), template_deprecated=False)
-
-
-class CreatesForInactiveStore(MemoryStore):
-    """create_prebuild does not check that the preset is active."""
-
-    @staticmethod
-    def _active(config: PresetConfig, template: Template) -> bool:
-        return True
-
-
 class DeletesTwiceStore(MemoryStore):
     """delete_prebuild adds a delete build while one is pending."""
 
@@ -456,7 +386,7 @@ class DeletesTwiceStore(MemoryStore):
             ):
                 return None
             build = self._add_build(instance, Transition.DELETE, now)
-            return self._request(instance, build, ())
+            return _request(instance, build, ())
 
 
 class OverwritesLateReportsStore(MemoryStore):
@@ -475,7 +405,7 @@ class OverwritesLateReportsStore(MemoryStore):
         with self._lock:
             build = self._build(build_id)
             if not build.status.in_progress:
-                self._builds[build_id] = attrs.evolve(build, status=BuildStatus.RUNNING)
+                self._set_build(attrs.evolve(build, status=BuildStatus.RUNNING))
         super().build_finished(
             build_id,
             now=now,
@@ -565,7 +495,7 @@ class ExpiredClaimer(StoreClaimer):
                 ]
                 if not ready:
                     raise
-                template = store.get_template(store.get_preset(preset_id).template_id)
+                template = store.read_preset(preset_id).template
                 chosen = store._instances[ready[0].id]
                 store._instances[chosen.id] = attrs.evolve(
                     chosen,
@@ -585,9 +515,9 @@ class ExpiredClaimer(StoreClaimer):
 
 class InactiveClaimer(StoreClaimer):
     """
-    Claims through the store without asking whether the preset is active
-    (and so hands out instances of deprecated templates: MemoryStore's claim
-    checks only the version and deletion).
+    Claims the template's active version without asking whether the preset
+    is active (and so hands out instances of deprecated templates: a
+    store's claim compares only the version and the cut-off).
     """
 
     def __init__(self, store: Store) -> None:
@@ -605,8 +535,7 @@ class InactiveClaimer(StoreClaimer):
         next_start_at: datetime | None = None,
         ttl: timedelta | None = None,
     ) -> UUID:
-        preset = self.store.get_preset(preset_id)
-        template = self.store.get_template(preset.template_id)
+        facts = self.store.read_preset(preset_id)
         instance = self.store.claim(
             preset_id=preset_id,
             user_id=user_id,
@@ -616,9 +545,15 @@ class InactiveClaimer(StoreClaimer):
                 autostart_schedule=autostart_schedule,
                 next_start_at=next_start_at,
                 ttl=ttl,
-                template_default_ttl=template.default_ttl,
+                template_default_ttl=facts.template.default_ttl,
             ),
             now=now,
+            version_id=facts.template.active_version_id,
+            not_before=expiry_cutoff(
+                ttl=facts.config.ttl,
+                last_invalidated_at=facts.last_invalidated_at,
+                now=now,
+            ),
         )
         if instance is None:
             raise NoClaimablePrebuildsError(preset_id)
@@ -640,6 +575,44 @@ class NoAutostartClaimer(StoreClaimer):
     def claim(self, **kwargs: Any) -> UUID:
         kwargs["autostart_schedule"] = None
         return super().claim(**kwargs)
+
+
+class CachesForeverClaimer(StoreClaimer):
+    """Keeps an active preset's facts for good and claims with them, unchecked."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.facts: dict[UUID, PresetFacts] = {}
+
+    def claim(self, **kwargs: Any) -> UUID:
+        preset_id = kwargs["preset_id"]
+        facts = self.facts.get(preset_id) or self._store.read_preset(preset_id)
+        now = kwargs["now"]
+        if not facts.preset.is_active:
+            raise PresetInactiveError(preset_id)
+        self.facts[preset_id] = facts
+        instance = self._store.claim(
+            preset_id=preset_id,
+            user_id=kwargs["user_id"],
+            name=kwargs["name"],
+            lifecycle=claimed_lifecycle(
+                now=now,
+                autostart_schedule=kwargs.get("autostart_schedule"),
+                next_start_at=kwargs.get("next_start_at"),
+                ttl=kwargs.get("ttl"),
+                template_default_ttl=facts.template.default_ttl,
+            ),
+            now=now,
+            version_id=facts.config.template_version_id,
+            not_before=expiry_cutoff(
+                ttl=facts.config.ttl,
+                last_invalidated_at=facts.last_invalidated_at,
+                now=now,
+            ),
+        )
+        if instance is None:
+            raise NoClaimablePrebuildsError(preset_id)
+        return instance.id
 
 
 # -- the tests -----------------------------------------------------------------------
@@ -748,8 +721,8 @@ class TestTheMachineAloneFindsThem:
         run_pool_machine(NonAtomicClaimStore, settings=QUICK)
 
     def test_claimed_instance_counted_in_the_pool(self) -> None:
-        """A snapshot that counts claimed instances as running is caught."""
-        with pytest.raises(AssertionError, match="snapshot's running instances"):
+        """A read_pool that hands out claimed instances as pooled is caught."""
+        with pytest.raises(AssertionError, match="read_pool's facts are not"):
             run_pool_machine(CountsClaimedStore, settings=HUNT)
 
     def test_the_message_has_the_failing_steps(self) -> None:
@@ -785,33 +758,36 @@ class TestTheMachineAloneFindsBrokenClaimers:
 BROKEN_STORES = [
     # store, the rule that must catch it
     (DeletesClaimedStore, "delete_prebuild: never a claimed instance"),
-    (ReclaimingStore, "each at most once"),
-    (IgnoresExpiryStore, "older than the preset's TTL"),
-    (breaks_claim("expiry", "claim forgets expiry"), "older than the preset's TTL"),
+    (breaks_claim("owner", "claim hands claimed instances out again"), "each at most once"),
+    (breaks_claim("expiry", "claim forgets the cut-off"), "older than the preset's TTL"),
     (breaks_claim("ready", "claim forgets readiness"), "not ready"),
     (breaks_claim("running", "claim forgets the latest build"), "successful start"),
-    (breaks_claim("version", "claim forgets the active version"), "not active"),
+    (breaks_claim("version", "claim forgets the version"), "not active"),
     (breaks_claim("preset", "claim takes any preset's instance"), "preset's own"),
     (breaks_claim("oldest", "claim takes the newest first"), "oldest claimable"),
     (breaks_claim("lifecycle", "claim keeps the pooled lifecycle"), "lifecycle"),
     (CountsClaimedStore, "every running pooled instance, and only those"),
-    (DropsUnreadyRunningStore, "every running pooled instance, and only those"),
+    (DropsUnreadyStore, "every running pooled instance, and only those"),
     (DropsRunningBuildsStore, "every in-progress build"),
-    (NoPendingStore, "queued creations of an old version"),
-    (NoBackoffStore, "recent failures as a backoff"),
-    (NoHardLimitStore, "hard-limited presets"),
-    (HidesDeprecationStore, "derived fields"),
+    (ActiveVersionOnlyStore, "queued creations of an old version"),
+    (DropsFailedStore, "recent failures as a backoff"),
+    (FirstBuildIdStore, "every pooled instance with its latest build"),
+    (HidesDeprecationStore, "every preset, as put and as read_preset reads it"),
     (CreatesForInactiveStore, "create_prebuild"),
     (DeletesTwiceStore, "a pooled instance, once"),
     (OverwritesLateReportsStore, "late ones change nothing"),
     (ForgetsStatusStore, "keeps the status and the invalidation"),
-]
+    (UnknownTemplateInvalidStore, "unknown IDs raise the not-found errors"),
+    (StaleTemplateStampStore, "stamps: put_preset, invalidate_preset and put_template"),
+    (IgnoresStampStore, "claim_if_unchanged: a stale stamp raises"),
+]  # fmt: skip
 BROKEN_CLAIMERS = [
     (RecyclingClaimer, "each at most once"),
     (ExpiredClaimer, "older than the preset's TTL"),
     (InactiveClaimer, "deprecated template"),
     (NoDefaultTtlClaimer, "lifecycle from the claim and the template"),
     (NoAutostartClaimer, "lifecycle from the claim and the template"),
+    (CachesForeverClaimer, "what changed since the last claim counts"),
 ]
 SEEDS = [0, 1, 2]
 
@@ -857,3 +833,17 @@ def test_rules_hold_on_every_store(store_factory: StoreFactory) -> None:
     """The reference stores keep every rule, through their claim and the claimer's."""
     check_rules(store_factory)
     check_rules(store_factory, StoreClaimer)
+
+
+def test_the_testing_kit_page_names_every_rule() -> None:
+    from prebuilds.testing import _rules
+
+    page = (Path(__file__).parent.parent / "docs" / "testing-kit.md").read_text()
+    rules = (
+        *_rules.CLAIM_RULES,
+        *_rules.CLAIMER_RULES,
+        *_rules.STORE_RULES,
+        *_rules.STAMP_RULES,
+    )
+    missing = [rule.name for rule in rules if f"`{rule.name}`" not in page]
+    assert missing == []

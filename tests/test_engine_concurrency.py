@@ -7,7 +7,7 @@ import functools
 import threading
 import uuid
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import attrs
@@ -18,6 +18,7 @@ from prebuilds import (
     Event,
     EventKind,
     NoClaimablePrebuildsError,
+    PoolFacts,
     ReconcileStats,
     StoreClaimer,
     StoreError,
@@ -25,7 +26,6 @@ from prebuilds import (
     Transition,
 )
 from prebuilds.interfaces import Store
-from prebuilds.stores import MemoryStore
 from prebuilds.testing import FakeClock, FakeProvisioner
 from tests.conftest import StoreFactory
 from tests.helpers import (
@@ -48,8 +48,9 @@ WAIT = 10.0
 
 class CountingStore(DelegatingStore):
     """
-    Counts passes (snapshots); the first *fail_first* of them raise
-    StoreError. With a *clock* set, each pass first moves it a minute.
+    Counts passes (reads of the pool); the first *fail_first* of them raise
+    StoreError. With a *clock* set, each pass moves it a minute (after the
+    pass read it: the next pass is a minute later).
     """
 
     def __init__(self, inner: Store, *, after: int, fail_first: int = 0) -> None:
@@ -60,9 +61,7 @@ class CountingStore(DelegatingStore):
         self.enough = threading.Event()
         self.clock: FakeClock | None = None
 
-    def snapshot(
-        self, *, now: datetime, backoff_lookback: timedelta, hard_limit: int
-    ) -> Any:
+    def read_pool(self) -> PoolFacts:
         if self.clock is not None:
             self.clock.advance(timedelta(minutes=1))
         self.passes += 1
@@ -71,9 +70,7 @@ class CountingStore(DelegatingStore):
         if self.passes <= self.fail_first:
             msg = "flaky database"
             raise StoreError(msg)
-        return super().snapshot(
-            now=now, backoff_lookback=backoff_lookback, hard_limit=hard_limit
-        )
+        return super().read_pool()
 
 
 def _start(target: Any) -> threading.Thread:
@@ -398,28 +395,6 @@ class TestClaimsRaceTheReconciler:
 
         assert DESIRED == len(ready(race.store, race.config.id))
         assert DESIRED == len(live(race.store, race.config.id))
-
-
-@pytest.fixture(name="second_handle")
-def _second_handle(request: pytest.FixtureRequest) -> Any:
-    """Open another store object on the same data as *store* (same file, schema)."""
-
-    def reopen(store: Store) -> Store:
-        if isinstance(store, MemoryStore):
-            return store  # one process: the same object is the shared state
-        kind = type(store).__name__
-        backend: Any = store
-        if kind == "SQLiteStore":
-            from prebuilds.stores import SQLiteStore
-
-            other = SQLiteStore(backend.path)
-            request.addfinalizer(other.close)
-            return other
-        make = request.getfixturevalue("make_postgres_store")
-        other_pg: Store = make(schema=backend.schema)
-        return other_pg
-
-    return reopen
 
 
 class Gate:

@@ -176,11 +176,13 @@ def example_errors() -> list[exceptions.PrebuildsError]:
         exceptions.PrebuildsError("root"),
         exceptions.InvalidInputError("ttl", timedelta(seconds=-1), "must be >= 0"),
         exceptions.PresetNotFoundError(ID),
+        exceptions.TemplateNotFoundError(ID),
         exceptions.InstanceNotFoundError(ID),
         exceptions.BuildNotFoundError(ID),
         exceptions.NoClaimablePrebuildsError(ID),
         exceptions.NoClaimablePrebuildsError(),
         exceptions.PresetInactiveError(ID),
+        exceptions.PresetChangedError(ID),
         exceptions.PrebuildsNotSupportedError(),
         exceptions.StoreError("connection lost"),
         exceptions.SchemaVersionError("schema 9 > 1"),
@@ -213,8 +215,11 @@ def test_every_error_has_a_pickle_example() -> None:
 def test_not_found_messages_name_the_id() -> None:
     """Lookup errors carry the ID, and their message names it."""
     error = exceptions.PresetNotFoundError(ID)
+    template = exceptions.TemplateNotFoundError(ID)
 
     assert (ID, True) == (error.preset_id, str(ID) in str(error))
+    assert (ID, True) == (template.template_id, str(ID) in str(template))
+    assert isinstance(template, LookupError)
 
 
 def test_int_subclass_is_accepted() -> None:

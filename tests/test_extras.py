@@ -236,6 +236,58 @@ class TestPostgresExtra:
         )
 
 
+def without_prometheus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """prometheus-client unimportable, its submodules and our adapter forgotten."""
+    loaded = [m for m in sys.modules if m.startswith("prometheus_client.")]
+    without(monkeypatch, "prometheus_client", "prebuilds._prometheus", *loaded)
+
+
+class TestPrometheusExtra:
+    """PrometheusMetrics needs ``prometheus``; the module imports without it."""
+
+    def test_metrics_name_the_extra(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """``prebuilds.metrics.PrometheusMetrics`` without prometheus-client."""
+        import prebuilds.metrics
+
+        without_prometheus(monkeypatch)
+
+        with pytest.raises(MissingExtraError) as caught:
+            _ = prebuilds.metrics.PrometheusMetrics
+
+        assert (
+            "prebuilds.metrics.PrometheusMetrics needs the 'prometheus' extra: "
+            "prometheus_client is not installed; install it with: "
+            "pip install 'prebuilds[prometheus]'"
+        ) == str(caught.value)
+
+    def test_from_import_names_the_extra(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """``from prebuilds.metrics import PrometheusMetrics`` raises the same."""
+        without_prometheus(monkeypatch)
+
+        with pytest.raises(MissingExtraError) as caught:
+            from prebuilds.metrics import PrometheusMetrics  # noqa: F401
+
+        assert ("prometheus", "prometheus_client") == (
+            caught.value.extra,
+            caught.value.name,
+        )
+
+    def test_with_the_extra(self) -> None:
+        """With prometheus-client installed the class loads."""
+        import prebuilds.metrics
+
+        from prebuilds._prometheus import PrometheusMetrics
+
+        assert PrometheusMetrics is prebuilds.metrics.PrometheusMetrics
+
+    def test_unknown_name(self) -> None:
+        """Other names are plain AttributeErrors."""
+        import prebuilds.metrics
+
+        with pytest.raises(AttributeError):
+            _ = prebuilds.metrics.Nothing
+
+
 class TestRequire:
     """``require`` turns only a missing module of the extra into the error."""
 
@@ -315,9 +367,10 @@ class TestMissingExtraError:
 
 
 def test_plain_import_loads_no_extra() -> None:
-    """Importing prebuilds, its stores and its fakes loads no extra's module."""
+    """Importing prebuilds, its stores, metrics and fakes loads no extra's module."""
     code = (
         "import json, sys, prebuilds, prebuilds.stores, prebuilds.testing; "
+        "import prebuilds.metrics, prebuilds.__main__; "
         "from prebuilds.testing import FakeClock; "
         "from prebuilds.stores import SQLiteStore; "
         "print(json.dumps(sorted({m.partition('.')[0] for m in sys.modules})))"
@@ -328,6 +381,6 @@ def test_plain_import_loads_no_extra() -> None:
 
     assert [] == [
         m
-        for m in ("hypothesis", "psycopg", "psycopg_pool")
+        for m in ("hypothesis", "psycopg", "psycopg_pool", "prometheus_client", "rich")
         if f'"{m}"' in result.stdout
     ]

@@ -157,10 +157,10 @@ class TestClaimed:
         world, preset_id = _world(store_factory)
         claimed_id = world.claim(preset_id, ttl=timedelta(hours=1))
         before = world.store.get_instance(claimed_id)
-        preset = world.store.get_preset(preset_id)
+        template = world.store.read_preset(preset_id).template
         world.store.invalidate_preset(preset_id, at=world.clock.now())
         world.settle(2)
-        new_version(world.store, world.store.get_template(preset.template_id))
+        new_version(world.store, template)
 
         world.settle(3, advance=timedelta(days=1))
 

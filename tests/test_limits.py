@@ -8,6 +8,7 @@ naming the field, before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import uuid
 
@@ -28,12 +29,14 @@ from prebuilds import (
     Lifecycle,
     PendingCount,
     PrebuildSchedule,
+    PresetChangedError,
     PresetSnapshot,
     ReconciliationActions,
     StoreClaimer,
     StoreReconciler,
     Transition,
     backoff_until,
+    derive,
 )
 from prebuilds._validate import (
     MAX_BUILD_NUMBER,
@@ -47,7 +50,7 @@ from prebuilds._validate import (
     MAX_TEXT_LENGTH,
     MIN_DATETIME,
 )
-from prebuilds.interfaces import Store
+from prebuilds.interfaces import StampedClaims, Store
 from prebuilds.stores import MemoryStore
 from prebuilds.testing import FakeClock, FakeProvisioner
 from tests.input_helpers import (
@@ -93,12 +96,12 @@ RoundTrip = Callable[[Store, Seeded, Any], Any]
 
 
 def _preset(**changes: Any) -> RoundTrip:
-    """put_preset with *changes* (a callable of the value), get_preset back."""
+    """put_preset with *changes* (a callable of the value), read_preset back."""
 
     def trip(store: Store, seeded: Seeded, value: Any) -> Any:
         field, make, read = changes["field"], changes["make"], changes["read"]
         store.put_preset(attrs.evolve(seeded.preset, **{field: make(value)}))
-        return read(store.get_preset(seeded.preset.id))
+        return read(store.read_preset(seeded.preset.id).config)
 
     return trip
 
@@ -142,11 +145,41 @@ def _claimed(read: Callable[[Any], Any], **make: Callable[[Any], Any]) -> RoundT
             "name": "bob-dev",
             "lifecycle": Lifecycle(last_used_at=NOW),
             "now": NOW,
+            "version_id": seeded.template.active_version_id,
+            "not_before": None,
         }
         arguments.update({key: maker(value) for key, maker in make.items()})
         got = store.claim(**arguments)
         assert got is not None
         return read(store.get_instance(got.id))
+
+    return trip
+
+
+def _claim_cutoff(field: str) -> RoundTrip:
+    """
+    Store.claim (or claim_if_unchanged) with *field* at the value: accepted
+    (a claim or a miss, or a stale stamp), the value back.
+    """
+
+    def trip(store: Store, seeded: Seeded, value: Any) -> Any:
+        arguments: dict[str, Any] = {
+            "preset_id": seeded.preset.id,
+            "user_id": uuid.uuid4(),
+            "name": "bob-dev",
+            "lifecycle": Lifecycle(last_used_at=NOW),
+            "now": NOW,
+            "version_id": seeded.template.active_version_id,
+            "not_before": None,
+            field: value,
+        }
+        if field == "stamp":
+            assert isinstance(store, StampedClaims)
+            with contextlib.suppress(PresetChangedError):
+                store.claim_if_unchanged(**arguments)
+        else:
+            store.claim(**arguments)
+        return value
 
     return trip
 
@@ -175,11 +208,11 @@ def _finished(field: str) -> RoundTrip:
 
 def _invalidated(store: Store, seeded: Seeded, value: Any) -> Any:
     store.invalidate_preset(seeded.preset.id, at=value)
-    return store.get_preset(seeded.preset.id).last_invalidated_at
+    return store.read_preset(seeded.preset.id).last_invalidated_at
 
 
-def _snapshot(field: str) -> RoundTrip:
-    """snapshot with *field* at the value: it answers, and its presets are there."""
+def _derived(field: str) -> RoundTrip:
+    """derive of the store's facts with *field* at the value: the presets are there."""
 
     def trip(store: Store, seeded: Seeded, value: Any) -> Any:
         arguments: dict[str, Any] = {
@@ -188,7 +221,7 @@ def _snapshot(field: str) -> RoundTrip:
             "hard_limit": 3,
             field: value,
         }
-        snapshot = store.snapshot(**arguments)
+        snapshot = derive(store.read_pool(), **arguments)
         assert seeded.preset.id in {p.id for p in snapshot.presets}
         return value
 
@@ -259,6 +292,10 @@ BOUNDS = [
           _claimed(lambda i: i.lifecycle.next_start_at,
                    lifecycle=lambda v: Lifecycle(next_start_at=v, last_used_at=NOW)),
           (MIN_DATETIME, MAX_DATETIME), (MIN_DATETIME - US, MAX_DATETIME + US)),
+    Bound("claim-not_before", "not_before", _claim_cutoff("not_before"),
+          (MIN_DATETIME, MAX_DATETIME), (MIN_DATETIME - US, MAX_DATETIME + US)),
+    Bound("claim_if_unchanged-stamp", "stamp", _claim_cutoff("stamp"),
+          (0, MAX_COUNT), (-1, MAX_COUNT + 1)),
     Bound("claim-ttl", "ttl", _claimer_ttl,
           (timedelta(0), MAX_DURATION), (-US, MAX_DURATION + US)),
     Bound("invalidate-at", "at", _invalidated,
@@ -270,11 +307,11 @@ BOUNDS = [
           ("", _length(MAX_TEXT_LENGTH)), (_length(MAX_TEXT_LENGTH + 1),)),
     Bound("build-finished-now", "now", _finished("now"),
           (MAX_DATETIME,), (MAX_DATETIME + US,)),
-    Bound("snapshot-now", "now", _snapshot("now"),
+    Bound("derive-now", "now", _derived("now"),
           (MIN_DATETIME, MAX_DATETIME), (MIN_DATETIME - US, MAX_DATETIME + US)),
-    Bound("snapshot-backoff_lookback", "backoff_lookback", _snapshot("backoff_lookback"),
+    Bound("derive-backoff_lookback", "backoff_lookback", _derived("backoff_lookback"),
           (timedelta(0), MAX_DURATION), (-US, MAX_DURATION + US)),
-    Bound("snapshot-hard_limit", "hard_limit", _snapshot("hard_limit"),
+    Bound("derive-hard_limit", "hard_limit", _derived("hard_limit"),
           (0, MAX_INSTANCES), (-1, MAX_INSTANCES + 1)),
 ]  # fmt: skip
 

@@ -180,10 +180,11 @@ class TestProtocols:
         assert all("return" in hints for hints in methods.values())
 
     def test_store_hints_name_the_real_types(self) -> None:
-        """Store.snapshot's hints are the classes, not strings."""
-        hints = typing.get_type_hints(prebuilds.Store.snapshot)
+        """Store.read_pool's and Store.claim's hints are the classes, not strings."""
+        pool = typing.get_type_hints(prebuilds.Store.read_pool)
+        claim = typing.get_type_hints(prebuilds.Store.claim)
 
-        assert (datetime, GlobalSnapshot) == (hints["now"], hints["return"])
+        assert (prebuilds.PoolFacts, datetime) == (pool["return"], claim["now"])
 
     def test_implementations_are_instances(self, tmp_path: Path) -> None:
         """isinstance holds for the library's implementations of each Protocol."""
@@ -196,6 +197,8 @@ class TestProtocols:
         pairs: list[tuple[object, type]] = [
             (memory, prebuilds.Store),
             (sqlite, prebuilds.Store),
+            (memory, prebuilds.StampedClaims),
+            (sqlite, prebuilds.StampedClaims),
             (clock, prebuilds.Clock),
             (prebuilds.SystemClock(), prebuilds.Clock),
             (prebuilds.CollectingEventSink(), prebuilds.EventSink),
@@ -225,6 +228,7 @@ class TestProtocols:
         from prebuilds.stores import PostgresStore
 
         assert issubclass(PostgresStore, prebuilds.Store)
+        assert issubclass(PostgresStore, prebuilds.StampedClaims)
 
     @pytest.mark.parametrize("protocol", PROTOCOLS, ids=lambda p: p.__name__)
     def test_other_objects_are_not(self, protocol: type) -> None:

@@ -41,13 +41,11 @@ from prebuilds import (
     StoreReconciler,
     Template,
     Transition,
+    derive,
 )
-from prebuilds.stores._postgres import (
-    _SQL_CLAIM,
-    SCHEMA_VERSION,
-    PostgresStore,
-    _lock_key,
-)
+from prebuilds.stores._postgres import SCHEMA_VERSION, PostgresStore
+from prebuilds.stores._postgres.claim import CLAIM
+from prebuilds.stores._postgres.schema import lock_key
 from prebuilds.testing import FakeClock, FakeProvisioner
 from tests.postgres_cluster import PostgresStoreFactory, fresh_schema_name
 from tests.test_postgres_store import T0, bulk_ready, claim, raw
@@ -82,8 +80,10 @@ def make_preset(
 def pool_counts(
     store: PostgresStore, clock: FakeClock
 ) -> tuple[Counter[uuid.UUID], Counter[uuid.UUID]]:
-    """Running and starting prebuilds per preset, from one snapshot."""
-    snapshot = store.snapshot(now=clock.now(), backoff_lookback=LOOKBACK, hard_limit=3)
+    """Running and starting prebuilds per preset, from one read."""
+    snapshot = derive(
+        store.read_pool(), now=clock.now(), backoff_lookback=LOOKBACK, hard_limit=3
+    )
     running = Counter(p.preset_id for p in snapshot.running)
     starting: Counter[uuid.UUID] = Counter()
     for row in snapshot.in_progress:
@@ -625,7 +625,7 @@ def kill_mid_pass(
             submitted.append((uuid.UUID(build_id), uuid.UUID(instance_id)))
         assert line.startswith("blocked"), f"the victim exited: {line!r}"
         backend_pid = int(line.split()[1])
-        assert lock_holders(store, _lock_key("leader", store.schema)) == [backend_pid]
+        assert lock_holders(store, lock_key("leader", store.schema)) == [backend_pid]
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=WAIT) == -signal.SIGKILL
     finally:
@@ -674,7 +674,7 @@ def test_a_replica_killed_mid_pass(
         conn.execute(f"SET lock_timeout = '{int(WAIT)}s'")
         with conn.transaction():
             conn.execute(
-                "SELECT pg_advisory_xact_lock(%s)", (_lock_key("leader", store.schema),)
+                "SELECT pg_advisory_xact_lock(%s)", (lock_key("leader", store.schema),)
             )
 
     # The next replica: a minute later by its own clock, so that its builds
@@ -728,7 +728,7 @@ def test_a_replica_killed_mid_pass(
         != (Transition.START, BuildStatus.SUCCEEDED)
     }
     assert not_running == {instance for _, instance in submitted}
-    assert lock_holders(store, _lock_key("leader", store.schema)) == []
+    assert lock_holders(store, lock_key("leader", store.schema)) == []
     assert backend_pid not in {
         pid for (pid,) in raw(store, "SELECT pid FROM pg_locks WHERE pid IS NOT NULL")
     }
@@ -771,7 +771,7 @@ def test_two_replicas_upgrade_a_schema_at_once(
     assert raw(
         old, "SELECT to_regclass(%(i)s)", {"i": f'"{schema}".instances_created'}
     ) == [(None,)]
-    assert replicas[1].get_preset(config.id).id == config.id
+    assert replicas[1].read_preset(config.id).config == config
 
 
 def store_dsn(store: PostgresStore) -> str:
@@ -787,27 +787,18 @@ def seed_one(store: PostgresStore) -> tuple[Template, PresetConfig]:
 def claim_buffers(store: PostgresStore, preset_id: uuid.UUID) -> int:
     """Claim one instance under EXPLAIN ANALYZE: the buffers it touched."""
     now = T0 + timedelta(minutes=1)
-    params = {
-        "preset_id": preset_id,
-        "user_id": uuid.uuid4(),
-        "name": "mine",
-        "now": now,
-        "autostart_schedule": None,
-        "next_start_at": None,
-        "ttl": None,
-        "deadline": None,
-        "max_deadline": None,
-        "dormant_at": None,
-        "deleting_at": None,
-        "last_used_at": now,
-    }
+    version = store.read_preset(preset_id).config.template_version_id
+    # preset, version, cut-off, user, name, now, then the lifecycle.
+    params = (preset_id, version, None, uuid.uuid4(), "mine", now, *[None] * 7, now)
     with store._borrow() as conn:
-        (row,) = conn.execute(
-            (
-                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + store._q(_SQL_CLAIM)
-            ).encode(),
-            params,
-        ).fetchall()
+        (row,) = (
+            psycopg.RawCursor(conn)
+            .execute(
+                ("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + store._q(CLAIM)).encode(),
+                params,
+            )
+            .fetchall()
+        )
     plan = row[0][0]["Plan"]
     return int(plan["Shared Hit Blocks"]) + int(plan["Shared Read Blocks"])
 
@@ -832,10 +823,7 @@ def test_a_claim_costs_the_same_after_thousands(
     with psycopg.connect(store_dsn(store), autocommit=True) as conn:
         for table in ("templates", "presets", "instances", "builds"):
             conn.execute(f'VACUUM ANALYZE "{store.schema}".{table}'.encode())
-    presets = sorted(
-        p.id
-        for p in store.snapshot(now=T0, backoff_lookback=LOOKBACK, hard_limit=3).presets
-    )
+    presets = sorted(p.config.id for p in store.read_pool().presets)
     for _ in range(10):  # warm the caches and set the hint bits
         assert claim(store, presets[0], uuid.uuid4()) is not None
 
@@ -853,6 +841,7 @@ import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 
+from prebuilds import derive
 from prebuilds.stores import PostgresStore
 
 dsn, schema = sys.argv[1], sys.argv[2]
@@ -872,8 +861,8 @@ while True:
                 f'SELECT epoch FROM "{schema}".leader WHERE token = %s',
                 (lease.token,),
             ).fetchone()
-        snapshot = store.snapshot(
-            now=now, backoff_lookback=timedelta(hours=1), hard_limit=0
+        snapshot = derive(
+            store.read_pool(), now=now, backoff_lookback=timedelta(hours=1), hard_limit=0
         )
         seen = sum(row.count for row in snapshot.in_progress)
         mine = seen < target and seen % replicas == index

@@ -94,7 +94,7 @@ def source(
             timeout=TIMEOUT,
         )
         with store:
-            yield Source(store=store, pool=store._pool)
+            yield Source(store=store, pool=store._db.pool)
     elif request.param.startswith("host pool"):
         kwargs = {} if "no autocommit" in request.param else {"autocommit": True}
         with (

@@ -1,7 +1,7 @@
 """
 PostgreSQL-specific behaviour of PostgresStore: migrations, the advisory-lock
-leader scope and its snapshot, constant-cost snapshots, and claims racing
-each other and the reconciler's deletes.
+leader scope and the read through it, reads of the pool at a constant cost,
+stamps, and claims racing each other and the reconciler's deletes.
 
 The shared Store contract runs in tests/test_store_contract.py.
 """
@@ -29,26 +29,34 @@ from prebuilds import (
     PREBUILDS_OWNER_ID,
     BuildRequest,
     BuildStatus,
+    GlobalSnapshot,
     Instance,
     InvalidInputError,
     LeadershipLostError,
     Lifecycle,
+    PrebuildSchedule,
+    PresetChangedError,
     PresetConfig,
+    PresetFacts,
     PresetNotFoundError,
     PresetStatus,
     SchemaVersionError,
     StoreError,
     Template,
     Transition,
+    derive,
 )
 from prebuilds._validate import MAX_DURATION
-from prebuilds.stores._postgres import SCHEMA_VERSION, PostgresStore, _lock_key
+from prebuilds.stores._postgres import SCHEMA_VERSION, PostgresStore
+from prebuilds.stores._postgres.schema import lock_key
 from prebuilds.testing import check_store
 from tests.postgres_cluster import PostgresStoreFactory, fresh_schema_name
 
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 LOOKBACK = timedelta(hours=1)
+MICRO = timedelta(microseconds=1)
+MISSING = uuid.UUID(int=7)  # a version nothing is built from
 
 
 # -- helpers ----------------------------------------------------------------------
@@ -73,8 +81,9 @@ def seed(
     return template, config
 
 
-def snap(store: PostgresStore, now: datetime = T0) -> Any:
-    return store.snapshot(now=now, backoff_lookback=LOOKBACK, hard_limit=3)
+def snap(store: PostgresStore, now: datetime = T0) -> GlobalSnapshot:
+    """Every pool's state at *now*, derived from one read of *store*."""
+    return derive(store.read_pool(), now=now, backoff_lookback=LOOKBACK, hard_limit=3)
 
 
 def raw(store: PostgresStore, sql: str, params: dict[str, Any] | None = None) -> Any:
@@ -127,14 +136,23 @@ def bulk_ready(store: PostgresStore, per_preset: int, *, at: datetime = T0) -> N
 
 
 def claim(
-    store: PostgresStore, preset_id: uuid.UUID, user: uuid.UUID
+    store: PostgresStore,
+    preset_id: uuid.UUID,
+    user: uuid.UUID,
+    *,
+    version_id: uuid.UUID | None = None,
 ) -> Instance | None:
+    """Claim from the preset's version (read unless given), with no cut-off."""
+    if version_id is None:
+        version_id = store.read_preset(preset_id).config.template_version_id
     return store.claim(
         preset_id=preset_id,
         user_id=user,
         name="mine",
         lifecycle=Lifecycle(last_used_at=T0),
         now=T0 + timedelta(minutes=1),
+        version_id=version_id,
+        not_before=None,
     )
 
 
@@ -338,7 +356,7 @@ class TestMigrations:
         assert raw(store, "SELECT version FROM {s}.schema_version") == [
             (SCHEMA_VERSION,)
         ]
-        assert config.id == store.get_preset(config.id).id
+        assert config == store.read_preset(config.id).config
 
     def test_concurrent_migrations_of_a_fresh_schema(
         self, make_postgres_store: PostgresStoreFactory
@@ -360,20 +378,26 @@ class TestMigrations:
         assert [s.schema_version() for s in stores] == [SCHEMA_VERSION, SCHEMA_VERSION]
         assert raw(stores[0], "SELECT count(*) FROM {s}.schema_version") == [(1,)]
         _, config = seed(stores[0])
-        assert config.id == stores[1].get_preset(config.id).id
+        assert config == stores[1].read_preset(config.id).config
 
-    def test_upgrade_to_version_3_backfills_the_latest_build(
+    def test_upgrade_from_version_2_backfills_the_latest_build(
         self, store: PostgresStore
     ) -> None:
-        """Migration 3 copies each instance's latest build; the trigger keeps it."""
+        """
+        Migrations 3 and 5 copy each instance's latest build to its row; the
+        trigger keeps it there.
+        """
         template, config = seed(store)
         raw(store, "DROP TRIGGER track_latest_build ON {s}.builds")
         raw(store, "DROP FUNCTION {s}.track_latest_build()")
         raw(
             store,
             "ALTER TABLE {s}.instances DROP COLUMN latest_build_number,"
-            " DROP COLUMN latest_transition, DROP COLUMN latest_status",
+            " DROP COLUMN latest_transition, DROP COLUMN latest_status,"
+            " DROP COLUMN latest_build_id, DROP COLUMN latest_build_created_at",
         )
+        raw(store, "ALTER TABLE {s}.presets DROP COLUMN stamp")
+        raw(store, "DROP TABLE {s}.leader")
         raw(store, "UPDATE {s}.schema_version SET version = 2")
         ids = [uuid.uuid4(), uuid.uuid4()]
         for n, instance_id in enumerate(ids):
@@ -420,12 +444,19 @@ class TestMigrations:
 
         store.migrate()
 
-        assert store.schema_version() == SCHEMA_VERSION == 4
+        assert store.schema_version() == SCHEMA_VERSION == 5
         assert raw(
             store,
             "SELECT latest_transition, latest_status FROM {s}.instances"
             " ORDER BY created_at",
         ) == [("start", "succeeded"), ("stop", "succeeded")]
+        latest = {}
+        for build in sorted(store.list_builds(), key=lambda b: b.build_number):
+            latest[build.instance_id] = build
+        assert [
+            (i.latest_build_id, i.latest_created_at)
+            for i in sorted(store.read_pool().instances, key=lambda i: i.created_at)
+        ] == [(latest[i].id, latest[i].created_at) for i in ids]
         now = datetime(2024, 1, 2, tzinfo=timezone.utc)
         claimed = store.claim(
             preset_id=config.id,
@@ -433,6 +464,8 @@ class TestMigrations:
             name="u",
             lifecycle=Lifecycle(),
             now=now,
+            version_id=template.active_version_id,
+            not_before=None,
         )
         assert claimed is not None
         assert claimed.id == ids[0]
@@ -460,6 +493,15 @@ class TestMigrations:
             " FROM {s}.instances WHERE id = %(i)s",
             {"i": ids[1]},
         ) == [(3, "start", "pending")]
+        (pooled,) = [i for i in store.read_pool().instances if i.id == ids[1]]
+        (third,) = [
+            b for b in store.list_builds(instance_id=ids[1]) if b.build_number == 3
+        ]
+        assert (third.id, third.created_at, 3) == (
+            pooled.latest_build_id,
+            pooled.latest_created_at,
+            pooled.latest_number,
+        )
 
     def test_upgrade_to_version_4_adds_the_leader_row(
         self, store: PostgresStore
@@ -470,7 +512,7 @@ class TestMigrations:
 
         store.migrate()
 
-        assert store.schema_version() == SCHEMA_VERSION == 4
+        assert store.schema_version() == SCHEMA_VERSION == 5
         assert raw(store, "SELECT token, epoch FROM {s}.leader") == [(None, 0)]
         with store.leader() as lease:
             assert lease
@@ -478,6 +520,72 @@ class TestMigrations:
                 (lease.token, 1)
             ]
         assert raw(store, "SELECT token, epoch FROM {s}.leader") == [(None, 1)]
+
+    def test_upgrade_to_version_5_stamps_and_one_json_shape(
+        self, store: PostgresStore
+    ) -> None:
+        """
+        Migration 5 gives every preset a stamp (0), stores schedules as
+        [cron, instances] pairs (a hand-written bad one stays, to be
+        reported), and puts the latest build's ID and time on its instance.
+        """
+        _, config = seed(store)
+        good = attrs.evolve(
+            config,
+            id=uuid.uuid4(),
+            scheduling_timezone="Europe/Berlin",
+            schedules=[
+                PrebuildSchedule(cron="* 8-11 * * 1-5", instances=3),
+                PrebuildSchedule(cron="* 12-18 * * 1-5", instances=1),
+            ],
+        )
+        store.put_preset(good)
+        _, bad = seed(store)
+        request = store.create_prebuild(config.id, now=T0, name="x")
+        assert request is not None
+        # Back to version 4: the stamp and the new columns gone, schedules
+        # as objects, one of them written badly by hand.
+        raw(store, "ALTER TABLE {s}.presets DROP COLUMN stamp")
+        raw(
+            store,
+            "ALTER TABLE {s}.instances DROP COLUMN latest_build_id,"
+            " DROP COLUMN latest_build_created_at",
+        )
+        raw(
+            store,
+            """
+            UPDATE {s}.presets SET schedules = '[{"cron": "* 8-11 * * 1-5",
+                "instances": 3}, {"cron": "* 12-18 * * 1-5", "instances": 1}]'
+            WHERE id = %(id)s
+            """,
+            {"id": good.id},
+        )
+        raw(
+            store,
+            """UPDATE {s}.presets SET schedules = '[{"cron": "* 8 * * *"}]'
+            WHERE id = %(id)s""",
+            {"id": bad.id},
+        )
+        raw(store, "UPDATE {s}.schema_version SET version = 4")
+
+        store.migrate()
+
+        assert store.schema_version() == SCHEMA_VERSION == 5
+        assert store.read_preset(good.id) == PresetFacts(
+            config=good, template=store.get_template(good.template_id), stamp=0
+        )
+        assert raw(
+            store,
+            "SELECT schedules FROM {s}.presets WHERE id = %(id)s",
+            {"id": good.id},
+        ) == [([["* 8-11 * * 1-5", 3], ["* 12-18 * * 1-5", 1]],)]
+        (invalid,) = store.read_pool().invalid_presets
+        assert (bad.id, "schedules") == (invalid.preset_id, invalid.field)
+        (pooled,) = store.read_pool().instances
+        assert (request.build_id, T0) == (
+            pooled.latest_build_id,
+            pooled.latest_created_at,
+        )
 
     def test_newer_schema_is_refused(
         self, make_postgres_store: PostgresStoreFactory
@@ -614,7 +722,7 @@ class TestLeader:
                     a.set_preset_status(config.id, PresetStatus.HARD_LIMITED, lease=old)
                 assert b.create_prebuild(config.id, now=T0, name="b1", lease=new)
         assert sorted(i.name for i in b.list_instances()) == ["a1", "a2", "b1"]
-        assert b.get_preset(config.id).status is PresetStatus.HEALTHY
+        assert b.read_preset(config.id).status is PresetStatus.HEALTHY
         assert advisory_locks(b) == 0
         with a.leader() as again:  # a new connection from a's pool
             assert again
@@ -630,13 +738,14 @@ class TestLeader:
         assert store.list_instances() == []
         assert raw(store, "SELECT token FROM {s}.leader") == [(None,)]
 
-    def test_snapshot_in_the_scope_reads_through_its_transaction(
+    def test_read_pool_in_the_scope_reads_through_its_transaction(
         self, make_postgres_store: PostgresStoreFactory
     ) -> None:
         """
-        Inside the scope the snapshot is the lock transaction's REPEATABLE READ
-        view: a write committed by another connection after the scope's first
-        read is not visible; outside the scope (or in another thread) it is.
+        Inside the scope read_pool reads the lock transaction's REPEATABLE
+        READ view: a write committed by another connection after the scope's
+        first read is not visible; outside the scope (or in another thread)
+        it is.
         """
         schema = fresh_schema_name()
         store = make_postgres_store(schema=schema)
@@ -669,12 +778,15 @@ class TestLeader:
         assert statements_inside + 2 == statements_outside
 
 
-# -- snapshot -------------------------------------------------------------------------
-class TestSnapshot:
-    def test_statements_per_snapshot_do_not_grow_with_presets(
+# -- read_pool ------------------------------------------------------------------------
+class TestReadPool:
+    def test_statements_per_read_do_not_grow_with_presets(
         self, make_postgres_store: PostgresStoreFactory
     ) -> None:
-        """10 presets or 1,000 (with 5 prebuilds each): the same statements."""
+        """
+        10 presets or 1,000 (with 5 prebuilds each): the same statements, BEGIN,
+        two queries and COMMIT.
+        """
         counts = []
         sizes = []
         for presets in (10, 1000):
@@ -690,7 +802,7 @@ class TestSnapshot:
 
         assert sizes == [(10, 50), (1000, 5000)]
         assert counts[0] == counts[1]
-        assert counts[0] == 7
+        assert counts[0] == 4
 
     def test_presets_written_by_hand_with_bad_values_are_reported(
         self, store: PostgresStore
@@ -703,8 +815,7 @@ class TestSnapshot:
             bad[field] = config.id
         raw(
             store,
-            """UPDATE {s}.presets SET schedules = '[{"cron": "bad", "instances": 1}]'
-            WHERE id = %(id)s""",
+            """UPDATE {s}.presets SET schedules = '[["bad", 1]]' WHERE id = %(id)s""",
             {"id": bad["cron"]},
         )
         raw(
@@ -734,18 +845,19 @@ class TestSnapshot:
             {"id": bad["status"]},
         )
 
-        snapshot = snap(store)
+        facts = store.read_pool()
 
-        assert [good.id] == [p.id for p in snapshot.presets]
-        reported = {i.preset_id: i.field for i in snapshot.invalid_presets}
+        assert [good.id] == [p.config.id for p in facts.presets]
+        reported = {i.preset_id: i.field for i in facts.invalid_presets}
         assert set(bad.values()) == set(reported)
+        assert reported[bad["cron"]] == "cron"
         assert reported[bad["desired"]] == "desired_instances"
         assert reported[bad["ttl"]] == "ttl"
         assert reported[bad["json"]] == "parameters"
         assert reported[bad["status"]] == "status"
         for preset_id in bad.values():
             with pytest.raises(InvalidInputError):
-                store.get_preset(preset_id)
+                store.read_preset(preset_id)
 
     def test_results_are_utc(
         self, postgres_dsn: str, make_postgres_store: PostgresStoreFactory
@@ -834,13 +946,14 @@ class TestRaces:
         """16 threads claim from 2,000 ready prebuilds: no instance is claimed twice."""
         threads, size = 16, 2000
         store, preset_id = pool_of(size)
+        version = store.read_preset(preset_id).config.template_version_id
         got: list[list[Instance]] = [[] for _ in range(threads)]
         misses = [0] * threads
         users = [uuid.uuid4() for _ in range(threads)]
 
         def claimer(index: int) -> None:
             while True:
-                instance = claim(store, preset_id, users[index])
+                instance = claim(store, preset_id, users[index], version_id=version)
                 if instance is None:
                     misses[index] += 1
                     return
@@ -851,7 +964,9 @@ class TestRaces:
         run_threads(threads, claimer)
         elapsed = time.perf_counter() - started
         leftovers = []
-        while (instance := claim(store, preset_id, users[0])) is not None:
+        while (
+            instance := claim(store, preset_id, users[0], version_id=version)
+        ) is not None:
             leftovers.append(instance)
 
         claimed = [i.id for per_thread in got for i in per_thread] + [
@@ -878,6 +993,7 @@ class TestRaces:
         """Claimers and deleters race over one pool: every instance goes one way."""
         size = 400
         store, preset_id = pool_of(size)
+        version = store.read_preset(preset_id).config.template_version_id
         ids = [i.id for i in store.list_instances(preset_id=preset_id)]
         claimed: list[uuid.UUID] = []
         deleted: list[BuildRequest] = []
@@ -885,7 +1001,11 @@ class TestRaces:
 
         def worker(index: int) -> None:
             if index % 2 == 0:
-                while (instance := claim(store, preset_id, uuid.uuid4())) is not None:
+                while (
+                    instance := claim(
+                        store, preset_id, uuid.uuid4(), version_id=version
+                    )
+                ) is not None:
                     with lock:
                         claimed.append(instance.id)
             else:
@@ -914,31 +1034,43 @@ class TestRaces:
 
 
 class TestClaims:
-    @pytest.mark.parametrize("ttl_from_template", [False, True])
+    @pytest.mark.parametrize("stamped", [False, True])
     def test_the_claimed_instance_is_what_the_store_holds(
-        self, store: PostgresStore, *, ttl_from_template: bool
+        self, store: PostgresStore, *, stamped: bool
     ) -> None:
         """
-        A claim returns the instance as it is now stored (the fast path
-        builds it from what the claim wrote, not from a read).
+        A claim returns the instance as it is now stored (it is built from
+        what the claim wrote and three columns, not read again), with every
+        lifecycle field as given.
         """
-        _, config = seed(store, desired=1, default_ttl=timedelta(hours=8))
+        template, config = seed(store, desired=1, default_ttl=timedelta(hours=8))
         bulk_ready(store, 1)
         now = T0 + timedelta(minutes=1)
+        berlin = timezone(timedelta(hours=1))
         lifecycle = Lifecycle(
             autostart_schedule="CRON_TZ=UTC 0 9 * * 1-5",
-            next_start_at=now + timedelta(days=1),
-            ttl=timedelta(hours=2),
-            last_used_at=now,
+            next_start_at=(now + timedelta(days=1)).astimezone(berlin),
+            ttl=timedelta(hours=2, microseconds=3),
+            deadline=now + timedelta(hours=2),
+            max_deadline=now + timedelta(hours=3),
+            dormant_at=now + timedelta(days=7),
+            deleting_at=now + timedelta(days=30),
+            last_used_at=now.astimezone(berlin),
         )
+        arguments: dict[str, Any] = {
+            "preset_id": config.id,
+            "user_id": (user := uuid.uuid4()),
+            "name": "mine",
+            "lifecycle": lifecycle,
+            "now": now.astimezone(berlin),
+            "version_id": template.active_version_id,
+            "not_before": T0,
+        }
 
-        claimed = store.claim_checked(
-            preset_id=config.id,
-            user_id=(user := uuid.uuid4()),
-            name="mine",
-            lifecycle=lifecycle,
-            now=now,
-            ttl_from_template=ttl_from_template,
+        claimed = (
+            store.claim_if_unchanged(stamp=0, **arguments)
+            if stamped
+            else store.claim(**arguments)
         )
 
         assert claimed is not None
@@ -948,8 +1080,47 @@ class TestClaims:
             "mine",
             now,
         )
-        expected_ttl = timedelta(hours=8) if ttl_from_template else timedelta(hours=2)
-        assert claimed.lifecycle == attrs.evolve(lifecycle, ttl=expected_ttl)
+        assert timezone.utc is claimed.claimed_at.tzinfo  # type: ignore[union-attr]
+        assert lifecycle == claimed.lifecycle
+
+    def test_the_claim_only_compares(self, store: PostgresStore) -> None:
+        """
+        The version and the cut-off are the caller's: an instance of another
+        version, or created before the cut-off, is not claimable; one created
+        exactly at the cut-off is; an unknown preset is a miss.
+        """
+        template, config = seed(store, desired=1)
+        bulk_ready(store, 1)  # created at T0 + 1 ms
+        (ready,) = store.list_instances()
+
+        def attempt(version: uuid.UUID, not_before: datetime | None) -> Any:
+            return store.claim(
+                preset_id=config.id,
+                user_id=uuid.uuid4(),
+                name="mine",
+                lifecycle=Lifecycle(),
+                now=T0 + timedelta(days=400),  # no age limit in the store
+                version_id=version,
+                not_before=not_before,
+            )
+
+        assert attempt(uuid.uuid4(), None) is None
+        assert attempt(template.active_version_id, ready.created_at + MICRO) is None
+        assert (
+            store.claim(
+                preset_id=uuid.uuid4(),
+                user_id=uuid.uuid4(),
+                name="mine",
+                lifecycle=Lifecycle(),
+                now=T0,
+                version_id=template.active_version_id,
+                not_before=None,
+            )
+            is None
+        )
+        claimed = attempt(template.active_version_id, ready.created_at)
+        assert claimed is not None
+        assert ready.id == claimed.id
 
     def test_a_failed_claim_gives_its_connection_back(
         self, one_connection: tuple[PostgresStore, psycopg_pool.ConnectionPool[Any]]
@@ -972,6 +1143,160 @@ class TestClaims:
         raw(store, 'ALTER TABLE {s}.moved RENAME TO "instances"')
         assert claim(store, config.id, uuid.uuid4()) is not None
         assert claim(store, config.id, uuid.uuid4()) is None
+
+
+def stamped_claim(
+    store: PostgresStore, facts: PresetFacts, *, now: datetime = T0
+) -> Instance | None:
+    """A claim against *facts* (its stamp and version), no cut-off."""
+    assert facts.stamp is not None
+    return store.claim_if_unchanged(
+        stamp=facts.stamp,
+        preset_id=facts.config.id,
+        user_id=uuid.uuid4(),
+        name="mine",
+        lifecycle=Lifecycle(last_used_at=now),
+        now=now,
+        version_id=facts.config.template_version_id,
+        not_before=None,
+    )
+
+
+class TestStamps:
+    def test_what_a_claim_depends_on_changes_the_stamp(
+        self, store: PostgresStore
+    ) -> None:
+        """
+        put_preset, invalidate_preset and put_template of the preset's
+        template each change its stamp; its status and another template do
+        not.
+        """
+        template, config = seed(store)
+        other, _ = seed(store)
+        stamps = [store.read_preset(config.id).stamp]
+
+        def changed() -> bool:
+            stamps.append(store.read_preset(config.id).stamp)
+            return stamps[-1] != stamps[-2]
+
+        store.put_preset(attrs.evolve(config, desired_instances=3))
+        assert changed()
+        store.invalidate_preset(config.id, at=T0)
+        assert changed()
+        store.put_template(attrs.evolve(template, deprecated=True))
+        assert changed()
+        store.set_preset_status(config.id, PresetStatus.HARD_LIMITED)
+        assert not changed()
+        store.put_template(attrs.evolve(other, name="other"))
+        assert not changed()
+        assert len(set(stamps)) == 4
+
+    def test_a_stale_stamp_writes_nothing_and_holds_no_row(
+        self, store: PostgresStore
+    ) -> None:
+        """
+        A claim with a stale stamp raises PresetChangedError, leaves the pool
+        as it was and locks nothing (a claim on another connection at once
+        gets the oldest instance); an unknown preset is a change too.
+        """
+        _, config = seed(store)
+        bulk_ready(store, 2)
+        facts = store.read_preset(config.id)
+        store.invalidate_preset(config.id, at=T0)
+        before = store.list_instances()
+
+        with pytest.raises(PresetChangedError) as e:
+            stamped_claim(store, facts)
+
+        assert config.id == e.value.preset_id
+        assert before == store.list_instances()
+        oldest = min(before, key=lambda i: (i.created_at, i.id))
+        claimed = stamped_claim(store, store.read_preset(config.id))
+        assert claimed is not None
+        assert oldest.id == claimed.id
+        with pytest.raises(PresetChangedError):
+            stamped_claim(
+                store, attrs.evolve(facts, config=attrs.evolve(config, id=uuid.uuid4()))
+            )
+
+    def test_another_replica_changing_the_preset_is_seen(
+        self, make_postgres_store: PostgresStoreFactory
+    ) -> None:
+        """
+        Facts read on one store object go stale when a second one, on the
+        same schema, changes the preset between two claims: the second claim
+        raises, and the facts read again claim.
+        """
+        schema = fresh_schema_name()
+        mine = make_postgres_store(schema=schema)
+        theirs = make_postgres_store(schema=schema)
+        template, config = seed(mine)
+        bulk_ready(mine, 2)
+        facts = mine.read_preset(config.id)
+        assert stamped_claim(mine, facts) is not None
+
+        theirs.put_template(attrs.evolve(template, active_version_id=uuid.uuid4()))
+
+        with pytest.raises(PresetChangedError):
+            stamped_claim(mine, facts)
+        fresh = mine.read_preset(config.id)
+        assert not fresh.preset.is_active
+        assert stamped_claim(mine, fresh) is not None  # the store only compares
+
+    def test_a_stamped_claim_is_one_statement(self, store: PostgresStore) -> None:
+        """A claim, stamped or not, hit, miss or stale: one statement each."""
+        _, config = seed(store)
+        bulk_ready(store, 1)
+        facts = store.read_preset(config.id)
+        counts = []
+        attempts: tuple[Callable[[], object], ...] = (
+            lambda: stamped_claim(store, facts),  # hit
+            lambda: stamped_claim(store, facts),  # miss
+            lambda: claim(store, config.id, uuid.uuid4(), version_id=MISSING),
+        )
+        for attempt in attempts:
+            before = store.statement_count()
+            attempt()
+            counts.append(store.statement_count() - before)
+        store.put_preset(config)
+        before = store.statement_count()
+        with pytest.raises(PresetChangedError):
+            stamped_claim(store, facts)
+        counts.append(store.statement_count() - before)
+
+        assert [1, 1, 1, 1] == counts
+
+    @pytest.mark.parametrize(
+        ("arguments", "field"),
+        [
+            ({"stamp": -1}, "stamp"),
+            ({"stamp": True}, "stamp"),
+            ({"version_id": "v"}, "version_id"),
+            ({"not_before": datetime(2024, 1, 1)}, "not_before"),  # noqa: DTZ001
+            ({"user_id": PREBUILDS_OWNER_ID}, "user_id"),
+        ],
+    )
+    def test_bad_arguments_are_refused_first(
+        self, store: PostgresStore, arguments: dict[str, Any], field: str
+    ) -> None:
+        """A bad argument is an InvalidInputError naming it; nothing is sent."""
+        valid: dict[str, Any] = {
+            "stamp": 0,
+            "preset_id": uuid.uuid4(),
+            "user_id": uuid.uuid4(),
+            "name": "mine",
+            "lifecycle": Lifecycle(),
+            "now": T0,
+            "version_id": uuid.uuid4(),
+            "not_before": None,
+        }
+        before = store.statement_count()
+
+        with pytest.raises(InvalidInputError) as e:
+            store.claim_if_unchanged(**(valid | arguments))
+
+        assert field == e.value.field
+        assert before == store.statement_count()
 
 
 class TestRoundTrips:
@@ -998,7 +1323,7 @@ class TestRoundTrips:
         store.put_preset(attrs.evolve(config, ttl=ttl))
 
         assert store.get_template(template.id).default_ttl == ttl
-        assert store.get_preset(config.id).ttl == ttl
+        assert store.read_preset(config.id).config.ttl == ttl
 
 
 def terminate_leader(store: PostgresStore) -> None:
@@ -1014,7 +1339,7 @@ def terminate_leader(store: PostgresStore) -> None:
         WHERE locktype = 'advisory' AND granted
             AND ((classid::bigint << 32) | objid::bigint) = %(key)s
         """,
-        {"key": _lock_key("leader", store.schema)},
+        {"key": lock_key("leader", store.schema)},
     )
     assert rows == [(True,)], rows
 

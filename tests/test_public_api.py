@@ -31,6 +31,7 @@ PUBLIC_MODULES = [
     "prebuilds.exceptions",
     "prebuilds.stores",
     "prebuilds.testing",
+    "prebuilds.metrics",
 ]
 
 

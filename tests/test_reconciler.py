@@ -21,6 +21,7 @@ from prebuilds import (
     EventKind,
     InvalidInputError,
     Lease,
+    PoolFacts,
     PrebuildSchedule,
     PresetStatus,
     ProvisionerError,
@@ -428,7 +429,7 @@ class TestHardLimit:
 
         stats = [world.cycle(advance=timedelta(minutes=10)) for _ in range(3)]
 
-        assert PresetStatus.HARD_LIMITED == world.store.get_preset(preset_id).status
+        assert PresetStatus.HARD_LIMITED == world.store.read_preset(preset_id).status
         assert [0, 0, 0] == [s.created for s in stats]
         assert submitted == len(world.provisioner.submitted)
         assert [preset_id] == [
@@ -453,13 +454,13 @@ class TestHardLimit:
         world, preset_id, _ = self._limited(store_factory())
         world.cycle()
         template = world.store.get_template(
-            world.store.get_preset(preset_id).template_id
+            world.store.read_preset(preset_id).config.template_id
         )
         fresh = new_preset(world.store, new_version(world.store, template), desired=1)
 
         world.settle()
 
-        assert PresetStatus.HEALTHY == world.store.get_preset(fresh.id).status
+        assert PresetStatus.HEALTHY == world.store.read_preset(fresh.id).status
         assert 1 == len(ready(world.store, fresh.id))
 
     def test_deleting_failed_instances_lifts_the_limit(
@@ -481,7 +482,7 @@ class TestHardLimit:
 
         assert 3 == count == len(failed)
         assert all(world.store.get_instance(i).deleted for i in failed)
-        assert PresetStatus.HEALTHY == world.store.get_preset(preset_id).status
+        assert PresetStatus.HEALTHY == world.store.read_preset(preset_id).status
         assert 2 == len(ready(world.store, preset_id))
         assert world.store.get_instance(good).ready
 
@@ -511,7 +512,7 @@ class TestValidationFailure:
 
         assert 2 == first.created  # one of bad (rejected), one of good
         assert [0, 0, 0] == [s.created for s in later]
-        assert PresetStatus.VALIDATION_FAILED == world.store.get_preset(bad.id).status
+        assert PresetStatus.VALIDATION_FAILED == world.store.read_preset(bad.id).status
         [event] = world.of_kind(EventKind.VALIDATION_FAILED)
         [instance] = pooled(world.store, bad.id)
         assert (bad.id, instance.id) == (event.preset_id, event.instance_id)
@@ -531,8 +532,8 @@ class TestValidationFailure:
         world.settle()
 
         assert 1 == len(ready(world.store, fixed.id))
-        assert PresetStatus.HEALTHY == world.store.get_preset(fixed.id).status
-        assert PresetStatus.VALIDATION_FAILED == world.store.get_preset(bad.id).status
+        assert PresetStatus.HEALTHY == world.store.read_preset(fixed.id).status
+        assert PresetStatus.VALIDATION_FAILED == world.store.read_preset(bad.id).status
 
 
 class TestPause:
@@ -811,22 +812,18 @@ class TestProvisionerFaults:
 
 
 class SnapshotFails(DelegatingStore):
-    """A store whose next *n* snapshots raise StoreError."""
+    """A store whose next *n* reads of the pool raise StoreError."""
 
     def __init__(self, inner: Any, n: int = 1) -> None:
         super().__init__(inner)
         self.left = n
 
-    def snapshot(
-        self, *, now: datetime, backoff_lookback: timedelta, hard_limit: int
-    ) -> Any:
+    def read_pool(self) -> PoolFacts:
         if self.left:
             self.left -= 1
             msg = "database is locked"
             raise StoreError(msg)
-        return super().snapshot(
-            now=now, backoff_lookback=backoff_lookback, hard_limit=hard_limit
-        )
+        return super().read_pool()
 
 
 class DeleteFails(DelegatingStore):
@@ -1044,7 +1041,7 @@ class TestInvalidPresets:
         assert [] == pooled(world.store, bad.id)
         assert 2 == len(ready(world.store, good.id))
         with pytest.raises(InvalidInputError):
-            world.store.get_preset(bad.id)
+            world.store.read_preset(bad.id)
 
 
 class TestReplacements:
@@ -1100,6 +1097,37 @@ class TestConstructor:
             StoreReconciler(store, FakeProvisioner(store, clock), clock=clock, **kwargs)
 
         assert field == info.value.field
+
+    def test_one_clock_read_per_pass(self, store_factory: StoreFactory) -> None:
+        """
+        A pass reads the clock once: its facts are derived, its builds
+        written and its events stamped at that one instant.
+        """
+        store = store_factory()
+        template = new_template(store)
+        busy = new_preset(store, template, desired=2, ttl=timedelta(minutes=10))
+        new_preset(store, template, desired=1)
+        reads: list[datetime] = []
+        clock = FakeClock(T0)
+
+        class Counting:
+            def now(self) -> datetime:
+                reads.append(clock.now())
+                return clock.now()
+
+        world = make_world(store, clock=clock)
+        world.reconciler._clock = Counting()
+        world.provisioner.fail_next()
+        for _ in range(4):
+            before = len(reads)
+            world.cycle(timedelta(minutes=6))
+            assert 1 == len(reads) - before
+        at = {e.at for e in world.events.events}
+        assert at <= set(reads)
+        assert world.of_kind(EventKind.EXPIRED)
+        assert {i.created_at for i in store.list_instances(preset_id=busy.id)} <= set(
+            reads
+        )
 
     def test_snapshot_state(self, store_factory: StoreFactory) -> None:
         """snapshot_state reads the given store at the clock's now."""

@@ -1,7 +1,8 @@
 """
-SQLiteStore-specific behaviour: schema versioning, pragmas, the constant cost
-of a snapshot, hand-written invalid rows, error wrapping, and atomicity of
-claims, deletes and the leader lease across threads and processes.
+SQLiteStore-specific behaviour: schema versioning and migrations, pragmas,
+the constant cost of a pool read, the latest build kept on the instance row,
+stamps, hand-written invalid rows, error wrapping, and atomicity of claims,
+deletes and the leader lease across threads and processes.
 
 The store contract shared with the other backends is in
 ``test_store_contract.py``.
@@ -26,15 +27,21 @@ from uuid import UUID
 import attrs
 import pytest
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from prebuilds import (
     PREBUILDS_OWNER_ID,
     BuildNotFoundError,
     BuildRequest,
+    BuildStatus,
+    Instance,
     InstanceNotFoundError,
     InvalidInputError,
     LeadershipLostError,
     Lifecycle,
     PrebuildSchedule,
+    PresetChangedError,
     PresetConfig,
     PresetNotFoundError,
     PresetStatus,
@@ -42,12 +49,13 @@ from prebuilds import (
     StoreError,
     StoreReconciler,
     Template,
+    TemplateNotFoundError,
     Transition,
 )
 from prebuilds._validate import MAX_DATETIME, MAX_DURATION, MIN_DATETIME
 from prebuilds.interfaces import Store
 from prebuilds.stores import SQLiteStore
-from prebuilds.stores._sqlite import _MIGRATIONS, SCHEMA_VERSION
+from prebuilds.stores._sqlite import _MIGRATIONS, SCHEMA_VERSION, schema, sql
 from prebuilds.testing import FakeClock
 
 
@@ -120,17 +128,26 @@ def ready_pool(store: SQLiteStore, count: int) -> tuple[UUID, list[UUID]]:
     return preset.id, ids
 
 
+def claim_one(
+    store: SQLiteStore, preset_id: UUID, user_id: UUID, name: str = "claimed"
+) -> Instance | None:
+    """One claim of the preset's active version, nothing expired."""
+    return store.claim(
+        preset_id=preset_id,
+        user_id=user_id,
+        name=name,
+        lifecycle=Lifecycle(last_used_at=T0),
+        now=T0 + timedelta(minutes=10),
+        version_id=store.read_preset(preset_id).template.active_version_id,
+        not_before=None,
+    )
+
+
 def claim_all(store: SQLiteStore, preset_id: UUID, user_id: UUID) -> list[UUID]:
     """Claim until the pool is empty; the claimed IDs."""
     claimed: list[UUID] = []
     while True:
-        instance = store.claim(
-            preset_id=preset_id,
-            user_id=user_id,
-            name=f"claimed-{len(claimed)}",
-            lifecycle=Lifecycle(last_used_at=T0),
-            now=T0 + timedelta(minutes=10),
-        )
+        instance = claim_one(store, preset_id, user_id, f"claimed-{len(claimed)}")
         if instance is None:
             return claimed
         assert instance.owner_id == user_id
@@ -194,13 +211,7 @@ class DeleteClaimRace:
         user = uuid.uuid4()
         try:
             while True:
-                instance = self.store.claim(
-                    preset_id=self.preset_id,
-                    user_id=user,
-                    name="claimed",
-                    lifecycle=Lifecycle(last_used_at=T0),
-                    now=T0 + timedelta(minutes=10),
-                )
+                instance = claim_one(self.store, self.preset_id, user)
                 if instance is None:
                     return
                 self.claimed[i].append(instance.id)
@@ -278,6 +289,95 @@ def result(queue: Any) -> Any:
     item = queue.get(timeout=WAIT)
     assert item[0] == "ok", item
     return item
+
+
+def write_schema_1_file(path: Path) -> dict[str, str]:
+    """
+    A file as the schema-1 code wrote it: its tables and version record, a
+    template, a preset and instances with builds of every kind; their IDs
+    by role.
+    """
+    ids = {
+        role: str(uuid.uuid4())
+        for role in (
+            "template",
+            "version",
+            "preset",
+            "ready",
+            "queued",
+            "deleting",
+            "claimed",
+            "deleted",
+            "failed",
+        )
+    }
+    owner = str(PREBUILDS_OWNER_ID)
+    us = 1_700_000_000_000_000
+    # (instance, owner, ready, deleted, builds as (transition, status))
+    instances = [
+        ("ready", owner, 1, 0, [("start", "succeeded")]),
+        ("queued", owner, 0, 0, [("start", "pending")]),
+        ("deleting", owner, 0, 0, [("start", "succeeded"), ("delete", "pending")]),
+        ("claimed", str(uuid.uuid4()), 1, 0, [("start", "succeeded")]),
+        ("deleted", owner, 0, 1, [("start", "succeeded"), ("delete", "succeeded")]),
+        ("failed", owner, 0, 0, [("start", "failed")]),
+    ]
+    with closing(sqlite3.connect(path)) as conn:
+        for statement in _MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute(
+            "CREATE TABLE prebuilds_schema (singleton INTEGER PRIMARY KEY "
+            "CHECK (singleton = 1), version INTEGER NOT NULL)"
+        )
+        conn.execute("INSERT INTO prebuilds_schema VALUES (1, 1)")
+        conn.execute("INSERT INTO prebuilds_settings VALUES ('paused', 'true')")
+        conn.execute(
+            "INSERT INTO prebuilds_templates (id, active_version_id, name) "
+            "VALUES (?, ?, 't')",
+            (ids["template"], ids["version"]),
+        )
+        conn.execute(
+            "INSERT INTO prebuilds_presets (id, template_id, template_version_id, "
+            "desired_instances, schedules, parameters) VALUES (?, ?, ?, 4, '[]', '[]')",
+            (ids["preset"], ids["template"], ids["version"]),
+        )
+        for n, (role, who, ready, deleted, builds) in enumerate(instances):
+            conn.execute(
+                "INSERT INTO prebuilds_instances (id, preset_id, template_id, "
+                "template_version_id, owner_id, name, created_at, ready, "
+                "last_used_at, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    ids[role],
+                    ids["preset"],
+                    ids["template"],
+                    ids["version"],
+                    who,
+                    role,
+                    us + n,
+                    ready,
+                    us + n,
+                    deleted,
+                ),
+            )
+            for number, (transition, status) in enumerate(builds, start=1):
+                conn.execute(
+                    "INSERT INTO prebuilds_builds (id, instance_id, preset_id, "
+                    "template_version_id, transition, status, build_number, "
+                    "initiator_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        str(uuid.uuid4()),
+                        ids[role],
+                        ids["preset"],
+                        ids["version"],
+                        transition,
+                        status,
+                        number,
+                        owner,
+                        us + n + number,
+                    ),
+                )
+        conn.commit()
+    return ids
 
 
 # -- schema --------------------------------------------------------------------
@@ -393,6 +493,68 @@ class TestSchema:
         assert raw(path, "SELECT version FROM prebuilds_schema") == [(SCHEMA_VERSION,)]
         assert raw(path, "PRAGMA user_version") == [(1,)]
 
+    def test_a_schema_1_file_migrates_to_2(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """
+        A file written by the schema-1 code gets each instance's latest build
+        on its row, a stamp per preset and the claim's index; nothing is lost.
+        """
+        rows = write_schema_1_file(path)
+        store = open_store()
+        assert raw(path, "SELECT version FROM prebuilds_schema") == [(SCHEMA_VERSION,)]
+        assert latest_by_row(path) == latest_by_builds(path)
+        assert raw(
+            path,
+            "SELECT latest_transition, latest_status FROM prebuilds_instances "
+            "WHERE id = ?",
+            (rows["deleting"],),
+        ) == [("delete", "pending")]
+        indexes = {
+            name
+            for (name,) in raw(
+                path, "SELECT name FROM sqlite_master WHERE type = 'index'"
+            )
+        }
+        assert {"prebuilds_instances_claim", "prebuilds_instances_pool"} <= indexes
+        assert not {"prebuilds_instances_claimable", "prebuilds_instances_owner"} & (
+            indexes
+        )
+        preset_id = UUID(rows["preset"])
+        assert store.read_preset(preset_id).stamp == 0
+        facts = store.read_pool()
+        assert {str(i.id) for i in facts.instances} == {
+            rows["ready"],
+            rows["queued"],
+            rows["deleting"],
+            rows["failed"],
+        }
+        assert store.is_paused()
+        claimed = claim_one(store, preset_id, uuid.uuid4())
+        assert claimed is not None
+        assert str(claimed.id) == rows["ready"]
+        assert claim_one(store, preset_id, uuid.uuid4()) is None
+        store.close()
+        assert raw(path, "SELECT count(*) FROM prebuilds_builds") == [(8,)]
+        assert open_store().read_pool().presets == facts.presets  # reopening: a no-op
+
+    def test_a_read_only_store_refuses_a_file_to_migrate(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """A schema-1 file is refused read-only, untouched: a writer must migrate it first."""
+        write_schema_1_file(path)
+        with pytest.raises(StoreError, match="open it once read-write"):
+            open_store(read_only=True)
+        assert raw(path, "SELECT version FROM prebuilds_schema") == [(1,)]
+
+    def test_an_old_sqlite_library_is_refused(self) -> None:
+        """UPDATE … RETURNING needs SQLite 3.35: an older library gets a clear StoreError."""
+        with pytest.raises(
+            StoreError, match=r"needs SQLite 3\.35\.0 .* uses SQLite 3\.34\.1"
+        ):
+            schema.check_library((3, 34, 1))
+        schema.check_library((3, 35, 0))
+
     def test_unknown_prebuilds_tables_are_refused(
         self, open_store: OpenStore, path: Path
     ) -> None:
@@ -419,7 +581,7 @@ class TestSchema:
         """Files use WAL; connections use synchronous=NORMAL, foreign keys and a busy timeout."""
         store = open_store(busy_timeout=2.5)
         assert raw(path, "PRAGMA journal_mode") == [("wal",)]
-        conn = store._handle().conn
+        conn = store._db.handle().conn
         assert conn.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
         assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
         assert conn.execute("PRAGMA busy_timeout").fetchone() == (2500,)
@@ -436,7 +598,7 @@ class TestSchema:
         assert sorted(every) == sorted(ids)
 
 
-# -- snapshot ----------------------------------------------------------------------
+# -- read-only, reads, latest builds, stamps, claims ------------------------------
 
 
 class TestReadOnly:
@@ -449,9 +611,9 @@ class TestReadOnly:
         reader = open_store(read_only=True)
         assert reader.read_only
         assert reader.get_template(template.id) == template
-        assert reader.get_preset(config.id).desired_instances == 2
-        snapshot = reader.snapshot(now=T0, backoff_lookback=LOOKBACK, hard_limit=3)
-        assert [p.id for p in snapshot.presets] == [config.id]
+        assert reader.read_preset(config.id).config.desired_instances == 2
+        facts = reader.read_pool()
+        assert [p.config.id for p in facts.presets] == [config.id]
         assert repr(reader) == f"SQLiteStore({str(path)!r}, read_only=True)"
 
     def test_every_write_is_refused_and_nothing_changes(
@@ -510,17 +672,17 @@ class TestReadOnly:
             SQLiteStore(":memory:", read_only="yes")  # type: ignore[arg-type]
 
 
-class TestSnapshot:
+class TestReadPool:
     @staticmethod
-    def statements_per_snapshot(store: SQLiteStore) -> int:
+    def statements_per_read(store: SQLiteStore) -> int:
         before = store.statement_count()
-        store.snapshot(now=T0, backoff_lookback=LOOKBACK, hard_limit=3)
+        store.read_pool()
         return store.statement_count() - before
 
     def test_statement_count_is_constant(
         self, open_store: OpenStore, tmp_path: Path
     ) -> None:
-        """A snapshot costs the same few statements for 10 presets as for 1000."""
+        """A pool read costs the same four statements for 10 presets as for 1000."""
         counts = []
         for presets in (10, 1000):
             store = open_store(tmp_path / f"{presets}.sqlite3")
@@ -533,28 +695,91 @@ class TestSnapshot:
                     schedules=[PrebuildSchedule(cron="* 8-18 * * 1-5", instances=2)],
                 )
             ready_pool(store, 3)
-            snapshot = store.snapshot(now=T0, backoff_lookback=LOOKBACK, hard_limit=3)
-            assert len(snapshot.presets) == presets + 1
-            assert len(snapshot.running) == 3
-            counts.append(self.statements_per_snapshot(store))
-        assert counts[0] == counts[1]
-        assert counts[0] <= 7  # BEGIN, five queries, COMMIT
+            facts = store.read_pool()
+            assert len(facts.presets) == presets + 1
+            assert len(facts.instances) == 3
+            counts.append(self.statements_per_read(store))
+        assert counts == [4, 4]  # BEGIN, presets with templates, instances, COMMIT
 
-    def test_snapshot_is_one_read_transaction(self, open_store: OpenStore) -> None:
-        """Every query of a snapshot runs between one BEGIN and its COMMIT."""
+    def test_read_pool_is_one_read_transaction(self, open_store: OpenStore) -> None:
+        """Every query of a pool read runs between one BEGIN and its COMMIT."""
         store = open_store()
         ready_pool(store, 2)
         seen: list[str] = []
-        conn = store._handle().conn
+        conn = store._db.handle().conn
         conn.set_trace_callback(seen.append)
         try:
-            store.snapshot(now=T0, backoff_lookback=LOOKBACK, hard_limit=3)
+            store.read_pool()
         finally:
             conn.set_trace_callback(None)
         assert seen[0] == "BEGIN"
         assert seen[-1] == "COMMIT"
         assert not any(s.startswith(("BEGIN", "COMMIT")) for s in seen[1:-1])
-        assert len(seen) == self.statements_per_snapshot(store)
+        assert len(seen) == self.statements_per_read(store)
+
+    def test_only_pooled_instances_with_their_latest_build(
+        self, open_store: OpenStore
+    ) -> None:
+        """Claimed and deleted instances are not in the pool; the others carry their latest build."""
+        store = open_store()
+        preset_id, ids = ready_pool(store, 4)
+        claimed = claim_one(store, preset_id, uuid.uuid4())
+        assert claimed is not None
+        deleting = store.delete_prebuild(ids[1], now=T0 + timedelta(minutes=1))
+        assert deleting is not None
+        gone = store.delete_prebuild(ids[2], now=T0 + timedelta(minutes=2))
+        assert gone is not None
+        store.build_finished(gone.build_id, now=T0, succeeded=True)
+        facts = store.read_pool()
+        pooled = {i.id: i for i in facts.instances}
+        assert set(pooled) == {ids[1], ids[3]}
+        assert (
+            pooled[ids[1]].latest_build_id,
+            pooled[ids[1]].latest_transition,
+            pooled[ids[1]].latest_status,
+            pooled[ids[1]].latest_number,
+            pooled[ids[1]].latest_created_at,
+            pooled[ids[1]].ready,
+        ) == (
+            deleting.build_id,
+            Transition.DELETE,
+            BuildStatus.PENDING,
+            2,
+            T0 + timedelta(minutes=1),
+            False,
+        )
+        assert pooled[ids[3]].latest_status is BuildStatus.SUCCEEDED
+        assert pooled[ids[3]].ready
+
+    def test_an_unchanged_row_is_not_decoded_again_and_a_changed_one_is(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """
+        A second read reuses the records of equal rows; a row changed behind
+        the store's back (no stamp change) is decoded afresh.
+        """
+        store = open_store()
+        preset_id, ids = ready_pool(store, 2)
+        first = store.read_pool()
+        second = store.read_pool()
+        assert second == first
+        assert second.presets[0] is first.presets[0]
+        assert all(
+            a is b for a, b in zip(first.instances, second.instances, strict=True)
+        )
+        raw(
+            path,
+            "UPDATE prebuilds_presets SET desired_instances = 7 WHERE id = ?",
+            (str(preset_id),),
+        )
+        raw(
+            path,
+            "UPDATE prebuilds_instances SET ready = 0 WHERE id = ?",
+            (str(ids[0]),),
+        )
+        third = store.read_pool()
+        assert third.presets[0].config.desired_instances == 7
+        assert {i.id: i.ready for i in third.instances} == {ids[0]: False, ids[1]: True}
 
     def test_hand_written_invalid_presets_are_reported_and_skipped(
         self, open_store: OpenStore, path: Path
@@ -583,17 +808,313 @@ class TestSnapshot:
                 f"UPDATE prebuilds_presets SET {column} = ? WHERE id = ?",  # noqa: S608
                 (value, str(bad[key].id)),
             )
-        snapshot = store.snapshot(now=T0, backoff_lookback=LOOKBACK, hard_limit=3)
-        assert [p.id for p in snapshot.presets] == [good.id]
-        reported = {i.preset_id: i for i in snapshot.invalid_presets}
+        facts = store.read_pool()
+        assert [p.config.id for p in facts.presets] == [good.id]
+        reported = {i.preset_id: i for i in facts.invalid_presets}
         assert set(reported) == {c.id for c in bad.values()}
         for key, config in bad.items():
             assert reported[config.id].field == key
             assert reported[config.id].reason
         with pytest.raises(InvalidInputError) as info:
-            store.get_preset(bad["scheduling_timezone"].id)
+            store.read_preset(bad["scheduling_timezone"].id)
         assert info.value.field == "scheduling_timezone"
-        assert store.get_preset(good.id).id == good.id
+        assert store.read_preset(good.id).config == good
+
+
+def latest_by_row(path: Path) -> dict[str, tuple[Any, ...]]:
+    """Every instance's latest-build columns, as the store keeps them."""
+    return {
+        row[0]: tuple(row[1:])
+        for row in raw(
+            path,
+            "SELECT id, latest_build_id, latest_transition, latest_status, "
+            "latest_number, latest_created_at FROM prebuilds_instances",
+        )
+    }
+
+
+def latest_by_builds(path: Path) -> dict[str, tuple[Any, ...]]:
+    """Every instance's latest build, worked out from the builds table."""
+    return {
+        row[0]: tuple(row[1:])
+        for row in raw(
+            path,
+            """
+            SELECT i.id, b.id, b.transition, b.status, b.build_number, b.created_at
+            FROM prebuilds_instances AS i
+            LEFT JOIN prebuilds_builds AS b ON b.instance_id = i.id
+                AND b.build_number = (
+                    SELECT MAX(x.build_number) FROM prebuilds_builds AS x
+                    WHERE x.instance_id = i.id
+                )
+            """,
+        )
+    }
+
+
+class TestLatestBuild:
+    """Schema 2 keeps each instance's latest build on its row, in the same transaction."""
+
+    OPERATIONS = (
+        "create",
+        "start",
+        "succeed",
+        "fail",
+        "ready",
+        "delete",
+        "claim",
+        "new_version",
+        "cancel",
+        "fail_stuck",
+    )
+
+    @settings(
+        max_examples=25,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(
+        steps=st.lists(
+            st.tuples(st.sampled_from(OPERATIONS), st.integers(0, 7)), max_size=40
+        )
+    )
+    def test_the_row_always_matches_the_builds(
+        self, tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, int]]
+    ) -> None:
+        """After any sequence of transitions, the row's latest build is the highest-numbered one."""
+        path = tmp_path_factory.mktemp("latest") / "pool.sqlite3"
+        with SQLiteStore(path) as store:
+            template = add_template(store)
+            preset = add_preset(store, template, desired_instances=3)
+            now = T0
+            for step, pick in steps:
+                now += timedelta(minutes=1)
+                apply_step(store, template, preset, step, pick, now)
+                assert latest_by_row(path) == latest_by_builds(path)
+
+
+def apply_step(
+    store: SQLiteStore,
+    template: Template,
+    preset: PresetConfig,
+    step: str,
+    pick: int,
+    now: datetime,
+) -> None:
+    """Apply one transition of a random history to *store*."""
+    builds = store.list_builds()
+    instances = store.list_instances(include_deleted=True)
+    build = builds[pick % len(builds)] if builds else None
+    instance = instances[pick % len(instances)] if instances else None
+    if step == "create":
+        store.create_prebuild(preset.id, now=now, name=f"p{pick}")
+    elif step == "start" and build is not None:
+        store.build_started(build.id, now=now)
+    elif step in {"succeed", "fail"} and build is not None:
+        store.build_finished(build.id, now=now, succeeded=step == "succeed")
+    elif step == "ready" and instance is not None:
+        store.set_ready(instance.id)
+    elif step == "delete" and instance is not None:
+        store.delete_prebuild(instance.id, now=now)
+    elif step == "claim":
+        claim_one(store, preset.id, uuid.uuid4())
+    elif step == "new_version":
+        current = store.get_template(template.id)
+        store.put_template(attrs.evolve(current, active_version_id=uuid.uuid4()))
+    elif step == "cancel":
+        store.cancel_pending(preset.id, now=now)
+    elif step == "fail_stuck":
+        store.fail_stuck_builds(older_than=now - timedelta(minutes=pick), now=now)
+
+
+class TestStamps:
+    """StampedClaims: a stamp per preset, and claims applied only while it holds."""
+
+    def stamped_claim(
+        self,
+        store: SQLiteStore,
+        preset_id: UUID,
+        stamp: int,
+        *,
+        not_before: datetime | None = None,
+    ) -> Instance | None:
+        facts = store.read_preset(preset_id)
+        return store.claim_if_unchanged(
+            stamp=stamp,
+            preset_id=preset_id,
+            user_id=uuid.uuid4(),
+            name="claimed",
+            lifecycle=Lifecycle(last_used_at=T0),
+            now=T0 + timedelta(minutes=10),
+            version_id=facts.template.active_version_id,
+            not_before=not_before,
+        )
+
+    def test_what_a_claim_depends_on_changes_the_stamp(
+        self, open_store: OpenStore
+    ) -> None:
+        """put_preset, invalidate_preset and put_template change it; set_preset_status does not."""
+        store = open_store()
+        template = add_template(store)
+        config = add_preset(store, template)
+        other = add_preset(store, add_template(store))
+        stamps = [store.read_preset(config.id).stamp]
+        store.put_preset(attrs.evolve(config, desired_instances=2))
+        stamps.append(store.read_preset(config.id).stamp)
+        store.invalidate_preset(config.id, at=T0)
+        stamps.append(store.read_preset(config.id).stamp)
+        store.put_template(attrs.evolve(template, deprecated=True))
+        stamps.append(store.read_preset(config.id).stamp)
+        assert len(set(stamps)) == 4
+        assert all(isinstance(s, int) for s in stamps)
+        store.set_preset_status(config.id, PresetStatus.HARD_LIMITED)
+        assert store.read_preset(config.id).stamp == stamps[-1]
+        assert store.read_preset(other.id).stamp == 0  # another template's preset
+
+    def test_a_stale_stamp_writes_nothing(self, open_store: OpenStore) -> None:
+        """A second store object invalidates the preset between two claims: the first one's stamp is stale."""
+        store, other = open_store(), open_store()
+        preset_id, ids = ready_pool(store, 3)
+        stamp = store.read_preset(preset_id).stamp
+        assert stamp is not None
+        first = self.stamped_claim(store, preset_id, stamp)
+        assert first is not None
+        assert first.id == ids[0]
+        other.invalidate_preset(preset_id, at=T0 + timedelta(hours=1))
+        before = store.list_instances(include_deleted=True)
+        statements = store.statement_count()
+        with pytest.raises(PresetChangedError) as info:
+            self.stamped_claim(store, preset_id, stamp)
+        assert info.value.preset_id == preset_id
+        # Three for read_preset; then BEGIN, the claim, the stamp and COMMIT.
+        assert store.statement_count() - statements == 3 + 4
+        assert store.list_instances(include_deleted=True) == before
+        fresh = store.read_preset(preset_id).stamp
+        assert fresh is not None
+        assert (
+            self.stamped_claim(
+                store, preset_id, fresh, not_before=T0 + timedelta(hours=1)
+            )
+            is None
+        )  # a miss, told from a stale stamp: everything is expired now
+
+    def test_a_stamped_hit_is_one_statement(self, open_store: OpenStore) -> None:
+        """BEGIN IMMEDIATE, one UPDATE … RETURNING, COMMIT."""
+        store = open_store()
+        preset_id, _ = ready_pool(store, 1)
+        stamp = store.read_preset(preset_id).stamp
+        assert stamp is not None
+        version = store.read_preset(preset_id).template.active_version_id
+        seen: list[str] = []
+        conn = store._db.handle().conn
+        conn.set_trace_callback(seen.append)
+        try:
+            claimed = store.claim_if_unchanged(
+                stamp=stamp,
+                preset_id=preset_id,
+                user_id=uuid.uuid4(),
+                name="u",
+                lifecycle=Lifecycle(),
+                now=T0,
+                version_id=version,
+                not_before=None,
+            )
+        finally:
+            conn.set_trace_callback(None)
+        assert claimed is not None
+        assert seen[0] == "BEGIN IMMEDIATE"
+        assert seen[-1] == "COMMIT"
+        [update] = seen[1:-1]
+        assert update.lstrip().startswith("UPDATE prebuilds_instances")
+
+    def test_an_unknown_preset_has_no_stamp(self, open_store: OpenStore) -> None:
+        store = open_store()
+        with pytest.raises(PresetChangedError):
+            store.claim_if_unchanged(
+                stamp=0,
+                preset_id=uuid.uuid4(),
+                user_id=uuid.uuid4(),
+                name="u",
+                lifecycle=Lifecycle(),
+                now=T0,
+                version_id=uuid.uuid4(),
+                not_before=None,
+            )
+        with pytest.raises(InvalidInputError, match="stamp"):
+            store.claim_if_unchanged(
+                stamp=-1,
+                preset_id=uuid.uuid4(),
+                user_id=uuid.uuid4(),
+                name="u",
+                lifecycle=Lifecycle(),
+                now=T0,
+                version_id=uuid.uuid4(),
+                not_before=None,
+            )
+
+
+class TestClaimStatement:
+    def test_a_claim_is_one_statement(self, open_store: OpenStore) -> None:
+        """BEGIN IMMEDIATE, one UPDATE … RETURNING, COMMIT: hit or miss."""
+        store = open_store()
+        preset_id, _ = ready_pool(store, 1)
+        for outcome in ("hit", "miss"):
+            before = store.statement_count()
+            claimed = claim_one(store, preset_id, uuid.uuid4())
+            assert (claimed is not None) == (outcome == "hit")
+            # read_preset (BEGIN, SELECT, COMMIT) then the claim
+            assert store.statement_count() - before == 3 + 3
+
+    def test_the_pool_is_read_in_id_order_from_an_index(
+        self, open_store: OpenStore
+    ) -> None:
+        """read_pool's instances come by ID, as its presets do, without a sort."""
+        store = open_store()
+        _, ids = ready_pool(store, 5)
+        assert [i.id for i in store.read_pool().instances] == sorted(ids)
+        conn = store._db.handle().conn
+        plan = " ".join(
+            str(row[3])
+            for row in conn.execute("EXPLAIN QUERY PLAN " + sql.POOL_INSTANCES)
+        )
+        assert "USING INDEX prebuilds_instances_pool" in plan
+        assert "TEMP B-TREE" not in plan
+
+    def test_the_claim_uses_its_index(self, open_store: OpenStore) -> None:
+        """The claim's sub-select is answered by the partial index, in claim order."""
+        store = open_store()
+        conn = store._db.handle().conn
+        plan = " ".join(
+            str(row[3])
+            for row in conn.execute("EXPLAIN QUERY PLAN " + sql.CLAIM, (None,) * 14)
+        )
+        assert "USING INDEX prebuilds_instances_claim" in plan
+        assert "TEMP B-TREE" not in plan  # no sort: the index is in claim order
+
+    def test_version_and_cut_off_are_compared(self, open_store: OpenStore) -> None:
+        """Only instances of *version_id* created at or after *not_before* are taken, oldest first."""
+        store = open_store()
+        preset_id, ids = ready_pool(store, 3)
+        version = store.read_preset(preset_id).template.active_version_id
+
+        def claim(version_id: UUID, not_before: datetime | None) -> UUID | None:
+            instance = store.claim(
+                preset_id=preset_id,
+                user_id=uuid.uuid4(),
+                name="u",
+                lifecycle=Lifecycle(),
+                now=T0,
+                version_id=version_id,
+                not_before=not_before,
+            )
+            return None if instance is None else instance.id
+
+        assert claim(uuid.uuid4(), None) is None
+        assert claim(version, T0 + timedelta(seconds=1)) == ids[1]  # exactly at: kept
+        assert claim(version, T0 + timedelta(seconds=3)) is None
+        assert claim(version, None) == ids[0]
+        assert claim(version, None) == ids[2]
+        assert claim(version, None) is None
 
 
 # -- concurrency -----------------------------------------------------------------
@@ -658,14 +1179,14 @@ class TestClaims:
         """A store used in a forked child opens new connections and still claims atomically."""
         store = open_store()
         preset_id, ids = ready_pool(store, 2)
-        parent_handle = store._handle()
+        parent_handle = store._db.handle()
         ctx = multiprocessing.get_context("fork")
         queue = ctx.Queue()
 
         def child() -> None:
             try:
                 claimed = claim_all(store, preset_id, uuid.uuid4())
-                fresh = store._handle() is not parent_handle
+                fresh = store._db.handle() is not parent_handle
                 queue.put(("ok", [str(i) for i in claimed], fresh))
             except BaseException as e:
                 queue.put(("error", repr(e)))
@@ -676,7 +1197,7 @@ class TestClaims:
         proc.join(WAIT)
         assert sorted(UUID(i) for i in outcome[1]) == sorted(ids)
         assert outcome[2]  # the child did not use the parent's connection
-        assert store._handle() is parent_handle
+        assert store._db.handle() is parent_handle
         assert claim_all(store, preset_id, uuid.uuid4()) == []
 
     def test_delete_and_claim_never_both_win(self, open_store: OpenStore) -> None:
@@ -897,13 +1418,15 @@ class TestErrors:
         calls: list[Callable[[], object]] = [
             lambda: store.get_template(template.id),
             store.is_paused,
-            lambda: store.snapshot(now=T0, backoff_lookback=LOOKBACK, hard_limit=1),
+            store.read_pool,
             lambda: store.claim(
                 preset_id=uuid.uuid4(),
                 user_id=uuid.uuid4(),
                 name="x",
                 lifecycle=Lifecycle(),
                 now=T0,
+                version_id=uuid.uuid4(),
+                not_before=None,
             ),
             lambda: store.leader().__enter__(),
         ]
@@ -971,8 +1494,10 @@ class TestErrors:
             store.build_started(uuid.uuid4(), now=T0)
         with pytest.raises(PresetNotFoundError):
             store.create_prebuild(uuid.uuid4(), now=T0, name="x")
-        with pytest.raises(InvalidInputError):
+        with pytest.raises(TemplateNotFoundError):
             store.get_template(uuid.uuid4())
+        with pytest.raises(PresetNotFoundError):
+            store.read_preset(uuid.uuid4())
 
     def test_invalid_constructor_arguments(self, path: Path) -> None:
         """A non-positive lease TTL or a negative busy timeout is rejected."""
@@ -1027,7 +1552,7 @@ class TestEncoding:
         store.put_preset(preset)
         for at in (MIN_DATETIME, MAX_DATETIME):
             store.invalidate_preset(preset.id, at=at)
-            assert store.get_preset(preset.id).last_invalidated_at == at
+            assert store.read_preset(preset.id).last_invalidated_at == at
         with pytest.raises(InvalidInputError) as info:
             store.invalidate_preset(
                 preset.id, at=MAX_DATETIME + timedelta(microseconds=1)
@@ -1041,8 +1566,20 @@ class TestEncoding:
         """A naive datetime raises InvalidInputError before touching the database."""
         store = open_store()
         naive = datetime(2024, 1, 1)  # noqa: DTZ001
-        with pytest.raises(InvalidInputError):
-            store.snapshot(now=naive, backoff_lookback=LOOKBACK, hard_limit=1)
+        statements = store.statement_count()
+        with pytest.raises(InvalidInputError, match="at"):
+            store.invalidate_preset(uuid.uuid4(), at=naive)
+        with pytest.raises(InvalidInputError, match="not_before"):
+            store.claim(
+                preset_id=uuid.uuid4(),
+                user_id=uuid.uuid4(),
+                name="x",
+                lifecycle=Lifecycle(),
+                now=T0,
+                version_id=uuid.uuid4(),
+                not_before=naive,
+            )
+        assert store.statement_count() == statements
 
     def test_connections_of_finished_threads_are_closed(
         self, open_store: OpenStore
@@ -1051,8 +1588,8 @@ class TestEncoding:
         store = open_store()
         for _ in range(3):
             run_threads(1, lambda _: store.is_paused())
-            assert len(store._handles) <= 2  # the main thread's + the latest thread's
+            assert len(store._db.handles) <= 2  # the main thread's + the latest's
         run_threads(2, lambda _: store.is_paused())
-        assert len(store._handles) <= 3
+        assert len(store._db.handles) <= 3
         store.close()
-        assert store._handles == []
+        assert store._db.handles == []

@@ -16,6 +16,7 @@ from prebuilds import (
     PREBUILDS_OWNER_ID,
     Backoff,
     BuildNotFoundError,
+    BuildRequest,
     BuildStatus,
     InProgressCount,
     InstanceNotFoundError,
@@ -24,14 +25,19 @@ from prebuilds import (
     Lease,
     Lifecycle,
     PendingCount,
+    PooledInstance,
     PrebuildSchedule,
+    PresetChangedError,
     PresetConfig,
     PresetNotFoundError,
     PresetStatus,
     Template,
+    TemplateNotFoundError,
     Transition,
+    derive,
+    expiry_cutoff,
 )
-from prebuilds.interfaces import Store
+from prebuilds.interfaces import StampedClaims, Store
 from prebuilds.stores import MemoryStore
 from prebuilds.testing import FakeClock
 
@@ -63,7 +69,10 @@ def seed(store: Store, *, desired: int = 2, ttl: timedelta | None = None):
 
 
 def snap(store: Store, now: datetime = T0, *, hard_limit: int = 3):
-    return store.snapshot(now=now, backoff_lookback=LOOKBACK, hard_limit=hard_limit)
+    """Every pool's state at *now*, derived from the store's facts."""
+    return derive(
+        store.read_pool(), now=now, backoff_lookback=LOOKBACK, hard_limit=hard_limit
+    )
 
 
 def ready_prebuild(store: Store, preset_id, now: datetime = T0):
@@ -77,23 +86,35 @@ def ready_prebuild(store: Store, preset_id, now: datetime = T0):
     return request
 
 
+def claim_arguments(store: Store, preset_id, now: datetime = T0, user=None):
+    """Store.claim's arguments, as the reference claimer works them out."""
+    facts = store.read_preset(preset_id)
+    return {
+        "preset_id": preset_id,
+        "user_id": user or uuid.uuid4(),
+        "name": "mine",
+        "lifecycle": Lifecycle(ttl=timedelta(hours=1), last_used_at=now),
+        "now": now,
+        "version_id": facts.template.active_version_id,
+        "not_before": expiry_cutoff(
+            ttl=facts.config.ttl, last_invalidated_at=facts.last_invalidated_at, now=now
+        ),
+    }
+
+
 def claim(store: Store, preset_id, now: datetime = T0, user=None):
-    return store.claim(
-        preset_id=preset_id,
-        user_id=user or uuid.uuid4(),
-        name="mine",
-        lifecycle=Lifecycle(ttl=timedelta(hours=1), last_used_at=now),
-        now=now,
-    )
+    return store.claim(**claim_arguments(store, preset_id, now, user))
 
 
 class TestConfiguration:
     def test_preset_is_derived_from_its_template(self, store):
-        """get_preset derives active version, deletion and deprecation from the template."""
-        _, config = seed(store)
+        """read_preset's preset derives active version and deprecation from the template."""
+        template, config = seed(store)
 
-        preset = store.get_preset(config.id)
+        facts = store.read_preset(config.id)
+        preset = facts.preset
 
+        assert (config, template) == (facts.config, facts.template)
         assert preset.using_active_version
         assert preset.is_active
         assert preset.parameters == (("region", "eu"),)
@@ -106,7 +127,7 @@ class TestConfiguration:
         template, config = seed(store)
         store.put_template(evolve(template, active_version_id=uuid.uuid4()))
 
-        assert not store.get_preset(config.id).using_active_version
+        assert not store.read_preset(config.id).preset.using_active_version
 
     def test_put_preset_keeps_status_and_invalidation(self, store):
         """Replacing a preset's config keeps its status and invalidation time."""
@@ -117,12 +138,12 @@ class TestConfiguration:
         store.invalidate_preset(config.id, at=T0)
         store.put_preset(evolve(config, desired_instances=5))
 
-        preset = store.get_preset(config.id)
+        facts = store.read_preset(config.id)
 
         assert (5, PresetStatus.VALIDATION_FAILED, T0) == (
-            preset.desired_instances,
-            preset.status,
-            preset.last_invalidated_at,
+            facts.config.desired_instances,
+            facts.status,
+            facts.last_invalidated_at,
         )
 
     def test_schedules_round_trip(self, store):
@@ -135,7 +156,7 @@ class TestConfiguration:
             evolve(config, scheduling_timezone="Europe/Berlin", schedules=schedules)
         )
 
-        preset = store.get_preset(config.id)
+        preset = store.read_preset(config.id).config
 
         assert ("Europe/Berlin", schedules) == (
             preset.scheduling_timezone,
@@ -145,7 +166,9 @@ class TestConfiguration:
     def test_unknown_ids(self, store):
         """Lookups of unknown IDs raise the named errors."""
         with pytest.raises(PresetNotFoundError):
-            store.get_preset(uuid.uuid4())
+            store.read_preset(uuid.uuid4())
+        with pytest.raises(TemplateNotFoundError):
+            store.get_template(uuid.uuid4())
         with pytest.raises(InstanceNotFoundError):
             store.get_instance(uuid.uuid4())
         with pytest.raises(BuildNotFoundError):
@@ -156,18 +179,20 @@ class TestConfiguration:
             store.build_finished(uuid.uuid4(), now=T0, succeeded=True)
 
     def test_preset_needs_a_known_template(self, store):
-        """A preset of an unknown template is rejected, naming the field."""
-        with pytest.raises(InvalidInputError) as e:
+        """A preset of an unknown template is refused with TemplateNotFoundError."""
+        template_id = uuid.uuid4()
+        with pytest.raises(TemplateNotFoundError) as e:
             store.put_preset(
                 PresetConfig(
                     id=uuid.uuid4(),
-                    template_id=uuid.uuid4(),
+                    template_id=template_id,
                     template_version_id=uuid.uuid4(),
                     desired_instances=1,
                 )
             )
 
-        assert "template_id" == e.value.field
+        assert template_id == e.value.template_id
+        assert [] == list(store.read_pool().presets)
 
     def test_pause_is_persisted(self, store):
         """Pause and resume are stored settings."""
@@ -249,6 +274,160 @@ class TestCreateAndReport:
             build.error_kind,
             build.error,
         )
+
+
+class TestReadPool:
+    def test_pooled_instances_with_their_latest_build(self, store):
+        """read_pool hands out each pooled, not deleted instance with its latest build."""
+        _, config = seed(store, desired=5)
+        starting = store.create_prebuild(config.id, now=T0, name="starting")
+        running = ready_prebuild(store, config.id, T0 + timedelta(seconds=1))
+        deleting = ready_prebuild(store, config.id, T0 + timedelta(seconds=2))
+        delete = store.delete_prebuild(
+            deleting.instance_id, now=T0 + timedelta(seconds=3)
+        )
+        gone = ready_prebuild(store, config.id, T0 + timedelta(seconds=4))
+        deleted = store.delete_prebuild(gone.instance_id, now=T0)
+        claimed = ready_prebuild(store, config.id, T0 - timedelta(seconds=1))
+        assert starting is not None
+        assert delete is not None
+        assert deleted is not None
+        store.build_finished(deleted.build_id, now=T0, succeeded=True)
+        assert claimed.instance_id == claim(store, config.id).id
+
+        facts = store.read_pool()
+
+        def pooled(
+            request: BuildRequest,
+            build: BuildRequest,
+            *,
+            ready: bool,
+            transition: Transition,
+            status: BuildStatus,
+            number: int,
+            at: datetime,
+        ) -> PooledInstance:
+            return PooledInstance(
+                id=request.instance_id,
+                preset_id=config.id,
+                template_id=config.template_id,
+                template_version_id=config.template_version_id,
+                name=request.name,
+                created_at=store.get_instance(request.instance_id).created_at,
+                ready=ready,
+                latest_build_id=build.build_id,
+                latest_transition=transition,
+                latest_status=status,
+                latest_number=number,
+                latest_created_at=at,
+            )
+
+        assert [
+            pooled(
+                starting,
+                starting,
+                ready=False,
+                transition=Transition.START,
+                status=BuildStatus.PENDING,
+                number=1,
+                at=T0,
+            ),
+            pooled(
+                running,
+                running,
+                ready=True,
+                transition=Transition.START,
+                status=BuildStatus.SUCCEEDED,
+                number=1,
+                at=T0 + timedelta(seconds=1),
+            ),
+            pooled(
+                deleting,
+                delete,
+                ready=False,
+                transition=Transition.DELETE,
+                status=BuildStatus.PENDING,
+                number=2,
+                at=T0 + timedelta(seconds=3),
+            ),
+        ] == sorted(facts.instances, key=lambda i: i.created_at)
+        assert [(config.id, PresetStatus.HEALTHY)] == [
+            (f.config.id, f.status) for f in facts.presets
+        ]
+
+    def test_the_preset_facts_are_read_presets(self, store):
+        """read_pool's facts of a preset are read_preset's."""
+        _, config = seed(store)
+        store.invalidate_preset(config.id, at=T0)
+        store.set_preset_status(config.id, PresetStatus.HARD_LIMITED)
+
+        assert [store.read_preset(config.id)] == list(store.read_pool().presets)
+
+
+class TestStamps:
+    """The optional StampedClaims capability, on the stores that offer it."""
+
+    @pytest.fixture(name="stamped")
+    def _stamped(self, store):
+        if not isinstance(store, StampedClaims):
+            pytest.fail(f"{type(store).__name__} should offer claim_if_unchanged")
+        return store
+
+    def test_what_a_claim_depends_on_changes_the_stamp(self, stamped):
+        """put_preset, invalidate_preset and put_template of its template change it."""
+        from attrs import evolve
+
+        template, config = seed(stamped)
+        stamps = [stamped.read_preset(config.id).stamp]
+        stamped.put_preset(evolve(config, desired_instances=3))
+        stamps.append(stamped.read_preset(config.id).stamp)
+        stamped.invalidate_preset(config.id, at=T0)
+        stamps.append(stamped.read_preset(config.id).stamp)
+        stamped.put_template(evolve(template, default_ttl=None))
+        stamps.append(stamped.read_preset(config.id).stamp)
+
+        assert None not in stamps
+        assert len(set(stamps)) == len(stamps)
+
+    def test_a_stale_stamp_writes_nothing(self, stamped):
+        """claim_if_unchanged with a stamp read before a change raises, writing nothing."""
+        _, config = seed(stamped)
+        ready_prebuild(stamped, config.id)
+        stale = stamped.read_preset(config.id).stamp
+        stamped.invalidate_preset(config.id, at=T0 - timedelta(days=1))
+        before = (stamped.list_instances(), stamped.list_builds())
+
+        with pytest.raises(PresetChangedError) as info:
+            stamped.claim_if_unchanged(
+                stamp=stale, **claim_arguments(stamped, config.id)
+            )
+
+        assert config.id == info.value.preset_id
+        assert before == (stamped.list_instances(), stamped.list_builds())
+
+    def test_the_current_stamp_claims(self, stamped):
+        """claim_if_unchanged with the current stamp claims as claim does."""
+        _, config = seed(stamped)
+        created = ready_prebuild(stamped, config.id)
+        stamp = stamped.read_preset(config.id).stamp
+
+        got = stamped.claim_if_unchanged(
+            stamp=stamp, **claim_arguments(stamped, config.id)
+        )
+        again = stamped.claim_if_unchanged(
+            stamp=stamp, **claim_arguments(stamped, config.id)
+        )
+
+        assert (created.instance_id, None) == (got.id if got else None, again)
+
+    def test_an_unknown_preset_counts_as_changed(self, stamped):
+        """A preset that does not exist has no stamp to match."""
+        _, config = seed(stamped)
+        arguments = claim_arguments(stamped, config.id)
+        arguments["preset_id"] = uuid.uuid4()
+
+        with pytest.raises(PresetChangedError):
+            stamped.claim_if_unchanged(stamp=0, **arguments)
 
 
 class TestSnapshot:
@@ -547,7 +726,33 @@ class TestClaim:
 
     def test_claim_of_unknown_preset_misses(self, store):
         """A claim for a preset with no instances returns None."""
-        assert claim(store, uuid.uuid4()) is None
+        _, config = seed(store)
+        arguments = claim_arguments(store, config.id)
+        arguments["preset_id"] = uuid.uuid4()
+
+        assert store.claim(**arguments) is None
+
+    def test_claim_compares_the_version_it_is_given(self, store):
+        """The store compares the instance's version with version_id, nothing else."""
+        _, config = seed(store)
+        ready_prebuild(store, config.id)
+        arguments = claim_arguments(store, config.id)
+
+        assert store.claim(**{**arguments, "version_id": uuid.uuid4()}) is None
+        assert store.claim(**arguments) is not None
+
+    def test_claim_compares_the_cutoff_it_is_given(self, store):
+        """Created before not_before: not claimable; at it: claimable."""
+        _, config = seed(store, desired=2)
+        older = ready_prebuild(store, config.id, T0)
+        newer = ready_prebuild(store, config.id, T0 + timedelta(seconds=1))
+        arguments = claim_arguments(store, config.id, T0 + timedelta(minutes=1))
+        arguments["not_before"] = T0 + timedelta(seconds=1)
+
+        got = [store.claim(**arguments), store.claim(**arguments)]
+
+        assert [newer.instance_id, None] == [i.id if i else None for i in got]
+        assert store.get_instance(older.instance_id).owner_id == PREBUILDS_OWNER_ID
 
     def test_list_instances_filters_by_owner(self, store):
         """list_instances filters by preset and owner, oldest first."""
@@ -577,7 +782,7 @@ class TestLeader:
             assert again
 
     def test_snapshot_inside_the_leader_scope(self, store):
-        """The snapshot can be taken inside the leader scope."""
+        """The pool's facts can be read inside the leader scope."""
         _, config = seed(store)
         with store.leader() as acquired:
             assert acquired
@@ -599,7 +804,7 @@ class TestFencing:
                     config.id, PresetStatus.HARD_LIMITED, lease=lease
                 )
         assert store.list_instances() == []
-        assert store.get_preset(config.id).status is PresetStatus.HEALTHY
+        assert store.read_preset(config.id).status is PresetStatus.HEALTHY
         with store.leader() as lease:
             request = store.create_prebuild(config.id, now=T0, name="x", lease=lease)
             assert request is not None

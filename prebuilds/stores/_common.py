@@ -1,59 +1,103 @@
-"""Pieces every reference store shares: preset assembly and expiry."""
-
-# expired_at is re-exported for the stores' claim filters.
+"""
+What every reference store shares: the JSON shape of schedules and
+parameters, the builders of facts and build requests from stored values
+(a store's codec reads a row into plain values; these decode and validate
+them alike for every store, with an
+:class:`~prebuilds.exceptions.InvalidInputError` naming the field), and fencing.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
-from uuid import UUID
+import enum
+import json
 
-from prebuilds._model import (
-    InvalidPreset,
-    PrebuildSchedule,
-    Preset,
-    PresetStatus,
-)
-from prebuilds._records import Lease
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from prebuilds._model import InvalidPreset, PrebuildSchedule, PresetStatus, Transition
+from prebuilds._pool import PooledInstance, PresetFacts
+from prebuilds._records import BuildRequest, BuildStatus, Lease, PresetConfig
 from prebuilds.exceptions import InvalidInputError, LeadershipLostError
 
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from datetime import datetime, timedelta
+    from uuid import UUID
 
-    from prebuilds._records import PresetConfig, Template
+    from prebuilds._records import Template
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+# -- the JSON shape: a list of [cron, instances], a list of [name, value] -------------
 
 
-def assemble_preset(
-    config: PresetConfig,
-    template: Template,
-    *,
-    status: PresetStatus,
-    last_invalidated_at: datetime | None,
-) -> Preset:
-    """
-    The calculator's view of a stored preset.
+def schedules_json(schedules: Iterable[PrebuildSchedule]) -> list[list[Any]]:
+    """Schedules as stored: ``[[cron, instances], ...]``."""
+    return [[s.cron, s.instances] for s in schedules]
 
-    Raises:
-        InvalidInputError: the stored configuration is not valid.
-    """
-    return build_preset(
-        id=config.id,
-        template_id=config.template_id,
-        template_version_id=config.template_version_id,
-        desired_instances=config.desired_instances,
-        name=config.name,
-        ttl=config.ttl,
-        scheduling_timezone=config.scheduling_timezone,
-        schedules=[(s.cron, s.instances) for s in config.schedules],
-        parameters=config.parameters,
-        template=template,
-        status=status,
-        last_invalidated_at=last_invalidated_at,
+
+def parameters_json(parameters: Iterable[tuple[str, str]]) -> list[list[str]]:
+    """Parameters as stored: ``[[name, value], ...]``."""
+    return [[name, value] for name, value in parameters]
+
+
+def dumps(value: list[list[Any]]) -> str:
+    """A JSON column's text (compact; ``"[]"`` when empty)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _pairs(field: str, raw: object) -> list[tuple[Any, Any]]:
+    """A JSON list of two-element lists (text, bytes or decoded), as tuples."""
+    reason = "must be a JSON list of pairs"
+    value: object = raw
+    if isinstance(raw, (str, bytes)):
+        if raw in {"[]", b"[]"}:  # most presets: skip the parser
+            return []
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            raise InvalidInputError(field, raw, reason) from None
+    if not isinstance(value, list):
+        raise InvalidInputError(field, raw, reason)
+    pairs: list[tuple[Any, Any]] = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 2:  # noqa: PLR2004
+            raise InvalidInputError(field, raw, reason)
+        pairs.append((item[0], item[1]))
+    return pairs
+
+
+def decode_schedules(raw: object) -> tuple[PrebuildSchedule, ...]:
+    """Stored schedules (JSON text or decoded); InvalidInputError if not valid."""
+    return tuple(
+        PrebuildSchedule(cron=cron, instances=instances)
+        for cron, instances in _pairs("schedules", raw)
     )
 
 
-def build_preset(
+def decode_parameters(raw: object) -> tuple[tuple[str, str], ...]:
+    """Stored parameters (JSON text or decoded); InvalidInputError if not valid."""
+    pairs = _pairs("parameters", raw)
+    for name, value in pairs:
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise InvalidInputError(
+                "parameters", raw, "must be [name, value] string pairs"
+            )
+    return tuple(pairs)
+
+
+def decode_enum(kind: type[_E], field: str, raw: object) -> _E:
+    """A member of *kind* from its stored value (or itself), or InvalidInputError."""
+    try:
+        return kind(raw)
+    except ValueError:
+        raise InvalidInputError(field, raw, f"unknown {kind.__name__}") from None
+
+
+# -- builders: InvalidInputError naming a column that is not valid ------------------
+
+
+def preset_facts(
     *,
     id: UUID,  # noqa: A002
     template_id: UUID,
@@ -62,37 +106,42 @@ def build_preset(
     name: str,
     ttl: timedelta | None,
     scheduling_timezone: str,
-    schedules: Iterable[tuple[str, int]],
-    parameters: Iterable[tuple[str, str]],
+    schedules: Any,
+    parameters: Any,
     template: Template,
-    status: PresetStatus,
+    status: object,
     last_invalidated_at: datetime | None,
-) -> Preset:
+    stamp: int | None,
+) -> PresetFacts:
     """
-    Build a :class:`Preset` from raw stored fields (SQL rows included).
-
-    Raises:
-        InvalidInputError: a field is not valid.
+    A stored preset's facts, from its columns (the JSON ones as text, decoded
+    JSON or records) and its template; the calculator's view is built too, so
+    a preset it could not take is refused here.
     """
-    return Preset(
+    if isinstance(schedules, (str, bytes, list)):
+        schedules = decode_schedules(schedules)
+    if isinstance(parameters, (str, bytes, list)):
+        parameters = decode_parameters(parameters)
+    config = PresetConfig(
         id=id,
         template_id=template_id,
         template_version_id=template_version_id,
         desired_instances=desired_instances,
         name=name,
-        organization_id=template.organization_id,
-        using_active_version=template_version_id == template.active_version_id,
-        template_deleted=template.deleted,
-        template_deprecated=template.deprecated,
         ttl=ttl,
-        last_invalidated_at=last_invalidated_at,
         scheduling_timezone=scheduling_timezone,
-        schedules=tuple(
-            PrebuildSchedule(cron=cron, instances=n) for cron, n in schedules
-        ),
-        status=status,
-        parameters=tuple((str(k), str(v)) for k, v in parameters),
+        schedules=schedules,
+        parameters=parameters,
     )
+    facts = PresetFacts(
+        config=config,
+        template=template,
+        status=decode_enum(PresetStatus, "status", status),
+        last_invalidated_at=last_invalidated_at,
+        stamp=stamp,
+    )
+    _ = facts.preset  # the calculator's view must be valid too
+    return facts
 
 
 def invalid_preset(preset_id: UUID, error: InvalidInputError) -> InvalidPreset:
@@ -105,14 +154,76 @@ def invalid_preset(preset_id: UUID, error: InvalidInputError) -> InvalidPreset:
     )
 
 
+def pooled_instance(
+    *,
+    id: UUID,  # noqa: A002
+    preset_id: UUID,
+    template_id: UUID,
+    template_version_id: UUID,
+    name: str,
+    created_at: datetime,
+    ready: object,
+    latest_build_id: UUID,
+    latest_transition: object,
+    latest_status: object,
+    latest_number: int,
+    latest_created_at: datetime,
+) -> PooledInstance:
+    """A pooled instance with its latest build (*ready*: a bool or 0/1)."""
+    return PooledInstance(
+        id=id,
+        preset_id=preset_id,
+        template_id=template_id,
+        template_version_id=template_version_id,
+        name=name,
+        created_at=created_at,
+        ready=bool(ready),
+        latest_build_id=latest_build_id,
+        latest_transition=decode_enum(Transition, "transition", latest_transition),
+        latest_status=decode_enum(BuildStatus, "status", latest_status),
+        latest_number=latest_number,
+        latest_created_at=latest_created_at,
+    )
+
+
+def build_request(
+    *,
+    build_id: UUID,
+    instance_id: UUID,
+    preset_id: UUID,
+    template_id: UUID,
+    template_version_id: UUID,
+    transition: object,
+    name: str,
+    parameters: Any = (),
+    orphan: bool = False,
+) -> BuildRequest:
+    """What the provisioner is asked to do (*parameters*: JSON column or pairs)."""
+    if isinstance(parameters, (str, bytes, list)):
+        parameters = decode_parameters(parameters)
+    return BuildRequest(
+        build_id=build_id,
+        instance_id=instance_id,
+        preset_id=preset_id,
+        template_id=template_id,
+        template_version_id=template_version_id,
+        transition=decode_enum(Transition, "transition", transition),
+        name=name,
+        parameters=parameters,
+        orphan=orphan,
+    )
+
+
+# -- fencing ---------------------------------------------------------------------------
+
+
 def fence_token(lease: Lease | None) -> str | None:
     """
-    The token a fenced write checks: None for an unfenced write
-    (``lease=None``), else the token of *lease*.
+    The token a fenced write checks (None: unfenced).
 
     Raises:
         InvalidInputError: *lease* is neither None nor a :class:`Lease`.
-        LeadershipLostError: *lease* was never held (nothing to fence with).
+        LeadershipLostError: *lease* was never held.
     """
     if lease is None:
         return None

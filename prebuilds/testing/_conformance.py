@@ -11,7 +11,7 @@ import threading
 
 from contextlib import contextmanager, suppress
 from datetime import timedelta
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from uuid import UUID
 
 import attrs
@@ -30,6 +30,7 @@ from prebuilds._records import (
     Template,
 )
 from prebuilds.exceptions import LeadershipLostError, StoreError
+from prebuilds.interfaces import StampedClaims
 from prebuilds.stores import MemoryStore
 from prebuilds.testing._fakes import DEFAULT_START
 from prebuilds.testing._machine import PoolMachine, RunCounter
@@ -118,8 +119,10 @@ def check_store(
     First the leader contract, with :func:`check_leadership` (*reopen* and
     *take_over* go to it). Then the rule checks: one fixed scenario per rule
     of the Store contract (and of the claim, through ``Store.claim`` and
-    through :class:`~prebuilds.StoreClaimer`), on one new store, so that a
-    store that breaks a single rule is caught in every run. Then Hypothesis
+    through :class:`~prebuilds.StoreClaimer`; and, for a store that offers
+    :class:`~prebuilds.interfaces.StampedClaims`, of its stamps and
+    ``claim_if_unchanged``), on one new store, so that a store that breaks a
+    single rule is caught in every run. Then Hypothesis
     drives a whole system over stores that *factory* makes (a
     new, empty store per run): presets added and changed, template
     versions published, deprecated and deleted, reconciliation passes, a
@@ -164,8 +167,10 @@ def check_concurrent_claims(
     Race claims and deletes on one pool from many threads at once.
 
     Each round fills a pool of *instances* ready instances, then starts
-    ``2 * instances`` claims (each by another user) and one
-    ``delete_prebuild`` per instance together. No instance may go to two
+    ``2 * instances`` claims (each by another user; on a store that offers
+    :class:`~prebuilds.interfaces.StampedClaims`, every other one through
+    ``claim_if_unchanged``) and one ``delete_prebuild`` per instance
+    together. No instance may go to two
     users, nor be both claimed and deleted; a claim may miss only when
     nothing claimable is left at the end.
 
@@ -188,27 +193,36 @@ def check_concurrent_claims(
 
 
 _PRESET = UUID(int=3)
+_VERSION = UUID(int=2)
 
 
 def _race(store: Store, size: int) -> None:
     pool = _fill_pool(store, size)
     now = DEFAULT_START + timedelta(minutes=1)
     users = [UUID(int=0xB000 + n) for n in range(2 * size)]
+    stamp: Any = store.read_preset(_PRESET).stamp
+    stamped = store if isinstance(store, StampedClaims) and stamp is not None else None
     claims: dict[UUID, Instance | None] = {}
     deletes: dict[UUID, BuildRequest | None] = {}
     errors: list[BaseException] = []
     start = threading.Barrier(len(users) + len(pool))
 
     def claim(user: UUID) -> None:
+        arguments: dict[str, Any] = {
+            "preset_id": _PRESET,
+            "user_id": user,
+            "name": f"claimed-by-{user.int}",
+            "lifecycle": Lifecycle(last_used_at=now),
+            "now": now,
+            "version_id": _VERSION,
+            "not_before": None,
+        }
         try:
             start.wait()
-            claims[user] = store.claim(
-                preset_id=_PRESET,
-                user_id=user,
-                name=f"claimed-by-{user.int}",
-                lifecycle=Lifecycle(last_used_at=now),
-                now=now,
-            )
+            if stamped is not None and user.int % 2:
+                claims[user] = stamped.claim_if_unchanged(stamp=stamp, **arguments)
+            else:
+                claims[user] = store.claim(**arguments)
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -233,7 +247,7 @@ def _race(store: Store, size: int) -> None:
 
 def _fill_pool(store: Store, size: int) -> list[UUID]:
     """A preset with *size* ready instances, created a second apart."""
-    template = Template(id=UUID(int=1), active_version_id=UUID(int=2))
+    template = Template(id=UUID(int=1), active_version_id=_VERSION)
     store.put_template(template)
     store.put_preset(
         PresetConfig(
@@ -561,7 +575,7 @@ class _LeaderTargets:
         return (
             store.list_instances(include_deleted=True),
             store.list_builds(),
-            [store.get_preset(p).status for p in (self.preset, self.old_preset)],
+            [store.read_preset(p).status for p in (self.preset, self.old_preset)],
         )
 
 

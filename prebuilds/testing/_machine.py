@@ -1,15 +1,11 @@
 """
-PoolMachine: a Hypothesis state machine that drives the whole system.
+PoolMachine: a Hypothesis state machine that drives whole systems (store,
+claimer, reconciler, fake provisioner) in lockstep and checks the pool's
+invariants, and that they agree with the reference, after every step.
 
-It configures templates and presets, runs reconciliation passes, moves a
-fake clock, scripts the provisioner (failed, stalled, rejected builds, a
-provisioner that is down), marks instances ready, claims, pauses and
-invalidates, against one or more *systems* (a store, a claimer, a
-reconciler and a fake provisioner each) in lockstep. After every step it
-checks the invariants of the pool on each system's observable state, and
-that every system agrees with the first one (the reference).
-
-Only :mod:`prebuilds.testing` imports this module (it needs Hypothesis).
+It models only what it put (templates, presets, invalidations); a pool's
+state it takes from :func:`~prebuilds.derive` and the calculator, applied to
+what a store shows its host. Only :mod:`prebuilds.testing` imports it.
 """
 
 from __future__ import annotations
@@ -18,7 +14,7 @@ import itertools
 
 from collections import Counter
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from uuid import UUID
 
 import attrs
@@ -32,16 +28,12 @@ from hypothesis.stateful import (
     rule,
 )
 
+from prebuilds._calculate import backoff_until, calculate_state
 from prebuilds._claimer import StoreClaimer
 from prebuilds._events import CollectingEventSink
 from prebuilds._lifecycle import claimed_lifecycle
-from prebuilds._model import (
-    PrebuildSchedule,
-    Preset,
-    PresetStatus,
-    Transition,
-    expired_at,
-)
+from prebuilds._model import PrebuildSchedule, PresetSnapshot, PresetStatus, Transition
+from prebuilds._pool import PooledInstance, PoolFacts, PresetFacts, derive
 from prebuilds._reconciler import StoreReconciler
 from prebuilds._records import (
     PREBUILDS_OWNER_ID,
@@ -50,21 +42,18 @@ from prebuilds._records import (
     PresetConfig,
     Template,
 )
-from prebuilds._schedule import desired_instances
 from prebuilds.exceptions import (
-    BuildNotFoundError,
-    InstanceNotFoundError,
     NoClaimablePrebuildsError,
     PresetInactiveError,
-    PresetNotFoundError,
     ProvisionerError,
 )
 from prebuilds.stores import MemoryStore
 from prebuilds.testing._fakes import DEFAULT_START, FakeClock, FakeProvisioner
+from prebuilds.testing._rules import unknown_id_calls
 
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
 
     from prebuilds._model import GlobalSnapshot
     from prebuilds._records import Build, BuildRequest, Instance, Lifecycle
@@ -128,11 +117,8 @@ class RunCounter:
 # -- the host's side -------------------------------------------------------------
 class _ScriptedProvisioner(FakeProvisioner):
     """
-    A FakeProvisioner scripted per preset, so that every creation of one
-    preset in one pass has the same fate.
-
-    - *failing*: start builds are accepted and fail when processed;
-    - *down*: ``submit`` raises for start builds (the provisioner is down).
+    Scripted per preset, so that every creation of a preset in a pass has the
+    same fate: its start builds fail (*failing*) or ``submit`` raises (*down*).
     """
 
     def __init__(self, store: Store, clock: FakeClock) -> None:
@@ -272,13 +258,6 @@ class _Pool:
         return self.running_ready + self.running_unready
 
 
-def _is_running(instance: Instance) -> bool:
-    return (
-        instance.latest_transition is Transition.START
-        and instance.latest_status is BuildStatus.SUCCEEDED
-    )
-
-
 def _choice(values: Iterable[UUID], index: int) -> UUID:
     ordered = sorted(values)
     return ordered[index % len(ordered)]
@@ -290,6 +269,17 @@ def _schedules(index: int) -> tuple[str, tuple[PrebuildSchedule, ...]]:
     return zone, tuple(PrebuildSchedule(cron=c, instances=n) for c, n in schedules)
 
 
+def _diff(
+    what: str, mine: Mapping[Any, object], theirs: Mapping[Any, object], versus: str
+) -> list[str]:
+    """One line per key whose values differ."""
+    return [
+        f"{what}{key}: {mine.get(key)!r}{versus} {theirs.get(key)!r}"
+        for key in sorted(set(mine) | set(theirs))
+        if mine.get(key) != theirs.get(key)
+    ]
+
+
 def _fail(system: _System, message: str) -> NoReturn:
     raise AssertionError(f"[{system.label}] {message}")
 
@@ -298,18 +288,12 @@ class PoolMachine(RuleBasedStateMachine):
     """
     Drive pools end to end and check their invariants after every step.
 
-    Each run builds a *system* (the store from *store_factory*, the claimer
-    from *claimer_factory*, a :class:`~prebuilds.StoreReconciler` with one
-    worker, a fake provisioner) and, with *reference*, a second one on a
-    :class:`~prebuilds.stores.MemoryStore`, on one
-    :class:`~prebuilds.testing.FakeClock`. Every rule acts on both; the
-    invariant checks both after every step, and that they agree, by counts
-    (instance IDs are random). Rules pick presets and templates by index in
-    ID order (``p=0``: the first preset).
-
-    :func:`~prebuilds.testing.check_store` and
-    :func:`~prebuilds.testing.check_claimer` run it; the testing-kit page
-    lists its rules and invariants.
+    Each run builds a system (the store, its claimer, a one-worker
+    :class:`~prebuilds.StoreReconciler`, a fake provisioner) and, with
+    *reference*, a second on a :class:`~prebuilds.stores.MemoryStore`, on one
+    :class:`~prebuilds.testing.FakeClock`. Every rule acts on both; they must
+    agree by counts (IDs are random). Rules pick presets and templates by
+    index in ID order. The testing-kit page lists the rules and invariants.
 
     Args:
         store_factory: A new, empty store per run; closed at teardown.
@@ -358,77 +342,71 @@ class PoolMachine(RuleBasedStateMachine):
     def _new_id(self) -> UUID:
         return UUID(int=next(self._ids))
 
-    def _template_of(self, preset_id: UUID) -> _TemplateModel:
-        return self.templates[self.presets[preset_id].config.template_id]
-
-    def _is_active(self, preset_id: UUID) -> bool:
-        config = self.presets[preset_id].config
-        template = self.templates[config.template_id]
-        return (
-            config.template_version_id == template.active_version_id
-            and not template.deleted
-            and not template.deprecated
-        )
-
-    def _preset(self, preset_id: UUID, status: PresetStatus) -> Preset:
-        """The Preset a store must derive from the model."""
+    def _facts(
+        self, preset_id: UUID, status: PresetStatus = PresetStatus.HEALTHY
+    ) -> PresetFacts:
+        """What a store must hand out about the preset (but its stamp)."""
         model = self.presets[preset_id]
-        config = model.config
-        template = self.templates[config.template_id]
-        return Preset(
-            id=config.id,
-            template_id=config.template_id,
-            template_version_id=config.template_version_id,
-            desired_instances=config.desired_instances,
-            name=config.name,
-            organization_id=None,
-            using_active_version=config.template_version_id
-            == template.active_version_id,
-            template_deleted=template.deleted,
-            template_deprecated=template.deprecated,
-            ttl=config.ttl,
-            last_invalidated_at=model.invalidated_at,
-            scheduling_timezone=config.scheduling_timezone,
-            schedules=config.schedules,
+        return PresetFacts(
+            config=model.config,
+            template=self.templates[model.config.template_id].record(),
             status=status,
-            parameters=config.parameters,
+            last_invalidated_at=model.invalidated_at,
         )
 
     def _desired(self, preset_id: UUID, now: datetime) -> int:
-        if not self._is_active(preset_id):
-            return 0
-        return desired_instances(self._preset(preset_id, PresetStatus.HEALTHY), at=now)
+        """The calculator's desired count (0 for an inactive preset)."""
+        snapshot = PresetSnapshot(preset=self._facts(preset_id).preset)
+        return calculate_state(snapshot, now=now).desired
 
-    def _expired(self, preset_id: UUID, created_at: datetime, now: datetime) -> bool:
-        model = self.presets[preset_id]
-        return expired_at(
-            created_at=created_at,
-            ttl=model.config.ttl,
-            last_invalidated_at=model.invalidated_at,
-            now=now,
+    def _pool_facts(
+        self,
+        instances: Iterable[Instance],
+        builds: Iterable[Build],
+        statuses: Mapping[UUID, PresetStatus],
+    ) -> PoolFacts:
+        """The presets put (with *statuses*) and the pooled *instances*."""
+        latest: dict[UUID, Build] = {}
+        for build in builds:
+            known = latest.get(build.instance_id)
+            if known is None or known.build_number < build.build_number:
+                latest[build.instance_id] = build
+        return PoolFacts(
+            presets=[
+                self._facts(p, statuses.get(p, PresetStatus.HEALTHY))
+                for p in sorted(self.presets)
+            ],
+            instances=[
+                PooledInstance(
+                    id=i.id,
+                    preset_id=i.preset_id,
+                    template_id=i.template_id,
+                    template_version_id=i.template_version_id,
+                    name=i.name,
+                    created_at=i.created_at,
+                    ready=i.ready,
+                    latest_build_id=latest[i.id].id,
+                    latest_transition=latest[i.id].transition,
+                    latest_status=latest[i.id].status,
+                    latest_number=latest[i.id].build_number,
+                    latest_created_at=latest[i.id].created_at,
+                )
+                for i in sorted(instances, key=lambda i: i.id)
+                if i.owner_id == PREBUILDS_OWNER_ID and not i.deleted
+            ],
         )
 
-    def _config(
-        self,
-        preset_id: UUID,
-        *,
-        template: _TemplateModel,
-        desired: int,
-        ttl: timedelta | None,
-        schedule: int,
-        parameters: tuple[tuple[str, str], ...],
-    ) -> PresetConfig:
-        zone, schedules = _schedules(schedule)
-        return PresetConfig(
-            id=preset_id,
-            template_id=template.id,
-            template_version_id=template.active_version_id,
-            desired_instances=desired,
-            name=f"preset-{preset_id.int}",
-            ttl=ttl,
-            scheduling_timezone=zone,
-            schedules=schedules,
-            parameters=parameters,
+    def _state(
+        self, system: _System, instances: list[Instance] | None = None
+    ) -> GlobalSnapshot:
+        """What the core derives from the instances and builds *system* shows."""
+        if instances is None:
+            instances = system.store.list_instances(include_deleted=True)
+        return derive(
+            self._pool_facts(instances, system.store.list_builds(), {}),
+            now=self.clock.now(),
+            backoff_lookback=BACKOFF_LOOKBACK,
+            hard_limit=HARD_LIMIT,
         )
 
     def _put_template(self, template: _TemplateModel) -> None:
@@ -441,25 +419,29 @@ class PoolMachine(RuleBasedStateMachine):
 
     # -- helpers: observing a store -------------------------------------------------
     def _pools(self, system: _System) -> dict[UUID, _Pool]:
-        """Every preset's pool in *system*, from ``list_instances``."""
+        """Every preset's pool in *system*: running and expired as derived."""
         now = self.clock.now()
+        instances = system.store.list_instances(include_deleted=True)
+        state = self._state(system, instances)
+        running = {r.id for r in state.running}
+        expired = {
+            r.id
+            for p in self.presets
+            for r in state.filter_by_preset(p, now=now).expired
+        }
         counts: dict[UUID, Counter[str]] = {p: Counter() for p in self.presets}
-        for instance in system.store.list_instances(include_deleted=True):
+        for instance in instances:
             count = counts.setdefault(instance.preset_id, Counter())
             if instance.deleted:
                 count["deleted"] += 1
             elif instance.owner_id != PREBUILDS_OWNER_ID:
                 count["claimed"] += 1
+            elif instance.id in expired:
+                count["expired"] += 1
+            elif instance.id in running:
+                count["running_ready" if instance.ready else "running_unready"] += 1
             elif instance.latest_transition is Transition.START:
-                status = instance.latest_status
-                if status is BuildStatus.SUCCEEDED:
-                    if self._expired(instance.preset_id, instance.created_at, now):
-                        count["expired"] += 1
-                    elif instance.ready:
-                        count["running_ready"] += 1
-                    else:
-                        count["running_unready"] += 1
-                elif status.in_progress:
+                if instance.latest_status.in_progress:
                     count["starting"] += 1
                 else:
                     count["start_failed"] += 1
@@ -488,7 +470,7 @@ class PoolMachine(RuleBasedStateMachine):
         )
         summary["builds"] = sorted(builds.items())
         for preset_id, pool in sorted(self._pools(system).items()):
-            preset = system.store.get_preset(preset_id)
+            preset = system.store.read_preset(preset_id)
             summary[f"preset {preset_id.int}"] = (
                 attrs.asdict(pool),
                 preset.status.value,
@@ -545,18 +527,26 @@ class PoolMachine(RuleBasedStateMachine):
         parameters: tuple[tuple[str, str], ...],
     ) -> None:
         preset_id = self._new_id()
-        config = self._config(
-            preset_id,
-            template=template,
-            desired=desired,
-            ttl=ttl,
-            schedule=schedule,
-            parameters=parameters,
+        zone, schedules = _schedules(schedule)
+        self._add_config(
+            PresetConfig(
+                id=preset_id,
+                template_id=template.id,
+                template_version_id=template.active_version_id,
+                desired_instances=desired,
+                name=f"preset-{preset_id.int}",
+                ttl=ttl,
+                scheduling_timezone=zone,
+                schedules=schedules,
+                parameters=parameters,
+            )
         )
-        self.presets[preset_id] = _PresetModel(config)
+
+    def _add_config(self, config: PresetConfig) -> None:
+        self.presets[config.id] = _PresetModel(config)
         self._put_preset(config)
         for system in self.systems:
-            system.bound[preset_id] = 0
+            system.bound[config.id] = 0
 
     # -- rules: configuration -------------------------------------------------------
     @precondition(lambda self: len(self.templates) < MAX_TEMPLATES)
@@ -617,16 +607,14 @@ class PoolMachine(RuleBasedStateMachine):
             : MAX_PRESETS - len(self.presets)
         ]:
             preset_id = self._new_id()
-            copy = attrs.evolve(
-                config,
-                id=preset_id,
-                template_version_id=template.active_version_id,
-                name=f"preset-{preset_id.int}",
+            self._add_config(
+                attrs.evolve(
+                    config,
+                    id=preset_id,
+                    template_version_id=template.active_version_id,
+                    name=f"preset-{preset_id.int}",
+                )
             )
-            self.presets[preset_id] = _PresetModel(copy)
-            self._put_preset(copy)
-            for system in self.systems:
-                system.bound[preset_id] = 0
         self._put_template(template)
 
     @rule(t=_INDEXES, state=st.sampled_from(["active", "deprecated", "deleted"]))
@@ -693,13 +681,12 @@ class PoolMachine(RuleBasedStateMachine):
         for system in self.systems:
             self._mark_ready(system, preset_id, ready=ready)
 
-    @staticmethod
-    def _mark_ready(system: _System, preset_id: UUID | None, *, ready: bool) -> None:
-        for instance in system.store.list_instances(
-            preset_id=preset_id, owner_id=PREBUILDS_OWNER_ID
-        ):
-            if _is_running(instance) and instance.ready != ready:
-                system.store.set_ready(instance.id, ready=ready)
+    def _mark_ready(
+        self, system: _System, preset_id: UUID | None, *, ready: bool
+    ) -> None:
+        for running in self._state(system).running:
+            if preset_id in {None, running.preset_id} and running.ready != ready:
+                system.store.set_ready(running.id, ready=ready)
 
     @precondition(lambda self: self.presets)
     @rule(
@@ -785,26 +772,20 @@ class PoolMachine(RuleBasedStateMachine):
     ) -> UUID | None:
         """Claim on *system*: check the outcome against its pool just before."""
         now = self.clock.now()
-        template = self._template_of(preset_id)
-        active = self._is_active(preset_id)
+        facts = self._facts(preset_id)
+        active = facts.preset.is_active
+        instances = system.store.list_instances(include_deleted=True)
         pooled = {
             i.id: i
-            for i in system.store.list_instances(
-                preset_id=preset_id, owner_id=PREBUILDS_OWNER_ID
-            )
+            for i in instances
+            if i.preset_id == preset_id
+            and i.owner_id == PREBUILDS_OWNER_ID
+            and not i.deleted
         }
+        pool = self._state(system, instances).filter_by_preset(preset_id, now=now)
         claimable = sorted(
-            (
-                i
-                for i in pooled.values()
-                if active
-                and i.ready
-                and not i.deleted
-                and _is_running(i)
-                and i.template_version_id == template.active_version_id
-                and not self._expired(preset_id, i.created_at, now)
-            ),
-            key=lambda i: (i.created_at, i.id),
+            (r for r in pool.running if active and r.ready),
+            key=lambda r: (r.created_at, r.id),
         )
         autostart_schedule = "CRON_TZ=UTC 30 9 * * 1-5" if autostart else None
         next_start_at = now + timedelta(days=1) if autostart else None
@@ -832,7 +813,18 @@ class PoolMachine(RuleBasedStateMachine):
                     system, "the claim raised PresetInactiveError for an active preset"
                 )
             return None
-        self._check_handout(system, preset_id, got, pooled, claimable)
+        if not isinstance(got, UUID):
+            _fail(system, f"claim returned {got!r}, not a UUID")
+        if got in system.claims:
+            _fail(system, f"instance {got} was handed out twice")
+        if not claimable or got != claimable[0].id:
+            before = pooled.get(got)
+            _fail(
+                system,
+                f"the claim handed out {got}, not the oldest claimable instance "
+                f"{claimable[0].id if claimable else None} (at {now}, of the "
+                f"preset {facts.preset}: it was {before})",
+            )
         claim = _Claim(
             instance_id=got,
             preset_id=preset_id,
@@ -843,74 +835,23 @@ class PoolMachine(RuleBasedStateMachine):
                 autostart_schedule=autostart_schedule,
                 next_start_at=next_start_at,
                 ttl=ttl,
-                template_default_ttl=template.default_ttl,
+                template_default_ttl=facts.template.default_ttl,
             ),
             claimed_at=now,
             builds=len(system.store.list_builds(instance_id=got)),
         )
         after = system.store.get_instance(got)
-        problems = [
-            f"{field} is {actual!r}, expected {wanted!r}"
-            for field, actual, wanted in (
-                ("owner", after.owner_id, user),
-                ("name", after.name, name),
-                ("lifecycle", after.lifecycle, claim.lifecycle),
-                ("claimed_at", after.claimed_at, now),
-                ("deleted", after.deleted, False),
-                ("created_at", after.created_at, pooled[got].created_at),
-            )
-            if actual != wanted
-        ]
-        if problems:
-            _fail(
-                system, f"the claimed instance {got} is wrong: " + "; ".join(problems)
-            )
+        wanted = attrs.evolve(
+            pooled[got],
+            owner_id=user,
+            name=name,
+            lifecycle=claim.lifecycle,
+            claimed_at=now,
+        )
+        if after != wanted:
+            _fail(system, f"the claimed instance is {after}, expected {wanted}")
         system.claims[got] = claim
         return got
-
-    def _check_handout(
-        self,
-        system: _System,
-        preset_id: UUID,
-        got: object,
-        pooled: dict[UUID, Instance],
-        claimable: list[Instance],
-    ) -> None:
-        """What a claimer returned must be the oldest claimable instance."""
-        now = self.clock.now()
-        if not isinstance(got, UUID):
-            _fail(system, f"claim returned {got!r}, not a UUID")
-        if got in system.claims:
-            _fail(system, f"instance {got} was handed out twice")
-        if not self._is_active(preset_id):
-            _fail(system, f"the claim handed out {got} of an inactive preset")
-        before = pooled.get(got)
-        if before is None:
-            _fail(
-                system,
-                f"the claim handed out {got}, which was not pooled for this preset",
-            )
-        if self._expired(preset_id, before.created_at, now):
-            model = self.presets[preset_id]
-            _fail(
-                system,
-                f"the claim handed out the expired instance {got} (created "
-                f"{before.created_at}, preset TTL {model.config.ttl}, invalidated "
-                f"at {model.invalidated_at}, now {now})",
-            )
-        if not before.ready or not _is_running(before):
-            _fail(
-                system,
-                f"the claim handed out {got}, which was not ready and running "
-                f"(ready {before.ready}, latest build "
-                f"{before.latest_transition.value} {before.latest_status.value})",
-            )
-        if got != claimable[0].id:
-            _fail(
-                system,
-                f"the claim handed out {got}, not the oldest claimable instance "
-                f"{claimable[0].id}",
-            )
 
     @precondition(lambda self: self.presets)
     @rule(p=_INDEXES, user=st.sampled_from(_USERS))
@@ -983,36 +924,21 @@ class PoolMachine(RuleBasedStateMachine):
                 _fail(system, "set_ready changed a deleted instance")
 
     def _unknown_ids(self) -> None:
-        for system in self.systems:
-            self._unknown_ids_on(system)
-
-    def _unknown_ids_on(self, system: _System) -> None:
-        unknown = UUID(int=0xDEAD)
         now = self.clock.now()
-        store = system.store
-        checks: list[tuple[type[Exception], Callable[[], object]]] = [
-            (InstanceNotFoundError, lambda: store.get_instance(unknown)),
-            (InstanceNotFoundError, lambda: store.set_ready(unknown)),
-            (BuildNotFoundError, lambda: store.get_build(unknown)),
-            (BuildNotFoundError, lambda: store.build_started(unknown, now=now)),
-            (
-                BuildNotFoundError,
-                lambda: store.build_finished(unknown, now=now, succeeded=True),
-            ),
-            (PresetNotFoundError, lambda: store.get_preset(unknown)),
-            (
-                PresetNotFoundError,
-                lambda: store.create_prebuild(unknown, now=now, name="x"),
-            ),
-        ]
-        for error, call in checks:
-            try:
-                call()
-            except error:
-                continue
-            _fail(system, f"a lookup of an unknown ID did not raise {error.__name__}")
-        if store.delete_prebuild(unknown, now=now) is not None:
-            _fail(system, "delete_prebuild of an unknown instance did not return None")
+        for system in self.systems:
+            store = system.store
+            for error, method, call in unknown_id_calls(store, UUID(int=0xDEAD), now):
+                try:
+                    call()
+                except error:
+                    continue
+                _fail(
+                    system, f"{method} of an unknown ID did not raise {error.__name__}"
+                )
+            if store.delete_prebuild(UUID(int=0xDEAD), now=now) is not None:
+                _fail(
+                    system, "delete_prebuild of an unknown instance did not return None"
+                )
 
     # -- rules: reconciliation ---------------------------------------------------------
     def _reconcile(self) -> None:
@@ -1130,9 +1056,14 @@ class PoolMachine(RuleBasedStateMachine):
         now = self.clock.now()
         step = timedelta(minutes=1)
         for system in self.systems:
-            for backoff in system.snapshot().backoffs:
-                until = backoff.last_build_at + backoff.num_failed * BACKOFF_INTERVAL
-                step = max(step, until - now + timedelta(seconds=1))
+            snapshot = system.snapshot()
+            for backoff in snapshot.backoffs:
+                until = backoff_until(
+                    snapshot.filter_by_preset(backoff.preset_id, now=now),
+                    backoff_interval=BACKOFF_INTERVAL,
+                )
+                if until is not None:
+                    step = max(step, until - now + timedelta(seconds=1))
         return step
 
     def _check_converged(self, system: _System) -> None:
@@ -1143,11 +1074,11 @@ class PoolMachine(RuleBasedStateMachine):
             where = f"preset {preset_id.int}, desired {desired} at {now}: {pool}"
             if pool.starting or pool.deleting or pool.expired or pool.running_unready:
                 _fail(system, f"a settled pool still has work in progress ({where})")
-            if not self._is_active(preset_id):
+            if not self._facts(preset_id).preset.is_active:
                 if pool.running:
                     _fail(system, f"an inactive pool did not drain ({where})")
                 continue
-            status = system.store.get_preset(preset_id).status
+            status = system.store.read_preset(preset_id).status
             if status is not PresetStatus.HEALTHY or preset_id in snapshot.hard_limited:
                 if pool.running > desired:
                     _fail(system, f"a blocked pool kept extraneous instances ({where})")
@@ -1167,90 +1098,29 @@ class PoolMachine(RuleBasedStateMachine):
         reference = summaries[0]
         for system, summary in zip(self.systems[1:], summaries[1:], strict=True):
             if summary != reference:
-                diff = [
-                    f"  {key}: {summary.get(key)!r} != reference {reference.get(key)!r}"
-                    for key in sorted(set(reference) | set(summary))
-                    if reference.get(key) != summary.get(key)
-                ]
-                _fail(system, "disagrees with the reference:\n" + "\n".join(diff))
+                diff = _diff("", summary, reference, " != reference")
+                _fail(system, "disagrees with the reference:\n  " + "\n  ".join(diff))
 
-    def _check_system(self, system: _System) -> None:  # noqa: C901, PLR0912
+    def _check_system(self, system: _System) -> None:
         store = system.store
         if store.is_paused() != self.paused:
             _fail(system, f"is_paused() is {store.is_paused()}, expected {self.paused}")
         for template in self.templates.values():
             if store.get_template(template.id) != template.record():
                 _fail(system, f"get_template({template.id}) differs from what was put")
-        for preset_id in self.presets:
-            actual = store.get_preset(preset_id)
-            if actual != self._preset(preset_id, actual.status):
-                _fail(
-                    system,
-                    f"get_preset({preset_id}) is {actual}, expected "
-                    f"{self._preset(preset_id, actual.status)}",
-                )
-        snapshot = system.snapshot()
-        if sorted(p.id for p in snapshot.presets) != sorted(self.presets):
-            _fail(system, "the snapshot's presets are not the presets put")
         instances = store.list_instances(include_deleted=True)
-        builds: dict[UUID, list[Build]] = {}
-        for build in store.list_builds():
-            builds.setdefault(build.instance_id, []).append(build)
-        running = set()
+        builds = store.list_builds()
+        self._check_facts(system, instances, builds)
+        by_instance: dict[UUID, list[Build]] = {}
+        for build in builds:
+            by_instance.setdefault(build.instance_id, []).append(build)
         for instance in instances:
-            own = sorted(builds.get(instance.id, []), key=lambda b: b.build_number)
-            if [b.build_number for b in own] != list(range(1, len(own) + 1)):
-                _fail(system, f"instance {instance.id} has builds {own}")
-            if sum(b.status.in_progress for b in own[:-1]):
-                _fail(system, f"instance {instance.id} has an older build in progress")
-            latest = own[-1]
-            if (instance.latest_transition, instance.latest_status) != (
-                latest.transition,
-                latest.status,
-            ):
-                _fail(system, f"instance {instance.id} does not show its latest build")
-            claim = system.claims.get(instance.id)
-            if instance.owner_id == PREBUILDS_OWNER_ID:
-                if claim is not None:
-                    _fail(system, f"the claimed instance {instance.id} is pooled again")
-                if not instance.lifecycle.is_unset or instance.claimed_at is not None:
-                    _fail(
-                        system,
-                        f"the pooled instance {instance.id} has lifecycle fields: "
-                        f"{instance.lifecycle}, claimed_at {instance.claimed_at}",
-                    )
-                if not instance.deleted and _is_running(instance):
-                    running.add(instance.id)
-                continue
-            if claim is None:
-                _fail(
-                    system,
-                    f"instance {instance.id} left the pool without a claim (owner "
-                    f"{instance.owner_id})",
-                )
-            if instance.deleted or len(own) != claim.builds:
-                _fail(
-                    system,
-                    f"the claimed instance {instance.id} was deleted or rebuilt: {own}",
-                )
-            if (
-                instance.owner_id,
-                instance.name,
-                instance.lifecycle,
-                instance.claimed_at,
-            ) != (claim.user_id, claim.name, claim.lifecycle, claim.claimed_at):
-                _fail(system, f"the claimed instance {instance.id} changed: {instance}")
+            own = sorted(by_instance.get(instance.id, []), key=lambda b: b.build_number)
+            self._check_instance(system, instance, own)
         if len(system.claims) != sum(
             i.owner_id != PREBUILDS_OWNER_ID for i in instances
         ):
             _fail(system, "a claimed instance disappeared")
-        in_snapshot = {r.id for r in snapshot.running}
-        if in_snapshot != running:
-            _fail(
-                system,
-                "the snapshot's running instances are not the pooled, running "
-                f"ones: extra {in_snapshot - running}, missing {running - in_snapshot}",
-            )
         for preset_id, pool in self._pools(system).items():
             bound = system.bound.get(preset_id, 0)
             if pool.size > bound:
@@ -1259,6 +1129,93 @@ class PoolMachine(RuleBasedStateMachine):
                     f"preset {preset_id.int}'s pool grew outside a pass: {pool} > "
                     f"{bound}",
                 )
+
+    def _check_facts(
+        self, system: _System, instances: list[Instance], builds: list[Build]
+    ) -> None:
+        """
+        ``read_preset`` and ``read_pool`` hand out what the model put and what
+        the store shows its host (stamps aside): then every pool's state the
+        core derives from them is the one the model expects.
+        """
+        actual = system.store.read_pool()
+        statuses = {f.config.id: f.status for f in actual.presets}
+        expected = self._pool_facts(instances, builds, statuses)
+        for facts in expected.presets:
+            got = attrs.evolve(system.store.read_preset(facts.config.id), stamp=None)
+            if got != facts:
+                _fail(system, f"read_preset gave {got}, expected {facts}")
+        actual = attrs.evolve(  # in the model's order: a store may use any
+            actual,
+            presets=sorted(
+                (attrs.evolve(f, stamp=None) for f in actual.presets),
+                key=lambda f: f.config.id,
+            ),
+            instances=sorted(actual.instances, key=lambda i: i.id),
+        )
+        if actual == expected:
+            return
+        problems = _diff(
+            "preset ",
+            {f.config.id: f for f in actual.presets},
+            {f.config.id: f for f in expected.presets},
+            ", expected",
+        ) + _diff(
+            "instance ",
+            {i.id: i for i in actual.instances},
+            {i.id: i for i in expected.instances},
+            ", expected",
+        )
+        if actual.invalid_presets:
+            problems.append(f"invalid presets {actual.invalid_presets}")
+        _fail(
+            system,
+            "read_pool's facts are not the presets put and the pooled instances "
+            "the store shows:\n  " + "\n  ".join(problems),
+        )
+
+    @staticmethod
+    def _check_instance(system: _System, instance: Instance, own: list[Build]) -> None:
+        """An instance's builds, its latest build shown, and its claim kept."""
+        if [b.build_number for b in own] != list(range(1, len(own) + 1)):
+            _fail(system, f"instance {instance.id} has builds {own}")
+        if sum(b.status.in_progress for b in own[:-1]):
+            _fail(system, f"instance {instance.id} has an older build in progress")
+        latest = own[-1]
+        if (instance.latest_transition, instance.latest_status) != (
+            latest.transition,
+            latest.status,
+        ):
+            _fail(system, f"instance {instance.id} does not show its latest build")
+        claim = system.claims.get(instance.id)
+        if instance.owner_id == PREBUILDS_OWNER_ID:
+            if claim is not None:
+                _fail(system, f"the claimed instance {instance.id} is pooled again")
+            if not instance.lifecycle.is_unset or instance.claimed_at is not None:
+                _fail(
+                    system,
+                    f"the pooled instance {instance.id} has lifecycle fields: "
+                    f"{instance.lifecycle}, claimed_at {instance.claimed_at}",
+                )
+            return
+        if claim is None:
+            _fail(
+                system,
+                f"instance {instance.id} left the pool without a claim (owner "
+                f"{instance.owner_id})",
+            )
+        if instance.deleted or len(own) != claim.builds:
+            _fail(
+                system,
+                f"the claimed instance {instance.id} was deleted or rebuilt: {own}",
+            )
+        if (
+            instance.owner_id,
+            instance.name,
+            instance.lifecycle,
+            instance.claimed_at,
+        ) != (claim.user_id, claim.name, claim.lifecycle, claim.claimed_at):
+            _fail(system, f"the claimed instance {instance.id} changed: {instance}")
 
     def teardown(self) -> None:
         for system in self.systems:

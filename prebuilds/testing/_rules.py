@@ -22,7 +22,8 @@ import attrs
 
 from prebuilds._claimer import StoreClaimer
 from prebuilds._lifecycle import claimed_lifecycle, pooled_lifecycle
-from prebuilds._model import PresetStatus, Transition
+from prebuilds._model import PresetStatus, Transition, expiry_cutoff
+from prebuilds._pool import PooledInstance, derive
 from prebuilds._records import (
     PREBUILDS_OWNER_ID,
     BuildStatus,
@@ -33,9 +34,12 @@ from prebuilds.exceptions import (
     BuildNotFoundError,
     InstanceNotFoundError,
     NoClaimablePrebuildsError,
+    PresetChangedError,
     PresetInactiveError,
     PresetNotFoundError,
+    TemplateNotFoundError,
 )
+from prebuilds.interfaces import StampedClaims
 from prebuilds.testing._fakes import DEFAULT_START
 
 
@@ -43,9 +47,17 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from prebuilds._model import GlobalSnapshot
+    from prebuilds._records import Lifecycle
     from prebuilds.interfaces import Claimer, Store
 
-__all__ = ["CLAIM_RULES", "STORE_RULES", "Rule", "check_rules"]
+__all__ = [
+    "CLAIM_RULES",
+    "STAMP_RULES",
+    "STORE_RULES",
+    "Rule",
+    "check_rules",
+    "unknown_id_calls",
+]
 
 T0 = DEFAULT_START
 SECOND = timedelta(seconds=1)
@@ -175,7 +187,9 @@ class _World:
                 )
             except (NoClaimablePrebuildsError, PresetInactiveError):
                 return None
-        template = self.store.get_template(preset.template_id)
+        # What the reference claimer would ask: the active version, the
+        # cut-off and the lifecycle, from a fresh read.
+        facts = self.store.read_preset(preset.id)
         instance = self.store.claim(
             preset_id=preset.id,
             user_id=user,
@@ -185,9 +199,15 @@ class _World:
                 autostart_schedule=schedule,
                 next_start_at=next_start,
                 ttl=ttl,
-                template_default_ttl=template.default_ttl,
+                template_default_ttl=facts.template.default_ttl,
             ),
             now=at,
+            version_id=facts.template.active_version_id,
+            not_before=expiry_cutoff(
+                ttl=facts.config.ttl,
+                last_invalidated_at=facts.last_invalidated_at,
+                now=at,
+            ),
         )
         return None if instance is None else instance.id
 
@@ -198,8 +218,19 @@ class _World:
         return [self.claim(preset, at + n * SECOND) for n in range(count)]
 
     def snapshot(self, at: datetime, *, hard_limit: int = 0) -> GlobalSnapshot:
-        return self.store.snapshot(
-            now=at, backoff_lookback=LOOKBACK, hard_limit=hard_limit
+        """Every pool's state at *at*, derived from the store's facts."""
+        return derive(
+            self.store.read_pool(),
+            now=at,
+            backoff_lookback=LOOKBACK,
+            hard_limit=hard_limit,
+        )
+
+    def state(self) -> object:
+        """Everything a claim could change, as the store reads it back."""
+        return (
+            self.store.list_instances(include_deleted=True),
+            self.store.list_builds(),
         )
 
 
@@ -311,23 +342,52 @@ def _active_version(world: _World) -> None:
 def _template_state(state: str) -> Callable[[_World], None]:
     def check(world: _World) -> None:
         template = world.template()
-        preset = world.preset(template)
-        instance = world.running(preset, T0)
+        preset = world.preset(template, desired_instances=2)
+        first = world.running(preset, T0)
+        second = world.running(preset, T0 + SECOND)
+        world.expect(first, world.claim(preset, T0 + 2 * SECOND), "a first claim")
         changes: dict[str, Any] = {state: True}
         world.store.put_template(attrs.evolve(template, **changes))
         world.expect(
             None,
-            world.claim(preset, T0 + SECOND),
-            f"a claim of a preset whose template is {state}",
+            world.claim(preset, T0 + 3 * SECOND),
+            f"a claim of a preset whose template is {state} (since the first claim)",
         )
         world.store.put_template(template)
         world.expect(
-            instance,
-            world.claim(preset, T0 + 2 * SECOND),
+            second,
+            world.claim(preset, T0 + 4 * SECOND),
             f"a claim once the template is no longer {state}",
         )
 
     return check
+
+
+def _changes_between_claims(world: _World) -> None:
+    template = world.template()
+    preset = world.preset(template, desired_instances=6)
+    minute = timedelta(minutes=1)
+    pool = [world.running(preset, T0 + n * minute) for n in range(6)]
+    at = T0 + 10 * minute
+    got = [world.claim(preset, at)]
+    world.store.put_template(attrs.evolve(template, active_version_id=world.new_id()))
+    got.append(world.claim(preset, at + SECOND))
+    world.store.put_template(template)
+    got.append(world.claim(preset, at + 2 * SECOND))
+    # A TTL that expires the third instance (created at T0 + 2 min).
+    world.store.put_preset(attrs.evolve(preset, ttl=timedelta(minutes=30)))
+    at = T0 + timedelta(minutes=32, seconds=1)
+    got.append(world.claim(preset, at))
+    # An invalidation that expires the fifth (the sixth was created at it).
+    world.store.invalidate_preset(preset.id, at=T0 + 5 * minute)
+    got += world.claims(preset, at + SECOND, 2)
+
+    world.expect(
+        [pool[0], None, pool[1], pool[3], pool[5], None],
+        got,
+        "claims between which the template got a new active version (and back), "
+        "the preset a TTL, and an invalidation",
+    )
 
 
 def _own_preset(world: _World) -> None:
@@ -401,6 +461,10 @@ CLAIM_RULES = (
         _not_running,
     ),
     Rule("claim: never an instance of a version that is not active", _active_version),
+    Rule(
+        "claim: what changed since the last claim counts (version, TTL, invalidation)",
+        _changes_between_claims,
+    ),
     Rule("claim: only the preset's own instances", _own_preset),
     Rule(
         "claim: owner, name, claimed_at and lifecycle from the claim and the template",
@@ -597,6 +661,57 @@ def _hard_limited(world: _World) -> None:
     )
 
 
+def _pooled_facts(world: _World) -> None:
+    preset = world.preset(desired_instances=8)
+    claimed = world.running(preset, T0)
+    world.expect(claimed, world.claim(preset, T0 + SECOND), "the claimed instance")
+    world.running(preset, T0 + 2 * SECOND)
+    world.running(preset, T0 + 3 * SECOND, ready=False)
+    world.created(preset, T0 + 4 * SECOND)
+    world.failed(preset, T0 + 5 * SECOND)
+    for n, finished in ((6, False), (8, True)):
+        target = world.running(preset, T0 + n * SECOND)
+        request = world.store.delete_prebuild(target, now=T0 + (n + 1) * SECOND)
+        if request is None:
+            world.fail(f"delete_prebuild refused the running pooled instance {target}")
+        if finished:
+            world.store.build_finished(
+                request.build_id, now=T0 + (n + 1) * SECOND, succeeded=True
+            )
+    expected = []
+    for instance in world.store.list_instances(
+        preset_id=preset.id, owner_id=PREBUILDS_OWNER_ID
+    ):
+        builds = world.store.list_builds(instance_id=instance.id)
+        latest = max(builds, key=lambda b: b.build_number)
+        expected.append(
+            PooledInstance(
+                id=instance.id,
+                preset_id=instance.preset_id,
+                template_id=instance.template_id,
+                template_version_id=instance.template_version_id,
+                name=instance.name,
+                created_at=instance.created_at,
+                ready=instance.ready,
+                latest_build_id=latest.id,
+                latest_transition=latest.transition,
+                latest_status=latest.status,
+                latest_number=latest.build_number,
+                latest_created_at=latest.created_at,
+            )
+        )
+
+    got = [i for i in world.store.read_pool().instances if i.preset_id == preset.id]
+
+    world.expect(
+        sorted(expected, key=lambda i: i.id),
+        sorted(got, key=lambda i: i.id),
+        "read_pool's instances of a pool with running (ready and not), starting, "
+        "failed, deleting, deleted and claimed ones: the pooled, not deleted "
+        "ones as list_instances and list_builds show them",
+    )
+
+
 def _presets(world: _World) -> None:
     template = world.template()
     current = world.preset(template)
@@ -605,24 +720,25 @@ def _presets(world: _World) -> None:
         attrs.evolve(template, active_version_id=newer, deprecated=True)
     )
     later = world.preset(template, template_version_id=newer)
-    presets = {p.id: p for p in world.snapshot(T0).presets}
+    facts = {f.config.id: f for f in world.store.read_pool().presets}
 
     for config, active in ((current, False), (later, True)):
-        preset = presets.get(config.id)
-        if preset is None:
-            world.fail(f"the snapshot left out the preset {config.id}")
+        found = facts.get(config.id)
+        if found is None:
+            world.fail(f"read_pool left out the preset {config.id}")
+        preset = found.preset
         world.expect(
-            (active, True, False, config.desired_instances),
+            (config, active, True, False),
             (
+                found.config,
                 preset.using_active_version,
                 preset.template_deprecated,
                 preset.template_deleted,
-                preset.desired_instances,
             ),
-            f"the snapshot's preset {config.id} (using_active_version, "
-            "template_deprecated, template_deleted, desired_instances)",
+            f"read_pool's preset {config.id} (config, using_active_version, "
+            "template_deprecated, template_deleted)",
         )
-        world.expect(preset, world.store.get_preset(config.id), "get_preset")
+        world.expect(found, world.store.read_preset(config.id), "read_preset")
 
 
 def _put_preset_keeps_state(world: _World) -> None:
@@ -630,11 +746,11 @@ def _put_preset_keeps_state(world: _World) -> None:
     world.store.set_preset_status(preset.id, PresetStatus.HARD_LIMITED)
     world.store.invalidate_preset(preset.id, at=T0)
     world.store.put_preset(attrs.evolve(preset, desired_instances=3))
-    got = world.store.get_preset(preset.id)
+    got = world.store.read_preset(preset.id)
 
     world.expect(
         (PresetStatus.HARD_LIMITED, T0, 3),
-        (got.status, got.last_invalidated_at, got.desired_instances),
+        (got.status, got.last_invalidated_at, got.config.desired_instances),
         "the preset's (status, last_invalidated_at, desired_instances) after "
         "put_preset replaced it",
     )
@@ -682,35 +798,53 @@ def _late_reports(world: _World) -> None:
     )
 
 
-def _unknown_ids(world: _World) -> None:
-    store = world.store
-    unknown = world.new_id()
-    checks: list[tuple[type[Exception], str, Callable[[], object]]] = [
+def unknown_id_calls(
+    store: Store, unknown: UUID, now: datetime
+) -> list[tuple[type[Exception], str, Callable[[], object]]]:
+    """Each call with an unknown ID, the error it must raise, and its name."""
+    preset = PresetConfig(
+        id=unknown,
+        template_id=unknown,
+        template_version_id=unknown,
+        desired_instances=0,
+    )
+    return [
         (InstanceNotFoundError, "get_instance", lambda: store.get_instance(unknown)),
         (InstanceNotFoundError, "set_ready", lambda: store.set_ready(unknown)),
         (BuildNotFoundError, "get_build", lambda: store.get_build(unknown)),
         (
             BuildNotFoundError,
             "build_started",
-            lambda: store.build_started(unknown, now=T0),
+            lambda: store.build_started(unknown, now=now),
         ),
         (
             BuildNotFoundError,
             "build_finished",
-            lambda: store.build_finished(unknown, now=T0, succeeded=True),
+            lambda: store.build_finished(unknown, now=now, succeeded=True),
         ),
-        (PresetNotFoundError, "get_preset", lambda: store.get_preset(unknown)),
+        (PresetNotFoundError, "read_preset", lambda: store.read_preset(unknown)),
         (
             PresetNotFoundError,
             "create_prebuild",
-            lambda: store.create_prebuild(unknown, now=T0, name="x"),
+            lambda: store.create_prebuild(unknown, now=now, name="x"),
+        ),
+        (TemplateNotFoundError, "get_template", lambda: store.get_template(unknown)),
+        (
+            TemplateNotFoundError,
+            "put_preset (of an unknown template)",
+            lambda: store.put_preset(preset),
         ),
     ]
-    for error, method, call in checks:
+
+
+def _unknown_ids(world: _World) -> None:
+    for error, method, call in unknown_id_calls(world.store, world.new_id(), T0):
         try:
             call()
         except error:
             continue
+        except Exception as e:  # noqa: BLE001 - reported as the rule broken
+            world.fail(f"{method} of an unknown ID raised {e!r}, not {error.__name__}")
         world.fail(f"{method} of an unknown ID did not raise {error.__name__}")
 
 
@@ -720,16 +854,125 @@ STORE_RULES = (
     Rule(
         "create_prebuild: the instance and its first build together", _create_together
     ),
-    Rule("snapshot: every running pooled instance, and only those", _running),
-    Rule("snapshot: every in-progress build", _in_progress),
-    Rule("snapshot: the queued creations of an old version", _pending),
-    Rule("snapshot: recent failures as a backoff", _backoff),
-    Rule("snapshot: hard-limited presets", _hard_limited),
-    Rule("snapshot: every preset, its derived fields as get_preset", _presets),
+    Rule("read_pool: every running pooled instance, and only those", _running),
+    Rule("read_pool: every in-progress build", _in_progress),
+    Rule("read_pool: the queued creations of an old version", _pending),
+    Rule("read_pool: recent failures as a backoff", _backoff),
+    Rule("read_pool: hard-limited presets", _hard_limited),
+    Rule(
+        "read_pool: every pooled instance with its latest build, and only those",
+        _pooled_facts,
+    ),
+    Rule("read_pool: every preset, as put and as read_preset reads it", _presets),
     Rule("put_preset: keeps the status and the invalidation", _put_preset_keeps_state),
     Rule("get_template and is_paused: what was put", _reads_what_was_put),
     Rule("reports: late ones change nothing", _late_reports),
     Rule("lookups: unknown IDs raise the not-found errors", _unknown_ids),
+)
+
+
+# -- the optional stamped claim ----------------------------------------------------
+def _stamp_changes(
+    world: _World, template: Template, preset: PresetConfig
+) -> list[tuple[str, Callable[[], object]]]:
+    """The writes that must change *preset*'s stamp."""
+    store = world.store
+    return [
+        (
+            "put_preset",
+            lambda: store.put_preset(attrs.evolve(preset, name="changed")),
+        ),
+        (
+            "invalidate_preset",
+            lambda: store.invalidate_preset(preset.id, at=T0 - SECOND),
+        ),
+        (
+            "put_template of its template",
+            lambda: store.put_template(attrs.evolve(template, name="changed")),
+        ),
+    ]
+
+
+def _stamps(world: _World) -> None:
+    template = world.template()
+    preset = world.preset(template)
+
+    def stamp() -> int | None:
+        return world.store.read_preset(preset.id).stamp
+
+    if stamp() is None:
+        world.fail("read_preset gave no stamp, yet the store has claim_if_unchanged")
+    for what, change in _stamp_changes(world, template, preset):
+        before = stamp()
+        change()
+        after = stamp()
+        if before is None or after is None or after <= before:
+            world.fail(
+                f"{what} did not raise the preset's stamp {before} (now {after})"
+            )
+    in_pool = [
+        f.stamp for f in world.store.read_pool().presets if f.config.id == preset.id
+    ]
+    world.expect([stamp()], in_pool, "read_pool's stamp of the preset")
+
+
+def _claim_if_unchanged(world: _World) -> None:
+    store: Any = world.store  # a StampedClaims
+    template = world.template()
+    preset = world.preset(template, desired_instances=2)
+    first = world.running(preset, T0)
+    lifecycle: Lifecycle = claimed_lifecycle(
+        now=T0,
+        autostart_schedule=None,
+        next_start_at=None,
+        ttl=None,
+        template_default_ttl=template.default_ttl,
+    )
+
+    def claim(stamp: object) -> UUID | None:
+        instance = store.claim_if_unchanged(
+            stamp=stamp,
+            preset_id=preset.id,
+            user_id=USER,
+            name="claimed",
+            lifecycle=lifecycle,
+            now=T0 + SECOND,
+            version_id=template.active_version_id,
+            not_before=None,
+        )
+        return None if instance is None else instance.id
+
+    for what, change in _stamp_changes(world, template, preset):
+        stale = world.store.read_preset(preset.id).stamp
+        change()
+        before = world.state()
+        try:
+            claim(stale)
+        except PresetChangedError:
+            pass
+        else:
+            world.fail(f"a claim with the stamp read before {what} did not raise")
+        world.expect(
+            before,
+            world.state(),
+            f"the store after a claim with a stamp older than {what}",
+        )
+    current = world.store.read_preset(preset.id).stamp
+    world.expect(first, claim(current), "a claim with the current stamp")
+    world.expect(None, claim(current), "a claim with the current stamp, pool empty")
+
+
+STAMP_RULES = (
+    Rule(
+        "stamps: put_preset, invalidate_preset and put_template raise the preset's "
+        "stamp",
+        _stamps,
+    ),
+    Rule(
+        "claim_if_unchanged: a stale stamp raises PresetChangedError and writes "
+        "nothing; the current one claims",
+        _claim_if_unchanged,
+    ),
 )
 
 
@@ -741,8 +984,10 @@ def check_rules(
     Run every rule's scenario once, on one new store.
 
     Without *claimer_factory* (:func:`~prebuilds.testing.check_store`): the
-    store's rules, the claim rules through ``Store.claim`` and again, with
-    the template's state, through :class:`~prebuilds.StoreClaimer`. With it
+    store's rules, the claim rules through ``Store.claim``, the stamp rules
+    if the store offers :class:`~prebuilds.interfaces.StampedClaims`, and the
+    claim rules again, with the template's state, through
+    :class:`~prebuilds.StoreClaimer`. With it
     (:func:`~prebuilds.testing.check_claimer`): the claim rules through the
     claimer.
 
@@ -752,8 +997,9 @@ def check_rules(
     store = store_factory()
     try:
         if claimer_factory is None:
+            stamped = STAMP_RULES if isinstance(store, StampedClaims) else ()
             runs: list[tuple[Claimer | None, tuple[Rule, ...]]] = [
-                (None, STORE_RULES + CLAIM_RULES),
+                (None, STORE_RULES + CLAIM_RULES + stamped),
                 (StoreClaimer(store), CLAIM_RULES + CLAIMER_RULES),
             ]
         else:

@@ -1,0 +1,147 @@
+"""
+PostgresStore's claim, the hot path: one ``UPDATE`` whose sub-select takes
+the oldest claimable row from the partial index ``instances_claimable``
+``FOR UPDATE SKIP LOCKED``. The row lock re-checks the conditions on the
+newest row version, so an empty result is a miss, never a lost race. The
+stamped claim gates the sub-select on the preset's stamp and returns the
+stamp it read, telling a changed preset from an empty pool in one round trip.
+
+Kept lean: a raw cursor kept on the connection, positional parameters,
+binary results, three columns returned, no context managers.
+"""
+
+# Assembled from this module's constants only.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import operator
+
+from contextlib import suppress
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import attrs
+import psycopg
+
+from prebuilds._model import Transition
+from prebuilds._records import BuildStatus, Instance, Lifecycle
+from prebuilds.exceptions import PresetChangedError, StoreError
+from prebuilds.stores._postgres.codecs import utc
+from prebuilds.stores._postgres.sql import ONE_ROW
+
+
+if TYPE_CHECKING:
+    from prebuilds.stores._postgres.connections import Connection, Connections
+
+#: The attribute of a connection holding its claim cursor.
+_CURSOR = "_prebuilds_claim_cursor"
+
+#: The lifecycle's fields, in order: parameters $7 to $14.
+_LIFECYCLE = tuple(f.name for f in attrs.fields(Lifecycle))
+_lifecycle = operator.attrgetter(*_LIFECYCLE)
+# $1 preset, $2 version, $3 cut-off (NULL: none), $4 user, $5 name, $6 now,
+# $7-$14 the lifecycle, $15 the stamp.
+_UPDATE = f"""
+    UPDATE {{s}}.instances i
+    SET owner_id = $4, name = $5, claimed_at = $6,
+        {", ".join(f"{name} = ${n}" for n, name in enumerate(_LIFECYCLE, 7))}
+    WHERE i.id = (
+            SELECT c.id
+            FROM {{s}}.instances c
+            WHERE c.preset_id = $1
+                AND c.owner_id = '{{pool}}' AND NOT c.deleted AND c.ready
+                AND c.latest_transition = 'start' AND c.latest_status = 'succeeded'
+                AND c.template_version_id = $2
+                AND c.created_at >= coalesce($3::timestamptz, '-infinity')
+                {{gate}}
+            ORDER BY c.created_at, c.id
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED
+        )
+        AND i.owner_id = '{{pool}}'
+    RETURNING i.id, i.template_id, i.created_at
+"""
+CLAIM = _UPDATE.replace("{gate}", "")
+# The gate is a one-time filter of the sub-select: when the stamp changed,
+# no candidate is read or locked.
+_GATED = _UPDATE.replace("{gate}", "AND (SELECT stamp FROM preset) = $15")
+CLAIM_IF_UNCHANGED = f"""
+    WITH preset AS MATERIALIZED (
+        SELECT p.stamp FROM {{s}}.presets p WHERE p.id = $1
+    ),
+    claimed AS ({_GATED})
+    SELECT (SELECT stamp FROM preset), claimed.*
+    {ONE_ROW} claimed ON true
+"""
+
+
+def claim(  # noqa: PLR0917 - the claim's arguments, in order
+    db: Connections,
+    stamp: int | None,
+    preset_id: UUID,
+    user_id: UUID,
+    name: str,
+    lifecycle: Lifecycle,
+    now: datetime,
+    version_id: UUID,
+    not_before: datetime | None,
+) -> Instance | None:
+    """
+    Claim with :data:`CLAIM`, or :data:`CLAIM_IF_UNCHANGED` given a *stamp*.
+
+    Raises:
+        PresetChangedError: the stamp is not *stamp* (or no such preset).
+        StoreError: the driver failed.
+    """
+    params: tuple[Any, ...] = (preset_id, version_id, not_before, user_id, name, now)
+    params += _lifecycle(lifecycle)
+    if stamp is not None:
+        params = (*params, stamp)
+    sql = db.q(CLAIM if stamp is None else CLAIM_IF_UNCHANGED)
+    conn, switched = db.acquire()
+    try:
+        db.count()
+        try:
+            row = _cursor(conn).execute(sql, params, binary=True).fetchone()
+        except psycopg.Error as e:
+            raise StoreError(f"PostgreSQL error: {e}") from e
+    except BaseException:
+        db.abandon(conn, switched=switched)
+        raise
+    db.release(conn, switched=switched)
+    if stamp is not None:
+        if row is None or row[0] != stamp:
+            raise PresetChangedError(preset_id)
+        row = None if row[1] is None else row[1:]
+    if row is None:
+        return None
+    return Instance(
+        id=row[0],
+        preset_id=preset_id,
+        template_id=row[1],
+        template_version_id=version_id,
+        owner_id=user_id,
+        name=name,
+        created_at=utc(row[2]),
+        ready=True,
+        lifecycle=lifecycle,
+        claimed_at=utc(now),
+        latest_transition=Transition.START,
+        latest_status=BuildStatus.SUCCEEDED,
+    )
+
+
+def _cursor(conn: Connection) -> psycopg.RawCursor[Any]:
+    """
+    The raw cursor claims run on *conn*, kept on the connection (a new cursor
+    per claim cost about 13 µs of client CPU with 16 threads, a quarter of
+    the client's share of a claim).
+    """
+    cur: psycopg.RawCursor[Any] | None = getattr(conn, _CURSOR, None)
+    if cur is None or cur.closed:
+        cur = psycopg.RawCursor(conn)
+        with suppress(AttributeError):  # a connection class without __dict__
+            setattr(conn, _CURSOR, cur)
+    return cur
