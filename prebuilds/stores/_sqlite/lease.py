@@ -174,6 +174,26 @@ class Leases:
         )
         return cursor.rowcount == 1
 
+    def check(self, tx: Tx, lease: Lease | None) -> None:
+        """
+        Check in the read transaction *tx* that *lease* (None: unfenced)
+        still holds, without renewing it: a read that decides whether a
+        fenced write is needed at all.
+
+        Raises:
+            InvalidInputError: *lease* is not a Lease.
+            LeadershipLostError: the lease is not held, or lost.
+        """
+        token = fence_token(lease)
+        if token is None:
+            return
+        with self._renewal:
+            known_lost = token in self._lost
+        now_us = time.time_ns() // 1000
+        if known_lost or tx.one(sql.HOLDS, (sql.LEADER_NAME, token, now_us)) is None:
+            self._mark_lost(token)
+            raise lost(token)
+
     @contextmanager
     def write(self, lease: Lease | None) -> Iterator[Tx]:
         """

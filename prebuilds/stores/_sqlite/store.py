@@ -365,10 +365,18 @@ class SQLiteStore:
     def fail_stuck_builds(
         self, *, older_than: datetime, now: datetime, lease: Lease | None = None
     ) -> list[Build]:
-        """One fenced write transaction: the builds, then their instances."""
+        """
+        A read that checks the lease and looks for a stuck build; only if
+        there is one, a fenced write transaction: the builds, then their
+        instances (a steady pass takes no write lock here).
+        """
         check_fail_stuck_builds(older_than, now)
         params = {"older": codecs.to_us("older_than", older_than)}
         now_us = codecs.to_us("now", now)
+        with self._read() as tx:
+            self._leases.check(tx, lease)
+            if tx.one(sql.ANY_STUCK, params) is None:
+                return []
         with self._write(lease) as tx:
             rows = tx.all(sql.STUCK_BUILDS, params)
             if not rows:
