@@ -219,7 +219,9 @@ def simulate_then_status(env: Env) -> None:
     assert 3 == len(document["samples"]), document
     assert "paused:" in run(*env.prebuilds, "status", db).stdout
     status = json.loads(run(*env.prebuilds, "status", db, "--json").stdout)
-    assert ["gpu", "small"] == sorted(p["name"] for p in status["presets"]), status
+    assert ["gpu", "small"] == sorted(p["preset_name"] for p in status["presets"]), (
+        status
+    )
 
 
 def refused_arguments(env: Env) -> None:

@@ -218,12 +218,14 @@ BUILD_FINISHED = """
 """
 #: A build of the instance changed: its status is the instance's latest if
 #: the build is its latest, and a successful delete (whether or not it is the
-#: latest) leaves the instance deleted: (build, status, deleted, instance).
+#: latest) leaves the instance deleted. Named parameters: sqlite3 deprecates
+#: numbered ones (``?1``) with a sequence from Python 3.12 on.
 BUILD_CHANGED = """
     UPDATE prebuilds_instances
-    SET latest_status = CASE WHEN latest_build_id = ?1 THEN ?2 ELSE latest_status END,
-        deleted = deleted OR ?3, ready = ready AND NOT ?3
-    WHERE id = ?4
+    SET latest_status = CASE WHEN latest_build_id = :build
+            THEN :status ELSE latest_status END,
+        deleted = deleted OR :deleted, ready = ready AND NOT :deleted
+    WHERE id = :instance
 """
 SET_READY = "UPDATE prebuilds_instances SET ready = ? WHERE id = ? AND deleted = 0"
 
@@ -246,7 +248,7 @@ def _claim(condition: str = "") -> str:
     SET owner_id = ?, name = ?, {lifecycle}, claimed_at = ?
     WHERE id = (
         SELECT id FROM prebuilds_instances
-        WHERE preset_id = ?12 AND template_version_id = ? AND created_at >= ?
+        WHERE preset_id = ? AND template_version_id = ? AND created_at >= ?
             AND owner_id = {_O} AND deleted = 0 AND ready = 1
             AND latest_transition = 'start' AND latest_status = 'succeeded'{condition}
         ORDER BY created_at, id
@@ -259,7 +261,7 @@ def _claim(condition: str = "") -> str:
 CLAIM = _claim()
 #: CLAIM, applied only while the preset's stamp is the last parameter.
 CLAIM_IF_STAMP = _claim(
-    "\n            AND EXISTS (SELECT 1 FROM prebuilds_presets WHERE id = ?12 AND stamp = ?)"
+    "\n            AND EXISTS (SELECT 1 FROM prebuilds_presets WHERE id = ? AND stamp = ?)"
 )
 STAMP = "SELECT stamp FROM prebuilds_presets WHERE id = ?"
 

@@ -407,7 +407,15 @@ class SQLiteStore:
         with self._write() as tx:
             rows = tx.all(sql.BUILD_STARTED, (now_us, build))
             if rows:
-                tx.execute(sql.BUILD_CHANGED, (build, "running", 0, rows[0][0]))
+                tx.execute(
+                    sql.BUILD_CHANGED,
+                    {
+                        "build": build,
+                        "status": "running",
+                        "deleted": 0,
+                        "instance": rows[0][0],
+                    },
+                )
             elif tx.one(sql.BUILD_EXISTS, (build,)) is None:
                 raise BuildNotFoundError(build_id)
 
@@ -437,7 +445,15 @@ class SQLiteStore:
                 return
             [(instance, transition)] = rows
             gone = succeeded and transition == Transition.DELETE.value
-            tx.execute(sql.BUILD_CHANGED, (build, status, int(gone), instance))
+            tx.execute(
+                sql.BUILD_CHANGED,
+                {
+                    "build": build,
+                    "status": status,
+                    "deleted": int(gone),
+                    "instance": instance,
+                },
+            )
 
     def set_ready(self, instance_id: UUID, *, ready: bool = True) -> None:
         """One ``UPDATE`` (and, if it changed nothing, a look-up)."""
@@ -505,7 +521,7 @@ class SQLiteStore:
             preset_id, user_id, name, lifecycle, now, version_id, not_before
         )
         with self._write() as tx:
-            rows = tx.all(sql.CLAIM_IF_STAMP, (*params, stamp))
+            rows = tx.all(sql.CLAIM_IF_STAMP, (*params, str(preset_id), stamp))
             if rows:
                 with codecs.decoding("instance"):
                     return codecs.claimed_instance(
