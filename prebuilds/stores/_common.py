@@ -11,11 +11,19 @@ from __future__ import annotations
 import enum
 import json
 
+from datetime import timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from prebuilds._model import InvalidPreset, PrebuildSchedule, PresetStatus, Transition
 from prebuilds._pool import PooledInstance, PresetFacts
-from prebuilds._records import BuildRequest, BuildStatus, Lease, PresetConfig
+from prebuilds._records import (
+    BuildRequest,
+    BuildStatus,
+    Instance,
+    Lease,
+    Lifecycle,
+    PresetConfig,
+)
 from prebuilds.exceptions import InvalidInputError, LeadershipLostError
 
 
@@ -183,6 +191,39 @@ def pooled_instance(
         latest_status=decode_enum(BuildStatus, "status", latest_status),
         latest_number=latest_number,
         latest_created_at=latest_created_at,
+    )
+
+
+def claimed_instance(
+    *,
+    instance_id: UUID,
+    template_id: UUID,
+    created_at: datetime,
+    preset_id: UUID,
+    version_id: UUID,
+    user_id: UUID,
+    name: str,
+    lifecycle: Lifecycle,
+    now: datetime,
+) -> Instance:
+    """
+    The instance a claim took: its ID, template and creation time as the
+    claim's statement returned them, the rest what the claim wrote (a claimed
+    instance is ready and its latest build a successful start).
+    """
+    return Instance(
+        id=instance_id,
+        preset_id=preset_id,
+        template_id=template_id,
+        template_version_id=version_id,
+        owner_id=user_id,
+        name=name,
+        created_at=created_at,
+        ready=True,
+        lifecycle=lifecycle,
+        claimed_at=now.astimezone(timezone.utc),
+        latest_transition=Transition.START,
+        latest_status=BuildStatus.SUCCEEDED,
     )
 
 

@@ -25,9 +25,9 @@ from uuid import UUID
 import attrs
 import psycopg
 
-from prebuilds._model import Transition
-from prebuilds._records import BuildStatus, Instance, Lifecycle
+from prebuilds._records import Instance, Lifecycle
 from prebuilds.exceptions import PresetChangedError, StoreError
+from prebuilds.stores._common import claimed_instance
 from prebuilds.stores._postgres.codecs import utc
 from prebuilds.stores._postgres.sql import ONE_ROW
 
@@ -117,19 +117,16 @@ def claim(  # noqa: PLR0917 - the claim's arguments, in order
         row = None if row[1] is None else row[1:]
     if row is None:
         return None
-    return Instance(
-        id=row[0],
-        preset_id=preset_id,
+    return claimed_instance(
+        instance_id=row[0],
         template_id=row[1],
-        template_version_id=version_id,
-        owner_id=user_id,
-        name=name,
         created_at=utc(row[2]),
-        ready=True,
+        preset_id=preset_id,
+        version_id=version_id,
+        user_id=user_id,
+        name=name,
         lifecycle=lifecycle,
-        claimed_at=utc(now),
-        latest_transition=Transition.START,
-        latest_status=BuildStatus.SUCCEEDED,
+        now=now,
     )
 
 
