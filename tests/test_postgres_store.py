@@ -9,6 +9,7 @@ The shared Store contract runs in tests/test_store_contract.py.
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 import uuid
@@ -48,6 +49,7 @@ from prebuilds import (
 )
 from prebuilds._validate import MAX_DURATION
 from prebuilds.stores._postgres import SCHEMA_VERSION, PostgresStore
+from prebuilds.stores._postgres import claim as claim_sql
 from prebuilds.stores._postgres.schema import lock_key
 from prebuilds.testing import check_store
 from tests.postgres_cluster import PostgresStoreFactory, fresh_schema_name
@@ -154,6 +156,17 @@ def claim(
         version_id=version_id,
         not_before=None,
     )
+
+
+#: A claim's parameters for EXPLAIN: $1 the preset, $2 the version, the rest
+#: literals (NULL when not named).
+_PLAN_PARAMETERS = {
+    "1": "%(preset)s",
+    "2": "%(version)s",
+    "4": "gen_random_uuid()",
+    "5": "'u'",
+    "6": "now()",
+}
 
 
 @pytest.fixture(name="store")
@@ -444,7 +457,7 @@ class TestMigrations:
 
         store.migrate()
 
-        assert store.schema_version() == SCHEMA_VERSION == 5
+        assert store.schema_version() == SCHEMA_VERSION == 6
         assert raw(
             store,
             "SELECT latest_transition, latest_status FROM {s}.instances"
@@ -512,7 +525,7 @@ class TestMigrations:
 
         store.migrate()
 
-        assert store.schema_version() == SCHEMA_VERSION == 5
+        assert store.schema_version() == SCHEMA_VERSION == 6
         assert raw(store, "SELECT token, epoch FROM {s}.leader") == [(None, 0)]
         with store.leader() as lease:
             assert lease
@@ -570,7 +583,7 @@ class TestMigrations:
 
         store.migrate()
 
-        assert store.schema_version() == SCHEMA_VERSION == 5
+        assert store.schema_version() == SCHEMA_VERSION == 6
         assert store.read_preset(good.id) == PresetFacts(
             config=good, template=store.get_template(good.template_id), stamp=0
         )
@@ -586,6 +599,66 @@ class TestMigrations:
             pooled.latest_build_id,
             pooled.latest_created_at,
         )
+
+    def test_upgrade_to_version_6_keys_the_claim_index_on_the_version(
+        self, store: PostgresStore
+    ) -> None:
+        """
+        Migration 6 re-creates instances_claimable keyed on (preset, version,
+        created_at, id); the claim then reads its candidates from it, in
+        order (no sort), and still takes the oldest of the version asked for.
+        """
+        template, config = seed(store)
+        bulk_presets(store, template, 30)
+        bulk_ready(store, 20)
+        # Back to version 5: the index as migration 3 made it.
+        raw(store, "DROP INDEX {s}.instances_claimable")
+        raw(
+            store,
+            """
+            CREATE INDEX instances_claimable
+            ON {s}.instances (preset_id, created_at, id)
+            WHERE owner_id = %(pool)s AND NOT deleted AND ready
+                AND latest_transition = 'start' AND latest_status = 'succeeded'
+            """.replace("%(pool)s", f"'{PREBUILDS_OWNER_ID}'"),
+        )
+        raw(store, "UPDATE {s}.schema_version SET version = 5")
+
+        store.migrate()
+
+        assert store.schema_version() == SCHEMA_VERSION == 6
+        [(definition,)] = raw(
+            store,
+            "SELECT indexdef FROM pg_indexes"
+            " WHERE schemaname = %(s)s AND indexname = 'instances_claimable'",
+            {"s": store.schema},
+        )
+        assert "(preset_id, template_version_id, created_at, id)" in definition
+        raw(store, "ANALYZE {s}.instances")
+        plan = " ".join(
+            row[0]
+            for row in raw(
+                store,
+                "EXPLAIN "
+                + re.sub(
+                    r"\$(\d+)",
+                    lambda m: _PLAN_PARAMETERS.get(m[1], "NULL"),
+                    claim_sql.CLAIM.replace("{pool}", str(PREBUILDS_OWNER_ID)),
+                ),
+                {"preset": config.id, "version": template.active_version_id},
+            )
+        )
+        assert "instances_claimable" in plan
+        assert "Sort" not in plan
+        oldest = raw(
+            store,
+            "SELECT id FROM {s}.instances WHERE preset_id = %(p)s"
+            " ORDER BY created_at, id LIMIT 1",
+            {"p": config.id},
+        )
+        claimed = claim(store, config.id, uuid.uuid4())
+        assert claimed is not None
+        assert [(claimed.id,)] == oldest
 
     def test_newer_schema_is_refused(
         self, make_postgres_store: PostgresStoreFactory

@@ -516,7 +516,7 @@ class TestSchema:
                 path, "SELECT name FROM sqlite_master WHERE type = 'index'"
             )
         }
-        assert {"prebuilds_instances_claim", "prebuilds_instances_pool"} <= indexes
+        assert {"prebuilds_instances_claim", "prebuilds_instances_pooled"} <= indexes
         assert not {"prebuilds_instances_claimable", "prebuilds_instances_owner"} & (
             indexes
         )
@@ -537,6 +537,50 @@ class TestSchema:
         store.close()
         assert raw(path, "SELECT count(*) FROM prebuilds_builds") == [(8,)]
         assert open_store().read_pool().presets == facts.presets  # reopening: a no-op
+
+    def test_a_schema_2_file_migrates_to_3(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """
+        Schema 3 replaces the pool's index on (owner_id, deleted, id) by one
+        partial on the pool: read_pool reads it in ID order, a claim takes an
+        instance out of it, nothing else changes.
+        """
+        store = open_store()
+        preset_id, ids = ready_pool(store, 3)
+        facts = store.read_pool()
+        store.close()
+        raw(path, "DROP INDEX prebuilds_instances_pooled")
+        raw(
+            path,
+            "CREATE INDEX prebuilds_instances_pool"
+            " ON prebuilds_instances (owner_id, deleted, id)",
+        )
+        raw(path, "UPDATE prebuilds_schema SET version = 2")
+
+        store = open_store()
+
+        assert raw(path, "SELECT version FROM prebuilds_schema") == [(SCHEMA_VERSION,)]
+        assert SCHEMA_VERSION == 3
+        indexes = {
+            name
+            for (name,) in raw(
+                path, "SELECT name FROM sqlite_master WHERE type = 'index'"
+            )
+        }
+        assert "prebuilds_instances_pooled" in indexes
+        assert "prebuilds_instances_pool" not in indexes
+        assert store.read_pool() == facts
+        claimed = claim_one(store, preset_id, uuid.uuid4())
+        assert claimed is not None
+        assert claimed.id == ids[0]
+        assert [i.id for i in store.read_pool().instances] == sorted(ids[1:])
+        pooled = (
+            "SELECT count(*) FROM prebuilds_instances INDEXED BY"  # noqa: S608 - a constant
+            f" prebuilds_instances_pooled WHERE owner_id = '{PREBUILDS_OWNER_ID}'"
+            " AND deleted = 0"
+        )
+        assert raw(path, pooled) == [(2,)]
 
     def test_a_read_only_store_refuses_a_file_to_migrate(
         self, open_store: OpenStore, path: Path
@@ -1077,7 +1121,7 @@ class TestClaimStatement:
             str(row[3])
             for row in conn.execute("EXPLAIN QUERY PLAN " + sql.POOL_INSTANCES)
         )
-        assert "USING INDEX prebuilds_instances_pool" in plan
+        assert "USING INDEX prebuilds_instances_pooled" in plan
         assert "TEMP B-TREE" not in plan
 
     def test_the_claim_uses_its_index(self, open_store: OpenStore) -> None:

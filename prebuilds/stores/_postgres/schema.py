@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from prebuilds.stores._postgres.connections import Connections, Cursor
 
 #: The schema version this library writes and reads.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def lock_key(purpose: str, schema: str) -> int:
@@ -240,6 +240,20 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             FROM jsonb_array_elements(p.schedules) WITH ORDINALITY AS x (e, n)
         )
         WHERE jsonb_typeof(p.schedules) = 'array' AND p.schedules <> '[]'
+        """,
+    ),
+    6: (
+        # The claim's candidates keyed as the claim asks for them (preset,
+        # version, then oldest first). Without the version in the key the
+        # planner judged instances_owner (owner_id, preset_id) cheaper, read
+        # every pooled row of the preset and sorted them: about 80 buffers
+        # and four times the server time of a claim, against about 30.
+        "DROP INDEX IF EXISTS {s}.instances_claimable",
+        """
+        CREATE INDEX instances_claimable
+        ON {s}.instances (preset_id, template_version_id, created_at, id)
+        WHERE owner_id = '{pool}' AND NOT deleted AND ready
+            AND latest_transition = 'start' AND latest_status = 'succeeded'
         """,
     ),
 }

@@ -30,7 +30,7 @@ __all__ = ["SCHEMA_VERSION", "check_library", "check_readable", "migrate"]
 _log = logging.getLogger("prebuilds.stores.sqlite")
 
 #: The schema version this library writes and understands.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _OWNER = str(PREBUILDS_OWNER_ID)
 
@@ -178,6 +178,19 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             ON prebuilds_instances (preset_id, template_version_id, created_at, id)
             WHERE owner_id = '{_OWNER}' AND deleted = 0 AND ready = 1
                 AND latest_transition = 'start' AND latest_status = 'succeeded'
+        """,
+    ),
+    # 3: the pool's index holds only the pool. Keyed on (owner_id, deleted,
+    # id), every claim moved the row's entry from the pool's part of the
+    # index to its user's (two leaf pages written per claim); partial on the
+    # pool, a claim only removes it (one), and read_pool still reads the pool
+    # in ID order from it (its WHERE repeats this one word for word).
+    (
+        "DROP INDEX IF EXISTS prebuilds_instances_pool",
+        f"""
+        CREATE INDEX IF NOT EXISTS prebuilds_instances_pooled
+            ON prebuilds_instances (id)
+            WHERE owner_id = '{_OWNER}' AND deleted = 0
         """,
     ),
 )

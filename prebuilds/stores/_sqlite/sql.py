@@ -240,14 +240,15 @@ def _claim(condition: str = "") -> str:
     """
     The oldest claimable instance of a preset, handed to a user in one
     statement: (user, name, the lifecycle's columns, now, preset, version,
-    not_before), then *condition*'s parameters.
+    not_before), then *condition*'s parameters. By rowid: the claim's index
+    holds it, so the row is found without a second search of the ID's index.
     """
     lifecycle = ", ".join(f"{column} = ?" for column in names(LIFECYCLE_COLUMNS))
     return f"""
     UPDATE prebuilds_instances
     SET owner_id = ?, name = ?, {lifecycle}, claimed_at = ?
-    WHERE id = (
-        SELECT id FROM prebuilds_instances
+    WHERE rowid = (
+        SELECT rowid FROM prebuilds_instances
         WHERE preset_id = ? AND template_version_id = ? AND created_at >= ?
             AND owner_id = {_O} AND deleted = 0 AND ready = 1
             AND latest_transition = 'start' AND latest_status = 'succeeded'{condition}

@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from prebuilds.stores._sqlite.connections import Tx
 
 _US = timedelta(microseconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _STUCK_ERROR = "stuck: no result before the timeout"
 
 
@@ -621,14 +622,32 @@ def _claim_params(  # noqa: PLR0917 - a claim's arguments, checked in one place
     version_id: UUID,
     not_before: datetime | None,
 ) -> list[object]:
-    """A claim's (checked) arguments as the parameters of ``sql.CLAIM``."""
-    cutoff = codecs.NO_CUTOFF if not_before is None else not_before
+    """
+    A claim's (checked) arguments as the parameters of ``sql.CLAIM``.
+
+    Encoded inline, not by ``codecs.encode``: the arguments were checked
+    and a Lifecycle's fields by its validators (aware datetimes, durations
+    of at most 36,500 days: in SQLite's range), and the claim's hot path
+    spent a fifth of its client time on generic encoding.
+    """
     return [
         str(user_id),
         name,
-        *_values(lifecycle, sql.LIFECYCLE_COLUMNS),
-        codecs.to_us("now", now),
+        lifecycle.autostart_schedule,
+        _us(lifecycle.next_start_at),
+        None if lifecycle.ttl is None else lifecycle.ttl // _US,
+        _us(lifecycle.deadline),
+        _us(lifecycle.max_deadline),
+        _us(lifecycle.dormant_at),
+        _us(lifecycle.deleting_at),
+        _us(lifecycle.last_used_at),
+        (now - _EPOCH) // _US,
         str(preset_id),
         str(version_id),
-        codecs.encode("not_before", cutoff),
+        codecs.NO_CUTOFF if not_before is None else (not_before - _EPOCH) // _US,
     ]
+
+
+def _us(value: datetime | None) -> int | None:
+    """A checked aware datetime (or None) as microseconds since the epoch."""
+    return None if value is None else (value - _EPOCH) // _US
