@@ -44,11 +44,11 @@ from prebuilds.exceptions import (
 
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from uuid import UUID
 
     from prebuilds._model import GlobalSnapshot
-    from prebuilds._pool import PooledInstance, PresetFacts
+    from prebuilds._pool import PooledInstance, PoolFacts, PresetFacts
     from prebuilds._records import (
         BuildRequest,
         Lease,
@@ -245,6 +245,14 @@ class _View:
     failed: dict[tuple[UUID, Transition], UUID]
     #: Ready running instance ID -> its preset ID.
     ready: dict[UUID, UUID]
+    #: The plans not certainly skipped, and of those the ones with work.
+    todo: tuple[_Plan, ...] = attrs.field(init=False)
+    busy: tuple[_Plan, ...] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        todo = tuple(plan for plan in self.plans if not plan.skip)
+        object.__setattr__(self, "todo", todo)
+        object.__setattr__(self, "busy", tuple(filter(_has_work, todo)))
 
 
 def _has_work(plan: _Plan) -> bool:
@@ -401,7 +409,7 @@ class StoreReconciler:
         self.pass_errors: int = 0
         #: Resource replacements seen at claim, per preset.
         self.replacements: Counter[UUID] = Counter()
-        self._ready_seen: frozenset[UUID] = frozenset()
+        self._ready_seen: Mapping[UUID, UUID] = {}
         self._invalid_seen: frozenset[InvalidPreset] = frozenset()
         # What a scrape, a dashboard or status() reads without the store:
         # the last leading pass's statuses, each preset's last error, names.
@@ -411,6 +419,10 @@ class StoreReconciler:
         self._status_source: tuple[_View, datetime, bool, dict[UUID, str]] | None = None
         # Each preset's plan of the last read, reused while its facts hold.
         self._plans: dict[UUID, _Plan] = {}
+        #: The last read's facts, instant, first plan end and view.
+        self._last_read: tuple[PoolFacts, datetime, datetime | None, _View] | None = (
+            None
+        )
         self._pool: Workers | None = None
         self._last_errors: dict[UUID, str] = {}
         self._fresh_errors: set[UUID] = set()  # met since the last pass ended
@@ -580,8 +592,7 @@ class StoreReconciler:
         self._report_ready(view, now)
         # The actions are worked out here (most presets have none); only the
         # presets with something to do go to the workers.
-        todo = [plan for plan in view.plans if not plan.skip]
-        busy = [plan for plan in todo if _has_work(plan)]
+        todo, busy = view.todo, view.busy
         if self._max_workers == 1 or len(busy) <= 1:
             results = [self._reconcile_preset(plan, run) for plan in busy]
         else:
@@ -598,7 +609,7 @@ class StoreReconciler:
             canceled=sum(r.canceled for r in results),
         )
 
-    def _in_parallel(self, plans: list[_Plan], run: _Pass) -> list[_PresetResult]:
+    def _in_parallel(self, plans: tuple[_Plan, ...], run: _Pass) -> list[_PresetResult]:
         """
         Reconcile *plans* on at most *max_workers* threads of the workers.
 
@@ -683,6 +694,13 @@ class StoreReconciler:
         facts, its instances and the time allow (:class:`_Plan`).
         """
         facts = self._store.read_pool()
+        last = self._last_read
+        if last is not None and last[0] is facts and last[1] <= now:
+            # The same facts (a store may hand the last read's back when
+            # nothing changed): the view holds until its first plan ends.
+            until = last[2]
+            if until is None or now < until:
+                return last[3]
         templates = {f.template.id: f.template for f in facts.presets}
         by_preset: dict[UUID, list[PooledInstance]] = {}
         failed_kept: Counter[UUID] = Counter()
@@ -721,7 +739,7 @@ class StoreReconciler:
         }
         with self._memory_lock:
             self._names = names
-        return _View(
+        view = _View(
             plans=tuple(plans.values()),
             invalid_presets=facts.invalid_presets,
             template_names={t.id: t.name for t in templates.values()},
@@ -729,6 +747,9 @@ class StoreReconciler:
             failed=failed,
             ready=ready,
         )
+        ends = [plan.until for plan in view.plans if plan.until is not None]
+        self._last_read = (facts, now, min(ends, default=None), view)
+        return view
 
     def _plan(
         self,
@@ -876,6 +897,8 @@ class StoreReconciler:
     def _report_ready(self, view: _View, now: datetime) -> None:
         """Emit READY for pooled instances that became ready since last pass."""
         ready = view.ready
+        if ready is self._ready_seen:  # the same read as the last pass
+            return
         new = [i for i in ready if i not in self._ready_seen]
         for instance_id in sorted(new, key=lambda i: i.int):
             self._emit(
@@ -884,7 +907,7 @@ class StoreReconciler:
                 preset_id=ready[instance_id],
                 instance_id=instance_id,
             )
-        self._ready_seen = frozenset(ready)
+        self._ready_seen = ready
 
     def _reconcile_preset(self, plan: _Plan, run: _Pass) -> _PresetResult:
         try:

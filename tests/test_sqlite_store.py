@@ -742,8 +742,44 @@ class TestReadPool:
             facts = store.read_pool()
             assert len(facts.presets) == presets + 1
             assert len(facts.instances) == 3
+            store.set_paused(False)  # a write: the next read reads the rows again
             counts.append(self.statements_per_read(store))
-        assert counts == [4, 4]  # BEGIN, presets with templates, instances, COMMIT
+            counts.append(self.statements_per_read(store))
+        # BEGIN, data_version, presets with templates, instances, COMMIT; with
+        # nothing committed since: BEGIN, data_version, COMMIT.
+        assert counts == [5, 3, 5, 3]
+
+    def test_a_read_sees_every_commit_since_the_last(
+        self, open_store: OpenStore, tmp_path: Path
+    ) -> None:
+        """
+        The facts of the last read are reused only while nothing was
+        committed: this store's writes, another store object's on the same
+        file and another thread's are all seen by the next read.
+        """
+        path = tmp_path / "pool.sqlite3"
+        store, other = open_store(path), open_store(path)
+        preset_id, ids = ready_pool(store, 3)
+        first = store.read_pool()
+        assert store.read_pool() is first
+        claimed = claim_one(store, preset_id, uuid.uuid4())  # this store
+        assert claimed is not None
+        second = store.read_pool()
+        assert [i.id for i in second.instances] == sorted(
+            (i for i in ids if i != claimed.id), key=str
+        )
+        assert claim_one(other, preset_id, uuid.uuid4()) is not None  # another
+        third = store.read_pool()
+        assert len(third.instances) == 1
+        worker = threading.Thread(  # another thread, so another connection
+            target=lambda: store.invalidate_preset(
+                preset_id, at=T0 + timedelta(hours=1)
+            )
+        )
+        worker.start()
+        worker.join()
+        (facts,) = [p for p in store.read_pool().presets if p.config.id == preset_id]
+        assert facts.last_invalidated_at == T0 + timedelta(hours=1)
 
     def test_read_pool_is_one_read_transaction(self, open_store: OpenStore) -> None:
         """Every query of a pool read runs between one BEGIN and its COMMIT."""
@@ -757,9 +793,10 @@ class TestReadPool:
         finally:
             conn.set_trace_callback(None)
         assert seen[0] == "BEGIN"
+        assert seen[1] == "PRAGMA data_version"
         assert seen[-1] == "COMMIT"
         assert not any(s.startswith(("BEGIN", "COMMIT")) for s in seen[1:-1])
-        assert len(seen) == self.statements_per_read(store)
+        assert len(seen) == 5
 
     def test_only_pooled_instances_with_their_latest_build(
         self, open_store: OpenStore

@@ -75,6 +75,11 @@ class Tx:
         """Run one statement; its rows."""
         return self.execute(sql, params).fetchall()
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The connection the transaction runs on."""
+        return self._conn
+
 
 class Connections:
     """

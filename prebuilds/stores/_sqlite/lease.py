@@ -40,6 +40,9 @@ class Leases:
         self._connections = connections
         self._ttl_us = lease_ttl_us
         self._busy_timeout = busy_timeout
+        #: Write transactions committed (or tried) through :meth:`write`.
+        self.writes = 0
+        self._writes_lock = threading.Lock()
         self.forget()
 
     def forget(self) -> None:
@@ -211,8 +214,13 @@ class Leases:
                 known_lost = token in self._lost
             if known_lost:
                 raise lost(token)
-        with self._connections.transaction(write=True) as tx:
-            if token is not None and not self._fence_row(tx, token):
-                self._mark_lost(token)
-                raise lost(token)
-            yield tx
+        try:
+            with self._connections.transaction(write=True) as tx:
+                if token is not None and not self._fence_row(tx, token):
+                    self._mark_lost(token)
+                    raise lost(token)
+                yield tx
+        finally:
+            # After the commit: a read that saw the old count reads again.
+            with self._writes_lock:
+                self.writes += 1
