@@ -14,10 +14,12 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import attrs
 import pytest
 
 from prebuilds import (
     Backoff,
+    BuildRequest,
     GlobalSnapshot,
     InProgressCount,
     InvalidInputError,
@@ -50,6 +52,10 @@ from prebuilds._validate import (
     check_str,
     check_uuid,
     clean_text,
+    enum_of,
+    instance_of,
+    items_of,
+    optional_instance_of,
 )
 
 
@@ -154,9 +160,27 @@ class TestCleanText:
         """ASCII text without NUL characters comes back as it was."""
         assert "boom: exit 1" == clean_text("boom: exit 1")
 
-    def test_nul_and_lone_surrogates_are_escaped(self) -> None:
-        """What no store can hold is escaped; other text is kept."""
-        assert "a\\x00b é \\udc80" == clean_text("a\x00b é \udc80")
+    @pytest.mark.parametrize(
+        ("text", "stored"),
+        [
+            ("a\x00b", "a\\x00b"),
+            ("é \udc80", "é \\udc80"),
+            ("a\x00b é \udc80", "a\\x00b é \\udc80"),
+        ],
+        ids=["nul-in-ascii", "surrogate-without-nul", "both"],
+    )
+    def test_nul_and_lone_surrogates_are_escaped(self, text: str, stored: str) -> None:
+        """
+        What no store can hold is escaped, each on its own (a NUL in ASCII
+        text, a lone surrogate in text without NUL); other text is kept.
+        """
+        assert stored == clean_text(text)
+
+    def test_text_any_store_can_hold_is_kept(self) -> None:
+        """Non-ASCII text without NUL or lone surrogates comes back as it was."""
+        assert "é \N{MUSICAL SYMBOL G CLEF}" == clean_text(
+            "é \N{MUSICAL SYMBOL G CLEF}"
+        )
 
     def test_long_text_is_cut(self) -> None:
         """A message longer than the text bound is cut to it."""
@@ -328,4 +352,98 @@ def test_an_invalid_preset_describes_itself_in_strings() -> None:
     with pytest.raises(InvalidInputError) as info:
         InvalidPreset(preset_id=ID, field="ttl", value=-1, reason="r")  # type: ignore[arg-type]
 
-    assert ("value", -1) == (info.value.field, info.value.value)
+    assert ("value", -1, "must be a string") == (
+        info.value.field,
+        info.value.value,
+        info.value.reason,
+    )
+
+
+def test_a_build_request_needs_a_name() -> None:
+    """An instance's name is required: an empty one is refused by name."""
+    with pytest.raises(InvalidInputError) as info:
+        BuildRequest(
+            build_id=uuid.UUID(int=10),
+            instance_id=uuid.UUID(int=11),
+            preset_id=ID,
+            template_id=uuid.UUID(int=2),
+            template_version_id=uuid.UUID(int=3),
+            transition=Transition.START,
+            name="",
+        )
+
+    assert ("name", "", "must not be empty") == (
+        info.value.field,
+        info.value.value,
+        info.value.reason,
+    )
+
+
+# The validator factories (enum_of, instance_of, ...) run when a record class
+# is declared, so these tests declare one: a record with one field, ``pick``,
+# checked by the validator under test.
+
+
+def record_with(validator: Any) -> Any:
+    """A record class, declared now, whose one field ``pick`` *validator* checks."""
+
+    @attrs.frozen(kw_only=True)
+    class Record:
+        pick: Any = attrs.field(validator=validator)
+
+    return Record
+
+
+FACTORY_ACCEPTED: list[tuple[str, Callable[[], object], object]] = [
+    ("enum", lambda: enum_of(PresetStatus), PresetStatus.HEALTHY),
+    ("instance", lambda: instance_of(datetime), NOW),
+    ("optional-instance", lambda: optional_instance_of(datetime), NOW),
+    ("optional-instance-none", lambda: optional_instance_of(datetime), None),
+    ("items-at-most", lambda: items_of(int, max_items=2), (1, 2)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("factory", "value"),
+    [case[1:] for case in FACTORY_ACCEPTED],
+    ids=[case[0] for case in FACTORY_ACCEPTED],
+)
+def test_a_declared_validator_accepts_its_kind(
+    factory: Callable[[], object], value: object
+) -> None:
+    """A field checked by a validator factory keeps a value of the kind it names."""
+    assert value == record_with(factory())(pick=value).pick
+
+
+FACTORY_REFUSED: list[tuple[str, Callable[[], object], object, object, str]] = [
+    ("enum", lambda: enum_of(PresetStatus), "healthy", "healthy", "must be a PresetStatus"),
+    ("instance", lambda: instance_of(datetime), "x", "x", "must be a datetime"),
+    ("optional-instance", lambda: optional_instance_of(datetime), "x", "x", "must be a datetime"),
+    ("items-list", lambda: items_of(int), [1], [1], "must be a collection of int"),
+    ("items-many", lambda: items_of(int, max_items=2), (1, 2, 3), (1, 2, 3),
+     "must hold at most 2 items"),
+    ("items-wrong", lambda: items_of(int), (1, "2"), "2", "must be a int"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("factory", "given", "named", "reason"),
+    [case[1:] for case in FACTORY_REFUSED],
+    ids=[case[0] for case in FACTORY_REFUSED],
+)
+def test_a_declared_validator_names_the_field_the_value_and_the_reason(
+    factory: Callable[[], object], given: object, named: object, reason: str
+) -> None:
+    """
+    A field checked by a validator factory refuses a value of another kind
+    with InvalidInputError naming the field, the value (the wrong item of a
+    tuple) and why.
+    """
+    with pytest.raises(InvalidInputError) as info:
+        record_with(factory())(pick=given)
+
+    assert ("pick", named, reason) == (
+        info.value.field,
+        info.value.value,
+        info.value.reason,
+    )
