@@ -57,10 +57,7 @@ from prebuilds.stores._common import (
     fence_token,
     invalid_preset,
     lost,
-    parameters_json,
     pooled_instance,
-    preset_facts,
-    schedules_json,
 )
 
 
@@ -93,27 +90,17 @@ class MemoryStore:
     """
     A :class:`~prebuilds.interfaces.Store` with
     :class:`~prebuilds.interfaces.StampedClaims` in process memory: one lock,
-    every method atomic, nothing kept past the process. The reference to read
-    when writing a store.
+    every method atomic, nothing kept past the process.
 
-    :meth:`leader` grants one lease at a time per store object. With
-    *lease_ttl*, a lease also expires that long after it was granted or last
-    renewed by a fenced write, on *clock* (for tests of a takeover).
-
-    Args:
-        clock: The time leases expire by (default: the system clock).
-        lease_ttl: How long a lease lasts without a fenced write (``None``:
-            until its scope ends).
-
-    Raises:
-        InvalidInputError: *lease_ttl* is not a positive timedelta.
+    :meth:`leader` grants one lease at a time; with *lease_ttl* a lease also
+    expires that long after it was granted or last renewed by a fenced write,
+    on *clock* (default: the system clock). Raises InvalidInputError if
+    *lease_ttl* is not a positive timedelta.
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0
-       *clock* and *lease_ttl*; :meth:`leader` yields a
-       :class:`~prebuilds.Lease` that fences writes; :meth:`read_pool`,
-       :meth:`read_preset` and :meth:`claim_if_unchanged` replace
-       ``snapshot`` and ``get_preset``.
+       *clock*, *lease_ttl*, fencing leases, :meth:`read_pool`,
+       :meth:`read_preset` and :meth:`claim_if_unchanged`.
     """
 
     def __init__(
@@ -564,23 +551,16 @@ class MemoryStore:
         return build
 
     def _facts(self, row: _PresetRow) -> PresetFacts:
-        """The preset's facts, built (and so checked) as every store builds them."""
-        config = row.config
-        return preset_facts(
-            id=config.id,
-            template_id=config.template_id,
-            template_version_id=config.template_version_id,
-            desired_instances=config.desired_instances,
-            name=config.name,
-            ttl=config.ttl,
-            scheduling_timezone=config.scheduling_timezone,
-            schedules=schedules_json(config.schedules),
-            parameters=parameters_json(config.parameters),
-            template=self._templates[config.template_id],
+        """The preset's facts; InvalidInputError if the calculator cannot take it."""
+        facts = PresetFacts(
+            config=row.config,
+            template=self._templates[row.config.template_id],
             status=row.status,
             last_invalidated_at=row.last_invalidated_at,
             stamp=row.stamp,
         )
+        _ = facts.preset  # the calculator's view must be valid too
+        return facts
 
     @staticmethod
     def _active(config: PresetConfig, template: Template) -> bool:
