@@ -57,7 +57,10 @@ from prebuilds.stores._common import (
     fence_token,
     invalid_preset,
     lost,
+    parameters_json,
     pooled_instance,
+    preset_facts,
+    schedules_json,
 )
 
 
@@ -551,16 +554,23 @@ class MemoryStore:
         return build
 
     def _facts(self, row: _PresetRow) -> PresetFacts:
-        """The preset's facts; InvalidInputError if the calculator cannot take it."""
-        facts = PresetFacts(
-            config=row.config,
-            template=self._templates[row.config.template_id],
+        """The preset's facts, built (and so checked) as every store builds them."""
+        config = row.config
+        return preset_facts(
+            id=config.id,
+            template_id=config.template_id,
+            template_version_id=config.template_version_id,
+            desired_instances=config.desired_instances,
+            name=config.name,
+            ttl=config.ttl,
+            scheduling_timezone=config.scheduling_timezone,
+            schedules=schedules_json(config.schedules),
+            parameters=parameters_json(config.parameters),
+            template=self._templates[config.template_id],
             status=row.status,
             last_invalidated_at=row.last_invalidated_at,
             stamp=row.stamp,
         )
-        _ = facts.preset  # the calculator's view must be valid too
-        return facts
 
     @staticmethod
     def _active(config: PresetConfig, template: Template) -> bool:

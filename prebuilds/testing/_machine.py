@@ -31,7 +31,7 @@ from prebuilds._claimer import StoreClaimer
 from prebuilds._events import CollectingEventSink
 from prebuilds._lifecycle import claimed_lifecycle
 from prebuilds._model import PrebuildSchedule, PresetSnapshot, PresetStatus, Transition
-from prebuilds._pool import PooledInstance, PoolFacts, PresetFacts, derive
+from prebuilds._pool import PoolFacts, PresetFacts, derive
 from prebuilds._reconciler import StoreReconciler
 from prebuilds._records import (
     PREBUILDS_OWNER_ID,
@@ -47,7 +47,7 @@ from prebuilds.exceptions import (
 )
 from prebuilds.stores import MemoryStore
 from prebuilds.testing._fakes import DEFAULT_START, FakeClock, FakeProvisioner
-from prebuilds.testing._rules import unknown_id_calls
+from prebuilds.testing._rules import pooled_view, unknown_id_calls
 
 
 if TYPE_CHECKING:
@@ -247,15 +247,14 @@ class PoolMachine(RuleBasedStateMachine):
     Each run builds a system (the store, its claimer, a one-worker
     :class:`~prebuilds.StoreReconciler`, a fake provisioner) and, with
     *reference*, a second on a :class:`~prebuilds.stores.MemoryStore`, on one
-    :class:`~prebuilds.testing.FakeClock`. Every rule acts on both; they must
-    agree by counts (IDs are random). Rules pick presets and templates by
-    index in ID order. The testing-kit page lists the rules and invariants.
+    :class:`~prebuilds.testing.FakeClock`; every rule acts on both, and they
+    must agree by counts. Rules pick presets and templates by index in ID
+    order; the testing-kit page lists the rules and invariants.
 
     Args:
         store_factory: A new, empty store per run; closed at teardown.
         claimer_factory: The claimer under test, given the store.
-        reference: Also run the reference system side by side, and check that
-            the system under test agrees with it.
+        reference: Also run the reference system, and check agreement with it.
         counter: Counts examples and steps, if given (for reports).
     """
 
@@ -333,20 +332,7 @@ class PoolMachine(RuleBasedStateMachine):
                 for p in sorted(self.presets)
             ],
             instances=[
-                PooledInstance(
-                    id=i.id,
-                    preset_id=i.preset_id,
-                    template_id=i.template_id,
-                    template_version_id=i.template_version_id,
-                    name=i.name,
-                    created_at=i.created_at,
-                    ready=i.ready,
-                    latest_build_id=latest[i.id].id,
-                    latest_transition=latest[i.id].transition,
-                    latest_status=latest[i.id].status,
-                    latest_number=latest[i.id].build_number,
-                    latest_created_at=latest[i.id].created_at,
-                )
+                pooled_view(i, latest[i.id])
                 for i in sorted(instances, key=lambda i: i.id)
                 if i.owner_id == PREBUILDS_OWNER_ID and not i.deleted
             ],
@@ -427,21 +413,14 @@ class PoolMachine(RuleBasedStateMachine):
         )
         summary["builds"] = sorted(builds.items())
         for preset_id, pool in sorted(self._pools(system).items()):
-            preset = system.store.read_preset(preset_id)
+            view = snapshot.filter_by_preset(preset_id, now=now)
+            backoff = view.backoff
             summary[f"preset {preset_id.int}"] = (
                 attrs.asdict(pool),
-                preset.status.value,
-                sorted(
-                    (r.transition.value, r.count)
-                    for r in snapshot.in_progress
-                    if r.preset_id == preset_id
-                ),
-                sum(r.count for r in snapshot.pending if r.preset_id == preset_id),
-                [
-                    (b.num_failed, b.last_build_at.isoformat())
-                    for b in snapshot.backoffs
-                    if b.preset_id == preset_id
-                ],
+                system.store.read_preset(preset_id).status.value,
+                sorted((r.transition.value, r.count) for r in view.in_progress),
+                view.pending_count,
+                backoff and (backoff.num_failed, backoff.last_build_at.isoformat()),
             )
         summary["now"] = now.isoformat()
         return summary
