@@ -93,27 +93,17 @@ class MemoryStore:
     """
     A :class:`~prebuilds.interfaces.Store` with
     :class:`~prebuilds.interfaces.StampedClaims` in process memory: one lock,
-    every method atomic, nothing kept past the process. The reference to read
-    when writing a store.
+    every method atomic, nothing kept past the process.
 
-    :meth:`leader` grants one lease at a time per store object. With
-    *lease_ttl*, a lease also expires that long after it was granted or last
-    renewed by a fenced write, on *clock* (for tests of a takeover).
-
-    Args:
-        clock: The time leases expire by (default: the system clock).
-        lease_ttl: How long a lease lasts without a fenced write (``None``:
-            until its scope ends).
-
-    Raises:
-        InvalidInputError: *lease_ttl* is not a positive timedelta.
+    :meth:`leader` grants one lease at a time; with *lease_ttl* a lease also
+    expires that long after it was granted or last renewed by a fenced write,
+    on *clock* (default: the system clock). Raises InvalidInputError if
+    *lease_ttl* is not a positive timedelta.
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0
-       *clock* and *lease_ttl*; :meth:`leader` yields a
-       :class:`~prebuilds.Lease` that fences writes; :meth:`read_pool`,
-       :meth:`read_preset` and :meth:`claim_if_unchanged` replace
-       ``snapshot`` and ``get_preset``.
+       *clock*, *lease_ttl*, fencing leases, :meth:`read_pool`,
+       :meth:`read_preset` and :meth:`claim_if_unchanged`.
     """
 
     def __init__(

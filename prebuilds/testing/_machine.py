@@ -1,11 +1,8 @@
 """
 PoolMachine: a Hypothesis state machine that drives whole systems (store,
 claimer, reconciler, fake provisioner) in lockstep and checks the pool's
-invariants, and that they agree with the reference, after every step.
-
-It models only what it put (templates, presets, invalidations); a pool's
-state it takes from :func:`~prebuilds.derive` and the calculator, applied to
-what a store shows its host. Only :mod:`prebuilds.testing` imports it.
+invariants, and their agreement with the reference, after every step. It
+models only what it put; a pool's state it derives with :func:`derive`.
 """
 
 from __future__ import annotations
@@ -14,6 +11,7 @@ import itertools
 
 from collections import Counter
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, NoReturn
 from uuid import UUID
 
@@ -33,7 +31,7 @@ from prebuilds._claimer import StoreClaimer
 from prebuilds._events import CollectingEventSink
 from prebuilds._lifecycle import claimed_lifecycle
 from prebuilds._model import PrebuildSchedule, PresetSnapshot, PresetStatus, Transition
-from prebuilds._pool import PooledInstance, PoolFacts, PresetFacts, derive
+from prebuilds._pool import PoolFacts, PresetFacts, derive
 from prebuilds._reconciler import StoreReconciler
 from prebuilds._records import (
     PREBUILDS_OWNER_ID,
@@ -49,14 +47,14 @@ from prebuilds.exceptions import (
 )
 from prebuilds.stores import MemoryStore
 from prebuilds.testing._fakes import DEFAULT_START, FakeClock, FakeProvisioner
-from prebuilds.testing._rules import unknown_id_calls
+from prebuilds.testing._rules import pooled_view, unknown_id_calls
 
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
     from prebuilds._model import GlobalSnapshot
-    from prebuilds._records import Build, BuildRequest, Instance, Lifecycle
+    from prebuilds._records import Build, BuildRequest, Instance
     from prebuilds.interfaces import Claimer, Store
 
 __all__ = ["PoolMachine", "RunCounter"]
@@ -100,6 +98,9 @@ _SCHEDULES: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = (
 _PARAMETERS = ((), (("region", "eu"),), (("region", "us"), ("size", "large")))
 _USERS = tuple(UUID(int=0xA000 + n) for n in range(3))
 
+#: What a claim wrote, and nothing may change after.
+_CLAIM_FIELDS = attrgetter("owner_id", "name", "lifecycle", "claimed_at")
+
 _INDEXES = st.integers(min_value=0, max_value=63)
 _COUNTS = st.integers(min_value=0, max_value=3)
 _PRESET_TTLS = st.sampled_from(_TTLS)
@@ -125,20 +126,8 @@ class _ScriptedProvisioner(FakeProvisioner):
         super().__init__(store, clock, build_time=BUILD_TIME, ready_on_success=False)
         self.failing: set[UUID] = set()
         self.down: set[UUID] = set()
-        self.rejected: set[UUID] = set()
-        self.stalled: set[UUID] = set()
-
-    def reject(self, preset_id: UUID) -> None:
-        self.rejected.add(preset_id)
-        super().reject(preset_id)
-
-    def stall(self, preset_id: UUID) -> None:
-        self.stalled.add(preset_id)
-        super().stall(preset_id)
-
-    def unstall(self, preset_id: UUID) -> None:
-        self.stalled.discard(preset_id)
-        super().unstall(preset_id)
+        self.rejected = self._rejecting  # the base's own sets (one thread)
+        self.stalled = self._stalled
 
     def submit(self, request: BuildRequest) -> None:
         preset_id = request.preset_id
@@ -148,19 +137,6 @@ class _ScriptedProvisioner(FakeProvisioner):
             elif preset_id in self.failing:
                 self.fail_next(1)
         super().submit(request)
-
-
-@attrs.frozen
-class _Claim:
-    """What a system handed out, as the machine recorded it at claim time."""
-
-    instance_id: UUID
-    preset_id: UUID
-    user_id: UUID
-    name: str
-    lifecycle: Lifecycle
-    claimed_at: datetime
-    builds: int
 
 
 class _System:
@@ -192,11 +168,14 @@ class _System:
             max_workers=1,
             name_factory=lambda: f"prebuild-{next(names)}",
         )
-        #: Every instance this system handed out, by ID.
-        self.claims: dict[UUID, _Claim] = {}
+        #: Every instance this system handed out, as claimed, and its builds.
+        self.claims: dict[UUID, tuple[Instance, int]] = {}
         #: Per preset, the pool size (running + starting) after the last
         #: pass: only a pass may grow a pool.
         self.bound: dict[UUID, int] = {}
+
+    def fail(self, message: str) -> NoReturn:
+        raise AssertionError(f"[{self.label}] {message}")
 
     def close(self) -> None:
         self.reconciler.stop()
@@ -206,25 +185,6 @@ class _System:
 
     def snapshot(self) -> GlobalSnapshot:
         return self.reconciler.snapshot_state(self.store)
-
-
-@attrs.define
-class _TemplateModel:
-    id: UUID
-    active_version_id: UUID
-    default_ttl: timedelta | None
-    deprecated: bool = False
-    deleted: bool = False
-
-    def record(self) -> Template:
-        return Template(
-            id=self.id,
-            active_version_id=self.active_version_id,
-            name=f"template-{self.id.int}",
-            deprecated=self.deprecated,
-            deleted=self.deleted,
-            default_ttl=self.default_ttl,
-        )
 
 
 @attrs.define
@@ -280,10 +240,6 @@ def _diff(
     ]
 
 
-def _fail(system: _System, message: str) -> NoReturn:
-    raise AssertionError(f"[{system.label}] {message}")
-
-
 class PoolMachine(RuleBasedStateMachine):
     """
     Drive pools end to end and check their invariants after every step.
@@ -291,15 +247,14 @@ class PoolMachine(RuleBasedStateMachine):
     Each run builds a system (the store, its claimer, a one-worker
     :class:`~prebuilds.StoreReconciler`, a fake provisioner) and, with
     *reference*, a second on a :class:`~prebuilds.stores.MemoryStore`, on one
-    :class:`~prebuilds.testing.FakeClock`. Every rule acts on both; they must
-    agree by counts (IDs are random). Rules pick presets and templates by
-    index in ID order. The testing-kit page lists the rules and invariants.
+    :class:`~prebuilds.testing.FakeClock`; every rule acts on both, and they
+    must agree by counts. Rules pick presets and templates by index in ID
+    order; the testing-kit page lists the rules and invariants.
 
     Args:
         store_factory: A new, empty store per run; closed at teardown.
         claimer_factory: The claimer under test, given the store.
-        reference: Also run the reference system side by side, and check that
-            the system under test agrees with it.
+        reference: Also run the reference system, and check agreement with it.
         counter: Counts examples and steps, if given (for reports).
     """
 
@@ -332,7 +287,7 @@ class PoolMachine(RuleBasedStateMachine):
         except BaseException:
             self.teardown()
             raise
-        self.templates: dict[UUID, _TemplateModel] = {}
+        self.templates: dict[UUID, Template] = {}
         self.presets: dict[UUID, _PresetModel] = {}
         self.paused: bool = False
         self._ids = itertools.count(1)
@@ -349,7 +304,7 @@ class PoolMachine(RuleBasedStateMachine):
         model = self.presets[preset_id]
         return PresetFacts(
             config=model.config,
-            template=self.templates[model.config.template_id].record(),
+            template=self.templates[model.config.template_id],
             status=status,
             last_invalidated_at=model.invalidated_at,
         )
@@ -377,20 +332,7 @@ class PoolMachine(RuleBasedStateMachine):
                 for p in sorted(self.presets)
             ],
             instances=[
-                PooledInstance(
-                    id=i.id,
-                    preset_id=i.preset_id,
-                    template_id=i.template_id,
-                    template_version_id=i.template_version_id,
-                    name=i.name,
-                    created_at=i.created_at,
-                    ready=i.ready,
-                    latest_build_id=latest[i.id].id,
-                    latest_transition=latest[i.id].transition,
-                    latest_status=latest[i.id].status,
-                    latest_number=latest[i.id].build_number,
-                    latest_created_at=latest[i.id].created_at,
-                )
+                pooled_view(i, latest[i.id])
                 for i in sorted(instances, key=lambda i: i.id)
                 if i.owner_id == PREBUILDS_OWNER_ID and not i.deleted
             ],
@@ -409,9 +351,10 @@ class PoolMachine(RuleBasedStateMachine):
             hard_limit=HARD_LIMIT,
         )
 
-    def _put_template(self, template: _TemplateModel) -> None:
+    def _put_template(self, template: Template) -> None:
+        self.templates[template.id] = template
         for system in self.systems:
-            system.store.put_template(template.record())
+            system.store.put_template(template)
 
     def _put_preset(self, config: PresetConfig) -> None:
         for system in self.systems:
@@ -470,21 +413,14 @@ class PoolMachine(RuleBasedStateMachine):
         )
         summary["builds"] = sorted(builds.items())
         for preset_id, pool in sorted(self._pools(system).items()):
-            preset = system.store.read_preset(preset_id)
+            view = snapshot.filter_by_preset(preset_id, now=now)
+            backoff = view.backoff
             summary[f"preset {preset_id.int}"] = (
                 attrs.asdict(pool),
-                preset.status.value,
-                sorted(
-                    (r.transition.value, r.count)
-                    for r in snapshot.in_progress
-                    if r.preset_id == preset_id
-                ),
-                sum(r.count for r in snapshot.pending if r.preset_id == preset_id),
-                [
-                    (b.num_failed, b.last_build_at.isoformat())
-                    for b in snapshot.backoffs
-                    if b.preset_id == preset_id
-                ],
+                system.store.read_preset(preset_id).status.value,
+                sorted((r.transition.value, r.count) for r in view.in_progress),
+                view.pending_count,
+                backoff and (backoff.num_failed, backoff.last_build_at.isoformat()),
             )
         summary["now"] = now.isoformat()
         return summary
@@ -510,17 +446,20 @@ class PoolMachine(RuleBasedStateMachine):
         if settled:
             self.settle()
 
-    def _add_template(self, default_ttl: timedelta | None) -> _TemplateModel:
-        template = _TemplateModel(
-            id=self._new_id(), active_version_id=self._new_id(), default_ttl=default_ttl
+    def _add_template(self, default_ttl: timedelta | None) -> Template:
+        template_id = self._new_id()
+        template = Template(
+            id=template_id,
+            active_version_id=self._new_id(),
+            name=f"template-{template_id.int}",
+            default_ttl=default_ttl,
         )
-        self.templates[template.id] = template
         self._put_template(template)
         return template
 
     def _add_preset(
         self,
-        template: _TemplateModel,
+        template: Template,
         desired: int,
         ttl: timedelta | None,
         schedule: int,
@@ -595,15 +534,15 @@ class PoolMachine(RuleBasedStateMachine):
     @rule(t=_INDEXES)
     def new_template_version(self, t: int) -> None:
         """Publish a new version: its presets copy the old ones, which drain."""
-        template = self.templates[_choice(self.templates, t)]
-        old = [
+        old = self.templates[_choice(self.templates, t)]
+        template = attrs.evolve(old, active_version_id=self._new_id())
+        configs = [
             m.config
             for m in self.presets.values()
-            if m.config.template_id == template.id
-            and m.config.template_version_id == template.active_version_id
+            if m.config.template_id == old.id
+            and m.config.template_version_id == old.active_version_id
         ]
-        template.active_version_id = self._new_id()
-        for config in sorted(old, key=lambda c: c.id)[
+        for config in sorted(configs, key=lambda c: c.id)[
             : MAX_PRESETS - len(self.presets)
         ]:
             preset_id = self._new_id()
@@ -621,9 +560,11 @@ class PoolMachine(RuleBasedStateMachine):
     def set_template_state(self, t: int, state: str) -> None:
         """Deprecate or delete a template (its presets drain), or restore it."""
         template = self.templates[_choice(self.templates, t)]
-        template.deprecated = state == "deprecated"
-        template.deleted = state == "deleted"
-        self._put_template(template)
+        self._put_template(
+            attrs.evolve(
+                template, deprecated=state == "deprecated", deleted=state == "deleted"
+            )
+        )
 
     @precondition(lambda self: self.presets)
     @rule(p=_INDEXES)
@@ -801,34 +742,30 @@ class PoolMachine(RuleBasedStateMachine):
             )
         except NoClaimablePrebuildsError:
             if claimable:
-                _fail(
-                    system,
+                system.fail(
                     f"the claim missed although {len(claimable)} instance(s) were "
                     "claimable",
                 )
             return None
         except PresetInactiveError:
             if active:
-                _fail(
-                    system, "the claim raised PresetInactiveError for an active preset"
-                )
+                system.fail("the claim raised PresetInactiveError for an active preset")
             return None
         if not isinstance(got, UUID):
-            _fail(system, f"claim returned {got!r}, not a UUID")
+            system.fail(f"claim returned {got!r}, not a UUID")
         if got in system.claims:
-            _fail(system, f"instance {got} was handed out twice")
+            system.fail(f"instance {got} was handed out twice")
         if not claimable or got != claimable[0].id:
             before = pooled.get(got)
-            _fail(
-                system,
+            system.fail(
                 f"the claim handed out {got}, not the oldest claimable instance "
                 f"{claimable[0].id if claimable else None} (at {now}, of the "
                 f"preset {facts.preset}: it was {before})",
             )
-        claim = _Claim(
-            instance_id=got,
-            preset_id=preset_id,
-            user_id=user,
+        after = system.store.get_instance(got)
+        wanted = attrs.evolve(
+            pooled[got],
+            owner_id=user,
             name=name,
             lifecycle=claimed_lifecycle(
                 now=now,
@@ -838,19 +775,10 @@ class PoolMachine(RuleBasedStateMachine):
                 template_default_ttl=facts.template.default_ttl,
             ),
             claimed_at=now,
-            builds=len(system.store.list_builds(instance_id=got)),
-        )
-        after = system.store.get_instance(got)
-        wanted = attrs.evolve(
-            pooled[got],
-            owner_id=user,
-            name=name,
-            lifecycle=claim.lifecycle,
-            claimed_at=now,
         )
         if after != wanted:
-            _fail(system, f"the claimed instance is {after}, expected {wanted}")
-        system.claims[got] = claim
+            system.fail(f"the claimed instance is {after}, expected {wanted}")
+        system.claims[got] = (wanted, len(system.store.list_builds(instance_id=got)))
         return got
 
     @precondition(lambda self: self.presets)
@@ -874,19 +802,17 @@ class PoolMachine(RuleBasedStateMachine):
                 request = system.store.delete_prebuild(instance_id, now=now)
                 if instance_id == claimed:
                     if request is not None:
-                        _fail(
-                            system,
+                        system.fail(
                             f"delete_prebuild deleted the claimed instance {claimed}",
                         )
                     continue
                 if request is None:
-                    _fail(
-                        system,
+                    system.fail(
                         f"delete_prebuild refused the running pooled instance "
                         f"{instance_id}",
                     )
                 if request.transition is not Transition.DELETE or request.orphan:
-                    _fail(system, f"delete_prebuild returned {request}")
+                    system.fail(f"delete_prebuild returned {request}")
                 system.provisioner.submit(request)
 
     # -- rules: the store's edges ------------------------------------------------------
@@ -919,9 +845,9 @@ class PoolMachine(RuleBasedStateMachine):
                 if instance.deleted:
                     store.set_ready(instance.id, ready=True)
             if store.list_builds() != builds:
-                _fail(system, "a report on a finished build changed it")
+                system.fail("a report on a finished build changed it")
             if store.list_instances(include_deleted=True) != instances:
-                _fail(system, "set_ready changed a deleted instance")
+                system.fail("set_ready changed a deleted instance")
 
     def _unknown_ids(self) -> None:
         now = self.clock.now()
@@ -932,12 +858,10 @@ class PoolMachine(RuleBasedStateMachine):
                     call()
                 except error:
                     continue
-                _fail(
-                    system, f"{method} of an unknown ID did not raise {error.__name__}"
-                )
+                system.fail(f"{method} of an unknown ID did not raise {error.__name__}")
             if store.delete_prebuild(UUID(int=0xDEAD), now=now) is not None:
-                _fail(
-                    system, "delete_prebuild of an unknown instance did not return None"
+                system.fail(
+                    "delete_prebuild of an unknown instance did not return None"
                 )
 
     # -- rules: reconciliation ---------------------------------------------------------
@@ -960,14 +884,14 @@ class PoolMachine(RuleBasedStateMachine):
             events_before = len(system.events.events)
             stats = system.reconciler.reconcile_all()
             if stats.error is not None or stats.presets_failed:
-                _fail(system, f"the pass failed: {stats}")
+                system.fail(f"the pass failed: {stats}")
             if not stats.leader:
-                _fail(system, "the pass did not get the leader lock")
+                system.fail("the pass did not get the leader lock")
             after = self._pools(system)
             events = system.events.events[events_before:]
             if self.paused:
                 if not stats.paused or len(system.store.list_builds()) != builds_before:
-                    _fail(system, "a paused pass did something")
+                    system.fail("a paused pass did something")
                 continue
             backing_off = {e.preset_id for e in events if e.kind is EventKind.BACKOFF}
             created = Counter(
@@ -998,17 +922,17 @@ class PoolMachine(RuleBasedStateMachine):
     ) -> None:
         where = f"preset {preset_id.int}, desired {desired}: {before} -> {after}"
         if after.size > max(desired, before.size):
-            _fail(system, f"a pass grew a pool beyond its desired count ({where})")
+            system.fail(f"a pass grew a pool beyond its desired count ({where})")
         if created and after.size > desired:
-            _fail(system, f"a pass created beyond the desired count ({where})")
+            system.fail(f"a pass created beyond the desired count ({where})")
         if backing_off:
             if created:
-                _fail(system, f"a pass created while backing off ({where})")
+                system.fail(f"a pass created while backing off ({where})")
             return
         if after.expired:
-            _fail(system, f"a pass left expired instances running ({where})")
+            system.fail(f"a pass left expired instances running ({where})")
         if after.running > desired:
-            _fail(system, f"a pass left extraneous instances running ({where})")
+            system.fail(f"a pass left extraneous instances running ({where})")
 
     @rule()
     def settle(self) -> None:
@@ -1073,18 +997,18 @@ class PoolMachine(RuleBasedStateMachine):
             desired = self._desired(preset_id, now)
             where = f"preset {preset_id.int}, desired {desired} at {now}: {pool}"
             if pool.starting or pool.deleting or pool.expired or pool.running_unready:
-                _fail(system, f"a settled pool still has work in progress ({where})")
+                system.fail(f"a settled pool still has work in progress ({where})")
             if not self._facts(preset_id).preset.is_active:
                 if pool.running:
-                    _fail(system, f"an inactive pool did not drain ({where})")
+                    system.fail(f"an inactive pool did not drain ({where})")
                 continue
             status = system.store.read_preset(preset_id).status
             if status is not PresetStatus.HEALTHY or preset_id in snapshot.hard_limited:
                 if pool.running > desired:
-                    _fail(system, f"a blocked pool kept extraneous instances ({where})")
+                    system.fail(f"a blocked pool kept extraneous instances ({where})")
                 continue
             if pool.running_ready != desired:
-                _fail(system, f"a settled pool is not at its desired count ({where})")
+                system.fail(f"a settled pool is not at its desired count ({where})")
 
     # -- invariants ----------------------------------------------------------------------
     @invariant()
@@ -1099,15 +1023,15 @@ class PoolMachine(RuleBasedStateMachine):
         for system, summary in zip(self.systems[1:], summaries[1:], strict=True):
             if summary != reference:
                 diff = _diff("", summary, reference, " != reference")
-                _fail(system, "disagrees with the reference:\n  " + "\n  ".join(diff))
+                system.fail("disagrees with the reference:\n  " + "\n  ".join(diff))
 
     def _check_system(self, system: _System) -> None:
         store = system.store
         if store.is_paused() != self.paused:
-            _fail(system, f"is_paused() is {store.is_paused()}, expected {self.paused}")
+            system.fail(f"is_paused() is {store.is_paused()}, expected {self.paused}")
         for template in self.templates.values():
-            if store.get_template(template.id) != template.record():
-                _fail(system, f"get_template({template.id}) differs from what was put")
+            if store.get_template(template.id) != template:
+                system.fail(f"get_template({template.id}) differs from what was put")
         instances = store.list_instances(include_deleted=True)
         builds = store.list_builds()
         self._check_facts(system, instances, builds)
@@ -1120,12 +1044,11 @@ class PoolMachine(RuleBasedStateMachine):
         if len(system.claims) != sum(
             i.owner_id != PREBUILDS_OWNER_ID for i in instances
         ):
-            _fail(system, "a claimed instance disappeared")
+            system.fail("a claimed instance disappeared")
         for preset_id, pool in self._pools(system).items():
             bound = system.bound.get(preset_id, 0)
             if pool.size > bound:
-                _fail(
-                    system,
+                system.fail(
                     f"preset {preset_id.int}'s pool grew outside a pass: {pool} > "
                     f"{bound}",
                 )
@@ -1144,7 +1067,7 @@ class PoolMachine(RuleBasedStateMachine):
         for facts in expected.presets:
             got = attrs.evolve(system.store.read_preset(facts.config.id), stamp=None)
             if got != facts:
-                _fail(system, f"read_preset gave {got}, expected {facts}")
+                system.fail(f"read_preset gave {got}, expected {facts}")
         actual = attrs.evolve(  # in the model's order: a store may use any
             actual,
             presets=sorted(
@@ -1168,8 +1091,7 @@ class PoolMachine(RuleBasedStateMachine):
         )
         if actual.invalid_presets:
             problems.append(f"invalid presets {actual.invalid_presets}")
-        _fail(
-            system,
+        system.fail(
             "read_pool's facts are not the presets put and the pooled instances "
             "the store shows:\n  " + "\n  ".join(problems),
         )
@@ -1178,44 +1100,37 @@ class PoolMachine(RuleBasedStateMachine):
     def _check_instance(system: _System, instance: Instance, own: list[Build]) -> None:
         """An instance's builds, its latest build shown, and its claim kept."""
         if [b.build_number for b in own] != list(range(1, len(own) + 1)):
-            _fail(system, f"instance {instance.id} has builds {own}")
+            system.fail(f"instance {instance.id} has builds {own}")
         if sum(b.status.in_progress for b in own[:-1]):
-            _fail(system, f"instance {instance.id} has an older build in progress")
+            system.fail(f"instance {instance.id} has an older build in progress")
         latest = own[-1]
         if (instance.latest_transition, instance.latest_status) != (
             latest.transition,
             latest.status,
         ):
-            _fail(system, f"instance {instance.id} does not show its latest build")
+            system.fail(f"instance {instance.id} does not show its latest build")
         claim = system.claims.get(instance.id)
         if instance.owner_id == PREBUILDS_OWNER_ID:
             if claim is not None:
-                _fail(system, f"the claimed instance {instance.id} is pooled again")
+                system.fail(f"the claimed instance {instance.id} is pooled again")
             if not instance.lifecycle.is_unset or instance.claimed_at is not None:
-                _fail(
-                    system,
+                system.fail(
                     f"the pooled instance {instance.id} has lifecycle fields: "
                     f"{instance.lifecycle}, claimed_at {instance.claimed_at}",
                 )
             return
         if claim is None:
-            _fail(
-                system,
+            system.fail(
                 f"instance {instance.id} left the pool without a claim (owner "
                 f"{instance.owner_id})",
             )
-        if instance.deleted or len(own) != claim.builds:
-            _fail(
-                system,
+        claimed, builds = claim
+        if instance.deleted or len(own) != builds:
+            system.fail(
                 f"the claimed instance {instance.id} was deleted or rebuilt: {own}",
             )
-        if (
-            instance.owner_id,
-            instance.name,
-            instance.lifecycle,
-            instance.claimed_at,
-        ) != (claim.user_id, claim.name, claim.lifecycle, claim.claimed_at):
-            _fail(system, f"the claimed instance {instance.id} changed: {instance}")
+        if _CLAIM_FIELDS(instance) != _CLAIM_FIELDS(claimed):
+            system.fail(f"the claimed instance {instance.id} changed: {instance}")
 
     def teardown(self) -> None:
         for system in self.systems:

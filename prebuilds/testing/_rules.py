@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from prebuilds._model import GlobalSnapshot
-    from prebuilds._records import Lifecycle
+    from prebuilds._records import Build, Instance, Lifecycle
     from prebuilds.interfaces import Claimer, Store
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "STORE_RULES",
     "Rule",
     "check_rules",
+    "pooled_view",
     "unknown_id_calls",
 ]
 
@@ -684,22 +685,7 @@ def _pooled_facts(world: _World) -> None:
     ):
         builds = world.store.list_builds(instance_id=instance.id)
         latest = max(builds, key=lambda b: b.build_number)
-        expected.append(
-            PooledInstance(
-                id=instance.id,
-                preset_id=instance.preset_id,
-                template_id=instance.template_id,
-                template_version_id=instance.template_version_id,
-                name=instance.name,
-                created_at=instance.created_at,
-                ready=instance.ready,
-                latest_build_id=latest.id,
-                latest_transition=latest.transition,
-                latest_status=latest.status,
-                latest_number=latest.build_number,
-                latest_created_at=latest.created_at,
-            )
-        )
+        expected.append(pooled_view(instance, latest))
 
     got = [i for i in world.store.read_pool().instances if i.preset_id == preset.id]
 
@@ -795,6 +781,24 @@ def _late_reports(world: _World) -> None:
         state(),
         f"the instances and builds after late reports (instance {instance} "
         f"running, {gone} deleted)",
+    )
+
+
+def pooled_view(instance: Instance, latest: Build) -> PooledInstance:
+    """A pooled *instance* as ``read_pool`` shows it, with its *latest* build."""
+    return PooledInstance(
+        id=instance.id,
+        preset_id=instance.preset_id,
+        template_id=instance.template_id,
+        template_version_id=instance.template_version_id,
+        name=instance.name,
+        created_at=instance.created_at,
+        ready=instance.ready,
+        latest_build_id=latest.id,
+        latest_transition=latest.transition,
+        latest_status=latest.status,
+        latest_number=latest.build_number,
+        latest_created_at=latest.created_at,
     )
 
 
