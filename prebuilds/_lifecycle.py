@@ -7,14 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import attrs
+
 from prebuilds._records import PREBUILDS_OWNER_ID, Instance, Lifecycle
-from prebuilds._validate import (
-    check_aware,
-    check_instance,
-    check_optional_aware,
-    check_optional_delta,
-    check_optional_str,
-)
+from prebuilds._validate import check_aware, check_instance, check_optional_delta
 
 
 if TYPE_CHECKING:
@@ -52,16 +48,19 @@ def claimed_lifecycle(
             that is not a string of at most 255 characters.
     """
     check_aware("now", now)
-    check_optional_str("autostart_schedule", autostart_schedule)
-    check_optional_aware("next_start_at", next_start_at)
-    check_optional_delta("ttl", ttl)
-    check_optional_delta("template_default_ttl", template_default_ttl)
-    return Lifecycle(
+    # Lifecycle's validators name the claim's own arguments (they are its
+    # field names), in this order; the template's default is checked after
+    # them, whether it is used or not.
+    claimed = Lifecycle(
         autostart_schedule=autostart_schedule,
         next_start_at=next_start_at,
-        ttl=ttl if ttl is not None else template_default_ttl,
+        ttl=ttl,
         last_used_at=now,
     )
+    check_optional_delta("template_default_ttl", template_default_ttl)
+    if ttl is None:
+        return attrs.evolve(claimed, ttl=template_default_ttl)
+    return claimed
 
 
 def is_lifecycle_managed(instance: Instance) -> bool:
