@@ -222,9 +222,12 @@ def _until(
         if i.latest_status is BuildStatus.FAILED
     )
     until = backoff_until(snapshot, backoff_interval=backoff_interval)
-    if until is not None and until >= at:
+    if until is not None:
         ends.append(until)
-    return min(ends, default=None)
+    # An end already passed changes nothing from *at* on (a failure out of
+    # the look-back stays out): counting it would make the plan stale at
+    # once, and worked out again on every pass.
+    return min((end for end in ends if end >= at), default=None)
 
 
 @attrs.frozen

@@ -12,6 +12,8 @@ from typing import Any
 import attrs
 import pytest
 
+import prebuilds._reconciler
+
 from prebuilds import (
     PREBUILDS_OWNER_ID,
     ActionType,
@@ -373,6 +375,35 @@ class TestBackoff:
         assert {preset.id} == {e.preset_id for e in world.of_kind(EventKind.BACKOFF)}
         assert 1 == len(ready(world.store, preset.id))
         assert () == world.snapshot().backoffs
+
+    def test_an_old_failure_does_not_make_every_pass_work_out_the_preset_again(
+        self, store_factory: StoreFactory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """
+        A failed instance kept in the pool counts toward the backoff for the
+        look-back only; once out of it, the preset's plan holds again from
+        pass to pass instead of being worked out on every one.
+        """
+        world = make_world(store_factory(), backoff_lookback=timedelta(hours=1))
+        preset = new_preset(world.store, new_template(world.store), desired=1)
+        world.provisioner.fail_next(1)
+        world.cycle()  # creates A at T0; it fails at T0+30s
+        world.clock.set(T0 + timedelta(hours=2))
+        world.settle()  # B replaces it; A stays, failed
+        assert 1 == len(ready(world.store, preset.id))
+        assert 2 == len(pooled(world.store, preset.id))
+        worked_out: list[datetime] = []
+        derive_preset = prebuilds._reconciler.derive_preset
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            worked_out.append(kwargs["now"])
+            return derive_preset(*args, **kwargs)
+
+        monkeypatch.setattr(prebuilds._reconciler, "derive_preset", counting)
+        stats = [world.cycle(advance=timedelta(seconds=15)) for _ in range(4)]
+
+        assert [0, 0, 0, 0] == [s.created + s.deleted for s in stats]
+        assert [] == worked_out
 
     def test_backoff_action_matches_the_calculator(
         self, store_factory: StoreFactory

@@ -75,11 +75,6 @@ class Tx:
         """Run one statement; its rows."""
         return self.execute(sql, params).fetchall()
 
-    @property
-    def connection(self) -> sqlite3.Connection:
-        """The connection the transaction runs on."""
-        return self._conn
-
 
 class Connections:
     """
@@ -209,6 +204,26 @@ class Connections:
             handle = self._open()
             self._local.handle = handle
         return handle
+
+    def single(
+        self, sql: str, params: _Params = (), *, write: bool = False
+    ) -> tuple[list[Any], int, sqlite3.Connection]:
+        """
+        One statement in a transaction of its own (SQLite's implicit one:
+        atomic, as a one-statement BEGIN ... COMMIT is, in a third of the
+        statements): its rows, the rows it changed and the connection.
+        Errors as :meth:`transaction`.
+        """
+        if write and self.read_only:
+            raise StoreError(f"the SQLiteStore on {self.path!r} is read-only")
+        handle = self.handle()
+        with handle.lock:
+            self.count()
+            try:
+                cursor = handle.conn.execute(sql, params)
+                return cursor.fetchall(), cursor.rowcount, handle.conn
+            except sqlite3.Error as e:
+                raise StoreError(f"SQLite: {e}") from e
 
     @contextmanager
     def transaction(self, *, write: bool) -> Iterator[Tx]:

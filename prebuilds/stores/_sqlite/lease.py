@@ -15,7 +15,7 @@ import time
 import uuid
 
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prebuilds._records import Lease
 from prebuilds.exceptions import StoreError
@@ -81,17 +81,18 @@ class Leases:
 
     def _acquire(self, token: str) -> bool:
         now_us = time.time_ns() // 1000
-        with self._connections.transaction(write=True) as tx:
-            row = tx.one(sql.LEASE_HOLDER, (sql.LEADER_NAME,))
-            if row is not None and row[0] != token and row[1] > now_us:
-                return False
-            tx.execute(sql.TAKE_LEASE, (sql.LEADER_NAME, token, now_us + self._ttl_us))
-        return True
+        _, taken, _ = self._connections.single(
+            sql.TAKE_LEASE,
+            (sql.LEADER_NAME, token, now_us + self._ttl_us, now_us),
+            write=True,
+        )
+        return taken == 1
 
     def _release(self, token: str) -> None:
         try:
-            with self._connections.transaction(write=True) as tx:
-                tx.execute(sql.RELEASE_LEASE, (sql.LEADER_NAME, token))
+            self._connections.single(
+                sql.RELEASE_LEASE, (sql.LEADER_NAME, token), write=True
+            )
         except StoreError:
             _log.warning(
                 "could not release the leader lease of %r; it expires by itself",
@@ -177,11 +178,13 @@ class Leases:
         )
         return cursor.rowcount == 1
 
-    def check(self, tx: Tx, lease: Lease | None) -> None:
+    def any_fenced(
+        self, query: str, params: dict[str, Any], lease: Lease | None
+    ) -> bool:
         """
-        Check in the read transaction *tx* that *lease* (None: unfenced)
-        still holds, without renewing it: a read that decides whether a
-        fenced write is needed at all.
+        Whether *query* finds a row, read in one statement with the check
+        that *lease* (None: unfenced) still holds, without renewing it: a
+        read that decides whether a fenced write is needed at all.
 
         Raises:
             InvalidInputError: *lease* is not a Lease.
@@ -189,13 +192,25 @@ class Leases:
         """
         token = fence_token(lease)
         if token is None:
-            return
+            rows, _, _ = self._connections.single(f"SELECT EXISTS ({query})", params)
+            return bool(rows[0][0])
         with self._renewal:
             known_lost = token in self._lost
-        now_us = time.time_ns() // 1000
-        if known_lost or tx.one(sql.HOLDS, (sql.LEADER_NAME, token, now_us)) is None:
-            self._mark_lost(token)
-            raise lost(token)
+        if not known_lost:
+            rows, _, _ = self._connections.single(
+                f"SELECT EXISTS ({query}), EXISTS ({sql.HOLDS})",
+                {
+                    **params,
+                    "name": sql.LEADER_NAME,
+                    "token": token,
+                    "wall": time.time_ns() // 1000,
+                },
+            )
+            found, held = rows[0]
+            if held:
+                return bool(found)
+        self._mark_lost(token)
+        raise lost(token)
 
     @contextmanager
     def write(self, lease: Lease | None) -> Iterator[Tx]:

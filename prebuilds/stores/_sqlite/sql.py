@@ -186,7 +186,7 @@ CANCEL_BUILD = """
 _STUCK = f"""
     status IN ('pending', 'running') AND created_at < :older AND initiator_id = {_O}
 """
-ANY_STUCK = f"SELECT 1 FROM prebuilds_builds WHERE {_STUCK} LIMIT 1"  # noqa: S608
+ANY_STUCK = f"SELECT 1 FROM prebuilds_builds WHERE {_STUCK}"  # noqa: S608
 STUCK_BUILDS = f"""
     SELECT {BUILD_COLUMNS} FROM prebuilds_builds WHERE {_STUCK}
     ORDER BY created_at, instance_id, build_number
@@ -269,13 +269,20 @@ STAMP = "SELECT stamp FROM prebuilds_presets WHERE id = ?"
 # -- the leader lease ----------------------------------------------------------------------
 
 LEADER_NAME = "reconciler"
-LEASE_HOLDER = "SELECT holder, expires_at FROM prebuilds_leader WHERE name = ?"
-TAKE_LEASE = _upsert("prebuilds_leader", "name, holder, expires_at")
+#: Take the lease if it is free or expired: one row changed if taken
+#: (name, token, expires, now).
+TAKE_LEASE = """
+    INSERT INTO prebuilds_leader (name, holder, expires_at) VALUES (?, ?, ?)
+    ON CONFLICT (name) DO UPDATE
+    SET holder = excluded.holder, expires_at = excluded.expires_at
+    WHERE prebuilds_leader.expires_at <= ?
+"""
 RELEASE_LEASE = "DELETE FROM prebuilds_leader WHERE name = ? AND holder = ?"
 #: Whether a lease is still its holder's and unexpired (name, token, now).
-HOLDS = (
-    "SELECT 1 FROM prebuilds_leader WHERE name = ? AND holder = ? AND expires_at > ?"
-)
+HOLDS = """
+    SELECT 1 FROM prebuilds_leader
+    WHERE name = :name AND holder = :token AND expires_at > :wall
+"""
 #: A fenced write's check and renewal in one statement (one row changed):
 #: the lease is still this holder's and unexpired. (expires, name, token, now).
 FENCE = """

@@ -245,10 +245,9 @@ class SQLiteStore:
             tx.execute(sql.SET_PAUSED, ("paused", "true" if paused else "false"))
 
     def is_paused(self) -> bool:
-        """Read from ``prebuilds_settings``."""
-        with self._read() as tx:
-            row = tx.one(sql.IS_PAUSED)
-        return row is not None and row[0] == "true"
+        """One ``SELECT`` from ``prebuilds_settings``."""
+        rows, _, _ = self._db.single(sql.IS_PAUSED)
+        return bool(rows) and rows[0][0] == "true"
 
     def get_template(self, template_id: UUID) -> Template:
         """One ``SELECT``."""
@@ -274,19 +273,21 @@ class SQLiteStore:
 
     def read_pool(self) -> PoolFacts:
         """
-        Five statements (``BEGIN``, ``PRAGMA data_version``, two queries,
-        ``COMMIT``) whatever the pool's size; rows equal to the last read's
-        are not decoded again. When nothing was committed since the last
-        read on this connection (``data_version`` counts other connections'
-        commits, the store's write count its own), the last read's facts,
-        in three statements.
+        ``PRAGMA data_version``, then ``BEGIN``, two queries and ``COMMIT``
+        whatever the pool's size; rows equal to the last read's are not
+        decoded again. While nothing was committed since the last read on
+        this connection (``data_version`` counts other connections' commits,
+        the store's write count its own), the last read's facts, in that
+        one statement.
         """
         writes = self._leases.writes
+        rows, _, conn = self._db.single("PRAGMA data_version")
+        # A commit after this point changes the key of the next read.
+        key = (conn, rows[0][0], writes)
+        last = self._last_pool
+        if last is not None and last[0] == key:
+            return last[1]
         with self._read() as tx:
-            key = (tx.connection, tx.one("PRAGMA data_version")[0], writes)
-            last = self._last_pool
-            if last is not None and last[0] == key:
-                return last[1]
             preset_rows = tx.all(sql.POOL_PRESETS)
             instance_rows = tx.all(sql.POOL_INSTANCES)
         with codecs.decoding("pool"):
@@ -379,17 +380,15 @@ class SQLiteStore:
         self, *, older_than: datetime, now: datetime, lease: Lease | None = None
     ) -> list[Build]:
         """
-        A read that checks the lease and looks for a stuck build; only if
-        there is one, a fenced write transaction: the builds, then their
+        One statement that checks the lease and looks for a stuck build;
+        only if there is one, a fenced write transaction: the builds, then their
         instances (a steady pass takes no write lock here).
         """
         check_fail_stuck_builds(older_than, now)
         params = {"older": codecs.to_us("older_than", older_than)}
         now_us = codecs.to_us("now", now)
-        with self._read() as tx:
-            self._leases.check(tx, lease)
-            if tx.one(sql.ANY_STUCK, params) is None:
-                return []
+        if not self._leases.any_fenced(sql.ANY_STUCK, params, lease):
+            return []
         with self._write(lease) as tx:
             rows = tx.all(sql.STUCK_BUILDS, params)
             if not rows:
