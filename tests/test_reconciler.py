@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 import pytest
 
+import prebuilds._pool
 import prebuilds._reconciler
 
 from prebuilds import (
@@ -393,7 +394,7 @@ class TestBackoff:
         assert 1 == len(ready(world.store, preset.id))
         assert 2 == len(pooled(world.store, preset.id))
         worked_out: list[datetime] = []
-        derive_preset = prebuilds._reconciler.derive_preset
+        derive_preset = prebuilds._pool.derive_preset
 
         def counting(*args: Any, **kwargs: Any) -> Any:
             worked_out.append(kwargs["now"])
