@@ -41,6 +41,7 @@ from prebuilds import (
 )
 from prebuilds._pool import PooledInstance, PresetFacts, derive_preset
 from prebuilds._reconciler import _until
+from prebuilds.exceptions import InvalidInputError
 from prebuilds.interfaces import Store
 from prebuilds.stores import MemoryStore
 from tests.conftest import StoreFactory
@@ -448,3 +449,30 @@ def test_read_pool_agrees_after_every_call(
             agreement.check()
 
     history()
+
+
+def test_facts_refuse_an_id_given_twice() -> None:
+    """A read that holds a preset or an instance twice is refused, naming the field and the ID."""
+    store = MemoryStore()
+    template = Template(id=uuid.uuid4(), active_version_id=uuid.uuid4(), name="t")
+    store.put_template(template)
+    preset = PresetConfig(
+        id=uuid.uuid4(),
+        template_id=template.id,
+        template_version_id=template.active_version_id,
+        desired_instances=1,
+        name="p",
+    )
+    store.put_preset(preset)
+    request = store.create_prebuild(preset.id, now=T0, name="one")
+    assert request is not None
+    facts = store.read_pool()
+    (instance,) = facts.instances
+    with pytest.raises(InvalidInputError) as twice:
+        attrs.evolve(facts, instances=(instance, instance))
+    assert (twice.value.field, twice.value.value) == ("instances", instance.id)
+    with pytest.raises(InvalidInputError) as twice:
+        attrs.evolve(facts, presets=facts.presets * 2)
+    assert (twice.value.field, twice.value.value) == ("presets", preset.id)
+    other = attrs.evolve(instance, id=uuid.uuid4())
+    assert len(attrs.evolve(facts, instances=(instance, other)).instances) == 2
