@@ -246,8 +246,8 @@ class _View:
     failed_kept: dict[UUID, int]
     #: (instance ID, transition) -> preset ID: the failed latest builds.
     failed: dict[tuple[UUID, Transition], UUID]
-    #: Ready running instance ID -> its preset ID.
-    ready: dict[UUID, UUID]
+    #: Ready running instances, by their IDs' ints.
+    ready: dict[int, PooledInstance]
     #: The plans not certainly skipped, and of those the ones with work.
     todo: tuple[_Plan, ...] = attrs.field(init=False)
     busy: tuple[_Plan, ...] = attrs.field(init=False)
@@ -412,7 +412,7 @@ class StoreReconciler:
         self.pass_errors: int = 0
         #: Resource replacements seen at claim, per preset.
         self.replacements: Counter[UUID] = Counter()
-        self._ready_seen: Mapping[UUID, UUID] = {}
+        self._ready_seen: Mapping[int, PooledInstance] = {}
         self._invalid_seen: frozenset[InvalidPreset] = frozenset()
         # What a scrape, a dashboard or status() reads without the store:
         # the last leading pass's statuses, each preset's last error, names.
@@ -705,31 +705,33 @@ class StoreReconciler:
             if until is None or now < until:
                 return last[3]
         templates = {f.template.id: f.template for f in facts.presets}
-        by_preset: dict[UUID, list[PooledInstance]] = {}
+        # Keyed by the IDs' ints: a UUID hashes in Python, an int in C, and
+        # this runs for every pooled instance whenever anything changed.
+        by_preset: dict[int, list[PooledInstance]] = {}
         failed_kept: Counter[UUID] = Counter()
         failed: dict[tuple[UUID, Transition], UUID] = {}
-        ready: dict[UUID, UUID] = {}
+        ready: dict[int, PooledInstance] = {}
         for instance in facts.instances:
-            preset_id = instance.preset_id
-            mine = by_preset.get(preset_id)
+            preset_key = instance.preset_id.int
+            mine = by_preset.get(preset_key)
             if mine is None:
-                by_preset[preset_id] = [instance]
+                by_preset[preset_key] = [instance]
             else:
                 mine.append(instance)
             status = instance.latest_status
             if status is BuildStatus.FAILED:
-                failed_kept[preset_id] += 1
-                failed[instance.id, instance.latest_transition] = preset_id
+                failed_kept[instance.preset_id] += 1
+                failed[instance.id, instance.latest_transition] = instance.preset_id
             elif (
                 instance.ready
                 and status is BuildStatus.SUCCEEDED
                 and instance.latest_transition is Transition.START
             ):
-                ready[instance.id] = preset_id
+                ready[instance.id.int] = instance
         known, plans = self._plans, {}
         for preset_facts in sorted(facts.presets, key=lambda f: f.config.id.int):
             preset_id = preset_facts.config.id
-            instances = tuple(by_preset.get(preset_id, ()))
+            instances = tuple(by_preset.get(preset_id.int, ()))
             plan = known.get(preset_id)
             if plan is None or not plan.holds(preset_facts, instances, now):
                 plan = self._plan(preset_facts, instances, templates, now)
@@ -902,13 +904,13 @@ class StoreReconciler:
         ready = view.ready
         if ready is self._ready_seen:  # the same read as the last pass
             return
-        new = [i for i in ready if i not in self._ready_seen]
-        for instance_id in sorted(new, key=lambda i: i.int):
+        for key in sorted(key for key in ready if key not in self._ready_seen):
+            instance = ready[key]
             self._emit(
                 EventKind.READY,
                 at=now,
-                preset_id=ready[instance_id],
-                instance_id=instance_id,
+                preset_id=instance.preset_id,
+                instance_id=instance.id,
             )
         self._ready_seen = ready
 
