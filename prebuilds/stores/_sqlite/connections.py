@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import urllib.parse
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from prebuilds.exceptions import StoreError
@@ -98,6 +98,9 @@ class Connections:
         self._busy_timeout = busy_timeout
         self._on_fork = on_fork
         self._lock = threading.Lock()
+        # This store's write transactions queue here, not in SQLite's busy
+        # handler, which polls with sleeps of up to 100 ms.
+        self._write_lock = threading.Lock()
         self._local = threading.local()
         self.handles: list[Handle] = []
         self._shared: Handle | None = None
@@ -234,7 +237,7 @@ class Connections:
         if write and self.read_only:
             raise StoreError(f"the SQLiteStore on {self.path!r} is read-only")
         handle = self.handle()
-        with handle.lock:
+        with self._write_lock if write else nullcontext(), handle.lock:
             conn = handle.conn
             tx = Tx(conn, self.count)
             try:
