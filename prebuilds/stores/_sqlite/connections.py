@@ -201,6 +201,8 @@ class Connections:
                 self._pid = os.getpid()
                 self.handles = []
                 self._local = threading.local()
+                # Another thread of the parent may have held it at the fork.
+                self._write_lock = threading.Lock()
             self._on_fork()
         handle: Handle | None = getattr(self._local, "handle", None)
         if handle is None:
