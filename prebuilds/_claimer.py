@@ -7,9 +7,7 @@ import time
 
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, cast
-
-import attrs
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from prebuilds._arguments import check_claim
 from prebuilds._model import expiry_cutoff
@@ -257,9 +255,12 @@ class StoreClaimer:
             )
 
 
-@attrs.frozen(kw_only=True)
-class _Claim:
-    """One claim's arguments (checked), and what they ask of the store given the facts."""
+class _Claim(NamedTuple):
+    """
+    One claim's arguments (checked), and what they ask of the store given
+    the facts. A named tuple, not an attrs record: built on every claim, it
+    costs a fifth of a frozen record's construction.
+    """
 
     preset_id: UUID
     user_id: UUID

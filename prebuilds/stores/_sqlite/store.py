@@ -75,6 +75,8 @@ if TYPE_CHECKING:
 _US = timedelta(microseconds=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _STUCK_ERROR = "stuck: no result before the timeout"
+#: How many ID texts a store remembers before it forgets them all.
+_TEXTS = 4096
 
 
 class SQLiteStore:
@@ -139,6 +141,9 @@ class SQLiteStore:
             self._db, lease_ttl_us=lease_ttl // _US, busy_timeout=busy_timeout
         )
         self._pool = codecs.PoolDecoder()
+        # The text of preset and version IDs claims name again and again
+        # (str(UUID) is a tenth of a claim's Python time).
+        self._texts: dict[UUID, str] = {}
         self._last_pool: tuple[tuple[object, int, int], PoolFacts] | None = None
         try:
             handle = self._db.first()
@@ -577,7 +582,7 @@ class SQLiteStore:
             version_id,
             not_before,
         )
-        preset = str(preset_id)
+        preset = self._text(preset_id)
         # Encoded inline, as _claim_params does: every value was checked.
         params = (
             str(user_id),
@@ -587,7 +592,7 @@ class SQLiteStore:
             None if ttl is None else ttl // _US,
             (now - _EPOCH) // _US,
             preset,
-            str(version_id),
+            self._text(version_id),
             codecs.NO_CUTOFF if not_before is None else (not_before - _EPOCH) // _US,
             stamp,
         )
@@ -602,6 +607,15 @@ class SQLiteStore:
         if current is None or current[0] != stamp:
             raise PresetChangedError(preset_id)
         return None
+
+    def _text(self, value: UUID) -> str:
+        """``str(value)``, remembered (a few thousand at most)."""
+        text = self._texts.get(value)
+        if text is None:
+            if len(self._texts) >= _TEXTS:
+                self._texts.clear()
+            text = self._texts[value] = str(value)
+        return text
 
     # -- reads -------------------------------------------------------------------------------
 
