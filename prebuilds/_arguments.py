@@ -143,6 +143,33 @@ def check_claim_if_unchanged(  # noqa: PLR0917 - the claim's arguments, in order
     check_store_claim(preset_id, user_id, name, lifecycle, now, version_id, not_before)
 
 
+def check_claim_id_if_unchanged(  # noqa: PLR0917 - the claim's arguments, in order
+    stamp: object,
+    preset_id: object,
+    user_id: object,
+    name: object,
+    now: object,
+    autostart_schedule: object,
+    next_start_at: object,
+    ttl: object,
+    version_id: object,
+    not_before: object,
+) -> None:
+    """``LeanClaims.claim_id_if_unchanged``: the stamp, then as ``StoreClaimer.claim``."""
+    check_int("stamp", stamp)
+    check_claim(
+        now=now,
+        user_id=user_id,
+        name=name,
+        preset_id=preset_id,
+        autostart_schedule=autostart_schedule,
+        next_start_at=next_start_at,
+        ttl=ttl,
+    )
+    check_uuid("version_id", version_id)
+    check_optional_aware("not_before", not_before)
+
+
 def check_list_instances(
     preset_id: object, owner_id: object, include_deleted: object
 ) -> None:

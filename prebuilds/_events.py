@@ -47,6 +47,8 @@ class LoggingEventSink:
         """Log *event*; never raises."""
         level = logging.WARNING if event.kind in _WARNINGS else logging.INFO
         try:
+            if not self._logger.isEnabledFor(level):
+                return  # dropped: no formatting work
             named = f" ({event.preset_name})" if event.preset_name else ""
             more = ""
             if event.duration is not None:

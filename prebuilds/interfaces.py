@@ -50,6 +50,7 @@ __all__ = [
     "Claimer",
     "Clock",
     "EventSink",
+    "LeanClaims",
     "PassObserver",
     "Provisioner",
     "Reconciler",
@@ -329,6 +330,48 @@ class StampedClaims(Protocol):
         not_before: datetime | None,
     ) -> Instance | None:
         """``claim``, provided the preset's stamp is still *stamp*."""
+
+
+@runtime_checkable
+class LeanClaims(Protocol):
+    """
+    **Protocol (optional):** a stamped claim that returns only the ID.
+
+    ``claim_id_if_unchanged`` is
+    :meth:`~prebuilds.interfaces.StampedClaims.claim_if_unchanged` with the
+    claimed lifecycle given by its fields, and the claimed instance's ID
+    returned instead of the whole record: what
+    :class:`~prebuilds.StoreClaimer` needs, without building an
+    :class:`~prebuilds.Instance` and a :class:`~prebuilds.Lifecycle` per
+    claim. The instance gets the lifecycle
+    ``Lifecycle(autostart_schedule=autostart_schedule,
+    next_start_at=next_start_at, ttl=ttl, last_used_at=now)`` (its other
+    fields cleared), exactly as ``claim_if_unchanged`` with that lifecycle
+    would give it; the same refusals, the same errors (an argument that is
+    not valid: :class:`~prebuilds.exceptions.InvalidInputError` naming it;
+    a changed stamp: :class:`~prebuilds.exceptions.PresetChangedError`,
+    nothing written). A store offering it also offers
+    :class:`StampedClaims`; a store without it is claimed from with
+    ``claim_if_unchanged``.
+
+    .. versionadded:: 0.2.0
+    """
+
+    def claim_id_if_unchanged(
+        self,
+        *,
+        stamp: int,
+        preset_id: UUID,
+        user_id: UUID,
+        name: str,
+        now: datetime,
+        autostart_schedule: str | None,
+        next_start_at: datetime | None,
+        ttl: timedelta | None,
+        version_id: UUID,
+        not_before: datetime | None,
+    ) -> UUID | None:
+        """The claimed instance's ID (None on a miss), provided the stamp is *stamp*."""
 
 
 @runtime_checkable

@@ -608,10 +608,26 @@ def test_a_sqlite_claim_that_cannot_be_read_back_is_rolled_back(
         def undecodable(row: object) -> object:
             raise ValueError("a row that cannot be decoded")
 
-        with monkeypatch.context() as patch:
-            patch.setattr(sqlite_codecs, "claimed_instance", undecodable)
-            with pytest.raises(StoreError):
-                claim_as(store, seeded)
+        def store_claim() -> object:
+            return store.claim(
+                preset_id=seeded.preset.id,
+                user_id=uuid.uuid4(),
+                name="bob-dev",
+                lifecycle=Lifecycle(last_used_at=NOW),
+                now=NOW,
+                version_id=seeded.preset.template_version_id,
+                not_before=None,
+            )
 
-        assert before == contents(store, seeded)
+        # StoreClaimer claims through LeanClaims (codecs.claimed_id), a
+        # direct Store.claim reads back with codecs.claimed_instance.
+        for decoder, claim in (
+            ("claimed_id", lambda: claim_as(store, seeded)),
+            ("claimed_instance", store_claim),
+        ):
+            with monkeypatch.context() as patch:
+                patch.setattr(sqlite_codecs, decoder, undecodable)
+                with pytest.raises(StoreError):
+                    claim()
+            assert before == contents(store, seeded)
         assert seeded.ready.instance_id == claim_as(store, seeded)

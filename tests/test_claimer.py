@@ -467,6 +467,84 @@ class StampedRecordingStore(DelegatingStore):
         return got
 
 
+class LeanRecordingStore(StampedRecordingStore):
+    """Records every claim_id_if_unchanged too (a LeanClaims store)."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.lean: list[dict[str, Any]] = []
+
+    def claim_id_if_unchanged(self, **kwargs: Any) -> uuid.UUID | None:
+        self.lean.append(kwargs)
+        inner: Any = self.inner
+        got: uuid.UUID | None = inner.claim_id_if_unchanged(**kwargs)
+        return got
+
+
+class TestLeanClaims:
+    def test_the_claimer_asks_for_the_id_only(
+        self, store_factory: StoreFactory
+    ) -> None:
+        """
+        On a LeanClaims store the claimer calls claim_id_if_unchanged (never
+        claim_if_unchanged), and the instance gets the lifecycle
+        claimed_lifecycle gives: the template's default TTL, last used now.
+        """
+        store = store_factory()
+        default_ttl = timedelta(hours=8)
+        template = new_template(store, default_ttl=default_ttl)
+        preset = new_preset(store, template, desired=1)
+        world = make_world(store)
+        world.settle()
+        recording = LeanRecordingStore(store)
+        claimer = StoreClaimer(recording)
+        now = world.clock.now()
+        user = uuid.uuid4()
+        start = now + timedelta(hours=1)
+
+        claimed = claimer.claim(
+            now=now,
+            user_id=user,
+            name="lean",
+            preset_id=preset.id,
+            autostart_schedule="0 9 * * 1-5",
+            next_start_at=start,
+        )
+
+        assert ([], 1) == (recording.claims, len(recording.lean))
+        assert default_ttl == recording.lean[0]["ttl"]
+        got = store.get_instance(claimed)
+        expected = claimed_lifecycle(
+            now=now,
+            autostart_schedule="0 9 * * 1-5",
+            next_start_at=start,
+            ttl=None,
+            template_default_ttl=default_ttl,
+        )
+        assert (user, "lean", now, expected) == (
+            got.owner_id,
+            got.name,
+            got.claimed_at,
+            got.lifecycle,
+        )
+
+    def test_a_stamped_store_without_it_is_asked_as_before(
+        self, store_factory: StoreFactory
+    ) -> None:
+        """A StampedClaims store that is not LeanClaims gets claim_if_unchanged."""
+        world, preset_id = _filled(store_factory, desired=1)
+        recording = StampedRecordingStore(world.store)
+
+        claimed = StoreClaimer(recording).claim(
+            now=world.clock.now(), user_id=uuid.uuid4(), name="x", preset_id=preset_id
+        )
+
+        assert [claimed] == [
+            i.id for i in world.store.list_instances(owner_id=None) if i.name == "x"
+        ]
+        assert 1 == len(recording.claims)
+
+
 class TestCachedFactsStayTrue:
     """
     A claimer's cache never hands out, nor refuses, what a fresh read would

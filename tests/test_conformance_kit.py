@@ -844,6 +844,7 @@ def test_the_testing_kit_page_names_every_rule() -> None:
         *_rules.CLAIMER_RULES,
         *_rules.STORE_RULES,
         *_rules.STAMP_RULES,
+        *_rules.LEAN_RULES,
     )
     missing = [rule.name for rule in rules if f"`{rule.name}`" not in page]
     assert missing == []

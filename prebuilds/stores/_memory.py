@@ -14,6 +14,7 @@ import attrs
 
 from prebuilds._arguments import (
     check_build_finished,
+    check_claim_id_if_unchanged,
     check_claim_if_unchanged,
     check_create_prebuild,
     check_fail_stuck_builds,
@@ -459,6 +460,48 @@ class MemoryStore:
             return self._claim(
                 preset_id, user_id, name, lifecycle, _utc(now), version_id, not_before
             )
+
+    def claim_id_if_unchanged(
+        self,
+        *,
+        stamp: int,
+        preset_id: UUID,
+        user_id: UUID,
+        name: str,
+        now: datetime,
+        autostart_schedule: str | None,
+        next_start_at: datetime | None,
+        ttl: timedelta | None,
+        version_id: UUID,
+        not_before: datetime | None,
+    ) -> UUID | None:
+        """:meth:`claim_if_unchanged`, the lifecycle by its fields, the ID returned."""
+        check_claim_id_if_unchanged(
+            stamp,
+            preset_id,
+            user_id,
+            name,
+            now,
+            autostart_schedule,
+            next_start_at,
+            ttl,
+            version_id,
+            not_before,
+        )
+        lifecycle = Lifecycle(
+            autostart_schedule=autostart_schedule,
+            next_start_at=next_start_at,
+            ttl=ttl,
+            last_used_at=now,
+        )
+        with self._lock:
+            row = self._presets.get(preset_id)
+            if row is None or row.stamp != stamp:
+                raise PresetChangedError(preset_id)
+            claimed = self._claim(
+                preset_id, user_id, name, lifecycle, _utc(now), version_id, not_before
+            )
+        return None if claimed is None else claimed.id
 
     def _claim(  # noqa: PLR0917 - the claim's arguments, checked
         self,

@@ -30,7 +30,7 @@ from prebuilds._records import (
     Template,
 )
 from prebuilds.exceptions import LeadershipLostError, StoreError
-from prebuilds.interfaces import StampedClaims
+from prebuilds.interfaces import LeanClaims, StampedClaims
 from prebuilds.stores import MemoryStore
 from prebuilds.testing._fakes import DEFAULT_START
 from prebuilds.testing._machine import PoolMachine, RunCounter
@@ -169,7 +169,9 @@ def check_concurrent_claims(
     Each round fills a pool of *instances* ready instances, then starts
     ``2 * instances`` claims (each by another user; on a store that offers
     :class:`~prebuilds.interfaces.StampedClaims`, every other one through
-    ``claim_if_unchanged``) and one ``delete_prebuild`` per instance
+    ``claim_if_unchanged``, and on one that offers
+    :class:`~prebuilds.interfaces.LeanClaims`, every fourth one through
+    ``claim_id_if_unchanged``) and one ``delete_prebuild`` per instance
     together. No instance may go to two
     users, nor be both claimed and deleted; a claim may miss only when
     nothing claimable is left at the end.
@@ -202,7 +204,8 @@ def _race(store: Store, size: int) -> None:
     users = [UUID(int=0xB000 + n) for n in range(2 * size)]
     stamp: Any = store.read_preset(_PRESET).stamp
     stamped = store if isinstance(store, StampedClaims) and stamp is not None else None
-    claims: dict[UUID, Instance | None] = {}
+    lean = store if stamped is not None and isinstance(store, LeanClaims) else None
+    claims: dict[UUID, UUID | None] = {}
     deletes: dict[UUID, BuildRequest | None] = {}
     errors: list[BaseException] = []
     start = threading.Barrier(len(users) + len(pool))
@@ -219,10 +222,21 @@ def _race(store: Store, size: int) -> None:
         }
         try:
             start.wait()
+            if lean is not None and user.int % 4 == 3:  # noqa: PLR2004
+                del arguments["lifecycle"]
+                claims[user] = lean.claim_id_if_unchanged(
+                    stamp=stamp,
+                    autostart_schedule=None,
+                    next_start_at=None,
+                    ttl=None,
+                    **arguments,
+                )
+                return
             if stamped is not None and user.int % 2:
-                claims[user] = stamped.claim_if_unchanged(stamp=stamp, **arguments)
+                instance = stamped.claim_if_unchanged(stamp=stamp, **arguments)
             else:
-                claims[user] = store.claim(**arguments)
+                instance = store.claim(**arguments)
+            claims[user] = None if instance is None else instance.id
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -273,20 +287,20 @@ def _fill_pool(store: Store, size: int) -> list[UUID]:
 def _check_race(
     store: Store,
     pool: list[UUID],
-    claims: dict[UUID, Instance | None],
+    claims: dict[UUID, UUID | None],
     deletes: dict[UUID, BuildRequest | None],
 ) -> None:
     owners: dict[UUID, UUID] = {}
-    for user, instance in claims.items():
-        if instance is None:
+    for user, claimed in claims.items():
+        if claimed is None:
             continue
-        if instance.id in owners:
+        if claimed in owners:
             msg = (
-                f"concurrent claims handed instance {instance.id} to two users: "
-                f"{owners[instance.id]} and {user}"
+                f"concurrent claims handed instance {claimed} to two users: "
+                f"{owners[claimed]} and {user}"
             )
             raise AssertionError(msg)
-        owners[instance.id] = user
+        owners[claimed] = user
     missed = any(c is None for c in claims.values())
     for instance_id in pool:
         instance = store.get_instance(instance_id)

@@ -39,7 +39,7 @@ from prebuilds.exceptions import (
     PresetNotFoundError,
     TemplateNotFoundError,
 )
-from prebuilds.interfaces import StampedClaims
+from prebuilds.interfaces import LeanClaims, StampedClaims
 from prebuilds.testing._fakes import DEFAULT_START
 
 
@@ -921,7 +921,19 @@ def _stamps(world: _World) -> None:
 
 
 def _claim_if_unchanged(world: _World) -> None:
-    store: Any = world.store  # a StampedClaims
+    _stamped_claim(world, lean=False)
+
+
+def _claim_id_if_unchanged(world: _World) -> None:
+    _stamped_claim(world, lean=True)
+
+
+def _stamped_claim(world: _World, *, lean: bool) -> None:
+    """
+    A stale stamp refused, nothing written; the current one claims (through
+    ``claim_id_if_unchanged`` if *lean*: the same instance, the same record).
+    """
+    store: Any = world.store  # a StampedClaims (and a LeanClaims if lean)
     template = world.template()
     preset = world.preset(template, desired_instances=2)
     first = world.running(preset, T0)
@@ -934,6 +946,20 @@ def _claim_if_unchanged(world: _World) -> None:
     )
 
     def claim(stamp: object) -> UUID | None:
+        if lean:
+            claimed: UUID | None = store.claim_id_if_unchanged(
+                stamp=stamp,
+                preset_id=preset.id,
+                user_id=USER,
+                name="claimed",
+                now=T0 + SECOND,
+                autostart_schedule=lifecycle.autostart_schedule,
+                next_start_at=lifecycle.next_start_at,
+                ttl=lifecycle.ttl,
+                version_id=template.active_version_id,
+                not_before=None,
+            )
+            return claimed
         instance = store.claim_if_unchanged(
             stamp=stamp,
             preset_id=preset.id,
@@ -963,6 +989,14 @@ def _claim_if_unchanged(world: _World) -> None:
         )
     current = world.store.read_preset(preset.id).stamp
     world.expect(first, claim(current), "a claim with the current stamp")
+    claimed = world.store.get_instance(first)
+    # The lean claim's lifecycle is last used at the claim's *now*.
+    written = attrs.evolve(lifecycle, last_used_at=T0 + SECOND) if lean else lifecycle
+    world.expect(
+        (USER, "claimed", T0 + SECOND, written),
+        (claimed.owner_id, claimed.name, claimed.claimed_at, claimed.lifecycle),
+        "the claimed instance's owner, name, claimed_at and lifecycle",
+    )
     world.expect(None, claim(current), "a claim with the current stamp, pool empty")
 
 
@@ -978,6 +1012,14 @@ STAMP_RULES = (
         _claim_if_unchanged,
     ),
 )
+LEAN_RULES = (
+    Rule(
+        "claim_id_if_unchanged: a stale stamp raises PresetChangedError and writes "
+        "nothing; the current one claims, with the claimed lifecycle, and "
+        "returns the ID",
+        _claim_id_if_unchanged,
+    ),
+)
 
 
 def check_rules(
@@ -989,7 +1031,8 @@ def check_rules(
 
     Without *claimer_factory* (:func:`~prebuilds.testing.check_store`): the
     store's rules, the claim rules through ``Store.claim``, the stamp rules
-    if the store offers :class:`~prebuilds.interfaces.StampedClaims`, and the
+    if the store offers :class:`~prebuilds.interfaces.StampedClaims` (and
+    :class:`~prebuilds.interfaces.LeanClaims`), and the
     claim rules again, with the template's state, through
     :class:`~prebuilds.StoreClaimer`. With it
     (:func:`~prebuilds.testing.check_claimer`): the claim rules through the
@@ -1001,7 +1044,11 @@ def check_rules(
     store = store_factory()
     try:
         if claimer_factory is None:
-            stamped = STAMP_RULES if isinstance(store, StampedClaims) else ()
+            stamped: tuple[Rule, ...] = ()
+            if isinstance(store, StampedClaims):
+                stamped = STAMP_RULES
+                if isinstance(store, LeanClaims):
+                    stamped += LEAN_RULES
             runs: list[tuple[Claimer | None, tuple[Rule, ...]]] = [
                 (None, STORE_RULES + CLAIM_RULES + stamped),
                 (StoreClaimer(store), CLAIM_RULES + CLAIMER_RULES),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import operator
 
 from contextlib import suppress
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -75,6 +75,84 @@ CLAIM_IF_UNCHANGED = f"""
     SELECT (SELECT stamp FROM preset), claimed.*
     {ONE_ROW} claimed ON true
 """
+
+
+# LeanClaims' claim: only what a claim sets is bound (the cleared lifecycle
+# columns are constants, now bound once), only the ID returned. $1 preset,
+# $2 version, $3 cut-off, $4 user, $5 name, $6 now, $7 autostart, $8 next
+# start, $9 TTL, $10 the stamp.
+_SET_LEAN = (
+    "owner_id = $4, name = $5, claimed_at = $6, autostart_schedule = $7,"
+    " next_start_at = $8, ttl = $9, deadline = NULL, max_deadline = NULL,"
+    " dormant_at = NULL, deleting_at = NULL, last_used_at = $6"
+)
+_SET_FULL = "owner_id = $4, name = $5, claimed_at = $6,\n        " + ", ".join(
+    f"{name} = ${n}" for n, name in enumerate(_LIFECYCLE, 7)
+)
+assert _SET_FULL in _GATED  # noqa: S101
+_GATED_LEAN = (
+    _GATED.replace(_SET_FULL, _SET_LEAN)
+    .replace("= $15", "= $10")
+    .replace("RETURNING i.id, i.template_id, i.created_at", "RETURNING i.id")
+)
+CLAIM_ID_IF_UNCHANGED = f"""
+    WITH preset AS MATERIALIZED (
+        SELECT p.stamp FROM {{s}}.presets p WHERE p.id = $1
+    ),
+    claimed AS ({_GATED_LEAN})
+    SELECT (SELECT stamp FROM preset), claimed.id
+    {ONE_ROW} claimed ON true
+"""
+
+
+def claim_id(  # noqa: PLR0917 - the claim's arguments, in order
+    db: Connections,
+    stamp: int,
+    preset_id: UUID,
+    user_id: UUID,
+    name: str,
+    now: datetime,
+    autostart_schedule: str | None,
+    next_start_at: datetime | None,
+    ttl: timedelta | None,
+    version_id: UUID,
+    not_before: datetime | None,
+) -> UUID | None:
+    """
+    Claim with :data:`CLAIM_ID_IF_UNCHANGED`: the claimed instance's ID.
+
+    Raises:
+        PresetChangedError: the stamp is not *stamp* (or no such preset).
+        StoreError: the driver failed.
+    """
+    params = (
+        preset_id,
+        version_id,
+        not_before,
+        user_id,
+        name,
+        now,
+        autostart_schedule,
+        next_start_at,
+        ttl,
+        stamp,
+    )
+    sql = db.q(CLAIM_ID_IF_UNCHANGED)
+    conn, switched = db.acquire()
+    try:
+        db.count()
+        try:
+            row = _cursor(conn).execute(sql, params, binary=True).fetchone()
+        except psycopg.Error as e:
+            raise StoreError(f"PostgreSQL error: {e}") from e
+    except BaseException:
+        db.abandon(conn, switched=switched)
+        raise
+    db.release(conn, switched=switched)
+    if row is None or row[0] != stamp:
+        raise PresetChangedError(preset_id)
+    claimed: UUID | None = row[1]
+    return claimed
 
 
 def claim(  # noqa: PLR0917 - the claim's arguments, in order

@@ -9,7 +9,7 @@ import uuid
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -21,6 +21,7 @@ from typing_extensions import Self
 
 from prebuilds._arguments import (
     check_build_finished,
+    check_claim_id_if_unchanged,
     check_claim_if_unchanged,
     check_create_prebuild,
     check_fail_stuck_builds,
@@ -519,6 +520,40 @@ class PostgresStore:
         args = (preset_id, user_id, name, lifecycle, now, version_id, not_before)
         check_claim_if_unchanged(stamp, *args)
         return _claim.claim(self._db, stamp, *args)
+
+    def claim_id_if_unchanged(
+        self,
+        *,
+        stamp: int,
+        preset_id: UUID,
+        user_id: UUID,
+        name: str,
+        now: datetime,
+        autostart_schedule: str | None,
+        next_start_at: datetime | None,
+        ttl: timedelta | None,
+        version_id: UUID,
+        not_before: datetime | None,
+    ) -> UUID | None:
+        """
+        :meth:`claim_if_unchanged` returning only the ID
+        (:class:`~prebuilds.interfaces.LeanClaims`): one statement binding
+        only what a claim sets.
+        """
+        args = (
+            stamp,
+            preset_id,
+            user_id,
+            name,
+            now,
+            autostart_schedule,
+            next_start_at,
+            ttl,
+            version_id,
+            not_before,
+        )
+        check_claim_id_if_unchanged(*args)
+        return _claim.claim_id(self._db, *args)
 
     # -- reads -------------------------------------------------------------------------
     def get_instance(self, instance_id: UUID) -> Instance:

@@ -207,6 +207,11 @@ def instance_from_row(row: Sequence[Any]) -> Instance:
     return Instance(**fields, lifecycle=lifecycle)
 
 
+def claimed_id(row: Sequence[Any]) -> UUID:
+    """The ID a lean claim's ``RETURNING id`` row holds."""
+    return UUID(row[0])
+
+
 def claimed_instance(  # noqa: PLR0917 - what the claim wrote
     row: Sequence[Any],
     preset_id: UUID,

@@ -17,7 +17,7 @@ import threading
 import urllib.parse
 
 from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prebuilds.exceptions import StoreError
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     _Params = Sequence[Any] | dict[str, Any]
 
+_T = TypeVar("_T")
 _log = logging.getLogger("prebuilds.stores.sqlite")
 
 #: How long close() waits for a transaction still running on another thread.
@@ -258,6 +259,55 @@ class Connections:
             except sqlite3.Error as e:
                 _rollback(tx, conn)
                 raise StoreError(f"SQLite: cannot commit: {e}") from e
+
+    def write_first(
+        self,
+        sql: str,
+        params: _Params,
+        decode: Callable[[Any], _T],
+        otherwise: str,
+        otherwise_params: _Params,
+    ) -> tuple[_T | None, Any]:
+        """
+        One ``BEGIN IMMEDIATE`` transaction of *sql*, and of *otherwise*
+        only when *sql* returned no row: *sql*'s first row decoded by
+        *decode* before the commit (a row that cannot be decoded rolls the
+        transaction back), and *otherwise*'s first row (None: no row, or
+        not run). The claim's path: :meth:`transaction` without its context
+        managers, one lock taken for the statement count. Errors as
+        :meth:`transaction`, and *decode*'s own.
+        """
+        if self.read_only:
+            raise StoreError(f"the SQLiteStore on {self.path!r} is read-only")
+        handle = self.handle()
+        with self._write_lock, handle.lock:
+            conn = handle.conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                self.count()
+                raise StoreError(f"SQLite: cannot begin a transaction: {e}") from e
+            statements = 3
+            try:
+                # fetchall: a statement left unfinished would hold the
+                # transaction open at COMMIT.
+                rows = conn.execute(sql, params).fetchall()
+                first = decode(rows[0]) if rows else None
+                other = None
+                if first is None:
+                    statements += 1
+                    other = conn.execute(otherwise, otherwise_params).fetchall()
+                    other = other[0] if other else None
+                conn.execute("COMMIT")
+            except BaseException as e:
+                _rollback(Tx(conn, self.count), conn)
+                if isinstance(e, sqlite3.Error):
+                    raise StoreError(f"SQLite: {e}") from e
+                raise
+            finally:
+                with self._lock:
+                    self._statements += statements
+            return first, other
 
 
 def _rollback(tx: Tx, conn: sqlite3.Connection) -> None:

@@ -212,6 +212,11 @@ class Leases:
         self._mark_lost(token)
         raise lost(token)
 
+    def wrote(self) -> None:
+        """Count an unfenced write made without :meth:`write` (after it ends)."""
+        with self._writes_lock:
+            self.writes += 1
+
     @contextmanager
     def write(self, lease: Lease | None) -> Iterator[Tx]:
         """

@@ -13,6 +13,7 @@ import attrs
 
 from prebuilds._arguments import (
     check_build_finished,
+    check_claim_id_if_unchanged,
     check_claim_if_unchanged,
     check_create_prebuild,
     check_fail_stuck_builds,
@@ -74,6 +75,8 @@ if TYPE_CHECKING:
 _US = timedelta(microseconds=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _STUCK_ERROR = "stuck: no result before the timeout"
+#: How many ID texts a store remembers before it forgets them all.
+_TEXTS = 4096
 
 
 class SQLiteStore:
@@ -138,6 +141,9 @@ class SQLiteStore:
             self._db, lease_ttl_us=lease_ttl // _US, busy_timeout=busy_timeout
         )
         self._pool = codecs.PoolDecoder()
+        # The text of preset and version IDs claims name again and again
+        # (str(UUID) is a tenth of a claim's Python time).
+        self._texts: dict[UUID, str] = {}
         self._last_pool: tuple[tuple[object, int, int], PoolFacts] | None = None
         try:
             handle = self._db.first()
@@ -544,6 +550,73 @@ class SQLiteStore:
             raise PresetChangedError(preset_id)
         return None
 
+    def claim_id_if_unchanged(
+        self,
+        *,
+        stamp: int,
+        preset_id: UUID,
+        user_id: UUID,
+        name: str,
+        now: datetime,
+        autostart_schedule: str | None,
+        next_start_at: datetime | None,
+        ttl: timedelta | None,
+        version_id: UUID,
+        not_before: datetime | None,
+    ) -> UUID | None:
+        """
+        :meth:`claim_if_unchanged` returning only the ID
+        (:class:`~prebuilds.interfaces.LeanClaims`): one ``UPDATE …
+        RETURNING id`` binding only what a claim sets; on a miss, the stamp
+        is read in the same transaction.
+        """
+        check_claim_id_if_unchanged(
+            stamp,
+            preset_id,
+            user_id,
+            name,
+            now,
+            autostart_schedule,
+            next_start_at,
+            ttl,
+            version_id,
+            not_before,
+        )
+        preset = self._text(preset_id)
+        # Encoded inline, as _claim_params does: every value was checked.
+        params = (
+            str(user_id),
+            name,
+            autostart_schedule,
+            _us(next_start_at),
+            None if ttl is None else ttl // _US,
+            (now - _EPOCH) // _US,
+            preset,
+            self._text(version_id),
+            codecs.NO_CUTOFF if not_before is None else (not_before - _EPOCH) // _US,
+            stamp,
+        )
+        try:
+            claimed, current = self._db.write_first(
+                sql.CLAIM_ID_IF_STAMP, params, _claimed_id, sql.STAMP, (preset,)
+            )
+        finally:
+            self._leases.wrote()
+        if claimed is not None:
+            return claimed
+        if current is None or current[0] != stamp:
+            raise PresetChangedError(preset_id)
+        return None
+
+    def _text(self, value: UUID) -> str:
+        """``str(value)``, remembered (a few thousand at most)."""
+        text = self._texts.get(value)
+        if text is None:
+            if len(self._texts) >= _TEXTS:
+                self._texts.clear()
+            text = self._texts[value] = str(value)
+        return text
+
     # -- reads -------------------------------------------------------------------------------
 
     def get_instance(self, instance_id: UUID) -> Instance:
@@ -657,6 +730,19 @@ def _claim_params(  # noqa: PLR0917 - a claim's arguments, checked in one place
         str(version_id),
         codecs.NO_CUTOFF if not_before is None else (not_before - _EPOCH) // _US,
     ]
+
+
+def _claimed_id(row: Any) -> UUID:
+    """
+    The ID ``sql.CLAIM_ID_IF_STAMP`` returned.
+
+    Raises:
+        StoreError: the row cannot be decoded (the claim is rolled back).
+    """
+    try:
+        return codecs.claimed_id(row)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise StoreError(f"corrupt instance row in the SQLite store: {e}") from e
 
 
 def _us(value: datetime | None) -> int | None:
