@@ -138,17 +138,7 @@ def claim_id(  # noqa: PLR0917 - the claim's arguments, in order
         stamp,
     )
     sql = db.q(CLAIM_ID_IF_UNCHANGED)
-    conn, switched = db.acquire()
-    try:
-        db.count()
-        try:
-            row = _cursor(conn).execute(sql, params, binary=True).fetchone()
-        except psycopg.Error as e:
-            raise StoreError(f"PostgreSQL error: {e}") from e
-    except BaseException:
-        db.abandon(conn, switched=switched)
-        raise
-    db.release(conn, switched=switched)
+    row = _one_row(db, sql, params)
     if row is None or row[0] != stamp:
         raise PresetChangedError(preset_id)
     claimed: UUID | None = row[1]
@@ -178,17 +168,7 @@ def claim(  # noqa: PLR0917 - the claim's arguments, in order
     if stamp is not None:
         params = (*params, stamp)
     sql = db.q(CLAIM if stamp is None else CLAIM_IF_UNCHANGED)
-    conn, switched = db.acquire()
-    try:
-        db.count()
-        try:
-            row = _cursor(conn).execute(sql, params, binary=True).fetchone()
-        except psycopg.Error as e:
-            raise StoreError(f"PostgreSQL error: {e}") from e
-    except BaseException:
-        db.abandon(conn, switched=switched)
-        raise
-    db.release(conn, switched=switched)
+    row = _one_row(db, sql, params)
     if stamp is not None:
         if row is None or row[0] != stamp:
             raise PresetChangedError(preset_id)
@@ -220,3 +200,19 @@ def _cursor(conn: Connection) -> psycopg.RawCursor[Any]:
         with suppress(AttributeError):  # a connection class without __dict__
             setattr(conn, _CURSOR, cur)
     return cur
+
+
+def _one_row(db: Connections, sql: str, params: tuple[Any, ...]) -> Any:
+    """Run one claim statement on a pooled connection; its row, or None."""
+    conn, switched = db.acquire()
+    try:
+        db.count()
+        try:
+            row = _cursor(conn).execute(sql, params, binary=True).fetchone()
+        except psycopg.Error as e:
+            raise StoreError(f"PostgreSQL error: {e}") from e
+    except BaseException:
+        db.abandon(conn, switched=switched)
+        raise
+    db.release(conn, switched=switched)
+    return row
