@@ -46,6 +46,7 @@ from prebuilds import (
     PresetNotFoundError,
     PresetStatus,
     SchemaVersionError,
+    StoreClaimer,
     StoreError,
     StoreReconciler,
     Template,
@@ -780,6 +781,28 @@ class TestReadPool:
         worker.join()
         (facts,) = [p for p in store.read_pool().presets if p.config.id == preset_id]
         assert facts.last_invalidated_at == T0 + timedelta(hours=1)
+
+    @pytest.mark.parametrize("where", ["file", "memory"])
+    def test_a_claim_through_the_claimer_is_seen_by_the_next_read(
+        self, open_store: OpenStore, tmp_path: Path, where: str
+    ) -> None:
+        """
+        The claimer's lean claim commits outside the store's generic write
+        path, on the same connection as the reads (in memory, the only
+        one): the next read still sees it.
+        """
+        store = open_store(tmp_path / "pool.sqlite3" if where == "file" else ":memory:")
+        preset_id, ids = ready_pool(store, 2)
+        assert len(store.read_pool().instances) == 2
+        claimed = StoreClaimer(store).claim(
+            now=T0 + timedelta(minutes=10),
+            user_id=uuid.uuid4(),
+            name="mine",
+            preset_id=preset_id,
+        )
+        assert [i.id for i in store.read_pool().instances] == [
+            i for i in ids if i != claimed
+        ]
 
     def test_read_pool_is_one_read_transaction(self, open_store: OpenStore) -> None:
         """Every query of a pool read runs between one BEGIN and its COMMIT, after the data_version that keys it."""
