@@ -266,20 +266,20 @@ CLAIM_IF_STAMP = _claim(
 )
 STAMP = "SELECT stamp FROM prebuilds_presets WHERE id = ?"
 #: LeanClaims' claim: only what a claim sets is bound (the cleared lifecycle
-#: columns are constants, *now* is bound once), only the ID returned.
-#: (user, name, autostart, next start, TTL, now, preset, version, not_before,
-#: stamp).
+#: columns are constants), only the ID returned. Plain ``?`` placeholders:
+#: sqlite3 deprecates numbered ones with a sequence. (user, name, autostart,
+#: next start, TTL, now, now, preset, version, not_before, preset, stamp).
 CLAIM_ID_IF_STAMP = f"""
     UPDATE prebuilds_instances
-    SET owner_id = ?1, name = ?2, autostart_schedule = ?3, next_start_at = ?4,
-        ttl = ?5, deadline = NULL, max_deadline = NULL, dormant_at = NULL,
-        deleting_at = NULL, last_used_at = ?6, claimed_at = ?6
+    SET owner_id = ?, name = ?, autostart_schedule = ?, next_start_at = ?,
+        ttl = ?, deadline = NULL, max_deadline = NULL, dormant_at = NULL,
+        deleting_at = NULL, last_used_at = ?, claimed_at = ?
     WHERE rowid = (
         SELECT rowid FROM prebuilds_instances
-        WHERE preset_id = ?7 AND template_version_id = ?8 AND created_at >= ?9
+        WHERE preset_id = ? AND template_version_id = ? AND created_at >= ?
             AND owner_id = {_O} AND deleted = 0 AND ready = 1
             AND latest_transition = 'start' AND latest_status = 'succeeded'
-            AND EXISTS (SELECT 1 FROM prebuilds_presets WHERE id = ?7 AND stamp = ?10)
+            AND EXISTS (SELECT 1 FROM prebuilds_presets WHERE id = ? AND stamp = ?)
         ORDER BY created_at, id
         LIMIT 1
     )

@@ -583,6 +583,7 @@ class SQLiteStore:
             not_before,
         )
         preset = self._text(preset_id)
+        now_us = (now - _EPOCH) // _US
         # Encoded inline, as _claim_params does: every value was checked.
         params = (
             str(user_id),
@@ -590,10 +591,12 @@ class SQLiteStore:
             autostart_schedule,
             _us(next_start_at),
             None if ttl is None else ttl // _US,
-            (now - _EPOCH) // _US,
+            now_us,
+            now_us,
             preset,
             self._text(version_id),
             codecs.NO_CUTOFF if not_before is None else (not_before - _EPOCH) // _US,
+            preset,
             stamp,
         )
         try:
