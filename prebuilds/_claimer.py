@@ -199,22 +199,8 @@ class StoreClaimer:
         ``claim_id_if_unchanged``: the lifecycle by its fields, only the ID
         back (no Lifecycle nor Instance built per claim).
         """
-        if not facts.preset.is_active:
-            raise PresetInactiveError(claim.preset_id)
-        config = facts.config
-        now = claim.now
-        ttl = claim.ttl
         return cast("LeanClaims", self._store).claim_id_if_unchanged(
-            stamp=stamp,
-            preset_id=claim.preset_id,
-            user_id=claim.user_id,
-            name=claim.name,
-            now=now,
-            autostart_schedule=claim.autostart_schedule,
-            next_start_at=claim.next_start_at,
-            ttl=ttl if ttl is not None else facts.template.default_ttl,
-            version_id=config.template_version_id,
-            not_before=_not_before(facts, now),
+            stamp=stamp, **claim.fields(facts)
         )
 
     def _read(self, preset_id: UUID) -> PresetFacts:
@@ -270,36 +256,50 @@ class _Claim(NamedTuple):
     next_start_at: datetime | None
     ttl: timedelta | None
 
-    def arguments(self, facts: PresetFacts) -> dict[str, Any]:
+    def fields(self, facts: PresetFacts) -> dict[str, Any]:
         """
-        ``Store.claim``'s arguments for these facts.
-
-        The claim's own arguments were checked by ``check_claim`` and the
-        facts when the store decoded them, so the lifecycle is built as
-        :func:`~prebuilds.claimed_lifecycle` builds it, without
-        checking them again (``Lifecycle`` still checks its fields).
+        What the claim asks of the store for these facts, the lifecycle by
+        its fields (:meth:`~prebuilds.interfaces.LeanClaims.claim_id_if_unchanged`'s
+        arguments): the template's default TTL unless the claim gives one,
+        the preset's version and the expiry cut-off.
 
         Raises:
             PresetInactiveError: the preset is not active.
         """
         if not facts.preset.is_active:
             raise PresetInactiveError(self.preset_id)
-        config = facts.config
-        ttl = self.ttl if self.ttl is not None else facts.template.default_ttl
         return {
             "preset_id": self.preset_id,
             "user_id": self.user_id,
             "name": self.name,
-            "lifecycle": Lifecycle(
-                autostart_schedule=self.autostart_schedule,
-                next_start_at=self.next_start_at,
-                ttl=ttl,
-                last_used_at=self.now,
-            ),
             "now": self.now,
-            "version_id": config.template_version_id,
+            "autostart_schedule": self.autostart_schedule,
+            "next_start_at": self.next_start_at,
+            "ttl": self.ttl if self.ttl is not None else facts.template.default_ttl,
+            "version_id": facts.config.template_version_id,
             "not_before": _not_before(facts, self.now),
         }
+
+    def arguments(self, facts: PresetFacts) -> dict[str, Any]:
+        """
+        ``Store.claim``'s arguments for these facts: :meth:`fields` with the
+        lifecycle built as :func:`~prebuilds.claimed_lifecycle` builds it.
+
+        The claim's own arguments were checked by ``check_claim`` and the
+        facts when the store decoded them, so they are not checked again
+        (``Lifecycle`` still checks its fields).
+
+        Raises:
+            PresetInactiveError: the preset is not active.
+        """
+        arguments = self.fields(facts)
+        arguments["lifecycle"] = Lifecycle(
+            autostart_schedule=arguments.pop("autostart_schedule"),
+            next_start_at=arguments.pop("next_start_at"),
+            ttl=arguments.pop("ttl"),
+            last_used_at=self.now,
+        )
+        return arguments
 
 
 def _not_before(facts: PresetFacts, now: datetime) -> datetime | None:
