@@ -488,19 +488,21 @@ class MemoryStore:
             version_id,
             not_before,
         )
-        lifecycle = Lifecycle(
-            autostart_schedule=autostart_schedule,
-            next_start_at=next_start_at,
-            ttl=ttl,
-            last_used_at=now,
+        claimed = self.claim_if_unchanged(
+            stamp=stamp,
+            preset_id=preset_id,
+            user_id=user_id,
+            name=name,
+            lifecycle=Lifecycle(
+                autostart_schedule=autostart_schedule,
+                next_start_at=next_start_at,
+                ttl=ttl,
+                last_used_at=now,
+            ),
+            now=now,
+            version_id=version_id,
+            not_before=not_before,
         )
-        with self._lock:
-            row = self._presets.get(preset_id)
-            if row is None or row.stamp != stamp:
-                raise PresetChangedError(preset_id)
-            claimed = self._claim(
-                preset_id, user_id, name, lifecycle, _utc(now), version_id, not_before
-            )
         return None if claimed is None else claimed.id
 
     def _claim(  # noqa: PLR0917 - the claim's arguments, checked
