@@ -601,13 +601,18 @@ class MemoryStore:
 
     def _facts(self, row: _PresetRow) -> PresetFacts:
         """The preset's facts, built (and so checked) as every store builds them."""
-        config = attrs.asdict(row.config, recurse=False)
-        schedules, parameters = config.pop("schedules"), config.pop("parameters")
+        config = row.config
         return preset_facts(
-            **config,
-            schedules=schedules_json(schedules),
-            parameters=parameters_json(parameters),
-            template=self._templates[row.config.template_id],
+            id=config.id,
+            template_id=config.template_id,
+            template_version_id=config.template_version_id,
+            desired_instances=config.desired_instances,
+            name=config.name,
+            ttl=config.ttl,
+            scheduling_timezone=config.scheduling_timezone,
+            schedules=schedules_json(config.schedules),
+            parameters=parameters_json(config.parameters),
+            template=self._templates[config.template_id],
             status=row.status,
             last_invalidated_at=row.last_invalidated_at,
             stamp=row.stamp,
