@@ -195,30 +195,18 @@ def claimed_instance(
 
 
 def build_request(
-    *,
-    build_id: UUID,
-    instance_id: UUID,
-    preset_id: UUID,
-    template_id: UUID,
-    template_version_id: UUID,
-    transition: object,
-    name: str,
-    parameters: Any = (),
-    orphan: bool = False,
+    *, transition: object, parameters: Any = (), **fields: Any
 ) -> BuildRequest:
-    """What the provisioner is asked to do (*parameters*: JSON column or pairs)."""
+    """
+    What the provisioner is asked to do (*fields*: the other fields of
+    ``BuildRequest``; *parameters*: the JSON column or pairs).
+    """
     if isinstance(parameters, (str, bytes, list)):
         parameters = decode_parameters(parameters)
     return BuildRequest(
-        build_id=build_id,
-        instance_id=instance_id,
-        preset_id=preset_id,
-        template_id=template_id,
-        template_version_id=template_version_id,
         transition=decode_enum(Transition, "transition", transition),
-        name=name,
         parameters=parameters,
-        orphan=orphan,
+        **fields,
     )
 
 

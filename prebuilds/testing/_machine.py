@@ -121,17 +121,22 @@ class _ScriptedProvisioner(FakeProvisioner):
         super().__init__(store, clock, build_time=BUILD_TIME, ready_on_success=False)
         self.failing: set[UUID] = set()
         self.down: set[UUID] = set()
-        self.rejected = self._rejecting  # the base's own sets (one thread)
-        self.stalled = self._stalled
 
     def submit(self, request: BuildRequest) -> None:
         preset_id = request.preset_id
-        if request.transition is Transition.START and preset_id not in self.rejected:
+        # The base's own set, read unlocked: the machine's reconciler has one worker.
+        if request.transition is Transition.START and preset_id not in self._rejecting:
             if preset_id in self.down:
                 self.raise_next(ProvisionerError("the fake provisioner is down"))
             elif preset_id in self.failing:
                 self.fail_next(1)
         super().submit(request)
+
+    def heal(self, preset_id: UUID) -> None:
+        """Undo all but a rejection."""
+        self.failing.discard(preset_id)
+        self.down.discard(preset_id)
+        self.unstall(preset_id)
 
 
 class _System:
@@ -614,18 +619,14 @@ class PoolMachine(RuleBasedStateMachine):
         preset_id = _choice(self.presets, p)
         for system in self.systems:
             provisioner = system.provisioner
-            if mode == "fail":
-                provisioner.failing.add(preset_id)
-            elif mode == "down":
-                provisioner.down.add(preset_id)
-            elif mode == "stall":
-                provisioner.stall(preset_id)
-            elif mode == "reject":
-                provisioner.reject(preset_id)
-            else:
-                provisioner.failing.discard(preset_id)
-                provisioner.down.discard(preset_id)
-                provisioner.unstall(preset_id)
+            script = {
+                "fail": provisioner.failing.add,
+                "down": provisioner.down.add,
+                "stall": provisioner.stall,
+                "reject": provisioner.reject,
+                "heal": provisioner.heal,
+            }
+            script[mode](preset_id)
 
     # -- rules: claims -----------------------------------------------------------------
     @precondition(lambda self: self.presets)
@@ -913,11 +914,8 @@ class PoolMachine(RuleBasedStateMachine):
         if self.paused:
             self.pause(paused=False)
         for system in self.systems:
-            provisioner = system.provisioner
-            for preset_id in list(provisioner.stalled):
-                provisioner.unstall(preset_id)
-            provisioner.failing.clear()
-            provisioner.down.clear()
+            for preset_id in list(self.presets):
+                system.provisioner.heal(preset_id)
         step = timedelta(minutes=1)
         for _ in range(SETTLE_PASSES):
             marks = [len(s.events.events) for s in self.systems]
