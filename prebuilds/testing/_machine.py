@@ -700,17 +700,14 @@ class PoolMachine(RuleBasedStateMachine):
             (r for r in pool.running if active and r.ready),
             key=lambda r: (r.created_at, r.id),
         )
-        autostart_schedule = "CRON_TZ=UTC 30 9 * * 1-5" if autostart else None
-        next_start_at = now + timedelta(days=1) if autostart else None
+        asked: dict[str, Any] = {  # what the claim asks of the lifecycle
+            "autostart_schedule": "CRON_TZ=UTC 30 9 * * 1-5" if autostart else None,
+            "next_start_at": now + timedelta(days=1) if autostart else None,
+            "ttl": ttl,
+        }
         try:
             got = system.claimer.claim(
-                now=now,
-                user_id=user,
-                name=name,
-                preset_id=preset_id,
-                autostart_schedule=autostart_schedule,
-                next_start_at=next_start_at,
-                ttl=ttl,
+                now=now, user_id=user, name=name, preset_id=preset_id, **asked
             )
         except NoClaimablePrebuildsError:
             if claimable:
@@ -740,11 +737,7 @@ class PoolMachine(RuleBasedStateMachine):
             owner_id=user,
             name=name,
             lifecycle=claimed_lifecycle(
-                now=now,
-                autostart_schedule=autostart_schedule,
-                next_start_at=next_start_at,
-                ttl=ttl,
-                template_default_ttl=facts.template.default_ttl,
+                now=now, template_default_ttl=facts.template.default_ttl, **asked
             ),
             claimed_at=now,
         )
