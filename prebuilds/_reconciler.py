@@ -10,7 +10,7 @@ import time
 
 from collections import Counter
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -45,6 +45,7 @@ from prebuilds.exceptions import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Set as AbstractSet
     from uuid import UUID
 
     from prebuilds._model import GlobalSnapshot
@@ -434,7 +435,14 @@ class StoreReconciler:
         self._memory_lock = threading.Lock()
         # Failed builds already reported (None: learn them silently on the
         # next leading pass, so a new leader does not report them again).
-        self._failed_seen: set[tuple[UUID, Transition]] | None = None
+        self._failed_seen: AbstractSet[tuple[UUID, Transition]] | None = None
+        # The last view's failed builds, and their keys as a set.
+        self._failed_keys: (
+            tuple[
+                dict[tuple[UUID, Transition], UUID], frozenset[tuple[UUID, Transition]]
+            ]
+            | None
+        ) = None
         self._failed_reported: set[tuple[UUID, Transition]] = set()
 
     # -- loop ------------------------------------------------------------------
@@ -537,34 +545,37 @@ class StoreReconciler:
         ``stats.presets_failed``.
         """
         started = time.perf_counter()
-        stats = ReconcileStats()
+        # The stats' fields, made into ReconcileStats once at the end.
+        fields: dict[str, Any] = {}
         now = self._clock.now()
         try:
             with self._store.leader() as lease:
-                stats = attrs.evolve(stats, leader=bool(lease))
+                fields["leader"] = bool(lease)
                 if lease:
-                    stats = self._pass(stats, _Pass(now, lease))
+                    self._pass(fields, _Pass(now, lease))
         except LeadershipLostError as e:  # another replica leads now
             self.pass_errors += 1
             log.warning("prebuilds reconciliation pass stopped: %s", e)
             self._emit(EventKind.LEADERSHIP_LOST, at=now, detail=repr(e))
-            stats = attrs.evolve(stats, error=repr(e))
+            fields["error"] = repr(e)
         except Exception as e:  # the loop must survive anything
             self.pass_errors += 1
             log.exception("prebuilds reconciliation pass failed")
             self._emit(EventKind.PASS_ERROR, at=now, detail=repr(e))
-            stats = attrs.evolve(stats, error=repr(e))
-        stats = attrs.evolve(
-            stats, elapsed=timedelta(seconds=time.perf_counter() - started)
+            fields["error"] = repr(e)
+        stats = ReconcileStats(
+            elapsed=timedelta(seconds=time.perf_counter() - started), **fields
         )
         self._pass_finished(stats)
         return stats
 
-    def _pass(self, stats: ReconcileStats, run: _Pass) -> ReconcileStats:
+    def _pass(self, fields: dict[str, Any], run: _Pass) -> None:
+        """One leading pass; what it did goes into *fields* (ReconcileStats')."""
         now = run.now
         if self._store.is_paused():
             self._observe(self._read(now), now, paused=True)
-            return attrs.evolve(stats, paused=True)
+            fields["paused"] = True
+            return
         # The facts come first: a store may read them through a transaction
         # opened with the leader scope (PostgreSQL), which would not see the
         # stuck builds failed below. They are replaced from the next pass on,
@@ -601,16 +612,14 @@ class StoreReconciler:
         else:
             results = self._in_parallel(busy, run)
         self._observe(view, now, paused=False)
-        return attrs.evolve(
-            stats,
-            presets_total=len(view.plans) + len(view.invalid_presets),
-            presets_reconciled=len(todo),
-            presets_failed=sum(r.failed for r in results),
-            presets_invalid=len(view.invalid_presets),
-            created=sum(r.created for r in results),
-            deleted=sum(r.deleted for r in results),
-            canceled=sum(r.canceled for r in results),
-        )
+        fields["presets_total"] = len(view.plans) + len(view.invalid_presets)
+        fields["presets_reconciled"] = len(todo)
+        fields["presets_invalid"] = len(view.invalid_presets)
+        if results:
+            fields["presets_failed"] = sum(r.failed for r in results)
+            fields["created"] = sum(r.created for r in results)
+            fields["deleted"] = sum(r.deleted for r in results)
+            fields["canceled"] = sum(r.canceled for r in results)
 
     def _in_parallel(self, plans: tuple[_Plan, ...], run: _Pass) -> list[_PresetResult]:
         """
@@ -827,12 +836,18 @@ class StoreReconciler:
         End of a leading pass: keep its statuses, and report the builds
         that failed since the last pass.
         """
+        failed = view.failed
+        known = self._failed_keys
+        if known is None or known[0] is not failed:  # not the last pass's view
+            known = self._failed_keys = (failed, frozenset(failed))
         with self._memory_lock:
             reported, self._failed_reported = self._failed_reported, set()
             seen = self._failed_seen
-            self._failed_seen = set(view.failed) | reported
-        if seen is not None:  # the first leading pass learns them silently
-            for key in sorted(view.failed.keys() - seen - reported):
+            self._failed_seen = known[1] | reported if reported else known[1]
+        # The first leading pass learns them silently; the same view as the
+        # last pass's, with nothing reported since, has nothing new.
+        if seen is not None and seen is not known[1]:
+            for key in sorted(failed.keys() - seen - reported):
                 instance_id, transition = key
                 self._emit(
                     EventKind.FAILED,
