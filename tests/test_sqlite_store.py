@@ -809,6 +809,22 @@ class TestReadPool:
         ]
 
     @pytest.mark.parametrize("where", ["file", "memory"])
+    def test_a_connections_first_read_costs_the_same(
+        self, open_store: OpenStore, tmp_path: Path, where: str
+    ) -> None:
+        """Setting a connection's triggers up is not counted, as its pragmas are not."""
+        store = open_store(tmp_path / "pool.sqlite3" if where == "file" else ":memory:")
+        ready_pool(store, 2)
+        assert self.statements_per_read(store) == 5
+        counts: list[int] = []
+        worker = threading.Thread(  # on a file, another connection
+            target=lambda: counts.append(self.statements_per_read(store))
+        )
+        worker.start()
+        worker.join(WAIT)
+        assert counts == [5 if where == "file" else 1]
+
+    @pytest.mark.parametrize("where", ["file", "memory"])
     def test_commits_that_leave_the_pool_alone_do_not_read_it_again(
         self, open_store: OpenStore, tmp_path: Path, where: str
     ) -> None:
@@ -850,19 +866,21 @@ class TestReadPool:
         worker.join(WAIT)
         assert [i.id for i in store.read_pool().instances] == ids[1:]
 
-    def test_triggers_lost_are_made_again(self, open_store: OpenStore) -> None:
+    def test_triggers_lost_are_made_again(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
         """
-        A pool table dropped and made again takes the connection's triggers
-        with it: the next read sets them up again and reads, and later
-        writes are read as before.
+        A pool table that another connection dropped and made again takes
+        this connection's triggers with it: the read after that commit sets
+        them up again, and later writes are read as before.
         """
-        store = open_store()
+        store, other = open_store(path), open_store(path)
         preset_id, ids = ready_pool(store, 2)
         first = store.read_pool()
         conn = store._db.handle().conn
         conn.execute("DROP TRIGGER temp.prebuilds_instances_update_watch")
-        again = store.read_pool()
-        assert again.instances == first.instances
+        other.set_paused(False)  # stands for the other connection's DDL
+        assert store.read_pool().instances == first.instances
         assert claim_one(store, preset_id, uuid.uuid4()) is not None
         assert [i.id for i in store.read_pool().instances] == ids[1:]
 

@@ -124,19 +124,21 @@ WATCH_POOL = (
         for event in ("INSERT", "UPDATE", "DELETE")
     ),
 )
-#: The key of a pool read: other connections' commits, this connection's
-#: writes to the pool's tables, and its watching triggers (a table dropped
-#: and made again loses them).
+#: The key of a pool read: other connections' commits, and this
+#: connection's writes to the pool's tables.
 POOL_KEY = """
-    SELECT data_version,
-        (SELECT n FROM temp.prebuilds_pool_writes),
-        (SELECT count(*) FROM temp.sqlite_master
-         WHERE type = 'trigger' AND name LIKE 'prebuilds%watch')
+    SELECT data_version, (SELECT n FROM temp.prebuilds_pool_writes)
     FROM pragma_data_version
 """
 #: What :data:`POOL_KEY` answers on a connection that does not watch (a
 #: read-only store, which never writes).
-POOL_KEY_UNWATCHED = "SELECT data_version, 0, 0 FROM pragma_data_version"
+POOL_KEY_UNWATCHED = "SELECT data_version, 0 FROM pragma_data_version"
+#: How many of the watching triggers the connection has (a pool table that
+#: another connection dropped and made again took its triggers with it).
+WATCHING = f"""
+    SELECT count(*) = {3 * len(POOL_TABLES)} FROM temp.sqlite_master
+    WHERE type = 'trigger' AND name LIKE 'prebuilds%watch'
+"""  # noqa: S608 - constants only
 LIST_INSTANCES = f"""
     SELECT {INSTANCE_COLUMNS} FROM prebuilds_instances
     WHERE (:preset IS NULL OR preset_id = :preset)

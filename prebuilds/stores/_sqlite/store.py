@@ -300,18 +300,23 @@ class SQLiteStore:
         if conn not in self._watched:
             self._watch(conn)
         # A commit after this point changes the key of the next read.
+        read_only = self._db.read_only
         rows, _, conn = self._db.single(
-            sql.POOL_KEY_UNWATCHED if self._db.read_only else sql.POOL_KEY
+            sql.POOL_KEY_UNWATCHED if read_only else sql.POOL_KEY
         )
         key = (conn, *rows[0])
-        if key[3] != len(sql.WATCH_POOL) - 2 and not self._db.read_only:
-            # A table dropped and made again (by another program) took its
-            # triggers with it: watch again, and read.
-            self._watch(conn)
-            key = (conn, key[1], None, None)
         last = self._last_pool
         if last is not None and last[0] == key:
             return last[1]
+        if not read_only and (last is None or last[0][:2] != key[:2]):
+            # Another connection committed: if it dropped a pool table and
+            # made it again, this connection's triggers went with it.
+            handle = self._db.handle()
+            with handle.lock:
+                watching = handle.conn.execute(sql.WATCHING).fetchone()[0]
+            if not watching:
+                self._watch(conn)
+                key = (conn, key[1], None)  # read, and read again next time
         with self._read() as tx:
             preset_rows = tx.all(sql.POOL_PRESETS)
             instance_rows = tx.all(sql.POOL_INSTANCES)
@@ -333,11 +338,23 @@ class SQLiteStore:
         return facts
 
     def _watch(self, conn: sqlite3.Connection) -> None:
-        """Have *conn* count its writes to the pool's tables (sql.WATCH_POOL)."""
+        """
+        Have this thread's connection *conn* count its writes to the pool's
+        tables (sql.WATCH_POOL): set up once, like the connection's pragmas,
+        and not counted in :meth:`statement_count`.
+
+        Raises:
+            StoreError: SQLite refused.
+        """
         if not self._db.read_only:
-            with self._read() as tx:
-                for statement in sql.WATCH_POOL:
-                    tx.execute(statement)
+            handle = self._db.handle()
+            with handle.lock:
+                try:
+                    for statement in sql.WATCH_POOL:
+                        handle.conn.execute(statement)
+                except sqlite3.Error as e:
+                    msg = f"SQLite: cannot watch the pool's tables: {e}"
+                    raise StoreError(msg) from e
         # Not the connections of threads that ended (closed since).
         open_ = {handle.conn for handle in self._db.handles}
         self._watched = {c for c in self._watched if c in open_} | {conn}
