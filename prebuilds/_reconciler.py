@@ -231,6 +231,15 @@ def _until(
     return min((end for end in ends if end >= at), default=None)
 
 
+#: Failed pooled instances, their count per preset, their failed builds
+#: ((instance ID, transition) -> preset ID).
+_Failed = tuple[
+    list["PooledInstance"], dict["UUID", int], dict[tuple["UUID", Transition], "UUID"]
+]
+#: Ready pooled instances, and the same by their IDs' ints.
+_Ready = tuple[list["PooledInstance"], dict[int, "PooledInstance"]]
+
+
 @attrs.frozen
 class _View:
     """
@@ -428,6 +437,9 @@ class StoreReconciler:
             None
         )
         self._pool: Workers | None = None
+        #: The last read's failed instances (with their count per preset and
+        #: their failed builds) and ready ones (by their IDs' ints).
+        self._tallies: tuple[_Failed, _Ready] = (([], {}, {}), ([], {}))
         self._last_errors: dict[UUID, str] = {}
         self._fresh_errors: set[UUID] = set()  # met since the last pass ended
         self._names: dict[UUID, tuple[str, str, UUID | None]] = {}
@@ -714,29 +726,7 @@ class StoreReconciler:
             if until is None or now < until:
                 return last[3]
         templates = {f.template.id: f.template for f in facts.presets}
-        # Keyed by the IDs' ints: a UUID hashes in Python, an int in C, and
-        # this runs for every pooled instance whenever anything changed.
-        by_preset: dict[int, list[PooledInstance]] = {}
-        failed_kept: Counter[UUID] = Counter()
-        failed: dict[tuple[UUID, Transition], UUID] = {}
-        ready: dict[int, PooledInstance] = {}
-        for instance in facts.instances:
-            preset_key = instance.preset_id.int
-            mine = by_preset.get(preset_key)
-            if mine is None:
-                by_preset[preset_key] = [instance]
-            else:
-                mine.append(instance)
-            status = instance.latest_status
-            if status is BuildStatus.FAILED:
-                failed_kept[instance.preset_id] += 1
-                failed[instance.id, instance.latest_transition] = instance.preset_id
-            elif (
-                instance.ready
-                and status is BuildStatus.SUCCEEDED
-                and instance.latest_transition is Transition.START
-            ):
-                ready[instance.id.int] = instance
+        by_preset, (_, failed_kept, failed), (_, ready) = self._tally(facts)
         known, plans = self._plans, {}
         for preset_facts in sorted(facts.presets, key=lambda f: f.config.id.int):
             preset_id = preset_facts.config.id
@@ -757,13 +747,55 @@ class StoreReconciler:
             plans=tuple(plans.values()),
             invalid_presets=facts.invalid_presets,
             template_names={t.id: t.name for t in templates.values()},
-            failed_kept=dict(failed_kept),
+            failed_kept=failed_kept,
             failed=failed,
             ready=ready,
         )
         ends = [plan.until for plan in view.plans if plan.until is not None]
         self._last_read = (facts, now, min(ends, default=None), view)
         return view
+
+    def _tally(
+        self, facts: PoolFacts
+    ) -> tuple[dict[int, list[PooledInstance]], _Failed, _Ready]:
+        """
+        The pooled instances of *facts* by their preset's ID's int, the
+        failed ones and the ready ones; the last read's tallies again if the
+        same instances fail or are ready (a store reuses the records of
+        unchanged rows), which later steps recognise by identity.
+        """
+        # Keyed by the IDs' ints: a UUID hashes in Python, an int in C, and
+        # this runs for every pooled instance whenever anything changed.
+        by_preset: dict[int, list[PooledInstance]] = {}
+        failed_list: list[PooledInstance] = []
+        ready_list: list[PooledInstance] = []
+        for instance in facts.instances:
+            preset_key = instance.preset_id.int
+            mine = by_preset.get(preset_key)
+            if mine is None:
+                by_preset[preset_key] = [instance]
+            else:
+                mine.append(instance)
+            status = instance.latest_status
+            if status is BuildStatus.FAILED:
+                failed_list.append(instance)
+            elif (
+                instance.ready
+                and status is BuildStatus.SUCCEEDED
+                and instance.latest_transition is Transition.START
+            ):
+                ready_list.append(instance)
+        # The same instances (a store reuses the records of unchanged rows)
+        # as the last read's: the same tallies, which later steps recognise.
+        last_failed, last_ready = self._tallies
+        if failed_list != last_failed[0]:
+            failed_kept = Counter(i.preset_id for i in failed_list)
+            failed = {(i.id, i.latest_transition): i.preset_id for i in failed_list}
+            last_failed = (failed_list, dict(failed_kept), failed)
+        if ready_list != last_ready[0]:
+            last_ready = (ready_list, {i.id.int: i for i in ready_list})
+        self._tallies = (last_failed, last_ready)
+        return by_preset, last_failed, last_ready
 
     def _plan(
         self,
