@@ -77,6 +77,28 @@ def check_create_prebuild(preset_id: object, now: object, name: object) -> None:
     check_str("name", name, required=True)
 
 
+def check_create_prebuilds(
+    preset_id: object, now: object, names: object
+) -> tuple[str, ...]:
+    """
+    ``create_prebuilds`` (:class:`~prebuilds.interfaces.BatchCreates`):
+    *names* a list or tuple of at most ``MAX_INSTANCES`` names, each one a
+    ``create_prebuild`` name (the field named ``names[i]``). Returns them as
+    a tuple.
+    """
+    check_uuid("preset_id", preset_id)
+    check_aware("now", now)
+    if not isinstance(names, (list, tuple)):
+        raise InvalidInputError("names", names, "must be a list or tuple of names")
+    if len(names) > MAX_INSTANCES:
+        raise InvalidInputError(
+            "names", len(names), f"must hold at most {MAX_INSTANCES} names"
+        )
+    for index, name in enumerate(names):
+        check_str(f"names[{index}]", name, required=True)
+    return tuple(names)
+
+
 def check_set_preset_status(preset_id: object, status: object) -> None:
     """``Store.set_preset_status``."""
     check_uuid("preset_id", preset_id)

@@ -1039,8 +1039,20 @@ class StoreReconciler:
     def _create(
         self, ps: PresetSnapshot, count: int, result: _PresetResult, run: _Pass
     ) -> None:
+        """
+        Create *count* instances of the preset, each submitted once created.
+
+        The first alone, submitted before any other is created (a failing
+        provisioner stops the creation there, and the backoff decides); then,
+        when the store offers ``create_prebuilds``, the rest in one
+        transaction, else one at a time, each submitted before the next.
+        """
         preset_id, now = ps.preset.id, run.now
-        for _ in range(count):
+        batch = getattr(self._store, "create_prebuilds", None)
+        for made in range(count):
+            if batch is not None and made == 1:
+                self._create_batch(batch, preset_id, count - 1, result, run)
+                return
             run.check()
             request = self._store.create_prebuild(
                 preset_id, now=now, name=self._name_factory(), lease=run.lease
@@ -1048,15 +1060,65 @@ class StoreReconciler:
             if request is None:  # the preset became inactive meanwhile
                 return
             result.created += 1
-            self._emit(
-                EventKind.CREATED,
-                at=now,
-                preset_id=preset_id,
-                instance_id=request.instance_id,
-                build_id=request.build_id,
-            )
+            self._created(request, now)
             if not self._submit(request, now, run.lease):
                 return  # the provisioner is failing: let the backoff decide
+
+    def _create_batch(
+        self,
+        batch: Callable[..., list[BuildRequest]],
+        preset_id: UUID,
+        count: int,
+        result: _PresetResult,
+        run: _Pass,
+    ) -> None:
+        """*count* instances in one ``create_prebuilds``, then their submits."""
+        now = run.now
+        run.check()
+        names = [self._name_factory() for _ in range(count)]
+        requests = batch(preset_id, now=now, names=names, lease=run.lease)
+        result.created += len(requests)
+        for request in requests:
+            self._created(request, now)
+        for index, request in enumerate(requests):
+            if not self._submit(request, now, run.lease):
+                # Committed but never to be submitted: failed now, as they
+                # would be once stuck, not left pending until the timeout.
+                for rest in requests[index + 1 :]:
+                    self._not_submitted(rest, now, run.lease)
+                return
+
+    def _created(self, request: BuildRequest, now: datetime) -> None:
+        self._emit(
+            EventKind.CREATED,
+            at=now,
+            preset_id=request.preset_id,
+            instance_id=request.instance_id,
+            build_id=request.build_id,
+        )
+
+    def _not_submitted(
+        self, request: BuildRequest, now: datetime, lease: Lease | None
+    ) -> None:
+        """A created build not submitted (a submit before it failed): failed."""
+        detail = "not submitted: an earlier submit of its batch failed"
+        self._store.build_finished(
+            request.build_id,
+            now=now,
+            succeeded=False,
+            error_kind="provisioner",
+            error=detail,
+            lease=lease,
+        )
+        self._reported_failed(request)
+        self._emit(
+            EventKind.FAILED,
+            at=now,
+            preset_id=request.preset_id,
+            instance_id=request.instance_id,
+            build_id=request.build_id,
+            detail=detail,
+        )
 
     def _submit(
         self, request: BuildRequest, now: datetime, lease: Lease | None

@@ -47,6 +47,7 @@ from prebuilds._status import PoolStatus
 
 
 __all__ = [
+    "BatchCreates",
     "Claimer",
     "Clock",
     "EventSink",
@@ -372,6 +373,38 @@ class LeanClaims(Protocol):
         not_before: datetime | None,
     ) -> UUID | None:
         """The claimed instance's ID (None on a miss), provided the stamp is *stamp*."""
+
+
+@runtime_checkable
+class BatchCreates(Protocol):
+    """
+    **Protocol (optional):** a store that creates a preset's new instances
+    in one transaction.
+
+    ``create_prebuilds`` is ``create_prebuild`` once per name of *names*,
+    all or nothing, in one (fenced) write transaction: the same checks
+    (every name is checked before anything is read or written; a bad one
+    raises :class:`~prebuilds.exceptions.InvalidInputError` naming
+    ``names[i]``), the same fence (:class:`~prebuilds.exceptions.LeadershipLostError`,
+    nothing written) and the same errors
+    (:class:`~prebuilds.exceptions.PresetNotFoundError`). It returns one
+    :class:`~prebuilds.BuildRequest` per name, in the order of *names*, or
+    an empty list if the preset is no longer active (nothing written). The
+    reconciler uses it when its store offers it, and ``create_prebuild``
+    per instance otherwise.
+
+    .. versionadded:: 0.2.0
+    """
+
+    def create_prebuilds(
+        self,
+        preset_id: UUID,
+        *,
+        now: datetime,
+        names: Sequence[str],
+        lease: Lease | None = None,
+    ) -> list[BuildRequest]:
+        """A new pooled instance and its pending start build per name; [] if inactive."""
 
 
 @runtime_checkable

@@ -17,6 +17,7 @@ from prebuilds._arguments import (
     check_claim_id_if_unchanged,
     check_claim_if_unchanged,
     check_create_prebuild,
+    check_create_prebuilds,
     check_fail_stuck_builds,
     check_id_at,
     check_list_instances,
@@ -66,7 +67,7 @@ from prebuilds.stores._common import (
 
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from uuid import UUID
 
     from prebuilds._model import InvalidPreset
@@ -93,7 +94,8 @@ def _utc(value: datetime) -> datetime:
 class MemoryStore:
     """
     A :class:`~prebuilds.interfaces.Store` with
-    :class:`~prebuilds.interfaces.StampedClaims` in process memory: one lock,
+    :class:`~prebuilds.interfaces.StampedClaims` and
+    :class:`~prebuilds.interfaces.BatchCreates` in process memory: one lock,
     every method atomic, nothing kept past the process.
 
     :meth:`leader` grants one lease at a time; with *lease_ttl* a lease also
@@ -266,24 +268,48 @@ class MemoryStore:
     ) -> BuildRequest | None:
         """A new pooled instance and its pending start build; None if inactive."""
         check_create_prebuild(preset_id, now, name)
-        now = _utc(now)
+        requests = self._create(preset_id, _utc(now), (name,), lease)
+        return requests[0] if requests else None
+
+    def create_prebuilds(
+        self,
+        preset_id: UUID,
+        *,
+        now: datetime,
+        names: Sequence[str],
+        lease: Lease | None = None,
+    ) -> list[BuildRequest]:
+        """:meth:`create_prebuild` per name, all or nothing; [] if inactive."""
+        checked = check_create_prebuilds(preset_id, now, names)
+        return self._create(preset_id, _utc(now), checked, lease)
+
+    def _create(
+        self,
+        preset_id: UUID,
+        now: datetime,
+        names: Sequence[str],
+        lease: Lease | None,
+    ) -> list[BuildRequest]:
         with self._fenced(lease):
             config = self._row(preset_id).config
             if not self._active(config, self._templates[config.template_id]):
-                return None
-            instance = Instance(
-                id=uuid.uuid4(),
-                preset_id=config.id,
-                template_id=config.template_id,
-                template_version_id=config.template_version_id,
-                owner_id=PREBUILDS_OWNER_ID,
-                name=name,
-                created_at=now,
-                lifecycle=Lifecycle(last_used_at=now),
-            )
-            self._instances[instance.id] = instance
-            build = self._add_build(instance, Transition.START, now)
-            return _request(instance, build, config.parameters)
+                return []
+            requests = []
+            for name in names:
+                instance = Instance(
+                    id=uuid.uuid4(),
+                    preset_id=config.id,
+                    template_id=config.template_id,
+                    template_version_id=config.template_version_id,
+                    owner_id=PREBUILDS_OWNER_ID,
+                    name=name,
+                    created_at=now,
+                    lifecycle=Lifecycle(last_used_at=now),
+                )
+                self._instances[instance.id] = instance
+                build = self._add_build(instance, Transition.START, now)
+                requests.append(_request(instance, build, config.parameters))
+            return requests
 
     def delete_prebuild(
         self, instance_id: UUID, *, now: datetime, lease: Lease | None = None

@@ -207,6 +207,41 @@ CREATE_PREBUILD = f"""
     SELECT {FENCE_HELD}, source.*
     {ONE_ROW} source ON true
 """
+# CREATE_PREBUILD for every (instance ID, build ID, name) of three arrays of
+# the same length, in one statement.
+CREATE_PREBUILDS = f"""
+    WITH {FENCE},
+    source AS MATERIALIZED (
+        SELECT p.template_id, p.template_version_id, p.parameters::text,
+            p.template_version_id = t.active_version_id
+                AND NOT t.deleted AND NOT t.deprecated AS active
+        FROM {{s}}.presets p
+        JOIN {{s}}.templates t ON t.id = p.template_id
+        WHERE p.id = %(preset_id)s
+    ),
+    wanted AS MATERIALIZED (
+        SELECT * FROM unnest(
+            %(instance_ids)s::uuid[], %(build_ids)s::uuid[], %(names)s::text[]
+        ) AS w (instance_id, build_id, name)
+    ),
+    made AS (
+        INSERT INTO {{s}}.instances
+            (id, preset_id, template_id, template_version_id, owner_id, name,
+             created_at, ready, last_used_at, deleted)
+        SELECT w.instance_id, %(preset_id)s, s.template_id, s.template_version_id,
+            '{{pool}}', w.name, %(now)s, false, %(now)s, false
+        FROM source s CROSS JOIN wanted w WHERE s.active AND {FENCED}
+        RETURNING id, template_version_id
+    ),
+    built AS (
+        {_INSERT_BUILD}
+        SELECT w.build_id, m.id, %(preset_id)s, m.template_version_id, 'start',
+            'pending', 1, '{{pool}}', %(now)s
+        FROM made m JOIN wanted w ON w.instance_id = m.id
+    )
+    SELECT {FENCE_HELD}, source.*
+    {ONE_ROW} source ON true
+"""
 # A pending delete build and the instance unready, if it is still the pool's
 # and not being deleted; one row, the instance's columns NULL when nothing was
 # written. The row lock re-checks the row's newest version: a claim committed

@@ -16,6 +16,7 @@ from prebuilds._arguments import (
     check_claim_id_if_unchanged,
     check_claim_if_unchanged,
     check_create_prebuild,
+    check_create_prebuilds,
     check_fail_stuck_builds,
     check_id_at,
     check_list_instances,
@@ -63,7 +64,7 @@ from prebuilds.stores._sqlite.lease import Leases
 
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from contextlib import AbstractContextManager
     from types import TracebackType
 
@@ -81,8 +82,9 @@ _TEXTS = 4096
 
 class SQLiteStore:
     """
-    The embedded default :class:`~prebuilds.interfaces.Store` (and
-    :class:`~prebuilds.interfaces.StampedClaims`), on :mod:`sqlite3`; see
+    The embedded default :class:`~prebuilds.interfaces.Store` (with
+    :class:`~prebuilds.interfaces.StampedClaims` and
+    :class:`~prebuilds.interfaces.BatchCreates`), on :mod:`sqlite3`; see
     :doc:`/stores`.
 
     Args:
@@ -315,36 +317,82 @@ class SQLiteStore:
     ) -> BuildRequest | None:
         """The instance and its start build in one fenced write transaction."""
         check_create_prebuild(preset_id, now, name)
-        now_us = codecs.to_us("now", now)
+        requests = self._create(preset_id, codecs.to_us("now", now), (name,), lease)
+        return requests[0] if requests else None
+
+    def create_prebuilds(
+        self,
+        preset_id: UUID,
+        *,
+        now: datetime,
+        names: Sequence[str],
+        lease: Lease | None = None,
+    ) -> list[BuildRequest]:
+        """
+        Every instance and its start build in one fenced write transaction:
+        one source read, then two ``executemany`` inserts.
+        """
+        checked = check_create_prebuilds(preset_id, now, names)
+        return self._create(preset_id, codecs.to_us("now", now), checked, lease)
+
+    def _create(
+        self,
+        preset_id: UUID,
+        now_us: int,
+        names: Sequence[str],
+        lease: Lease | None,
+    ) -> list[BuildRequest]:
+        preset = str(preset_id)
         with self._write(lease) as tx:
-            row = tx.one(sql.CREATE_SOURCE, (str(preset_id),))
+            row = tx.one(sql.CREATE_SOURCE, (preset,))
             if row is None:
                 raise PresetNotFoundError(preset_id)
             template_id, version_id, raw_parameters, active, deleted, deprecated = row
-            if version_id != active or deleted or deprecated:
-                return None
-            instance_id, build_id = uuid4(), uuid4()
-            instance, build = str(instance_id), str(build_id)
-            preset = str(preset_id)
-            values = (instance, preset, template_id, version_id, name, now_us, now_us)
-            tx.execute(sql.INSERT_INSTANCE, (*values, build, now_us))
-            tx.execute(
+            if version_id != active or deleted or deprecated or not names:
+                return []
+            ids = [(uuid4(), uuid4()) for _ in names]
+            tx.executemany(
+                sql.INSERT_INSTANCE,
+                [
+                    (
+                        str(i),
+                        preset,
+                        template_id,
+                        version_id,
+                        name,
+                        now_us,
+                        now_us,
+                        str(b),
+                        now_us,
+                    )
+                    for (i, b), name in zip(ids, names, strict=True)
+                ],
+            )
+            tx.executemany(
                 sql.INSERT_BUILD,
-                (build, instance, preset, version_id, "start", 1, now_us),
+                [
+                    (str(b), str(i), preset, version_id, "start", 1, now_us)
+                    for i, b in ids
+                ],
             )
             # Built before the commit: a row that cannot be read back rolls
             # the creation back instead of leaving it behind.
             with codecs.decoding("preset"):
-                return build_request(
-                    build_id=build_id,
-                    instance_id=instance_id,
+                first = build_request(
+                    build_id=ids[0][1],
+                    instance_id=ids[0][0],
                     preset_id=preset_id,
                     template_id=UUID(template_id),
                     template_version_id=UUID(version_id),
-                    transition="start",
-                    name=name,
+                    transition=Transition.START,
+                    name=names[0],
                     parameters=raw_parameters,
                 )
+            # The rest share the first's decoded fields.
+            return [first] + [
+                attrs.evolve(first, build_id=b, instance_id=i, name=name)
+                for (i, b), name in zip(ids[1:], names[1:], strict=True)
+            ]
 
     def delete_prebuild(
         self, instance_id: UUID, *, now: datetime, lease: Lease | None = None
