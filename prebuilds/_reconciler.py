@@ -107,6 +107,56 @@ def _call_with_timeout(
         raise failure[0]
 
 
+def _call_all_with_timeout(
+    workers: Workers,
+    submit: Callable[[BuildRequest], None],
+    requests: Sequence[BuildRequest],
+    timeout: float,
+) -> tuple[int, BaseException | None]:
+    """
+    Call ``submit`` on each of *requests* in order, on one thread of
+    *workers*, waiting up to *timeout* s for each; stop at the first that
+    raises or is late (the ones after it are not submitted).
+
+    One hand-off to a thread for the lot, not one per request: when the
+    submits are quick, the caller finds them done without waiting.
+
+    Returns:
+        How many were submitted, and what the next one raised
+        (:class:`_SubmitTimeoutError` if it was late), or None.
+    """
+    outcomes: list[BaseException | None] = []
+    changed = threading.Condition()
+    stop = threading.Event()
+
+    def target() -> None:
+        for request in requests:
+            if stop.is_set():
+                return
+            outcome: BaseException | None = None
+            try:
+                submit(request)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                outcome = e
+            with changed:
+                outcomes.append(outcome)
+                changed.notify()
+            if outcome is not None:
+                return
+
+    workers.start(target)
+    for index in range(len(requests)):
+        with changed:
+            if not changed.wait_for(lambda: len(outcomes) > index, timeout):  # noqa: B023 - waited for here
+                stop.set()
+                msg = f"provisioner.submit did not return within {timeout}s"
+                return index, _SubmitTimeoutError(msg)
+            outcome = outcomes[index]
+        if outcome is not None:
+            return index, outcome
+    return len(requests), None
+
+
 @attrs.frozen
 class _Pass:
     """
@@ -1080,13 +1130,31 @@ class StoreReconciler:
         result.created += len(requests)
         for request in requests:
             self._created(request, now)
-        for index, request in enumerate(requests):
-            if not self._submit(request, now, run.lease):
-                # Committed but never to be submitted: failed now, as they
-                # would be once stuck, not left pending until the timeout.
-                for rest in requests[index + 1 :]:
-                    self._not_submitted(rest, now, run.lease)
-                return
+        failure: BaseException | None = None
+        if self._submit_timeout is None:
+            submitted = len(requests)
+            for index, request in enumerate(requests):
+                try:
+                    self._provisioner.submit(request)
+                except Exception as e:  # noqa: BLE001 - recorded below
+                    submitted, failure = index, e
+                    break
+        else:
+            submitted, failure = _call_all_with_timeout(
+                self._workers(),
+                self._provisioner.submit,
+                requests,
+                self._submit_timeout,
+            )
+        if failure is None:
+            return
+        if not isinstance(failure, Exception):  # KeyboardInterrupt and the like
+            raise failure
+        self._submit_failed(requests[submitted], failure, now, run.lease)
+        # Committed but never to be submitted: failed now, as they would be
+        # once stuck, not left pending until the build timeout.
+        for rest in requests[submitted + 1 :]:
+            self._not_submitted(rest, now, run.lease)
 
     def _created(self, request: BuildRequest, now: datetime) -> None:
         self._emit(
@@ -1137,7 +1205,19 @@ class StoreReconciler:
                     request,
                     self._submit_timeout,
                 )
-        except ProvisionerValidationError as e:
+        except Exception as e:  # noqa: BLE001 - any provisioner failure
+            self._submit_failed(request, e, now, lease)
+            return False
+        return True
+
+    def _submit_failed(
+        self, request: BuildRequest, e: Exception, now: datetime, lease: Lease | None
+    ) -> None:
+        """
+        Record a failed submit of *request*: a failed build, and for a
+        deterministic rejection the preset marked ``VALIDATION_FAILED``.
+        """
+        if isinstance(e, ProvisionerValidationError):
             self._store.build_finished(
                 request.build_id,
                 now=now,
@@ -1159,29 +1239,26 @@ class StoreReconciler:
                 build_id=request.build_id,
                 detail=str(e),
             )
-            return False
-        except Exception as e:  # noqa: BLE001 - any provisioner failure
-            kind = "timeout" if isinstance(e, _SubmitTimeoutError) else "provisioner"
-            self._store.build_finished(
-                request.build_id,
-                now=now,
-                succeeded=False,
-                error_kind=kind,
-                error=clean_text(repr(e)),
-                lease=lease,
-            )
-            self._reported_failed(request)
-            self._remember_error(request.preset_id, repr(e))
-            self._emit(
-                EventKind.FAILED,
-                at=now,
-                preset_id=request.preset_id,
-                instance_id=request.instance_id,
-                build_id=request.build_id,
-                detail=repr(e),
-            )
-            return False
-        return True
+            return
+        kind = "timeout" if isinstance(e, _SubmitTimeoutError) else "provisioner"
+        self._store.build_finished(
+            request.build_id,
+            now=now,
+            succeeded=False,
+            error_kind=kind,
+            error=clean_text(repr(e)),
+            lease=lease,
+        )
+        self._reported_failed(request)
+        self._remember_error(request.preset_id, repr(e))
+        self._emit(
+            EventKind.FAILED,
+            at=now,
+            preset_id=request.preset_id,
+            instance_id=request.instance_id,
+            build_id=request.build_id,
+            detail=repr(e),
+        )
 
     # -- clean-up ------------------------------------------------------------------
     def delete_failed(self, *, preset_id: UUID | None = None) -> int:
