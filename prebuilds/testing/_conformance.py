@@ -30,7 +30,7 @@ from prebuilds._records import (
     Template,
 )
 from prebuilds.exceptions import LeadershipLostError, StoreError
-from prebuilds.interfaces import LeanClaims, StampedClaims
+from prebuilds.interfaces import BatchCreates, LeanClaims, StampedClaims
 from prebuilds.stores import MemoryStore
 from prebuilds.testing._fakes import DEFAULT_START
 from prebuilds.testing._machine import PoolMachine, RunCounter
@@ -545,6 +545,20 @@ class _LeaderTargets:
 
     def writes(self, store: Store) -> list[tuple[str, Callable[[Lease], object]]]:
         """Each fenced write, as a call taking the lease."""
+        writes = self._writes(store)
+        if isinstance(store, BatchCreates):
+            batch = store
+            writes.append(
+                (
+                    "create_prebuilds",
+                    lambda lease: batch.create_prebuilds(
+                        self.preset, now=_AT, names=["fenced", "fenced"], lease=lease
+                    ),
+                )
+            )
+        return writes
+
+    def _writes(self, store: Store) -> list[tuple[str, Callable[[Lease], object]]]:
         return [
             (
                 "create_prebuild",
