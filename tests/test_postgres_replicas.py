@@ -546,7 +546,15 @@ from prebuilds.stores import PostgresStore
 from prebuilds.testing import FakeClock
 
 dsn, schema, block_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
-store = PostgresStore(dsn, schema=schema, max_size=2)
+
+
+class OneByOneStore(PostgresStore):
+    # No batches: the victim dies with exactly its submitted creations made
+    # (a batch's later creations are committed before its submits).
+    create_prebuilds = None
+
+
+store = OneByOneStore(dsn, schema=schema, max_size=2)
 
 
 class BlockingProvisioner:
