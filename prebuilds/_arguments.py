@@ -99,6 +99,29 @@ def check_create_prebuilds(
     return tuple(names)
 
 
+def check_record_submits(
+    submitted: object, now: object, not_submitted: object
+) -> tuple[tuple[UUID, ...], tuple[UUID, ...]]:
+    """
+    ``record_submits`` (:class:`~prebuilds.interfaces.BatchCreates`): two
+    lists or tuples of at most ``MAX_INSTANCES`` build IDs each (the field
+    named ``submitted[i]``, ``not_submitted[i]``). Returns them as tuples.
+    """
+    check_aware("now", now)
+    checked: list[tuple[UUID, ...]] = []
+    for field, ids in (("submitted", submitted), ("not_submitted", not_submitted)):
+        if not isinstance(ids, (list, tuple)):
+            raise InvalidInputError(field, ids, "must be a list or tuple of build IDs")
+        if len(ids) > MAX_INSTANCES:
+            raise InvalidInputError(
+                field, len(ids), f"must hold at most {MAX_INSTANCES} build IDs"
+            )
+        for index, build_id in enumerate(ids):
+            check_uuid(f"{field}[{index}]", build_id)
+        checked.append(tuple(ids))
+    return checked[0], checked[1]
+
+
 def check_set_preset_status(preset_id: object, status: object) -> None:
     """``Store.set_preset_status``."""
     check_uuid("preset_id", preset_id)

@@ -41,6 +41,7 @@ from prebuilds.exceptions import (
     ProvisionerValidationError,
     StoreError,
 )
+from prebuilds.interfaces import BatchCreates
 
 
 if TYPE_CHECKING:
@@ -439,6 +440,8 @@ class StoreReconciler:
             name_factory,
         )
         self._store = store
+        # Whether creations go in batches: asked once (a runtime protocol check is slow).
+        self._batches = store if isinstance(store, BatchCreates) else None
         self._provisioner = provisioner
         self._clock: Clock = clock or SystemClock()
         self._events: EventSink = events or LoggingEventSink()
@@ -1098,7 +1101,7 @@ class StoreReconciler:
         transaction, else one at a time, each submitted before the next.
         """
         preset_id, now = ps.preset.id, run.now
-        batch = getattr(self._store, "create_prebuilds", None)
+        batch = self._batches
         for made in range(count):
             if batch is not None and made == 1:
                 self._create_batch(batch, preset_id, count - 1, result, run)
@@ -1116,17 +1119,27 @@ class StoreReconciler:
 
     def _create_batch(
         self,
-        batch: Callable[..., list[BuildRequest]],
+        batch: BatchCreates,
         preset_id: UUID,
         count: int,
         result: _PresetResult,
         run: _Pass,
     ) -> None:
-        """*count* instances in one ``create_prebuilds``, then their submits."""
+        """
+        *count* instances in one ``create_prebuilds`` (their builds not
+        submitted), then their submits, then one ``record_submits``: the
+        submitted ones marked, the ones after a failed submit canceled. A
+        crash before the mark leaves builds that ``fail_stuck_builds`` cancels
+        (not a provisioning failure) rather than fails.
+        """
         now = run.now
         run.check()
         names = [self._name_factory() for _ in range(count)]
-        requests = batch(preset_id, now=now, names=names, lease=run.lease)
+        requests = batch.create_prebuilds(
+            preset_id, now=now, names=names, lease=run.lease
+        )
+        if not requests:
+            return
         result.created += len(requests)
         for request in requests:
             self._created(request, now)
@@ -1147,14 +1160,31 @@ class StoreReconciler:
                 self._submit_timeout,
             )
         if failure is None:
+            batch.record_submits(
+                [r.build_id for r in requests], now=now, lease=run.lease
+            )
             return
         if not isinstance(failure, Exception):  # KeyboardInterrupt and the like
             raise failure
         self._submit_failed(requests[submitted], failure, now, run.lease)
-        # Committed but never to be submitted: failed now, as they would be
-        # once stuck, not left pending until the build timeout.
-        for rest in requests[submitted + 1 :]:
-            self._not_submitted(rest, now, run.lease)
+        # Committed but never to be submitted: canceled now (not failed: the
+        # provisioner never saw them), not left pending until the timeout.
+        rest = requests[submitted + 1 :]
+        batch.record_submits(
+            [r.build_id for r in requests[:submitted]],
+            not_submitted=[r.build_id for r in rest],
+            now=now,
+            lease=run.lease,
+        )
+        for request in rest:
+            self._emit(
+                EventKind.CANCELED,
+                at=now,
+                preset_id=request.preset_id,
+                instance_id=request.instance_id,
+                build_id=request.build_id,
+                detail="not submitted: an earlier submit of its batch failed",
+            )
 
     def _created(self, request: BuildRequest, now: datetime) -> None:
         self._emit(
@@ -1163,29 +1193,6 @@ class StoreReconciler:
             preset_id=request.preset_id,
             instance_id=request.instance_id,
             build_id=request.build_id,
-        )
-
-    def _not_submitted(
-        self, request: BuildRequest, now: datetime, lease: Lease | None
-    ) -> None:
-        """A created build not submitted (a submit before it failed): failed."""
-        detail = "not submitted: an earlier submit of its batch failed"
-        self._store.build_finished(
-            request.build_id,
-            now=now,
-            succeeded=False,
-            error_kind="provisioner",
-            error=detail,
-            lease=lease,
-        )
-        self._reported_failed(request)
-        self._emit(
-            EventKind.FAILED,
-            at=now,
-            preset_id=request.preset_id,
-            instance_id=request.instance_id,
-            build_id=request.build_id,
-            detail=detail,
         )
 
     def _submit(

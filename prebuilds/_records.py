@@ -23,6 +23,13 @@ from prebuilds._validate import MAX_BUILD_NUMBER, check_int, tuple_of
 #: owner is this ID (the same value as Coder's prebuilds system user).
 PREBUILDS_OWNER_ID = UUID("c42fdf75-3097-471c-8c33-fb52454d81c0")
 
+#: The error kind (and error) of a build that was never handed to the
+#: provisioner, ended by ``fail_stuck_builds`` or ``record_submits``
+#: (:class:`~prebuilds.interfaces.BatchCreates`): canceled, not failed, so
+#: that it counts toward neither the backoff nor the hard limit.
+NOT_SUBMITTED_KIND = "not_submitted"
+NOT_SUBMITTED_ERROR = "never submitted to the provisioner"
+
 
 # Typed converters: mypy reads a field's argument type from its converter.
 def _schedules(value: Iterable[PrebuildSchedule]) -> tuple[PrebuildSchedule, ...]:

@@ -393,6 +393,17 @@ class BatchCreates(Protocol):
     reconciler uses it when its store offers it, and ``create_prebuild``
     per instance otherwise.
 
+    A batch's builds are written *not submitted*: not yet handed to the
+    provisioner. ``record_submits`` marks those handed over (and cancels
+    those that never will be) in one transaction. ``fail_stuck_builds`` ends
+    a stuck build that is still pending and not submitted as
+    ``CANCELED`` with ``error_kind`` ``"not_submitted"`` (a creation the
+    engine never handed over, say because it was killed between the commit
+    and the submit), not as a failure: it counts toward neither the backoff
+    nor the hard limit. A build that was submitted (or that its provisioner
+    started) and then hung fails with ``error_kind`` ``"timeout"`` as before.
+    ``create_prebuild``'s builds are submitted from the start.
+
     .. versionadded:: 0.2.0
     """
 
@@ -405,6 +416,23 @@ class BatchCreates(Protocol):
         lease: Lease | None = None,
     ) -> list[BuildRequest]:
         """A new pooled instance and its pending start build per name; [] if inactive."""
+
+    def record_submits(
+        self,
+        submitted: Sequence[UUID],
+        *,
+        now: datetime,
+        not_submitted: Sequence[UUID] = (),
+        lease: Lease | None = None,
+    ) -> None:
+        """
+        Mark the builds of *submitted* handed to the provisioner, and cancel
+        the still pending ones of *not_submitted* (``error_kind``
+        ``"not_submitted"``, finished at *now*), in one fenced write
+        transaction. An ID of neither kind of build is ignored (a build
+        already finished stays as it is); a bad argument raises
+        :class:`~prebuilds.exceptions.InvalidInputError` naming it.
+        """
 
 
 @runtime_checkable

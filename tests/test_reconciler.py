@@ -1361,6 +1361,7 @@ class CountingStore(DelegatingStore):
         self.batches: list[int] = []
         if batch:
             self.create_prebuilds = self._create_prebuilds
+            self.record_submits = self._record_submits
 
     def create_prebuild(
         self,
@@ -1384,6 +1385,18 @@ class CountingStore(DelegatingStore):
         self.batches.append(len(names))
         return self.inner.create_prebuilds(  # type: ignore[attr-defined, no-any-return]
             preset_id, now=now, names=names, lease=lease
+        )
+
+    def _record_submits(
+        self,
+        submitted: list[uuid.UUID],
+        *,
+        now: datetime,
+        not_submitted: list[uuid.UUID] = [],  # noqa: B006 - never changed
+        lease: Lease | None = None,
+    ) -> None:
+        self.inner.record_submits(  # type: ignore[attr-defined]
+            submitted, now=now, not_submitted=not_submitted, lease=lease
         )
 
 
@@ -1431,7 +1444,11 @@ class TestBatchCreation:
     def test_a_failed_submit_in_a_batch(
         self, store_factory: StoreFactory, timeout: float | None
     ) -> None:
-        """The failing request's build fails as alone; the batch's later ones fail unsubmitted."""
+        """
+        The failing request's build fails as alone; the batch's later ones,
+        never submitted, are canceled (not failures), the earlier ones marked
+        submitted.
+        """
         store = store_factory()
         preset = new_preset(store, new_template(store), desired=5)
         world = make_world(store, submit_timeout=timeout)
@@ -1450,12 +1467,21 @@ class TestBatchCreation:
             (builds[i].status, builds[i].error_kind) for i in created if i is not None
         ]
         failed = (BuildStatus.FAILED, "provisioner")
-        assert [(BuildStatus.PENDING, None)] * 2 + [failed] * 3 == kinds
+        canceled = (BuildStatus.CANCELED, "not_submitted")
+        assert [(BuildStatus.PENDING, None)] * 2 + [failed] + [canceled] * 2 == kinds
         details = [e.detail for e in world.of_kind(EventKind.FAILED)]
-        assert 3 == len(details)
+        assert 1 == len(details)
         assert "provisioner down" in details[0]
-        assert all("not submitted" in d for d in details[1:])
         assert preset.id == world.of_kind(EventKind.FAILED)[0].preset_id
+        dropped = world.of_kind(EventKind.CANCELED)
+        assert created[3:] == [e.instance_id for e in dropped]
+        assert all("not submitted" in (e.detail or "") for e in dropped)
+        # The submitted one of the batch was marked: once stuck, it fails.
+        now = world.clock.now()
+        stuck = store.fail_stuck_builds(older_than=now + timedelta(seconds=1), now=now)
+        assert [(BuildStatus.FAILED, "timeout")] * 2 == [
+            (b.status, b.error_kind) for b in stuck
+        ]
 
     def test_a_hung_submit_in_a_batch(self, store_factory: StoreFactory) -> None:
         """A batch's submit past submit_timeout fails as alone; the rest are not submitted."""
@@ -1476,8 +1502,8 @@ class TestBatchCreation:
             (b.status.value, b.error_kind or "") for b in store.list_builds()
         )
         assert [
-            ("failed", "provisioner"),
-            ("failed", "provisioner"),
+            ("canceled", "not_submitted"),
+            ("canceled", "not_submitted"),
             ("failed", "timeout"),
             ("pending", ""),
         ] == statuses

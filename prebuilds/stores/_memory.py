@@ -22,6 +22,7 @@ from prebuilds._arguments import (
     check_id_at,
     check_list_instances,
     check_read_preset,
+    check_record_submits,
     check_set_preset_status,
     check_set_ready,
     check_store_claim,
@@ -30,6 +31,8 @@ from prebuilds._clock import SystemClock
 from prebuilds._model import PresetStatus, Transition
 from prebuilds._pool import PoolFacts, PresetFacts
 from prebuilds._records import (
+    NOT_SUBMITTED_ERROR,
+    NOT_SUBMITTED_KIND,
     PREBUILDS_OWNER_ID,
     Build,
     BuildRequest,
@@ -130,6 +133,8 @@ class MemoryStore:
         self._builds: dict[UUID, Build] = {}
         #: Each instance's builds, in build-number order.
         self._builds_of: dict[UUID, list[UUID]] = defaultdict(list)
+        #: Builds of create_prebuilds not yet handed to the provisioner.
+        self._unsubmitted: set[UUID] = set()
 
     def close(self) -> None:
         """Nothing to release."""
@@ -268,7 +273,7 @@ class MemoryStore:
     ) -> BuildRequest | None:
         """A new pooled instance and its pending start build; None if inactive."""
         check_create_prebuild(preset_id, now, name)
-        requests = self._create(preset_id, _utc(now), (name,), lease)
+        requests = self._create(preset_id, _utc(now), (name,), lease, submitted=True)
         return requests[0] if requests else None
 
     def create_prebuilds(
@@ -279,9 +284,28 @@ class MemoryStore:
         names: Sequence[str],
         lease: Lease | None = None,
     ) -> list[BuildRequest]:
-        """:meth:`create_prebuild` per name, all or nothing; [] if inactive."""
+        """:meth:`create_prebuild` per name, all or nothing, not submitted; [] if inactive."""
         checked = check_create_prebuilds(preset_id, now, names)
-        return self._create(preset_id, _utc(now), checked, lease)
+        return self._create(preset_id, _utc(now), checked, lease, submitted=False)
+
+    def record_submits(
+        self,
+        submitted: Sequence[UUID],
+        *,
+        now: datetime,
+        not_submitted: Sequence[UUID] = (),
+        lease: Lease | None = None,
+    ) -> None:
+        """Mark *submitted* handed over; cancel the pending ones of *not_submitted*."""
+        handed, dropped = check_record_submits(submitted, now, not_submitted)
+        now = _utc(now)
+        with self._fenced(lease):
+            self._unsubmitted.difference_update(handed)
+            for build_id in dropped:
+                build = self._builds.get(build_id)
+                if build is None or build.status is not BuildStatus.PENDING:
+                    continue
+                self._set_build(_not_submitted(build, now))
 
     def _create(
         self,
@@ -289,6 +313,8 @@ class MemoryStore:
         now: datetime,
         names: Sequence[str],
         lease: Lease | None,
+        *,
+        submitted: bool,
     ) -> list[BuildRequest]:
         with self._fenced(lease):
             config = self._row(preset_id).config
@@ -308,6 +334,8 @@ class MemoryStore:
                 )
                 self._instances[instance.id] = instance
                 build = self._add_build(instance, Transition.START, now)
+                if not submitted:
+                    self._unsubmitted.add(build.id)
                 requests.append(_request(instance, build, config.parameters))
             return requests
 
@@ -372,7 +400,9 @@ class MemoryStore:
         now = _utc(now)
         with self._fenced(lease):
             failed = [
-                attrs.evolve(
+                _not_submitted(b, now)
+                if b.status is BuildStatus.PENDING and b.id in self._unsubmitted
+                else attrs.evolve(
                     b,
                     status=BuildStatus.FAILED,
                     finished_at=now,
@@ -699,6 +729,17 @@ class MemoryStore:
                 latest_transition=build.transition,
                 latest_status=build.status,
             )
+
+
+def _not_submitted(build: Build, now: datetime) -> Build:
+    """*build*, never handed to the provisioner, canceled: not a failure."""
+    return attrs.evolve(
+        build,
+        status=BuildStatus.CANCELED,
+        finished_at=now,
+        error_kind=NOT_SUBMITTED_KIND,
+        error=NOT_SUBMITTED_ERROR,
+    )
 
 
 def _request(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import attrs
 
-from prebuilds._records import Build, Instance, Lifecycle, Template
+from prebuilds._records import NOT_SUBMITTED_KIND, Build, Instance, Lifecycle, Template
 
 
 def _names(cls: type) -> tuple[str, ...]:
@@ -234,9 +234,11 @@ CREATE_PREBUILDS = f"""
         RETURNING id, template_version_id
     ),
     built AS (
-        {_INSERT_BUILD}
+        INSERT INTO {{s}}.builds
+            (id, instance_id, preset_id, template_version_id, transition, status,
+             build_number, initiator_id, created_at, submitted)
         SELECT w.build_id, m.id, %(preset_id)s, m.template_version_id, 'start',
-            'pending', 1, '{{pool}}', %(now)s
+            'pending', 1, '{{pool}}', %(now)s, false
         FROM made m JOIN wanted w ON w.instance_id = m.id
     )
     SELECT {FENCE_HELD}, source.*
@@ -315,12 +317,19 @@ CANCEL_PENDING = f"""
     ORDER BY r.created_at, r.id
 """
 # Always one row at least: the fence's verdict, then the failed builds.
+# A stuck build never handed to the provisioner (pending, not submitted) is
+# canceled, not failed (BatchCreates).
+_NEVER_SUBMITTED = "(status = 'pending' AND NOT submitted)"
 FAIL_STUCK = f"""
     WITH {FENCE},
     failed AS (
         UPDATE {{s}}.builds
-        SET status = 'failed', finished_at = %(now)s, error_kind = 'timeout',
-            error = %(error)s
+        SET status = CASE WHEN {_NEVER_SUBMITTED} THEN 'canceled' ELSE 'failed' END,
+            error_kind = CASE WHEN {_NEVER_SUBMITTED}
+                THEN '{NOT_SUBMITTED_KIND}' ELSE 'timeout' END,
+            error = CASE WHEN {_NEVER_SUBMITTED}
+                THEN %(never)s ELSE %(error)s END,
+            finished_at = %(now)s
         WHERE initiator_id = '{{pool}}'
             AND status IN ('pending', 'running')
             AND created_at < %(older_than)s
@@ -330,6 +339,24 @@ FAIL_STUCK = f"""
     SELECT {FENCE_HELD}, {_BUILD_COLUMNS}
     {ONE_ROW} failed b ON true
     ORDER BY b.created_at, b.instance_id, b.build_number
+"""
+# The builds of %(submitted)s marked handed to the provisioner, and the
+# pending, unsubmitted ones of %(not_submitted)s canceled; one row, the fence's
+# verdict.
+RECORD_SUBMITS = f"""
+    WITH {FENCE},
+    handed AS (
+        UPDATE {{s}}.builds SET submitted = true
+        WHERE id = ANY(%(submitted)s::uuid[]) AND NOT submitted AND {FENCED}
+    ),
+    dropped AS (
+        UPDATE {{s}}.builds
+        SET status = 'canceled', finished_at = %(now)s,
+            error_kind = '{NOT_SUBMITTED_KIND}', error = %(never)s
+        WHERE id = ANY(%(not_submitted)s::uuid[]) AND {_NEVER_SUBMITTED}
+            AND {FENCED}
+    )
+    SELECT {FENCE_HELD}
 """
 
 # -- reports ------------------------------------------------------------------------

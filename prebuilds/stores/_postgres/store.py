@@ -29,6 +29,7 @@ from prebuilds._arguments import (
     check_id_at,
     check_list_instances,
     check_read_preset,
+    check_record_submits,
     check_set_preset_status,
     check_set_ready,
     check_store_claim,
@@ -36,6 +37,7 @@ from prebuilds._arguments import (
 from prebuilds._model import InvalidPreset, PresetStatus, Transition
 from prebuilds._pool import PoolFacts, PresetFacts
 from prebuilds._records import (
+    NOT_SUBMITTED_ERROR,
     Build,
     BuildRequest,
     BuildStatus,
@@ -440,6 +442,26 @@ class PostgresStore:
                 for (i, b), name in zip(ids[1:], checked[1:], strict=True)
             ]
 
+    def record_submits(
+        self,
+        submitted: Sequence[UUID],
+        *,
+        now: datetime,
+        not_submitted: Sequence[UUID] = (),
+        lease: Lease | None = None,
+    ) -> None:
+        """One statement, its fence included."""
+        handed, dropped = check_record_submits(submitted, now, not_submitted)
+        if not handed and not dropped:
+            return
+        params = {
+            "submitted": list(handed),
+            "not_submitted": list(dropped),
+            "now": now,
+            "never": NOT_SUBMITTED_ERROR,
+        }
+        self._fenced(lease, sql.RECORD_SUBMITS, params)
+
     def delete_prebuild(
         self, instance_id: UUID, *, now: datetime, lease: Lease | None = None
     ) -> BuildRequest | None:
@@ -489,7 +511,12 @@ class PostgresStore:
     ) -> list[Build]:
         """One statement, its fence included."""
         check_fail_stuck_builds(older_than, now)
-        params = {"older_than": older_than, "now": now, "error": _STUCK_ERROR}
+        params = {
+            "older_than": older_than,
+            "now": now,
+            "error": _STUCK_ERROR,
+            "never": NOT_SUBMITTED_ERROR,
+        }
         rows = self._fenced(lease, sql.FAIL_STUCK, params)
         return [codecs.build(r[1:]) for r in rows if r[1] is not None]
 

@@ -21,6 +21,7 @@ from prebuilds._arguments import (
     check_id_at,
     check_list_instances,
     check_read_preset,
+    check_record_submits,
     check_set_preset_status,
     check_set_ready,
     check_store_claim,
@@ -28,6 +29,8 @@ from prebuilds._arguments import (
 from prebuilds._model import Transition
 from prebuilds._pool import PoolFacts, PresetFacts
 from prebuilds._records import (
+    NOT_SUBMITTED_ERROR,
+    NOT_SUBMITTED_KIND,
     Build,
     BuildRequest,
     BuildStatus,
@@ -317,7 +320,9 @@ class SQLiteStore:
     ) -> BuildRequest | None:
         """The instance and its start build in one fenced write transaction."""
         check_create_prebuild(preset_id, now, name)
-        requests = self._create(preset_id, codecs.to_us("now", now), (name,), lease)
+        requests = self._create(
+            preset_id, codecs.to_us("now", now), (name,), lease, submitted=True
+        )
         return requests[0] if requests else None
 
     def create_prebuilds(
@@ -329,11 +334,36 @@ class SQLiteStore:
         lease: Lease | None = None,
     ) -> list[BuildRequest]:
         """
-        Every instance and its start build in one fenced write transaction:
-        one source read, then two ``executemany`` inserts.
+        Every instance and its start build (not submitted) in one fenced
+        write transaction: one source read, then two ``executemany`` inserts.
         """
         checked = check_create_prebuilds(preset_id, now, names)
-        return self._create(preset_id, codecs.to_us("now", now), checked, lease)
+        return self._create(
+            preset_id, codecs.to_us("now", now), checked, lease, submitted=False
+        )
+
+    def record_submits(
+        self,
+        submitted: Sequence[UUID],
+        *,
+        now: datetime,
+        not_submitted: Sequence[UUID] = (),
+        lease: Lease | None = None,
+    ) -> None:
+        """One fenced write transaction: one ``UPDATE`` for the submitted builds,
+        two for the canceled ones (their instances, then them)."""
+        handed, dropped = check_record_submits(submitted, now, not_submitted)
+        if not handed and not dropped:
+            return
+        now_us = codecs.to_us("now", now)
+        with self._write(lease) as tx:
+            if handed:
+                tx.execute(sql.mark_submitted(len(handed)), [str(b) for b in handed])
+            if dropped:
+                ids = [str(b) for b in dropped]
+                instances, builds = sql.cancel_unsubmitted(len(ids))
+                tx.execute(instances, ids)
+                tx.execute(builds, [now_us, NOT_SUBMITTED_ERROR, *ids])
 
     def _create(
         self,
@@ -341,6 +371,8 @@ class SQLiteStore:
         now_us: int,
         names: Sequence[str],
         lease: Lease | None,
+        *,
+        submitted: bool,
     ) -> list[BuildRequest]:
         preset = str(preset_id)
         with self._write(lease) as tx:
@@ -368,13 +400,19 @@ class SQLiteStore:
                     for (i, b), name in zip(ids, names, strict=True)
                 ],
             )
-            tx.executemany(
-                sql.INSERT_BUILD,
-                [
-                    (str(b), str(i), preset, version_id, "start", 1, now_us)
-                    for i, b in ids
-                ],
-            )
+            if submitted:
+                tx.executemany(
+                    sql.INSERT_BUILD,
+                    [
+                        (str(b), str(i), preset, version_id, "start", 1, now_us)
+                        for i, b in ids
+                    ],
+                )
+            else:
+                tx.executemany(
+                    sql.INSERT_UNSUBMITTED,
+                    [(str(b), str(i), preset, version_id, now_us) for i, b in ids],
+                )
             # Built before the commit: a row that cannot be read back rolls
             # the creation back instead of leaving it behind.
             with codecs.decoding("preset"):
@@ -449,14 +487,29 @@ class SQLiteStore:
                 return []
             tx.execute(sql.FAIL_STUCK_INSTANCES, params)
             tx.execute(
-                sql.FAIL_STUCK_BUILDS, {**params, "now": now_us, "error": _STUCK_ERROR}
+                sql.FAIL_STUCK_BUILDS,
+                {
+                    **params,
+                    "now": now_us,
+                    "error": _STUCK_ERROR,
+                    "never": NOT_SUBMITTED_ERROR,
+                },
             )
+            finished_at = now.astimezone(timezone.utc)
             with codecs.decoding("build"):
                 return [
                     attrs.evolve(
-                        codecs.build_from_row(row),
+                        codecs.build_from_row(row[:-1]),
+                        status=BuildStatus.CANCELED,
+                        finished_at=finished_at,
+                        error_kind=NOT_SUBMITTED_KIND,
+                        error=NOT_SUBMITTED_ERROR,
+                    )
+                    if row[-1]
+                    else attrs.evolve(
+                        codecs.build_from_row(row[:-1]),
                         status=BuildStatus.FAILED,
-                        finished_at=now.astimezone(timezone.utc),
+                        finished_at=finished_at,
                         error_kind="timeout",
                         error=_STUCK_ERROR,
                     )
