@@ -303,8 +303,13 @@ class MemoryStore:
             self._unsubmitted.difference_update(handed)
             for build_id in dropped:
                 build = self._builds.get(build_id)
-                if build is None or build.status is not BuildStatus.PENDING:
+                if (
+                    build is None
+                    or build.status is not BuildStatus.PENDING
+                    or build_id not in self._unsubmitted
+                ):
                     continue
+                self._unsubmitted.discard(build_id)
                 self._set_build(_not_submitted(build, now))
 
     def _create(

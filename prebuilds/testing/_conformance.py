@@ -512,13 +512,15 @@ class _LeaderTargets:
     """
     What a fenced write would change: an active preset, a preset of a
     version no longer active with a queued creation, and a running pooled
-    instance.
+    instance; on a store with ``create_prebuilds``, a creation of the active
+    preset never submitted.
     """
 
     preset: UUID
     old_preset: UUID
     queued: BuildRequest
     pooled: BuildRequest
+    unsubmitted: BuildRequest | None = None
 
     @classmethod
     def seed(cls, store: Store, *, base: int) -> _LeaderTargets:
@@ -541,7 +543,21 @@ class _LeaderTargets:
         store.put_template(attrs.evolve(template, active_version_id=version))
         preset = attrs.evolve(old, id=UUID(int=base + 5), template_version_id=version)
         store.put_preset(preset)
-        return cls(preset=preset.id, old_preset=old.id, queued=queued, pooled=pooled)
+        unsubmitted = None
+        if isinstance(store, BatchCreates):
+            made = store.create_prebuilds(
+                preset.id, now=DEFAULT_START, names=["unsubmitted"]
+            )
+            if len(made) != 1:
+                _leader_fail("create_prebuilds refused an active preset")
+            unsubmitted = made[0]
+        return cls(
+            preset=preset.id,
+            old_preset=old.id,
+            queued=queued,
+            pooled=pooled,
+            unsubmitted=unsubmitted,
+        )
 
     def writes(self, store: Store) -> list[tuple[str, Callable[[Lease], object]]]:
         """Each fenced write, as a call taking the lease."""
@@ -556,6 +572,16 @@ class _LeaderTargets:
                     ),
                 )
             )
+            if self.unsubmitted is not None:
+                dropped = [self.unsubmitted.build_id]
+                writes.append(
+                    (
+                        "record_submits",
+                        lambda lease: batch.record_submits(
+                            [], not_submitted=dropped, now=_AT, lease=lease
+                        ),
+                    )
+                )
         return writes
 
     def _writes(self, store: Store) -> list[tuple[str, Callable[[Lease], object]]]:

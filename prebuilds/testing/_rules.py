@@ -1121,6 +1121,65 @@ def _batch_all_or_nothing(world: _World) -> None:
         world.expect(before, world.state(), f"the store after the names {names!r}")
 
 
+def _batch_submits(world: _World) -> None:
+    batch = _batch(world)
+    preset = world.preset(desired_instances=4)
+    handed, dropped, started, never = batch.create_prebuilds(
+        preset.id, now=T0, names=["handed", "dropped", "started", "never"]
+    )
+    world.store.build_started(started.build_id, now=T0)  # so it was handed over
+    later = T0 + timedelta(minutes=1)
+    batch.record_submits([handed.build_id], not_submitted=[dropped.build_id], now=later)
+    build = world.store.get_build(dropped.build_id)
+    world.expect(
+        (BuildStatus.CANCELED, later, "not_submitted"),
+        (build.status, build.finished_at, build.error_kind),
+        "(status, finished_at, error_kind) of a build record_submits canceled",
+    )
+    before = world.state()
+    batch.record_submits(
+        [world.new_id(), handed.build_id],
+        not_submitted=[world.new_id(), handed.build_id, started.build_id],
+        now=later,
+    )
+    world.expect(
+        before,
+        world.state(),
+        "the store after record_submits of unknown, submitted and started builds",
+    )
+    stuck = world.store.fail_stuck_builds(older_than=later, now=later)
+    world.expect(
+        sorted(
+            [
+                (handed.build_id.int, BuildStatus.FAILED, "timeout"),
+                (started.build_id.int, BuildStatus.FAILED, "timeout"),
+                (never.build_id.int, BuildStatus.CANCELED, "not_submitted"),
+            ]
+        ),
+        sorted(
+            (b.id.int, b.status, b.error_kind)
+            for b in stuck
+            if b.preset_id == preset.id
+        ),
+        "(build, status, error_kind) of fail_stuck_builds after a batch: "
+        "canceled if never submitted, failed if submitted or started",
+    )
+    world.expect(
+        {
+            handed.instance_id.int: BuildStatus.FAILED,
+            dropped.instance_id.int: BuildStatus.CANCELED,
+            started.instance_id.int: BuildStatus.FAILED,
+            never.instance_id.int: BuildStatus.CANCELED,
+        },
+        {
+            i.id.int: i.latest_status
+            for i in world.store.read_pool().instances
+            if i.preset_id == preset.id
+        },
+        "the latest status of the batch's instances in read_pool",
+    )
+
+
 BATCH_RULES = (
     Rule(
         "create_prebuilds: every instance and its first build, in the names' order",
@@ -1129,6 +1188,11 @@ BATCH_RULES = (
     Rule(
         "create_prebuilds: a bad name is refused before anything is written",
         _batch_all_or_nothing,
+    ),
+    Rule(
+        "record_submits: a batch's build stuck and never submitted is canceled "
+        "(not_submitted), a submitted or started one fails",
+        _batch_submits,
     ),
 )
 
