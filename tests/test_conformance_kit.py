@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, Phase, settings
 
 from prebuilds import (
     PREBUILDS_OWNER_ID,
+    Build,
     BuildRequest,
     BuildStatus,
     Instance,
@@ -320,6 +321,31 @@ class PartialBatchStore(MemoryStore):
                 return []
             requests.append(request)
         return requests
+
+
+class FailsUnsubmittedStore(MemoryStore):
+    """fail_stuck_builds fails a batch's builds never submitted (it must cancel them)."""
+
+    def fail_stuck_builds(
+        self, *, older_than: datetime, now: datetime, lease: Lease | None = None
+    ) -> list[Build]:
+        with self._lock:
+            self._unsubmitted.clear()
+        return super().fail_stuck_builds(older_than=older_than, now=now, lease=lease)
+
+
+class CancelsSubmittedStore(MemoryStore):
+    """record_submits marks nothing: a submitted build stuck is canceled (it must fail)."""
+
+    def record_submits(
+        self,
+        submitted: Sequence[UUID],
+        *,
+        now: datetime,
+        not_submitted: Sequence[UUID] = (),
+        lease: Lease | None = None,
+    ) -> None:
+        super().record_submits([], now=now, not_submitted=not_submitted, lease=lease)
 
 
 class ForgetsStatusStore(MemoryStore):
@@ -840,6 +866,8 @@ BROKEN_STORES = [
     (HalfBatchStore, "create_prebuilds: every instance and its first build"),
     (BatchForInactiveStore, "create_prebuilds: every instance and its first build"),
     (PartialBatchStore, "create_prebuilds: a bad name is refused before anything"),
+    (FailsUnsubmittedStore, "record_submits: a batch's build stuck and never submitted"),
+    (CancelsSubmittedStore, "record_submits: a batch's build stuck and never submitted"),
 ]  # fmt: skip
 BROKEN_CLAIMERS = [
     (RecyclingClaimer, "each at most once"),
