@@ -1095,17 +1095,16 @@ class StoreReconciler:
         """
         Create *count* instances of the preset, each submitted once created.
 
-        The first alone, submitted before any other is created (a failing
-        provisioner stops the creation there, and the backoff decides); then,
-        when the store offers ``create_prebuilds``, the rest in one
-        transaction, else one at a time, each submitted before the next.
+        When the store offers ``create_prebuilds``, all of them in one
+        transaction, then their submits (see :meth:`_create_batch`); else one
+        at a time, each submitted before the next. Either way a failing
+        provisioner stops the submits there, and the backoff decides.
         """
         preset_id, now = ps.preset.id, run.now
-        batch = self._batches
-        for made in range(count):
-            if batch is not None and made == 1:
-                self._create_batch(batch, preset_id, count - 1, result, run)
-                return
+        if self._batches is not None:
+            self._create_batch(self._batches, preset_id, count, result, run)
+            return
+        for _ in range(count):
             run.check()
             request = self._store.create_prebuild(
                 preset_id, now=now, name=self._name_factory(), lease=run.lease
@@ -1127,10 +1126,12 @@ class StoreReconciler:
     ) -> None:
         """
         *count* instances in one ``create_prebuilds`` (their builds not
-        submitted), then their submits, then one ``record_submits``: the
-        submitted ones marked, the ones after a failed submit canceled. A
-        crash before the mark leaves builds that ``fail_stuck_builds`` cancels
-        (not a provisioning failure) rather than fails.
+        submitted), then their submits in order, stopping at the first that
+        fails (a failing provisioner stops the creation there, as one at a
+        time), then one ``record_submits``: the submitted ones marked, the
+        ones after a failed submit canceled and withdrawn (never handed over:
+        not reported, not counted). A crash before the mark leaves builds
+        that ``fail_stuck_builds`` cancels (not a provisioning failure).
         """
         now = run.now
         run.check()
@@ -1138,11 +1139,8 @@ class StoreReconciler:
         requests = batch.create_prebuilds(
             preset_id, now=now, names=names, lease=run.lease
         )
-        if not requests:
+        if not requests:  # the preset became inactive meanwhile
             return
-        result.created += len(requests)
-        for request in requests:
-            self._created(request, now)
         failure: BaseException | None = None
         if self._submit_timeout is None:
             submitted = len(requests)
@@ -1160,31 +1158,26 @@ class StoreReconciler:
                 self._submit_timeout,
             )
         if failure is None:
+            result.created += len(requests)
+            for request in requests:
+                self._created(request, now)
             batch.record_submits(
                 [r.build_id for r in requests], now=now, lease=run.lease
             )
             return
         if not isinstance(failure, Exception):  # KeyboardInterrupt and the like
             raise failure
+        kept = requests[: submitted + 1]
+        result.created += len(kept)
+        for request in kept:
+            self._created(request, now)
         self._submit_failed(requests[submitted], failure, now, run.lease)
-        # Committed but never to be submitted: canceled now (not failed: the
-        # provisioner never saw them), not left pending until the timeout.
-        rest = requests[submitted + 1 :]
         batch.record_submits(
             [r.build_id for r in requests[:submitted]],
-            not_submitted=[r.build_id for r in rest],
+            not_submitted=[r.build_id for r in requests[submitted + 1 :]],
             now=now,
             lease=run.lease,
         )
-        for request in rest:
-            self._emit(
-                EventKind.CANCELED,
-                at=now,
-                preset_id=request.preset_id,
-                instance_id=request.instance_id,
-                build_id=request.build_id,
-                detail="not submitted: an earlier submit of its batch failed",
-            )
 
     def _created(self, request: BuildRequest, now: datetime) -> None:
         self._emit(

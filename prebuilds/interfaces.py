@@ -427,8 +427,9 @@ class BatchCreates(Protocol):
     ) -> None:
         """
         Mark the builds of *submitted* handed to the provisioner, and cancel
-        the still pending ones of *not_submitted* (``error_kind``
-        ``"not_submitted"``, finished at *now*), in one fenced write
+        the still pending, unsubmitted ones of *not_submitted* (``error_kind``
+        ``"not_submitted"``, finished at *now*) and withdraw their instances
+        (deleted: never provisioned, nothing to destroy), in one fenced write
         transaction. An ID of neither kind of build is ignored (a build
         already finished stays as it is); a bad argument raises
         :class:`~prebuilds.exceptions.InvalidInputError` naming it.

@@ -4,7 +4,7 @@ the batch's builds it never handed to the provisioner are canceled once
 stuck, not failed, so the preset is neither backed off nor hard-limited.
 
 The leader is a spawned child on a SQLite file whose provisioner blocks in
-its third submit (the first instance's, alone, then the batch's first two);
+the third submit of its batch (the preset's six instances, one transaction);
 the test kills it there, plays the provisioner reporting the first instance
 built and a user claiming it, lets the child's lease expire (wall time: a known amount, read from
 the file) and runs a pass of its own past the build timeout.
@@ -139,7 +139,7 @@ def test_a_leader_killed_mid_batch_neither_backs_off_nor_hard_limits(
             assert item[0] == "submit", item
             submits.append(item[2])
     finally:
-        child.kill()  # SIGKILL: blocked in the batch's second submit
+        child.kill()  # SIGKILL: blocked in the batch's third submit
         child.join(WAIT)
     assert child.exitcode == -signal.SIGKILL
 
@@ -178,9 +178,10 @@ def test_a_leader_killed_mid_batch_neither_backs_off_nor_hard_limits(
             store.read_preset(preset_id).status,
         )
         assert (None, DESIRED - 1) == (refill.error, refill.created)
-        # The batch's five: two submitted but never marked (the leader died
-        # before its record_submits) and three never submitted; none handed
-        # over as far as the store knows, so none is a provisioning failure.
+        # The batch's other five: the second submitted but never marked (the
+        # leader died before its record_submits), the third blocked in its
+        # submit, three never submitted; none handed over as far as the store
+        # knows, so none is a provisioning failure.
         ended = {b.id: (b.status, b.error_kind) for b in store.list_builds()}
         assert [(BuildStatus.CANCELED, "not_submitted")] * 5 == [
             ended[b.id] for b in builds if b.id != first

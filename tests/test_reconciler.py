@@ -1425,7 +1425,7 @@ class TestBatchCreation:
     def test_fill_with_and_without_batches(
         self, store_factory: StoreFactory, batch: bool
     ) -> None:
-        """The first instance alone, then the rest in one batch; a store without batches fills one by one."""
+        """All of a preset's instances in one batch; a store without batches fills one by one."""
         store = CountingStore(store_factory(), batch=batch)
         preset = new_preset(store, new_template(store), desired=5)
         world = make_world(store)
@@ -1433,7 +1433,7 @@ class TestBatchCreation:
         stats = world.cycle()
 
         assert 5 == stats.created
-        expected = (1, [4]) if batch else (5, [])
+        expected = (0, [5]) if batch else (5, [])
         assert expected == (store.singles, store.batches)
         assert 5 == len(world.of_kind(EventKind.CREATED))
         assert 5 == len(world.provisioner.submitted)
@@ -1446,8 +1446,8 @@ class TestBatchCreation:
     ) -> None:
         """
         The failing request's build fails as alone; the batch's later ones,
-        never submitted, are canceled (not failures), the earlier ones marked
-        submitted.
+        never submitted, are canceled (not failures) and withdrawn (deleted,
+        neither reported nor counted), the earlier ones marked submitted.
         """
         store = store_factory()
         preset = new_preset(store, new_template(store), desired=5)
@@ -1459,7 +1459,7 @@ class TestBatchCreation:
         finally:
             world.reconciler.stop(timeout=5)
 
-        assert (5, None) == (stats.created, stats.error)
+        assert (3, 0, None) == (stats.created, stats.canceled, stats.error)
         assert 3 == failing.calls  # nothing submitted after the failure
         builds = {b.instance_id: b for b in store.list_builds()}
         created = [e.instance_id for e in world.of_kind(EventKind.CREATED)]
@@ -1467,15 +1467,23 @@ class TestBatchCreation:
             (builds[i].status, builds[i].error_kind) for i in created if i is not None
         ]
         failed = (BuildStatus.FAILED, "provisioner")
-        canceled = (BuildStatus.CANCELED, "not_submitted")
-        assert [(BuildStatus.PENDING, None)] * 2 + [failed] + [canceled] * 2 == kinds
+        assert [(BuildStatus.PENDING, None)] * 2 + [failed] == kinds
         details = [e.detail for e in world.of_kind(EventKind.FAILED)]
         assert 1 == len(details)
         assert "provisioner down" in details[0]
         assert preset.id == world.of_kind(EventKind.FAILED)[0].preset_id
-        dropped = world.of_kind(EventKind.CANCELED)
-        assert created[3:] == [e.instance_id for e in dropped]
-        assert all("not submitted" in (e.detail or "") for e in dropped)
+        assert [] == world.of_kind(EventKind.CANCELED)
+        withdrawn = [
+            store.get_instance(b.instance_id)
+            for b in builds.values()
+            if b.instance_id not in created
+        ]
+        assert [(True, BuildStatus.CANCELED)] * 2 == [
+            (i.deleted, builds[i.id].status) for i in withdrawn
+        ]
+        assert sorted(i.int for i in created if i is not None) == sorted(
+            i.id.int for i in store.read_pool().instances
+        )
         # The submitted one of the batch was marked: once stuck, it fails.
         now = world.clock.now()
         stuck = store.fail_stuck_builds(older_than=now + timedelta(seconds=1), now=now)
@@ -1484,7 +1492,7 @@ class TestBatchCreation:
         ]
 
     def test_a_hung_submit_in_a_batch(self, store_factory: StoreFactory) -> None:
-        """A batch's submit past submit_timeout fails as alone; the rest are not submitted."""
+        """A batch's submit past submit_timeout fails as alone; the rest are withdrawn."""
         store = store_factory()
         new_preset(store, new_template(store), desired=4)
         world = make_world(store, submit_timeout=0.05)
@@ -1496,11 +1504,14 @@ class TestBatchCreation:
             hanging.release.set()
             world.reconciler.stop(timeout=5)
 
-        assert (4, None) == (stats.created, stats.error)
+        assert (2, None) == (stats.created, stats.error)
         assert 2 == hanging.calls
         statuses = sorted(
             (b.status.value, b.error_kind or "") for b in store.list_builds()
         )
+        assert 2 == len(
+            store.read_pool().instances
+        )  # the two never submitted withdrawn
         assert [
             ("canceled", "not_submitted"),
             ("canceled", "not_submitted"),

@@ -296,7 +296,10 @@ class MemoryStore:
         not_submitted: Sequence[UUID] = (),
         lease: Lease | None = None,
     ) -> None:
-        """Mark *submitted* handed over; cancel the pending ones of *not_submitted*."""
+        """
+        Mark *submitted* handed over; cancel the pending ones of
+        *not_submitted* and withdraw (delete) their instances.
+        """
         handed, dropped = check_record_submits(submitted, now, not_submitted)
         now = _utc(now)
         with self._fenced(lease):
@@ -311,6 +314,10 @@ class MemoryStore:
                     continue
                 self._unsubmitted.discard(build_id)
                 self._set_build(_not_submitted(build, now))
+                instance = self._instances[build.instance_id]
+                self._instances[instance.id] = attrs.evolve(
+                    instance, deleted=True, ready=False
+                )
 
     def _create(
         self,

@@ -1131,10 +1131,18 @@ def _batch_submits(world: _World) -> None:
     later = T0 + timedelta(minutes=1)
     batch.record_submits([handed.build_id], not_submitted=[dropped.build_id], now=later)
     build = world.store.get_build(dropped.build_id)
+    withdrawn = world.store.get_instance(dropped.instance_id)
     world.expect(
-        (BuildStatus.CANCELED, later, "not_submitted"),
-        (build.status, build.finished_at, build.error_kind),
-        "(status, finished_at, error_kind) of a build record_submits canceled",
+        (BuildStatus.CANCELED, later, "not_submitted", True, False),
+        (
+            build.status,
+            build.finished_at,
+            build.error_kind,
+            withdrawn.deleted,
+            withdrawn.ready,
+        ),
+        "(status, finished_at, error_kind) of a build record_submits canceled, "
+        "and (deleted, ready) of its instance",
     )
     before = world.state()
     batch.record_submits(
@@ -1167,7 +1175,6 @@ def _batch_submits(world: _World) -> None:
     world.expect(
         {
             handed.instance_id.int: BuildStatus.FAILED,
-            dropped.instance_id.int: BuildStatus.CANCELED,
             started.instance_id.int: BuildStatus.FAILED,
             never.instance_id.int: BuildStatus.CANCELED,
         },
@@ -1176,7 +1183,8 @@ def _batch_submits(world: _World) -> None:
             for i in world.store.read_pool().instances
             if i.preset_id == preset.id
         },
-        "the latest status of the batch's instances in read_pool",
+        "the latest status of the batch's instances in read_pool (the one "
+        "withdrawn gone)",
     )
 
 
@@ -1191,7 +1199,8 @@ BATCH_RULES = (
     ),
     Rule(
         "record_submits: a batch's build stuck and never submitted is canceled "
-        "(not_submitted), a submitted or started one fails",
+        "(not_submitted), a submitted or started one fails; one never to be "
+        "submitted is withdrawn",
         _batch_submits,
     ),
 )

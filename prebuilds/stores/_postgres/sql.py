@@ -341,8 +341,8 @@ FAIL_STUCK = f"""
     ORDER BY b.created_at, b.instance_id, b.build_number
 """
 # The builds of %(submitted)s marked handed to the provisioner, and the
-# pending, unsubmitted ones of %(not_submitted)s canceled; one row, the fence's
-# verdict.
+# pending, unsubmitted ones of %(not_submitted)s canceled, their instances
+# withdrawn (never provisioned: deleted); one row, the fence's verdict.
 RECORD_SUBMITS = f"""
     WITH {FENCE},
     handed AS (
@@ -355,6 +355,11 @@ RECORD_SUBMITS = f"""
             error_kind = '{NOT_SUBMITTED_KIND}', error = %(never)s
         WHERE id = ANY(%(not_submitted)s::uuid[]) AND {_NEVER_SUBMITTED}
             AND {FENCED}
+        RETURNING instance_id
+    ),
+    withdrawn AS (
+        UPDATE {{s}}.instances SET deleted = true, ready = false
+        WHERE id IN (SELECT instance_id FROM dropped)
     )
     SELECT {FENCE_HELD}
 """

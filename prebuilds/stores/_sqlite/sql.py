@@ -161,13 +161,15 @@ def mark_submitted(count: int) -> str:
 def cancel_unsubmitted(count: int) -> tuple[str, str]:
     """
     Cancel *count* pending, unsubmitted builds (bound after ``now`` and
-    ``error``, in order): the instances first, then the builds.
+    ``error``, in order) and withdraw their instances (never provisioned:
+    deleted): the instances first, then the builds.
     """
     marks = ", ".join("?" * count)
     where = f"id IN ({marks}) AND status = 'pending' AND submitted = 0"
     return (
         f"""
-        UPDATE prebuilds_instances SET latest_status = 'canceled'
+        UPDATE prebuilds_instances
+        SET latest_status = 'canceled', deleted = 1, ready = 0
         WHERE latest_build_id IN (SELECT id FROM prebuilds_builds WHERE {where})
         """,  # noqa: S608 - constants only
         f"""

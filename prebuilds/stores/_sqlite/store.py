@@ -351,7 +351,7 @@ class SQLiteStore:
         lease: Lease | None = None,
     ) -> None:
         """One fenced write transaction: one ``UPDATE`` for the submitted builds,
-        two for the canceled ones (their instances, then them)."""
+        two for the canceled ones (their instances withdrawn, then them)."""
         handed, dropped = check_record_submits(submitted, now, not_submitted)
         if not handed and not dropped:
             return
