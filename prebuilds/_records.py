@@ -9,7 +9,7 @@ import enum
 
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import attrs
@@ -410,3 +410,24 @@ class ResourceReplacement:
     paths: tuple[str, ...] = attrs.field(
         default=(), converter=_strings, validator=_paths
     )
+
+
+_R = TypeVar("_R", BuildRequest, Event)
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def unchecked_evolve(record: _R, **changes: object) -> _R:
+    """
+    *record* with *changes*, without its validators: for a batch of records
+    that share every other (validated) field of *record*, the changes being
+    fresh IDs and values already checked (``attrs.evolve`` validated every
+    field again, per record).
+    """
+    cls = type(record)
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in attrs.fields(cls))
+    copy = object.__new__(cls)
+    for name in names:
+        object.__setattr__(copy, name, changes.get(name, getattr(record, name)))
+    return copy

@@ -46,6 +46,7 @@ from prebuilds._records import (
     Lifecycle,
     PresetConfig,
     Template,
+    unchecked_evolve,
 )
 from prebuilds._validate import (
     check_bool,
@@ -438,7 +439,7 @@ class PostgresStore:
                 parameters=raw_parameters,
             )
             return [first] + [
-                attrs.evolve(first, build_id=b, instance_id=i, name=name)
+                unchecked_evolve(first, build_id=b, instance_id=i, name=name)
                 for (i, b), name in zip(ids[1:], checked[1:], strict=True)
             ]
 

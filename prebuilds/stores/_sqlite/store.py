@@ -39,6 +39,7 @@ from prebuilds._records import (
     Lifecycle,
     PresetConfig,
     Template,
+    unchecked_evolve,
 )
 from prebuilds._validate import (
     check_bool,
@@ -428,7 +429,7 @@ class SQLiteStore:
                 )
             # The rest share the first's decoded fields.
             return [first] + [
-                attrs.evolve(first, build_id=b, instance_id=i, name=name)
+                unchecked_evolve(first, build_id=b, instance_id=i, name=name)
                 for (i, b), name in zip(ids[1:], names[1:], strict=True)
             ]
 
