@@ -384,35 +384,33 @@ class SQLiteStore:
             if version_id != active or deleted or deprecated or not names:
                 return []
             ids = [(uuid4(), uuid4()) for _ in names]
+            texts = [(str(i), str(b)) for i, b in ids]  # each formatted once
             tx.executemany(
                 sql.INSERT_INSTANCE,
                 [
                     (
-                        str(i),
+                        i,
                         preset,
                         template_id,
                         version_id,
                         name,
                         now_us,
                         now_us,
-                        str(b),
+                        b,
                         now_us,
                     )
-                    for (i, b), name in zip(ids, names, strict=True)
+                    for (i, b), name in zip(texts, names, strict=True)
                 ],
             )
             if submitted:
                 tx.executemany(
                     sql.INSERT_BUILD,
-                    [
-                        (str(b), str(i), preset, version_id, "start", 1, now_us)
-                        for i, b in ids
-                    ],
+                    [(b, i, preset, version_id, "start", 1, now_us) for i, b in texts],
                 )
             else:
                 tx.executemany(
                     sql.INSERT_UNSUBMITTED,
-                    [(str(b), str(i), preset, version_id, now_us) for i, b in ids],
+                    [(b, i, preset, version_id, now_us) for i, b in texts],
                 )
             # Built before the commit: a row that cannot be read back rolls
             # the creation back instead of leaving it behind.
