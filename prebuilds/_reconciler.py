@@ -644,7 +644,11 @@ class StoreReconciler:
                     preset_id=build.preset_id,
                     instance_id=build.instance_id,
                     build_id=build.id,
-                    detail=f"{build.transition.value} build timed out",
+                    detail=(
+                        f"{build.transition.value} build never submitted: canceled"
+                        if build.status is BuildStatus.CANCELED
+                        else f"{build.transition.value} build timed out"
+                    ),
                 )
         invalid_now = frozenset(view.invalid_presets)
         for invalid in view.invalid_presets:

@@ -182,6 +182,8 @@ def test_a_leader_killed_mid_batch_neither_backs_off_nor_hard_limits(
         # leader died before its record_submits), the third blocked in its
         # submit, three never submitted; none handed over as far as the store
         # knows, so none is a provisioning failure.
+        stuck = [e.detail for e in ours._events.events if e.kind is EventKind.STUCK]  # type: ignore[attr-defined]
+        assert ["start build never submitted: canceled"] * 5 == stuck
         ended = {b.id: (b.status, b.error_kind) for b in store.list_builds()}
         assert [(BuildStatus.CANCELED, "not_submitted")] * 5 == [
             ended[b.id] for b in builds if b.id != first
