@@ -87,6 +87,7 @@ from prebuilds.exceptions import (
     TemplateNotFoundError,
 )
 from prebuilds.interfaces import (
+    BatchCreates,
     Claimer,
     Clock,
     EventSink,
@@ -107,6 +108,7 @@ __all__ = [
     "PREBUILDS_OWNER_ID",
     "ActionType",
     "Backoff",
+    "BatchCreates",
     "Build",
     "BuildNotFoundError",
     "BuildRequest",

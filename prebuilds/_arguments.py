@@ -77,6 +77,51 @@ def check_create_prebuild(preset_id: object, now: object, name: object) -> None:
     check_str("name", name, required=True)
 
 
+def check_create_prebuilds(
+    preset_id: object, now: object, names: object
+) -> tuple[str, ...]:
+    """
+    ``create_prebuilds`` (:class:`~prebuilds.interfaces.BatchCreates`):
+    *names* a list or tuple of at most ``MAX_INSTANCES`` names, each one a
+    ``create_prebuild`` name (the field named ``names[i]``). Returns them as
+    a tuple.
+    """
+    check_uuid("preset_id", preset_id)
+    check_aware("now", now)
+    if not isinstance(names, (list, tuple)):
+        raise InvalidInputError("names", names, "must be a list or tuple of names")
+    if len(names) > MAX_INSTANCES:
+        raise InvalidInputError(
+            "names", len(names), f"must hold at most {MAX_INSTANCES} names"
+        )
+    for index, name in enumerate(names):
+        check_str(f"names[{index}]", name, required=True)
+    return tuple(names)
+
+
+def check_record_submits(
+    submitted: object, now: object, not_submitted: object
+) -> tuple[tuple[UUID, ...], tuple[UUID, ...]]:
+    """
+    ``record_submits`` (:class:`~prebuilds.interfaces.BatchCreates`): two
+    lists or tuples of at most ``MAX_INSTANCES`` build IDs each (the field
+    named ``submitted[i]``, ``not_submitted[i]``). Returns them as tuples.
+    """
+    check_aware("now", now)
+    checked: list[tuple[UUID, ...]] = []
+    for field, ids in (("submitted", submitted), ("not_submitted", not_submitted)):
+        if not isinstance(ids, (list, tuple)):
+            raise InvalidInputError(field, ids, "must be a list or tuple of build IDs")
+        if len(ids) > MAX_INSTANCES:
+            raise InvalidInputError(
+                field, len(ids), f"must hold at most {MAX_INSTANCES} build IDs"
+            )
+        for index, build_id in enumerate(ids):
+            check_uuid(f"{field}[{index}]", build_id)
+        checked.append(tuple(ids))
+    return checked[0], checked[1]
+
+
 def check_set_preset_status(preset_id: object, status: object) -> None:
     """``Store.set_preset_status``."""
     check_uuid("preset_id", preset_id)

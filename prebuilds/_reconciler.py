@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 import secrets
 import threading
@@ -32,7 +31,13 @@ from prebuilds._model import (
     Transition,
 )
 from prebuilds._pool import derive, derive_preset
-from prebuilds._records import PREBUILDS_OWNER_ID, BuildStatus, Event, EventKind
+from prebuilds._records import (
+    PREBUILDS_OWNER_ID,
+    BuildStatus,
+    Event,
+    EventKind,
+    unchecked_evolve,
+)
 from prebuilds._status import PoolStatus, explain, explain_all
 from prebuilds._validate import check_delta, clean_text
 from prebuilds._workers import Workers
@@ -41,6 +46,7 @@ from prebuilds.exceptions import (
     ProvisionerValidationError,
     StoreError,
 )
+from prebuilds.interfaces import BatchCreates
 
 
 if TYPE_CHECKING:
@@ -61,10 +67,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("prebuilds")
 
 
+#: Each byte to a character of the lowercase base32 alphabet (256 is a
+#: multiple of 32: every character equally likely).
+_BASE32 = bytes(b"abcdefghijklmnopqrstuvwxyz234567"[b % 32] for b in range(256))
+
+
 def generate_name() -> str:
     """A random pooled-instance name: ``prebuild-`` and 15 base32 characters."""
-    token = base64.b32encode(secrets.token_bytes(9)).decode().rstrip("=")
-    return f"prebuild-{token.lower()}"
+    # One random byte per character through a table: base64.b32encode is
+    # pure Python, and was a fill's largest cost after SQLite and attrs.
+    return "prebuild-" + secrets.token_bytes(15).translate(_BASE32).decode()
 
 
 class _SubmitTimeoutError(TimeoutError):
@@ -106,6 +118,56 @@ def _call_with_timeout(
         raise _SubmitTimeoutError(msg)
     if failure:
         raise failure[0]
+
+
+def _call_all_with_timeout(
+    workers: Workers,
+    submit: Callable[[BuildRequest], None],
+    requests: Sequence[BuildRequest],
+    timeout: float,
+) -> tuple[int, BaseException | None]:
+    """
+    Call ``submit`` on each of *requests* in order, on one thread of
+    *workers*, waiting up to *timeout* s for each; stop at the first that
+    raises or is late (the ones after it are not submitted).
+
+    One hand-off to a thread for the lot, not one per request: when the
+    submits are quick, the caller finds them done without waiting.
+
+    Returns:
+        How many were submitted, and what the next one raised
+        (:class:`_SubmitTimeoutError` if it was late), or None.
+    """
+    outcomes: list[BaseException | None] = []
+    changed = threading.Condition()
+    stop = threading.Event()
+
+    def target() -> None:
+        for request in requests:
+            if stop.is_set():
+                return
+            outcome: BaseException | None = None
+            try:
+                submit(request)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                outcome = e
+            with changed:
+                outcomes.append(outcome)
+                changed.notify()
+            if outcome is not None:
+                return
+
+    workers.start(target)
+    for index in range(len(requests)):
+        with changed:
+            if not changed.wait_for(lambda: len(outcomes) > index, timeout):  # noqa: B023 - waited for here
+                stop.set()
+                msg = f"provisioner.submit did not return within {timeout}s"
+                return index, _SubmitTimeoutError(msg)
+            outcome = outcomes[index]
+        if outcome is not None:
+            return index, outcome
+    return len(requests), None
 
 
 @attrs.frozen
@@ -399,6 +461,8 @@ class StoreReconciler:
             name_factory,
         )
         self._store = store
+        # Whether creations go in batches: asked once (a runtime protocol check is slow).
+        self._batches = store if isinstance(store, BatchCreates) else None
         self._provisioner = provisioner
         self._clock: Clock = clock or SystemClock()
         self._events: EventSink = events or LoggingEventSink()
@@ -603,7 +667,11 @@ class StoreReconciler:
                     preset_id=build.preset_id,
                     instance_id=build.instance_id,
                     build_id=build.id,
-                    detail=f"{build.transition.value} build timed out",
+                    detail=(
+                        f"{build.transition.value} build never submitted: canceled"
+                        if build.status is BuildStatus.CANCELED
+                        else f"{build.transition.value} build timed out"
+                    ),
                 )
         invalid_now = frozenset(view.invalid_presets)
         for invalid in view.invalid_presets:
@@ -1086,7 +1154,18 @@ class StoreReconciler:
     def _create(
         self, ps: PresetSnapshot, count: int, result: _PresetResult, run: _Pass
     ) -> None:
+        """
+        Create *count* instances of the preset, each submitted once created.
+
+        When the store offers ``create_prebuilds``, all of them in one
+        transaction, then their submits (see :meth:`_create_batch`); else one
+        at a time, each submitted before the next. Either way a failing
+        provisioner stops the submits there, and the backoff decides.
+        """
         preset_id, now = ps.preset.id, run.now
+        if self._batches is not None:
+            self._create_batch(self._batches, preset_id, count, result, run)
+            return
         for _ in range(count):
             run.check()
             request = self._store.create_prebuild(
@@ -1095,15 +1174,108 @@ class StoreReconciler:
             if request is None:  # the preset became inactive meanwhile
                 return
             result.created += 1
-            self._emit(
-                EventKind.CREATED,
-                at=now,
-                preset_id=preset_id,
-                instance_id=request.instance_id,
-                build_id=request.build_id,
-            )
+            self._created(request, now)
             if not self._submit(request, now, run.lease):
                 return  # the provisioner is failing: let the backoff decide
+
+    def _create_batch(
+        self,
+        batch: BatchCreates,
+        preset_id: UUID,
+        count: int,
+        result: _PresetResult,
+        run: _Pass,
+    ) -> None:
+        """
+        *count* instances in one ``create_prebuilds`` (their builds not
+        submitted), then their submits in order, stopping at the first that
+        fails (a failing provisioner stops the creation there, as one at a
+        time), then one ``record_submits``: the submitted ones marked, the
+        ones after a failed submit canceled and withdrawn (never handed over:
+        not reported, not counted). A crash before the mark leaves builds
+        that ``fail_stuck_builds`` cancels (not a provisioning failure).
+        """
+        now = run.now
+        run.check()
+        names = [self._name_factory() for _ in range(count)]
+        requests = batch.create_prebuilds(
+            preset_id, now=now, names=names, lease=run.lease
+        )
+        if not requests:  # the preset became inactive meanwhile
+            return
+        failure: BaseException | None = None
+        if self._submit_timeout is None:
+            submitted = len(requests)
+            for index, request in enumerate(requests):
+                try:
+                    self._provisioner.submit(request)
+                except Exception as e:  # noqa: BLE001 - recorded below
+                    submitted, failure = index, e
+                    break
+        else:
+            submitted, failure = _call_all_with_timeout(
+                self._workers(),
+                self._provisioner.submit,
+                requests,
+                self._submit_timeout,
+            )
+        if failure is None:
+            result.created += len(requests)
+            self._created_all(requests, now)
+            batch.record_submits(
+                [r.build_id for r in requests], now=now, lease=run.lease
+            )
+            return
+        if not isinstance(failure, Exception):  # KeyboardInterrupt and the like
+            raise failure
+        kept = requests[: submitted + 1]
+        result.created += len(kept)
+        self._created_all(kept, now)
+        self._submit_failed(requests[submitted], failure, now, run.lease)
+        batch.record_submits(
+            [r.build_id for r in requests[:submitted]],
+            not_submitted=[r.build_id for r in requests[submitted + 1 :]],
+            now=now,
+            lease=run.lease,
+        )
+
+    def _created_all(self, requests: Sequence[BuildRequest], now: datetime) -> None:
+        """
+        A CREATED event per request of one preset (never held back): the
+        first built as any event, the rest from it with their own IDs.
+        """
+        emit = self._events.emit
+        first = requests[0]
+        for request in requests:
+            try:
+                if request is first:
+                    event = self._event(
+                        EventKind.CREATED,
+                        at=now,
+                        preset_id=first.preset_id,
+                        instance_id=first.instance_id,
+                        build_id=first.build_id,
+                    )
+                    emit(event)
+                else:
+                    emit(
+                        unchecked_evolve(
+                            event,
+                            instance_id=request.instance_id,
+                            build_id=request.build_id,
+                        )
+                    )
+            except Exception:  # a broken sink must not break a pass
+                log.warning("prebuilds event sink failed", exc_info=True)
+
+    def _created(self, request: BuildRequest, now: datetime) -> None:
+        self._emit(
+            EventKind.CREATED,
+            at=now,
+            preset_id=request.preset_id,
+            instance_id=request.instance_id,
+            build_id=request.build_id,
+        )
 
     def _submit(
         self, request: BuildRequest, now: datetime, lease: Lease | None
@@ -1122,7 +1294,19 @@ class StoreReconciler:
                     request,
                     self._submit_timeout,
                 )
-        except ProvisionerValidationError as e:
+        except Exception as e:  # noqa: BLE001 - any provisioner failure
+            self._submit_failed(request, e, now, lease)
+            return False
+        return True
+
+    def _submit_failed(
+        self, request: BuildRequest, e: Exception, now: datetime, lease: Lease | None
+    ) -> None:
+        """
+        Record a failed submit of *request*: a failed build, and for a
+        deterministic rejection the preset marked ``VALIDATION_FAILED``.
+        """
+        if isinstance(e, ProvisionerValidationError):
             self._store.build_finished(
                 request.build_id,
                 now=now,
@@ -1144,29 +1328,26 @@ class StoreReconciler:
                 build_id=request.build_id,
                 detail=str(e),
             )
-            return False
-        except Exception as e:  # noqa: BLE001 - any provisioner failure
-            kind = "timeout" if isinstance(e, _SubmitTimeoutError) else "provisioner"
-            self._store.build_finished(
-                request.build_id,
-                now=now,
-                succeeded=False,
-                error_kind=kind,
-                error=clean_text(repr(e)),
-                lease=lease,
-            )
-            self._reported_failed(request)
-            self._remember_error(request.preset_id, repr(e))
-            self._emit(
-                EventKind.FAILED,
-                at=now,
-                preset_id=request.preset_id,
-                instance_id=request.instance_id,
-                build_id=request.build_id,
-                detail=repr(e),
-            )
-            return False
-        return True
+            return
+        kind = "timeout" if isinstance(e, _SubmitTimeoutError) else "provisioner"
+        self._store.build_finished(
+            request.build_id,
+            now=now,
+            succeeded=False,
+            error_kind=kind,
+            error=clean_text(repr(e)),
+            lease=lease,
+        )
+        self._reported_failed(request)
+        self._remember_error(request.preset_id, repr(e))
+        self._emit(
+            EventKind.FAILED,
+            at=now,
+            preset_id=request.preset_id,
+            instance_id=request.instance_id,
+            build_id=request.build_id,
+            detail=repr(e),
+        )
 
     # -- clean-up ------------------------------------------------------------------
     def delete_failed(self, *, preset_id: UUID | None = None) -> int:
@@ -1248,25 +1429,47 @@ class StoreReconciler:
             suppressed = self._quieten(kind, preset_id, now)
             if suppressed is None:
                 return
-            with self._memory_lock:
-                names = self._names.get(preset_id) if preset_id else None
-            preset_name, template_name, organization_id = names or ("", "", None)
             self._events.emit(
-                Event(
-                    kind=kind,
+                self._event(
+                    kind,
                     at=now,
                     preset_id=preset_id,
                     instance_id=instance_id,
                     build_id=build_id,
-                    detail=clean_text(detail),
-                    preset_name=preset_name,
-                    template_name=template_name,
-                    organization_id=organization_id,
+                    detail=detail,
                     suppressed=suppressed,
                 )
             )
         except Exception:  # a broken sink must not break a pass
             log.warning("prebuilds event sink failed", exc_info=True)
+
+    def _event(
+        self,
+        kind: EventKind,
+        *,
+        at: datetime,
+        preset_id: UUID | None,
+        instance_id: UUID | None,
+        build_id: UUID | None,
+        detail: str = "",
+        suppressed: int = 0,
+    ) -> Event:
+        """An event with the preset's names, as last read."""
+        with self._memory_lock:
+            names = self._names.get(preset_id) if preset_id else None
+        preset_name, template_name, organization_id = names or ("", "", None)
+        return Event(
+            kind=kind,
+            at=at,
+            preset_id=preset_id,
+            instance_id=instance_id,
+            build_id=build_id,
+            detail=clean_text(detail),
+            preset_name=preset_name,
+            template_name=template_name,
+            organization_id=organization_id,
+            suppressed=suppressed,
+        )
 
     def _quieten(
         self, kind: EventKind, preset_id: UUID | None, now: datetime

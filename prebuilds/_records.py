@@ -9,7 +9,7 @@ import enum
 
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import attrs
@@ -22,6 +22,13 @@ from prebuilds._validate import MAX_BUILD_NUMBER, check_int, tuple_of
 #: The ID of the pool's system owner: an instance is pooled exactly while its
 #: owner is this ID (the same value as Coder's prebuilds system user).
 PREBUILDS_OWNER_ID = UUID("c42fdf75-3097-471c-8c33-fb52454d81c0")
+
+#: The error kind (and error) of a build that was never handed to the
+#: provisioner, ended by ``fail_stuck_builds`` or ``record_submits``
+#: (:class:`~prebuilds.interfaces.BatchCreates`): canceled, not failed, so
+#: that it counts toward neither the backoff nor the hard limit.
+NOT_SUBMITTED_KIND = "not_submitted"
+NOT_SUBMITTED_ERROR = "never submitted to the provisioner"
 
 
 # Typed converters: mypy reads a field's argument type from its converter.
@@ -403,3 +410,24 @@ class ResourceReplacement:
     paths: tuple[str, ...] = attrs.field(
         default=(), converter=_strings, validator=_paths
     )
+
+
+_R = TypeVar("_R", BuildRequest, Event)
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def unchecked_evolve(record: _R, **changes: object) -> _R:
+    """
+    *record* with *changes*, without its validators: for a batch of records
+    that share every other (validated) field of *record*, the changes being
+    fresh IDs and values already checked (``attrs.evolve`` validated every
+    field again, per record).
+    """
+    cls = type(record)
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in attrs.fields(cls))
+    copy = object.__new__(cls)
+    for name in names:
+        object.__setattr__(copy, name, changes.get(name, getattr(record, name)))
+    return copy

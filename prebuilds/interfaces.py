@@ -47,6 +47,7 @@ from prebuilds._status import PoolStatus
 
 
 __all__ = [
+    "BatchCreates",
     "Claimer",
     "Clock",
     "EventSink",
@@ -372,6 +373,67 @@ class LeanClaims(Protocol):
         not_before: datetime | None,
     ) -> UUID | None:
         """The claimed instance's ID (None on a miss), provided the stamp is *stamp*."""
+
+
+@runtime_checkable
+class BatchCreates(Protocol):
+    """
+    **Protocol (optional):** a store that creates a preset's new instances
+    in one transaction.
+
+    ``create_prebuilds`` is ``create_prebuild`` once per name of *names*,
+    all or nothing, in one (fenced) write transaction: the same checks
+    (every name is checked before anything is read or written; a bad one
+    raises :class:`~prebuilds.exceptions.InvalidInputError` naming
+    ``names[i]``), the same fence (:class:`~prebuilds.exceptions.LeadershipLostError`,
+    nothing written) and the same errors
+    (:class:`~prebuilds.exceptions.PresetNotFoundError`). It returns one
+    :class:`~prebuilds.BuildRequest` per name, in the order of *names*, or
+    an empty list if the preset is no longer active (nothing written). The
+    reconciler uses it when its store offers it, and ``create_prebuild``
+    per instance otherwise.
+
+    A batch's builds are written *not submitted*: not yet handed to the
+    provisioner. ``record_submits`` marks those handed over (and cancels
+    those that never will be) in one transaction. ``fail_stuck_builds`` ends
+    a stuck build that is still pending and not submitted as
+    ``CANCELED`` with ``error_kind`` ``"not_submitted"`` (a creation the
+    engine never handed over, say because it was killed between the commit
+    and the submit), not as a failure: it counts toward neither the backoff
+    nor the hard limit. A build that was submitted (or that its provisioner
+    started) and then hung fails with ``error_kind`` ``"timeout"`` as before.
+    ``create_prebuild``'s builds are submitted from the start.
+
+    .. versionadded:: 0.2.0
+    """
+
+    def create_prebuilds(
+        self,
+        preset_id: UUID,
+        *,
+        now: datetime,
+        names: Sequence[str],
+        lease: Lease | None = None,
+    ) -> list[BuildRequest]:
+        """A new pooled instance and its pending start build per name; [] if inactive."""
+
+    def record_submits(
+        self,
+        submitted: Sequence[UUID],
+        *,
+        now: datetime,
+        not_submitted: Sequence[UUID] = (),
+        lease: Lease | None = None,
+    ) -> None:
+        """
+        Mark the builds of *submitted* handed to the provisioner, and cancel
+        the still pending, unsubmitted ones of *not_submitted* (``error_kind``
+        ``"not_submitted"``, finished at *now*) and withdraw their instances
+        (deleted: never provisioned, nothing to destroy), in one fenced write
+        transaction. An ID of neither kind of build is ignored (a build
+        already finished stays as it is); a bad argument raises
+        :class:`~prebuilds.exceptions.InvalidInputError` naming it.
+        """
 
 
 @runtime_checkable

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import uuid
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, Phase, settings
 
 from prebuilds import (
     PREBUILDS_OWNER_ID,
+    Build,
     BuildRequest,
     BuildStatus,
     Instance,
@@ -263,6 +264,88 @@ class CreatesForInactiveStore(MemoryStore):
     @staticmethod
     def _active(config: PresetConfig, template: Template) -> bool:
         return True
+
+
+class HalfBatchStore(MemoryStore):
+    """create_prebuilds creates only every other name's instance."""
+
+    def create_prebuilds(
+        self,
+        preset_id: UUID,
+        *,
+        now: datetime,
+        names: Sequence[str],
+        lease: Lease | None = None,
+    ) -> list[BuildRequest]:
+        return super().create_prebuilds(
+            preset_id, now=now, names=list(names)[::2], lease=lease
+        )
+
+
+class BatchForInactiveStore(MemoryStore):
+    """create_prebuilds does not check that the preset is active (create_prebuild does)."""
+
+    def create_prebuilds(
+        self,
+        preset_id: UUID,
+        *,
+        now: datetime,
+        names: Sequence[str],
+        lease: Lease | None = None,
+    ) -> list[BuildRequest]:
+        with self._lock:
+            active, self._active = self._active, lambda *_: True  # type: ignore[method-assign]
+            try:
+                return super().create_prebuilds(
+                    preset_id, now=now, names=names, lease=lease
+                )
+            finally:
+                self._active = active  # type: ignore[method-assign]
+
+
+class PartialBatchStore(MemoryStore):
+    """create_prebuilds writes the names before a bad one, then raises."""
+
+    def create_prebuilds(
+        self,
+        preset_id: UUID,
+        *,
+        now: datetime,
+        names: Sequence[str],
+        lease: Lease | None = None,
+    ) -> list[BuildRequest]:
+        requests = []
+        for name in names:
+            request = self.create_prebuild(preset_id, now=now, name=name, lease=lease)
+            if request is None:
+                return []
+            requests.append(request)
+        return requests
+
+
+class FailsUnsubmittedStore(MemoryStore):
+    """fail_stuck_builds fails a batch's builds never submitted (it must cancel them)."""
+
+    def fail_stuck_builds(
+        self, *, older_than: datetime, now: datetime, lease: Lease | None = None
+    ) -> list[Build]:
+        with self._lock:
+            self._unsubmitted.clear()
+        return super().fail_stuck_builds(older_than=older_than, now=now, lease=lease)
+
+
+class CancelsSubmittedStore(MemoryStore):
+    """record_submits marks nothing: a submitted build stuck is canceled (it must fail)."""
+
+    def record_submits(
+        self,
+        submitted: Sequence[UUID],
+        *,
+        now: datetime,
+        not_submitted: Sequence[UUID] = (),
+        lease: Lease | None = None,
+    ) -> None:
+        super().record_submits([], now=now, not_submitted=not_submitted, lease=lease)
 
 
 class ForgetsStatusStore(MemoryStore):
@@ -780,6 +863,11 @@ BROKEN_STORES = [
     (UnknownTemplateInvalidStore, "unknown IDs raise the not-found errors"),
     (StaleTemplateStampStore, "stamps: put_preset, invalidate_preset and put_template"),
     (IgnoresStampStore, "claim_if_unchanged: a stale stamp raises"),
+    (HalfBatchStore, "create_prebuilds: every instance and its first build"),
+    (BatchForInactiveStore, "create_prebuilds: every instance and its first build"),
+    (PartialBatchStore, "create_prebuilds: a bad name is refused before anything"),
+    (FailsUnsubmittedStore, "record_submits: a batch's build stuck and never submitted"),
+    (CancelsSubmittedStore, "record_submits: a batch's build stuck and never submitted"),
 ]  # fmt: skip
 BROKEN_CLAIMERS = [
     (RecyclingClaimer, "each at most once"),
@@ -845,6 +933,7 @@ def test_the_testing_kit_page_names_every_rule() -> None:
         *_rules.STORE_RULES,
         *_rules.STAMP_RULES,
         *_rules.LEAN_RULES,
+        *_rules.BATCH_RULES,
     )
     missing = [rule.name for rule in rules if f"`{rule.name}`" not in page]
     assert missing == []

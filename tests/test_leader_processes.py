@@ -95,6 +95,12 @@ class GatedProvisioner(CountingProvisioner):
             raise RuntimeError(msg)
 
 
+class OneByOneStore(SQLiteStore):
+    """No batches: each creation of a pass is a fenced write of its own."""
+
+    create_prebuilds = None  # type: ignore[assignment]
+
+
 def reconciler(store: SQLiteStore, provisioner: Any) -> StoreReconciler:
     """One worker, submit called directly (the pass waits in it), no timeouts."""
     return StoreReconciler(
@@ -111,7 +117,7 @@ def reconciler(store: SQLiteStore, provisioner: Any) -> StoreReconciler:
 def _leading_child(path: str, gate: Any, reports: Any) -> None:
     """One reconciliation pass in a child process; reports what it did."""
     try:
-        with SQLiteStore(path, lease_ttl=LEASE) as store:
+        with OneByOneStore(path, lease_ttl=LEASE) as store:
             provisioner = GatedProvisioner(path, reports.put, gate)
             child = reconciler(store, provisioner)
             stats = child.reconcile_all()

@@ -546,7 +546,15 @@ from prebuilds.stores import PostgresStore
 from prebuilds.testing import FakeClock
 
 dsn, schema, block_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
-store = PostgresStore(dsn, schema=schema, max_size=2)
+
+
+class OneByOneStore(PostgresStore):
+    # No batches: the victim dies with exactly its submitted creations made
+    # (a batch's later creations are committed before its submits).
+    create_prebuilds = None
+
+
+store = OneByOneStore(dsn, schema=schema, max_size=2)
 
 
 class BlockingProvisioner:
@@ -747,6 +755,7 @@ def test_two_replicas_upgrade_a_schema_at_once(
     _, config = seed_one(old)
     # Back to what version 1 left: its index and its version number.
     raw(old, "CREATE INDEX instances_created ON {s}.instances (created_at, id)")
+    raw(old, "ALTER TABLE {s}.builds DROP COLUMN submitted")
     raw(old, "UPDATE {s}.schema_version SET version = 1")
     replicas = [make_postgres_store(schema=schema, migrate=False) for _ in range(2)]
     barrier = threading.Barrier(len(replicas))

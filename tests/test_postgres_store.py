@@ -411,6 +411,7 @@ class TestMigrations:
         )
         raw(store, "ALTER TABLE {s}.presets DROP COLUMN stamp")
         raw(store, "DROP TABLE {s}.leader")
+        raw(store, "ALTER TABLE {s}.builds DROP COLUMN submitted")
         raw(store, "UPDATE {s}.schema_version SET version = 2")
         ids = [uuid.uuid4(), uuid.uuid4()]
         for n, instance_id in enumerate(ids):
@@ -457,7 +458,7 @@ class TestMigrations:
 
         store.migrate()
 
-        assert store.schema_version() == SCHEMA_VERSION == 6
+        assert store.schema_version() == SCHEMA_VERSION == 7
         assert raw(
             store,
             "SELECT latest_transition, latest_status FROM {s}.instances"
@@ -521,11 +522,12 @@ class TestMigrations:
     ) -> None:
         """Migration 4 adds the fencing token's row; leadership works after it."""
         raw(store, "DROP TABLE {s}.leader")
+        raw(store, "ALTER TABLE {s}.builds DROP COLUMN submitted")
         raw(store, "UPDATE {s}.schema_version SET version = 3")
 
         store.migrate()
 
-        assert store.schema_version() == SCHEMA_VERSION == 6
+        assert store.schema_version() == SCHEMA_VERSION == 7
         assert raw(store, "SELECT token, epoch FROM {s}.leader") == [(None, 0)]
         with store.leader() as lease:
             assert lease
@@ -579,11 +581,12 @@ class TestMigrations:
             WHERE id = %(id)s""",
             {"id": bad.id},
         )
+        raw(store, "ALTER TABLE {s}.builds DROP COLUMN submitted")
         raw(store, "UPDATE {s}.schema_version SET version = 4")
 
         store.migrate()
 
-        assert store.schema_version() == SCHEMA_VERSION == 6
+        assert store.schema_version() == SCHEMA_VERSION == 7
         assert store.read_preset(good.id) == PresetFacts(
             config=good, template=store.get_template(good.template_id), stamp=0
         )
@@ -622,11 +625,12 @@ class TestMigrations:
                 AND latest_transition = 'start' AND latest_status = 'succeeded'
             """.replace("%(pool)s", f"'{PREBUILDS_OWNER_ID}'"),
         )
+        raw(store, "ALTER TABLE {s}.builds DROP COLUMN submitted")
         raw(store, "UPDATE {s}.schema_version SET version = 5")
 
         store.migrate()
 
-        assert store.schema_version() == SCHEMA_VERSION == 6
+        assert store.schema_version() == SCHEMA_VERSION == 7
         [(definition,)] = raw(
             store,
             "SELECT indexdef FROM pg_indexes"
@@ -659,6 +663,38 @@ class TestMigrations:
         claimed = claim(store, config.id, uuid.uuid4())
         assert claimed is not None
         assert [(claimed.id,)] == oldest
+
+    def test_upgrade_to_version_7_records_whether_a_build_was_submitted(
+        self, store: PostgresStore
+    ) -> None:
+        """
+        Migration 7 adds builds.submitted: a build from before was submitted
+        (stuck, it fails, as before); create_prebuilds' builds are not until
+        record_submits marks them (stuck and never submitted: canceled).
+        """
+        _, config = seed(store, desired=3)
+        old = store.create_prebuild(config.id, now=T0, name="old")
+        assert old is not None
+        raw(store, "ALTER TABLE {s}.builds DROP COLUMN submitted")
+        raw(store, "UPDATE {s}.schema_version SET version = 6")
+
+        store.migrate()
+
+        assert store.schema_version() == SCHEMA_VERSION == 7
+        assert raw(store, "SELECT submitted FROM {s}.builds") == [(True,)]
+        handed, never = store.create_prebuilds(config.id, now=T0, names=["a", "b"])
+        store.record_submits([handed.build_id], now=T0)
+        stuck = store.fail_stuck_builds(older_than=T0 + MICRO, now=T0)
+        assert {
+            old.build_id: (BuildStatus.FAILED, "timeout"),
+            handed.build_id: (BuildStatus.FAILED, "timeout"),
+            never.build_id: (BuildStatus.CANCELED, "not_submitted"),
+        } == {b.id: (b.status, b.error_kind) for b in stuck}
+        assert {
+            old.instance_id: BuildStatus.FAILED,
+            handed.instance_id: BuildStatus.FAILED,
+            never.instance_id: BuildStatus.CANCELED,
+        } == {i.id: i.latest_status for i in store.read_pool().instances}
 
     def test_newer_schema_is_refused(
         self, make_postgres_store: PostgresStoreFactory

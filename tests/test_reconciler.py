@@ -1350,3 +1350,171 @@ class TestFakes:
         assert BuildStatus.PENDING == world.store.get_build(first.build_id).status
         assert BuildStatus.SUCCEEDED == world.store.get_build(second.build_id).status
         assert [second.instance_id] == [i.id for i in ready(world.store, preset.id)]
+
+
+class CountingStore(DelegatingStore):
+    """Forwards to *inner*, counting creations; batches only if *batch*."""
+
+    def __init__(self, inner: Store, *, batch: bool) -> None:
+        super().__init__(inner)
+        self.singles = 0
+        self.batches: list[int] = []
+        if batch:
+            self.create_prebuilds = self._create_prebuilds
+            self.record_submits = self._record_submits
+
+    def create_prebuild(
+        self,
+        preset_id: uuid.UUID,
+        *,
+        now: datetime,
+        name: str,
+        lease: Lease | None = None,
+    ) -> BuildRequest | None:
+        self.singles += 1
+        return super().create_prebuild(preset_id, now=now, name=name, lease=lease)
+
+    def _create_prebuilds(
+        self,
+        preset_id: uuid.UUID,
+        *,
+        now: datetime,
+        names: list[str],
+        lease: Lease | None = None,
+    ) -> list[BuildRequest]:
+        self.batches.append(len(names))
+        return self.inner.create_prebuilds(  # type: ignore[attr-defined, no-any-return]
+            preset_id, now=now, names=names, lease=lease
+        )
+
+    def _record_submits(
+        self,
+        submitted: list[uuid.UUID],
+        *,
+        now: datetime,
+        not_submitted: list[uuid.UUID] = [],  # noqa: B006 - never changed
+        lease: Lease | None = None,
+    ) -> None:
+        self.inner.record_submits(  # type: ignore[attr-defined]
+            submitted, now=now, not_submitted=not_submitted, lease=lease
+        )
+
+
+class FailsOneSubmit:
+    """Delegates to a FakeProvisioner; the *nth* submit (from 1) raises or hangs."""
+
+    def __init__(self, inner: FakeProvisioner, nth: int, *, hang: bool) -> None:
+        self.inner = inner
+        self.nth = nth
+        self.hang = hang
+        self.calls = 0
+        self.release = threading.Event()
+
+    def submit(self, request: BuildRequest) -> None:
+        self.calls += 1
+        if self.calls == self.nth:
+            if self.hang:
+                self.release.wait()
+                return
+            raise ProvisionerError("provisioner down")
+        self.inner.submit(request)
+
+
+class TestBatchCreation:
+    @pytest.mark.parametrize("batch", [True, False])
+    def test_fill_with_and_without_batches(
+        self, store_factory: StoreFactory, batch: bool
+    ) -> None:
+        """All of a preset's instances in one batch; a store without batches fills one by one."""
+        store = CountingStore(store_factory(), batch=batch)
+        preset = new_preset(store, new_template(store), desired=5)
+        world = make_world(store)
+
+        stats = world.cycle()
+
+        assert 5 == stats.created
+        expected = (0, [5]) if batch else (5, [])
+        assert expected == (store.singles, store.batches)
+        assert 5 == len(world.of_kind(EventKind.CREATED))
+        assert 5 == len(world.provisioner.submitted)
+        world.settle()
+        assert 5 == len(ready(store, preset.id))
+
+    @pytest.mark.parametrize("timeout", [None, 5.0])
+    def test_a_failed_submit_in_a_batch(
+        self, store_factory: StoreFactory, timeout: float | None
+    ) -> None:
+        """
+        The failing request's build fails as alone; the batch's later ones,
+        never submitted, are canceled (not failures) and withdrawn (deleted,
+        neither reported nor counted), the earlier ones marked submitted.
+        """
+        store = store_factory()
+        preset = new_preset(store, new_template(store), desired=5)
+        world = make_world(store, submit_timeout=timeout)
+        failing = FailsOneSubmit(world.provisioner, 3, hang=False)
+        world.reconciler._provisioner = failing
+        try:
+            stats = world.reconciler.reconcile_all()
+        finally:
+            world.reconciler.stop(timeout=5)
+
+        assert (3, 0, None) == (stats.created, stats.canceled, stats.error)
+        assert 3 == failing.calls  # nothing submitted after the failure
+        builds = {b.instance_id: b for b in store.list_builds()}
+        created = [e.instance_id for e in world.of_kind(EventKind.CREATED)]
+        kinds = [
+            (builds[i].status, builds[i].error_kind) for i in created if i is not None
+        ]
+        failed = (BuildStatus.FAILED, "provisioner")
+        assert [(BuildStatus.PENDING, None)] * 2 + [failed] == kinds
+        details = [e.detail for e in world.of_kind(EventKind.FAILED)]
+        assert 1 == len(details)
+        assert "provisioner down" in details[0]
+        assert preset.id == world.of_kind(EventKind.FAILED)[0].preset_id
+        assert [] == world.of_kind(EventKind.CANCELED)
+        withdrawn = [
+            store.get_instance(b.instance_id)
+            for b in builds.values()
+            if b.instance_id not in created
+        ]
+        assert [(True, BuildStatus.CANCELED)] * 2 == [
+            (i.deleted, builds[i.id].status) for i in withdrawn
+        ]
+        assert sorted(i.int for i in created if i is not None) == sorted(
+            i.id.int for i in store.read_pool().instances
+        )
+        # The submitted one of the batch was marked: once stuck, it fails.
+        now = world.clock.now()
+        stuck = store.fail_stuck_builds(older_than=now + timedelta(seconds=1), now=now)
+        assert [(BuildStatus.FAILED, "timeout")] * 2 == [
+            (b.status, b.error_kind) for b in stuck
+        ]
+
+    def test_a_hung_submit_in_a_batch(self, store_factory: StoreFactory) -> None:
+        """A batch's submit past submit_timeout fails as alone; the rest are withdrawn."""
+        store = store_factory()
+        new_preset(store, new_template(store), desired=4)
+        world = make_world(store, submit_timeout=0.05)
+        hanging = FailsOneSubmit(world.provisioner, 2, hang=True)
+        world.reconciler._provisioner = hanging
+        try:
+            stats = world.reconciler.reconcile_all()
+        finally:
+            hanging.release.set()
+            world.reconciler.stop(timeout=5)
+
+        assert (2, None) == (stats.created, stats.error)
+        assert 2 == hanging.calls
+        statuses = sorted(
+            (b.status.value, b.error_kind or "") for b in store.list_builds()
+        )
+        assert 2 == len(
+            store.read_pool().instances
+        )  # the two never submitted withdrawn
+        assert [
+            ("canceled", "not_submitted"),
+            ("canceled", "not_submitted"),
+            ("failed", "timeout"),
+            ("pending", ""),
+        ] == statuses

@@ -558,12 +558,13 @@ class TestSchema:
             "CREATE INDEX prebuilds_instances_pool"
             " ON prebuilds_instances (owner_id, deleted, id)",
         )
+        raw(path, "ALTER TABLE prebuilds_builds DROP COLUMN submitted")
         raw(path, "UPDATE prebuilds_schema SET version = 2")
 
         store = open_store()
 
         assert raw(path, "SELECT version FROM prebuilds_schema") == [(SCHEMA_VERSION,)]
-        assert SCHEMA_VERSION == 3
+        assert SCHEMA_VERSION == 4
         indexes = {
             name
             for (name,) in raw(
@@ -583,6 +584,40 @@ class TestSchema:
             " AND deleted = 0"
         )
         assert raw(path, pooled) == [(2,)]
+
+    def test_a_schema_3_file_migrates_to_4(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """
+        Schema 4 records whether a build was submitted: a file's builds from
+        before were (a stuck one fails, as before); create_prebuilds' builds
+        are not until record_submits marks them (a stuck one is canceled).
+        """
+        store = open_store()
+        preset = add_preset(store, add_template(store))
+        old = store.create_prebuild(preset.id, now=T0, name="old")
+        assert old is not None
+        store.close()
+        raw(path, "ALTER TABLE prebuilds_builds DROP COLUMN submitted")
+        raw(path, "UPDATE prebuilds_schema SET version = 3")
+
+        store = open_store()
+        assert raw(path, "SELECT version FROM prebuilds_schema") == [(SCHEMA_VERSION,)]
+        assert raw(path, "SELECT submitted FROM prebuilds_builds") == [(1,)]
+        handed, never = store.create_prebuilds(preset.id, now=T0, names=["a", "b"])
+        store.record_submits([handed.build_id], now=T0)
+        stuck = store.fail_stuck_builds(older_than=T0 + timedelta(seconds=1), now=T0)
+
+        assert {
+            old.build_id: (BuildStatus.FAILED, "timeout"),
+            handed.build_id: (BuildStatus.FAILED, "timeout"),
+            never.build_id: (BuildStatus.CANCELED, "not_submitted"),
+        } == {b.id: (b.status, b.error_kind) for b in stuck}
+        assert {
+            old.instance_id: BuildStatus.FAILED,
+            handed.instance_id: BuildStatus.FAILED,
+            never.instance_id: BuildStatus.CANCELED,
+        } == {i.id: i.latest_status for i in store.read_pool().instances}
 
     def test_a_read_only_store_refuses_a_file_to_migrate(
         self, open_store: OpenStore, path: Path

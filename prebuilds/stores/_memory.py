@@ -17,10 +17,12 @@ from prebuilds._arguments import (
     check_claim_id_if_unchanged,
     check_claim_if_unchanged,
     check_create_prebuild,
+    check_create_prebuilds,
     check_fail_stuck_builds,
     check_id_at,
     check_list_instances,
     check_read_preset,
+    check_record_submits,
     check_set_preset_status,
     check_set_ready,
     check_store_claim,
@@ -29,6 +31,8 @@ from prebuilds._clock import SystemClock
 from prebuilds._model import PresetStatus, Transition
 from prebuilds._pool import PooledInstance, PoolFacts, PresetFacts
 from prebuilds._records import (
+    NOT_SUBMITTED_ERROR,
+    NOT_SUBMITTED_KIND,
     PREBUILDS_OWNER_ID,
     Build,
     BuildRequest,
@@ -66,7 +70,7 @@ from prebuilds.stores._common import (
 
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from uuid import UUID
 
     from prebuilds._model import InvalidPreset
@@ -97,7 +101,8 @@ def _utc(value: datetime) -> datetime:
 class MemoryStore:
     """
     A :class:`~prebuilds.interfaces.Store` with
-    :class:`~prebuilds.interfaces.StampedClaims` in process memory: one lock,
+    :class:`~prebuilds.interfaces.StampedClaims` and
+    :class:`~prebuilds.interfaces.BatchCreates` in process memory: one lock,
     every method atomic, nothing kept past the process.
 
     :meth:`leader` grants one lease at a time; with *lease_ttl* a lease also
@@ -129,6 +134,8 @@ class MemoryStore:
         self._builds: dict[UUID, Build] = {}
         #: Each instance's builds, in build-number order.
         self._builds_of: dict[UUID, list[UUID]] = defaultdict(list)
+        #: Builds of create_prebuilds not yet handed to the provisioner.
+        self._unsubmitted: set[UUID] = set()
 
     def close(self) -> None:
         """Nothing to release."""
@@ -267,24 +274,83 @@ class MemoryStore:
     ) -> BuildRequest | None:
         """A new pooled instance and its pending start build; None if inactive."""
         check_create_prebuild(preset_id, now, name)
+        requests = self._create(preset_id, _utc(now), (name,), lease, submitted=True)
+        return requests[0] if requests else None
+
+    def create_prebuilds(
+        self,
+        preset_id: UUID,
+        *,
+        now: datetime,
+        names: Sequence[str],
+        lease: Lease | None = None,
+    ) -> list[BuildRequest]:
+        """:meth:`create_prebuild` per name, all or nothing, not submitted; [] if inactive."""
+        checked = check_create_prebuilds(preset_id, now, names)
+        return self._create(preset_id, _utc(now), checked, lease, submitted=False)
+
+    def record_submits(
+        self,
+        submitted: Sequence[UUID],
+        *,
+        now: datetime,
+        not_submitted: Sequence[UUID] = (),
+        lease: Lease | None = None,
+    ) -> None:
+        """
+        Mark *submitted* handed over; cancel the pending ones of
+        *not_submitted* and withdraw (delete) their instances.
+        """
+        handed, dropped = check_record_submits(submitted, now, not_submitted)
         now = _utc(now)
+        with self._fenced(lease):
+            self._unsubmitted.difference_update(handed)
+            for build_id in dropped:
+                build = self._builds.get(build_id)
+                if (
+                    build is None
+                    or build.status is not BuildStatus.PENDING
+                    or build_id not in self._unsubmitted
+                ):
+                    continue
+                self._unsubmitted.discard(build_id)
+                self._set_build(_not_submitted(build, now))
+                instance = self._instances[build.instance_id]
+                self._instances[instance.id] = attrs.evolve(
+                    instance, deleted=True, ready=False
+                )
+
+    def _create(
+        self,
+        preset_id: UUID,
+        now: datetime,
+        names: Sequence[str],
+        lease: Lease | None,
+        *,
+        submitted: bool,
+    ) -> list[BuildRequest]:
         with self._fenced(lease):
             config = self._row(preset_id).config
             if not self._active(config, self._templates[config.template_id]):
-                return None
-            instance = Instance(
-                id=uuid.uuid4(),
-                preset_id=config.id,
-                template_id=config.template_id,
-                template_version_id=config.template_version_id,
-                owner_id=PREBUILDS_OWNER_ID,
-                name=name,
-                created_at=now,
-                lifecycle=Lifecycle(last_used_at=now),
-            )
-            self._instances[instance.id] = instance
-            build = self._add_build(instance, Transition.START, now)
-            return _request(instance, build, config.parameters)
+                return []
+            requests = []
+            for name in names:
+                instance = Instance(
+                    id=uuid.uuid4(),
+                    preset_id=config.id,
+                    template_id=config.template_id,
+                    template_version_id=config.template_version_id,
+                    owner_id=PREBUILDS_OWNER_ID,
+                    name=name,
+                    created_at=now,
+                    lifecycle=Lifecycle(last_used_at=now),
+                )
+                self._instances[instance.id] = instance
+                build = self._add_build(instance, Transition.START, now)
+                if not submitted:
+                    self._unsubmitted.add(build.id)
+                requests.append(_request(instance, build, config.parameters))
+            return requests
 
     def delete_prebuild(
         self, instance_id: UUID, *, now: datetime, lease: Lease | None = None
@@ -347,7 +413,9 @@ class MemoryStore:
         now = _utc(now)
         with self._fenced(lease):
             failed = [
-                attrs.evolve(
+                _not_submitted(b, now)
+                if b.status is BuildStatus.PENDING and b.id in self._unsubmitted
+                else attrs.evolve(
                     b,
                     status=BuildStatus.FAILED,
                     finished_at=now,
@@ -668,6 +736,17 @@ class MemoryStore:
                 latest_transition=build.transition,
                 latest_status=build.status,
             )
+
+
+def _not_submitted(build: Build, now: datetime) -> Build:
+    """*build*, never handed to the provisioner, canceled: not a failure."""
+    return attrs.evolve(
+        build,
+        status=BuildStatus.CANCELED,
+        finished_at=now,
+        error_kind=NOT_SUBMITTED_KIND,
+        error=NOT_SUBMITTED_ERROR,
+    )
 
 
 def _request(

@@ -30,7 +30,7 @@ from prebuilds._records import (
     Template,
 )
 from prebuilds.exceptions import LeadershipLostError, StoreError
-from prebuilds.interfaces import LeanClaims, StampedClaims
+from prebuilds.interfaces import BatchCreates, LeanClaims, StampedClaims
 from prebuilds.stores import MemoryStore
 from prebuilds.testing._fakes import DEFAULT_START
 from prebuilds.testing._machine import PoolMachine, RunCounter
@@ -512,13 +512,15 @@ class _LeaderTargets:
     """
     What a fenced write would change: an active preset, a preset of a
     version no longer active with a queued creation, and a running pooled
-    instance.
+    instance; on a store with ``create_prebuilds``, a creation of the active
+    preset never submitted.
     """
 
     preset: UUID
     old_preset: UUID
     queued: BuildRequest
     pooled: BuildRequest
+    unsubmitted: BuildRequest | None = None
 
     @classmethod
     def seed(cls, store: Store, *, base: int) -> _LeaderTargets:
@@ -541,10 +543,48 @@ class _LeaderTargets:
         store.put_template(attrs.evolve(template, active_version_id=version))
         preset = attrs.evolve(old, id=UUID(int=base + 5), template_version_id=version)
         store.put_preset(preset)
-        return cls(preset=preset.id, old_preset=old.id, queued=queued, pooled=pooled)
+        unsubmitted = None
+        if isinstance(store, BatchCreates):
+            made = store.create_prebuilds(
+                preset.id, now=DEFAULT_START, names=["unsubmitted"]
+            )
+            if len(made) != 1:
+                _leader_fail("create_prebuilds refused an active preset")
+            unsubmitted = made[0]
+        return cls(
+            preset=preset.id,
+            old_preset=old.id,
+            queued=queued,
+            pooled=pooled,
+            unsubmitted=unsubmitted,
+        )
 
     def writes(self, store: Store) -> list[tuple[str, Callable[[Lease], object]]]:
         """Each fenced write, as a call taking the lease."""
+        writes = self._writes(store)
+        if isinstance(store, BatchCreates):
+            batch = store
+            writes.append(
+                (
+                    "create_prebuilds",
+                    lambda lease: batch.create_prebuilds(
+                        self.preset, now=_AT, names=["fenced", "fenced"], lease=lease
+                    ),
+                )
+            )
+            if self.unsubmitted is not None:
+                dropped = [self.unsubmitted.build_id]
+                writes.append(
+                    (
+                        "record_submits",
+                        lambda lease: batch.record_submits(
+                            [], not_submitted=dropped, now=_AT, lease=lease
+                        ),
+                    )
+                )
+        return writes
+
+    def _writes(self, store: Store) -> list[tuple[str, Callable[[Lease], object]]]:
         return [
             (
                 "create_prebuild",

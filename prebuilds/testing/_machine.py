@@ -45,6 +45,7 @@ from prebuilds.exceptions import (
     PresetInactiveError,
     ProvisionerError,
 )
+from prebuilds.interfaces import BatchCreates
 from prebuilds.stores import MemoryStore
 from prebuilds.testing._fakes import DEFAULT_START, FakeClock, FakeProvisioner
 from prebuilds.testing._rules import pooled_view, unknown_id_calls
@@ -111,6 +112,12 @@ class RunCounter:
 
 
 # -- the host's side -------------------------------------------------------------
+class _OneAtATimeMemoryStore(MemoryStore):
+    """The reference for a store without ``create_prebuilds``: no batches."""
+
+    create_prebuilds = None  # type: ignore[assignment]
+
+
 class _ScriptedProvisioner(FakeProvisioner):
     """
     Scripted per preset, so that every creation of a preset in a pass has the
@@ -281,6 +288,14 @@ class PoolMachine(RuleBasedStateMachine):
             )
         try:
             store = store_factory()
+            if reference and not isinstance(store, BatchCreates):
+                # The reference creates as the store under test can: one at a
+                # time (a batch whose submit fails leaves records of the
+                # creations it withdrew; one at a time never makes them).
+                memory = _OneAtATimeMemoryStore()
+                self.systems[0] = _System(
+                    "reference MemoryStore", memory, StoreClaimer(memory), self.clock
+                )
             self.systems.append(
                 _System("store under test", store, claimer_factory(store), self.clock)
             )

@@ -33,13 +33,14 @@ from prebuilds._records import (
 from prebuilds.exceptions import (
     BuildNotFoundError,
     InstanceNotFoundError,
+    InvalidInputError,
     NoClaimablePrebuildsError,
     PresetChangedError,
     PresetInactiveError,
     PresetNotFoundError,
     TemplateNotFoundError,
 )
-from prebuilds.interfaces import LeanClaims, StampedClaims
+from prebuilds.interfaces import BatchCreates, LeanClaims, StampedClaims
 from prebuilds.testing._fakes import DEFAULT_START
 
 
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from prebuilds.interfaces import Claimer, Store
 
 __all__ = [
+    "BATCH_RULES",
     "CLAIM_RULES",
     "STAMP_RULES",
     "STORE_RULES",
@@ -812,7 +814,7 @@ def unknown_id_calls(
         template_version_id=unknown,
         desired_instances=0,
     )
-    return [
+    calls: list[tuple[type[Exception], str, Callable[[], object]]] = [
         (InstanceNotFoundError, "get_instance", lambda: store.get_instance(unknown)),
         (InstanceNotFoundError, "set_ready", lambda: store.set_ready(unknown)),
         (BuildNotFoundError, "get_build", lambda: store.get_build(unknown)),
@@ -839,6 +841,16 @@ def unknown_id_calls(
             lambda: store.put_preset(preset),
         ),
     ]
+    if isinstance(store, BatchCreates):
+        batch = store
+        calls.append(
+            (
+                PresetNotFoundError,
+                "create_prebuilds",
+                lambda: batch.create_prebuilds(unknown, now=now, names=["x", "y"]),
+            )
+        )
+    return calls
 
 
 def _unknown_ids(world: _World) -> None:
@@ -1022,6 +1034,178 @@ LEAN_RULES = (
 )
 
 
+# -- the optional batch creation -----------------------------------------------------
+def _batch(world: _World) -> BatchCreates:
+    store = world.store
+    assert isinstance(store, BatchCreates)  # noqa: S101 - run only on such stores
+    return store
+
+
+def _batch_together(world: _World) -> None:
+    batch = _batch(world)
+    template = world.template()
+    preset = world.preset(template)
+    names = ["batch-a", "batch-b", "batch-a"]
+    requests = batch.create_prebuilds(preset.id, now=T0, names=names)
+    world.expect(
+        [
+            (preset.id, template.id, preset.template_version_id, name, Transition.START)
+            for name in names
+        ],
+        [
+            (r.preset_id, r.template_id, r.template_version_id, r.name, r.transition)
+            for r in requests
+        ],
+        "the requests of create_prebuilds, in the order of the names",
+    )
+    world.expect(
+        len(names) * 2,
+        len({r.instance_id for r in requests} | {r.build_id for r in requests}),
+        "distinct instance and build IDs",
+    )
+    for request in requests:
+        instance = world.store.get_instance(request.instance_id)
+        builds = world.store.list_builds(instance_id=request.instance_id)
+        world.expect(
+            (PREBUILDS_OWNER_ID, preset.id, request.name, False, T0, None),
+            (
+                instance.owner_id,
+                instance.preset_id,
+                instance.name,
+                instance.ready,
+                instance.created_at,
+                instance.claimed_at,
+            ),
+            "a batch instance's (owner, preset, name, ready, created_at, claimed_at)",
+        )
+        world.expect(
+            [(request.build_id, 1, Transition.START, BuildStatus.PENDING)],
+            [(b.id, b.build_number, b.transition, b.status) for b in builds],
+            "a batch instance's builds",
+        )
+    world.expect(
+        sorted(r.instance_id.int for r in requests),
+        sorted(
+            i.id.int
+            for i in world.store.list_instances(preset_id=preset.id)
+            if i.owner_id == PREBUILDS_OWNER_ID
+        ),
+        "the preset's instances after create_prebuilds: the batch's, and only those",
+    )
+    world.expect(
+        [], batch.create_prebuilds(preset.id, now=T0, names=[]), "an empty batch"
+    )
+    world.store.put_template(attrs.evolve(template, deprecated=True))
+    before = world.state()
+    world.expect(
+        [],
+        batch.create_prebuilds(preset.id, now=T0, names=["x", "y"]),
+        "create_prebuilds for a preset whose template is deprecated",
+    )
+    world.expect(before, world.state(), "the store after a refused batch")
+
+
+def _batch_all_or_nothing(world: _World) -> None:
+    batch = _batch(world)
+    preset = world.preset()
+    before = world.state()
+    for names, field in ((["ok", ""], "names[1]"), (["ok", "a\x00b"], "names[1]")):
+        try:
+            batch.create_prebuilds(preset.id, now=T0, names=names)
+        except InvalidInputError as e:
+            world.expect(
+                field, e.field, f"the field InvalidInputError names for {names!r}"
+            )
+        else:
+            world.fail(f"create_prebuilds took the names {names!r}")
+        world.expect(before, world.state(), f"the store after the names {names!r}")
+
+
+def _batch_submits(world: _World) -> None:
+    batch = _batch(world)
+    preset = world.preset(desired_instances=4)
+    handed, dropped, started, never = batch.create_prebuilds(
+        preset.id, now=T0, names=["handed", "dropped", "started", "never"]
+    )
+    world.store.build_started(started.build_id, now=T0)  # so it was handed over
+    later = T0 + timedelta(minutes=1)
+    batch.record_submits([handed.build_id], not_submitted=[dropped.build_id], now=later)
+    build = world.store.get_build(dropped.build_id)
+    withdrawn = world.store.get_instance(dropped.instance_id)
+    world.expect(
+        (BuildStatus.CANCELED, later, "not_submitted", True, False),
+        (
+            build.status,
+            build.finished_at,
+            build.error_kind,
+            withdrawn.deleted,
+            withdrawn.ready,
+        ),
+        "(status, finished_at, error_kind) of a build record_submits canceled, "
+        "and (deleted, ready) of its instance",
+    )
+    before = world.state()
+    batch.record_submits(
+        [world.new_id(), handed.build_id],
+        not_submitted=[world.new_id(), handed.build_id, started.build_id],
+        now=later,
+    )
+    world.expect(
+        before,
+        world.state(),
+        "the store after record_submits of unknown, submitted and started builds",
+    )
+    stuck = world.store.fail_stuck_builds(older_than=later, now=later)
+    world.expect(
+        sorted(
+            [
+                (handed.build_id.int, BuildStatus.FAILED, "timeout"),
+                (started.build_id.int, BuildStatus.FAILED, "timeout"),
+                (never.build_id.int, BuildStatus.CANCELED, "not_submitted"),
+            ]
+        ),
+        sorted(
+            (b.id.int, b.status, b.error_kind)
+            for b in stuck
+            if b.preset_id == preset.id
+        ),
+        "(build, status, error_kind) of fail_stuck_builds after a batch: "
+        "canceled if never submitted, failed if submitted or started",
+    )
+    world.expect(
+        {
+            handed.instance_id.int: BuildStatus.FAILED,
+            started.instance_id.int: BuildStatus.FAILED,
+            never.instance_id.int: BuildStatus.CANCELED,
+        },
+        {
+            i.id.int: i.latest_status
+            for i in world.store.read_pool().instances
+            if i.preset_id == preset.id
+        },
+        "the latest status of the batch's instances in read_pool (the one "
+        "withdrawn gone)",
+    )
+
+
+BATCH_RULES = (
+    Rule(
+        "create_prebuilds: every instance and its first build, in the names' order",
+        _batch_together,
+    ),
+    Rule(
+        "create_prebuilds: a bad name is refused before anything is written",
+        _batch_all_or_nothing,
+    ),
+    Rule(
+        "record_submits: a batch's build stuck and never submitted is canceled "
+        "(not_submitted), a submitted or started one fails; one never to be "
+        "submitted is withdrawn",
+        _batch_submits,
+    ),
+)
+
+
 def check_rules(
     store_factory: Callable[[], Store],
     claimer_factory: Callable[[Store], Claimer] | None = None,
@@ -1032,7 +1216,8 @@ def check_rules(
     Without *claimer_factory* (:func:`~prebuilds.testing.check_store`): the
     store's rules, the claim rules through ``Store.claim``, the stamp rules
     if the store offers :class:`~prebuilds.interfaces.StampedClaims` (and
-    :class:`~prebuilds.interfaces.LeanClaims`), and the
+    :class:`~prebuilds.interfaces.LeanClaims`), the batch rules if it offers
+    :class:`~prebuilds.interfaces.BatchCreates`, and the
     claim rules again, with the template's state, through
     :class:`~prebuilds.StoreClaimer`. With it
     (:func:`~prebuilds.testing.check_claimer`): the claim rules through the
@@ -1049,8 +1234,9 @@ def check_rules(
                 stamped = STAMP_RULES
                 if isinstance(store, LeanClaims):
                     stamped += LEAN_RULES
+            batch = BATCH_RULES if isinstance(store, BatchCreates) else ()
             runs: list[tuple[Claimer | None, tuple[Rule, ...]]] = [
-                (None, STORE_RULES + CLAIM_RULES + stamped),
+                (None, STORE_RULES + CLAIM_RULES + stamped + batch),
                 (StoreClaimer(store), CLAIM_RULES + CLAIMER_RULES),
             ]
         else:

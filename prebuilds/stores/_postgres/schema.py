@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from prebuilds.stores._postgres.connections import Connections, Cursor
 
 #: The schema version this library writes and reads.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def lock_key(purpose: str, schema: str) -> int:
@@ -255,6 +255,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         WHERE owner_id = '{pool}' AND NOT deleted AND ready
             AND latest_transition = 'start' AND latest_status = 'succeeded'
         """,
+    ),
+    7: (
+        # Whether a build was handed to the provisioner (BatchCreates writes
+        # a batch's builds unsubmitted, then marks them): a stuck build never
+        # submitted is canceled, not failed. Every earlier build was submitted.
+        "ALTER TABLE {s}.builds ADD COLUMN submitted boolean NOT NULL DEFAULT true",
     ),
 }
 

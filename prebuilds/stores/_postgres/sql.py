@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import attrs
 
-from prebuilds._records import Build, Instance, Lifecycle, Template
+from prebuilds._records import NOT_SUBMITTED_KIND, Build, Instance, Lifecycle, Template
 
 
 def _names(cls: type) -> tuple[str, ...]:
@@ -207,6 +207,43 @@ CREATE_PREBUILD = f"""
     SELECT {FENCE_HELD}, source.*
     {ONE_ROW} source ON true
 """
+# CREATE_PREBUILD for every (instance ID, build ID, name) of three arrays of
+# the same length, in one statement.
+CREATE_PREBUILDS = f"""
+    WITH {FENCE},
+    source AS MATERIALIZED (
+        SELECT p.template_id, p.template_version_id, p.parameters::text,
+            p.template_version_id = t.active_version_id
+                AND NOT t.deleted AND NOT t.deprecated AS active
+        FROM {{s}}.presets p
+        JOIN {{s}}.templates t ON t.id = p.template_id
+        WHERE p.id = %(preset_id)s
+    ),
+    wanted AS MATERIALIZED (
+        SELECT * FROM unnest(
+            %(instance_ids)s::uuid[], %(build_ids)s::uuid[], %(names)s::text[]
+        ) AS w (instance_id, build_id, name)
+    ),
+    made AS (
+        INSERT INTO {{s}}.instances
+            (id, preset_id, template_id, template_version_id, owner_id, name,
+             created_at, ready, last_used_at, deleted)
+        SELECT w.instance_id, %(preset_id)s, s.template_id, s.template_version_id,
+            '{{pool}}', w.name, %(now)s, false, %(now)s, false
+        FROM source s CROSS JOIN wanted w WHERE s.active AND {FENCED}
+        RETURNING id, template_version_id
+    ),
+    built AS (
+        INSERT INTO {{s}}.builds
+            (id, instance_id, preset_id, template_version_id, transition, status,
+             build_number, initiator_id, created_at, submitted)
+        SELECT w.build_id, m.id, %(preset_id)s, m.template_version_id, 'start',
+            'pending', 1, '{{pool}}', %(now)s, false
+        FROM made m JOIN wanted w ON w.instance_id = m.id
+    )
+    SELECT {FENCE_HELD}, source.*
+    {ONE_ROW} source ON true
+"""
 # A pending delete build and the instance unready, if it is still the pool's
 # and not being deleted; one row, the instance's columns NULL when nothing was
 # written. The row lock re-checks the row's newest version: a claim committed
@@ -280,12 +317,19 @@ CANCEL_PENDING = f"""
     ORDER BY r.created_at, r.id
 """
 # Always one row at least: the fence's verdict, then the failed builds.
+# A stuck build never handed to the provisioner (pending, not submitted) is
+# canceled, not failed (BatchCreates).
+_NEVER_SUBMITTED = "(status = 'pending' AND NOT submitted)"
 FAIL_STUCK = f"""
     WITH {FENCE},
     failed AS (
         UPDATE {{s}}.builds
-        SET status = 'failed', finished_at = %(now)s, error_kind = 'timeout',
-            error = %(error)s
+        SET status = CASE WHEN {_NEVER_SUBMITTED} THEN 'canceled' ELSE 'failed' END,
+            error_kind = CASE WHEN {_NEVER_SUBMITTED}
+                THEN '{NOT_SUBMITTED_KIND}' ELSE 'timeout' END,
+            error = CASE WHEN {_NEVER_SUBMITTED}
+                THEN %(never)s ELSE %(error)s END,
+            finished_at = %(now)s
         WHERE initiator_id = '{{pool}}'
             AND status IN ('pending', 'running')
             AND created_at < %(older_than)s
@@ -295,6 +339,29 @@ FAIL_STUCK = f"""
     SELECT {FENCE_HELD}, {_BUILD_COLUMNS}
     {ONE_ROW} failed b ON true
     ORDER BY b.created_at, b.instance_id, b.build_number
+"""
+# The builds of %(submitted)s marked handed to the provisioner, and the
+# pending, unsubmitted ones of %(not_submitted)s canceled, their instances
+# withdrawn (never provisioned: deleted); one row, the fence's verdict.
+RECORD_SUBMITS = f"""
+    WITH {FENCE},
+    handed AS (
+        UPDATE {{s}}.builds SET submitted = true
+        WHERE id = ANY(%(submitted)s::uuid[]) AND NOT submitted AND {FENCED}
+    ),
+    dropped AS (
+        UPDATE {{s}}.builds
+        SET status = 'canceled', finished_at = %(now)s,
+            error_kind = '{NOT_SUBMITTED_KIND}', error = %(never)s
+        WHERE id = ANY(%(not_submitted)s::uuid[]) AND {_NEVER_SUBMITTED}
+            AND {FENCED}
+        RETURNING instance_id
+    ),
+    withdrawn AS (
+        UPDATE {{s}}.instances SET deleted = true, ready = false
+        WHERE id IN (SELECT instance_id FROM dropped)
+    )
+    SELECT {FENCE_HELD}
 """
 
 # -- reports ------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import re
 import threading
 import uuid
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,10 +24,12 @@ from prebuilds._arguments import (
     check_claim_id_if_unchanged,
     check_claim_if_unchanged,
     check_create_prebuild,
+    check_create_prebuilds,
     check_fail_stuck_builds,
     check_id_at,
     check_list_instances,
     check_read_preset,
+    check_record_submits,
     check_set_preset_status,
     check_set_ready,
     check_store_claim,
@@ -35,6 +37,7 @@ from prebuilds._arguments import (
 from prebuilds._model import InvalidPreset, PresetStatus, Transition
 from prebuilds._pool import PoolFacts, PresetFacts
 from prebuilds._records import (
+    NOT_SUBMITTED_ERROR,
     Build,
     BuildRequest,
     BuildStatus,
@@ -43,6 +46,7 @@ from prebuilds._records import (
     Lifecycle,
     PresetConfig,
     Template,
+    unchecked_evolve,
 )
 from prebuilds._validate import (
     check_bool,
@@ -87,7 +91,8 @@ _LOG = logging.getLogger("prebuilds.stores.postgres")
 class PostgresStore:
     """
     A :class:`~prebuilds.interfaces.Store` on PostgreSQL, shared by many
-    replicas; it offers :class:`~prebuilds.interfaces.StampedClaims`.
+    replicas; it offers :class:`~prebuilds.interfaces.StampedClaims` and
+    :class:`~prebuilds.interfaces.BatchCreates`.
 
     Give exactly one source of connections: *conninfo* (the store opens its
     own :class:`psycopg_pool.ConnectionPool` and closes it in :meth:`close`),
@@ -394,6 +399,70 @@ class PostgresStore:
                 parameters=raw_parameters,
             )
 
+    def create_prebuilds(
+        self,
+        preset_id: UUID,
+        *,
+        now: datetime,
+        names: Sequence[str],
+        lease: Lease | None = None,
+    ) -> list[BuildRequest]:
+        """:meth:`create_prebuild` per name: one statement, its fence included."""
+        checked = check_create_prebuilds(preset_id, now, names)
+        token = fence_token(lease)
+        ids = [(uuid.uuid4(), uuid.uuid4()) for _ in checked]
+        params = {
+            "preset_id": preset_id,
+            "instance_ids": [i for i, _ in ids],
+            "build_ids": [b for _, b in ids],
+            "names": list(checked),
+            "now": now,
+            "lease": token,
+        }
+        with self._db.transaction() as cur:
+            row = self._db.fetchone(cur, sql.CREATE_PREBUILDS, params)
+            if row is None or (token is not None and not row[0]):
+                raise lost(token or "")
+            if row[1] is None:
+                raise PresetNotFoundError(preset_id)
+            _, template_id, version_id, raw_parameters, active = row
+            if not active or not ids:
+                return []
+            first = build_request(
+                build_id=ids[0][1],
+                instance_id=ids[0][0],
+                preset_id=preset_id,
+                template_id=template_id,
+                template_version_id=version_id,
+                transition=Transition.START,
+                name=checked[0],
+                parameters=raw_parameters,
+            )
+            return [first] + [
+                unchecked_evolve(first, build_id=b, instance_id=i, name=name)
+                for (i, b), name in zip(ids[1:], checked[1:], strict=True)
+            ]
+
+    def record_submits(
+        self,
+        submitted: Sequence[UUID],
+        *,
+        now: datetime,
+        not_submitted: Sequence[UUID] = (),
+        lease: Lease | None = None,
+    ) -> None:
+        """One statement, its fence included."""
+        handed, dropped = check_record_submits(submitted, now, not_submitted)
+        if not handed and not dropped:
+            return
+        params = {
+            "submitted": list(handed),
+            "not_submitted": list(dropped),
+            "now": now,
+            "never": NOT_SUBMITTED_ERROR,
+        }
+        self._fenced(lease, sql.RECORD_SUBMITS, params)
+
     def delete_prebuild(
         self, instance_id: UUID, *, now: datetime, lease: Lease | None = None
     ) -> BuildRequest | None:
@@ -443,7 +512,12 @@ class PostgresStore:
     ) -> list[Build]:
         """One statement, its fence included."""
         check_fail_stuck_builds(older_than, now)
-        params = {"older_than": older_than, "now": now, "error": _STUCK_ERROR}
+        params = {
+            "older_than": older_than,
+            "now": now,
+            "error": _STUCK_ERROR,
+            "never": NOT_SUBMITTED_ERROR,
+        }
         rows = self._fenced(lease, sql.FAIL_STUCK, params)
         return [codecs.build(r[1:]) for r in rows if r[1] is not None]
 

@@ -68,6 +68,12 @@ class Tx:
         self._count()
         return self._conn.execute(sql, params)
 
+    def executemany(self, sql: str, rows: Sequence[_Params]) -> None:
+        """Run one statement per row of parameters (each counted)."""
+        for _ in rows:
+            self._count()
+        self._conn.executemany(sql, rows)
+
     def one(self, sql: str, params: _Params = ()) -> Any:
         """Run one statement; its first row or None."""
         return self.execute(sql, params).fetchone()

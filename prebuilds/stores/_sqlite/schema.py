@@ -30,7 +30,7 @@ __all__ = ["SCHEMA_VERSION", "check_library", "check_readable", "migrate"]
 _log = logging.getLogger("prebuilds.stores.sqlite")
 
 #: The schema version this library writes and understands.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _OWNER = str(PREBUILDS_OWNER_ID)
 
@@ -193,6 +193,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             WHERE owner_id = '{_OWNER}' AND deleted = 0
         """,
     ),
+    # 4: whether a build was handed to the provisioner (BatchCreates writes
+    # a batch's builds unsubmitted, then marks them): a stuck build never
+    # submitted is canceled, not failed. Every earlier build was submitted.
+    ("ALTER TABLE prebuilds_builds ADD COLUMN submitted INTEGER NOT NULL DEFAULT 1",),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION  # noqa: S101
 

@@ -10,7 +10,7 @@ text as a constant, so that the claim's WHERE matches the partial index
 
 from __future__ import annotations
 
-from prebuilds._records import PREBUILDS_OWNER_ID
+from prebuilds._records import NOT_SUBMITTED_KIND, PREBUILDS_OWNER_ID
 
 
 _O = f"'{PREBUILDS_OWNER_ID}'"
@@ -180,6 +180,42 @@ INSERT_BUILD = f"""
         build_number, initiator_id, created_at
     ) VALUES (?, ?, ?, ?, ?, 'pending', ?, {_O}, ?)
 """  # noqa: S608 - constants only
+#: A batch's first build, not yet submitted: (id, instance, preset, version, now).
+INSERT_UNSUBMITTED = f"""
+    INSERT INTO prebuilds_builds (
+        id, instance_id, preset_id, template_version_id, transition, status,
+        build_number, initiator_id, created_at, submitted
+    ) VALUES (?, ?, ?, ?, 'start', 'pending', 1, {_O}, ?, 0)
+"""  # noqa: S608 - constants only
+
+
+def mark_submitted(count: int) -> str:
+    """Mark *count* builds (their IDs bound in order) submitted."""
+    marks = ", ".join("?" * count)
+    return f"UPDATE prebuilds_builds SET submitted = 1 WHERE id IN ({marks})"  # noqa: S608
+
+
+def cancel_unsubmitted(count: int) -> tuple[str, str]:
+    """
+    Cancel *count* pending, unsubmitted builds (bound after ``now`` and
+    ``error``, in order) and withdraw their instances (never provisioned:
+    deleted): the instances first, then the builds.
+    """
+    marks = ", ".join("?" * count)
+    where = f"id IN ({marks}) AND status = 'pending' AND submitted = 0"
+    return (
+        f"""
+        UPDATE prebuilds_instances
+        SET latest_status = 'canceled', deleted = 1, ready = 0
+        WHERE latest_build_id IN (SELECT id FROM prebuilds_builds WHERE {where})
+        """,  # noqa: S608 - constants only
+        f"""
+        UPDATE prebuilds_builds
+        SET status = 'canceled', finished_at = ?, error_kind = '{NOT_SUBMITTED_KIND}',
+            error = ?
+        WHERE {where}
+        """,  # noqa: S608 - constants only
+    )
 
 
 def _delete_instance(ready: str, where: str) -> str:
@@ -224,18 +260,29 @@ _STUCK = f"""
     status IN ('pending', 'running') AND created_at < :older AND initiator_id = {_O}
 """
 ANY_STUCK = f"SELECT 1 FROM prebuilds_builds WHERE {_STUCK}"  # noqa: S608
+#: A stuck build never handed to the provisioner (pending, not submitted).
+_NEVER_SUBMITTED = "status = 'pending' AND submitted = 0"
+#: The stuck builds, with whether each was never submitted last.
 STUCK_BUILDS = f"""
-    SELECT {BUILD_COLUMNS} FROM prebuilds_builds WHERE {_STUCK}
+    SELECT {BUILD_COLUMNS}, {_NEVER_SUBMITTED} FROM prebuilds_builds WHERE {_STUCK}
     ORDER BY created_at, instance_id, build_number
 """  # noqa: S608 - constants only
-#: Before the builds change: the instances whose latest build is stuck.
+#: Before the builds change: the instances whose latest build is stuck (a
+#: build never submitted is canceled, not failed).
 FAIL_STUCK_INSTANCES = f"""
-    UPDATE prebuilds_instances SET latest_status = 'failed'
+    UPDATE prebuilds_instances SET latest_status = (
+        SELECT CASE WHEN {_NEVER_SUBMITTED} THEN 'canceled' ELSE 'failed' END
+        FROM prebuilds_builds WHERE id = latest_build_id
+    )
     WHERE latest_build_id IN (SELECT id FROM prebuilds_builds WHERE {_STUCK})
 """  # noqa: S608 - constants only
 FAIL_STUCK_BUILDS = f"""
     UPDATE prebuilds_builds
-    SET status = 'failed', finished_at = :now, error_kind = 'timeout', error = :error
+    SET status = CASE WHEN {_NEVER_SUBMITTED} THEN 'canceled' ELSE 'failed' END,
+        error_kind = CASE WHEN {_NEVER_SUBMITTED}
+            THEN '{NOT_SUBMITTED_KIND}' ELSE 'timeout' END,
+        error = CASE WHEN {_NEVER_SUBMITTED} THEN :never ELSE :error END,
+        finished_at = :now
     WHERE {_STUCK}
 """  # noqa: S608 - constants only
 

@@ -17,10 +17,12 @@ from prebuilds._arguments import (
     check_claim_id_if_unchanged,
     check_claim_if_unchanged,
     check_create_prebuild,
+    check_create_prebuilds,
     check_fail_stuck_builds,
     check_id_at,
     check_list_instances,
     check_read_preset,
+    check_record_submits,
     check_set_preset_status,
     check_set_ready,
     check_store_claim,
@@ -28,6 +30,8 @@ from prebuilds._arguments import (
 from prebuilds._model import Transition
 from prebuilds._pool import PoolFacts, PresetFacts
 from prebuilds._records import (
+    NOT_SUBMITTED_ERROR,
+    NOT_SUBMITTED_KIND,
     Build,
     BuildRequest,
     BuildStatus,
@@ -36,6 +40,7 @@ from prebuilds._records import (
     Lifecycle,
     PresetConfig,
     Template,
+    unchecked_evolve,
 )
 from prebuilds._validate import (
     check_bool,
@@ -64,7 +69,7 @@ from prebuilds.stores._sqlite.lease import Leases
 
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from contextlib import AbstractContextManager
     from types import TracebackType
 
@@ -82,8 +87,9 @@ _TEXTS = 4096
 
 class SQLiteStore:
     """
-    The embedded default :class:`~prebuilds.interfaces.Store` (and
-    :class:`~prebuilds.interfaces.StampedClaims`), on :mod:`sqlite3`; see
+    The embedded default :class:`~prebuilds.interfaces.Store` (with
+    :class:`~prebuilds.interfaces.StampedClaims` and
+    :class:`~prebuilds.interfaces.BatchCreates`), on :mod:`sqlite3`; see
     :doc:`/stores`.
 
     Args:
@@ -369,36 +375,115 @@ class SQLiteStore:
     ) -> BuildRequest | None:
         """The instance and its start build in one fenced write transaction."""
         check_create_prebuild(preset_id, now, name)
+        requests = self._create(
+            preset_id, codecs.to_us("now", now), (name,), lease, submitted=True
+        )
+        return requests[0] if requests else None
+
+    def create_prebuilds(
+        self,
+        preset_id: UUID,
+        *,
+        now: datetime,
+        names: Sequence[str],
+        lease: Lease | None = None,
+    ) -> list[BuildRequest]:
+        """
+        Every instance and its start build (not submitted) in one fenced
+        write transaction: one source read, then two ``executemany`` inserts.
+        """
+        checked = check_create_prebuilds(preset_id, now, names)
+        return self._create(
+            preset_id, codecs.to_us("now", now), checked, lease, submitted=False
+        )
+
+    def record_submits(
+        self,
+        submitted: Sequence[UUID],
+        *,
+        now: datetime,
+        not_submitted: Sequence[UUID] = (),
+        lease: Lease | None = None,
+    ) -> None:
+        """One fenced write transaction: one ``UPDATE`` for the submitted builds,
+        two for the canceled ones (their instances withdrawn, then them)."""
+        handed, dropped = check_record_submits(submitted, now, not_submitted)
+        if not handed and not dropped:
+            return
         now_us = codecs.to_us("now", now)
         with self._write(lease) as tx:
-            row = tx.one(sql.CREATE_SOURCE, (str(preset_id),))
+            if handed:
+                tx.execute(sql.mark_submitted(len(handed)), [str(b) for b in handed])
+            if dropped:
+                ids = [str(b) for b in dropped]
+                instances, builds = sql.cancel_unsubmitted(len(ids))
+                tx.execute(instances, ids)
+                tx.execute(builds, [now_us, NOT_SUBMITTED_ERROR, *ids])
+
+    def _create(
+        self,
+        preset_id: UUID,
+        now_us: int,
+        names: Sequence[str],
+        lease: Lease | None,
+        *,
+        submitted: bool,
+    ) -> list[BuildRequest]:
+        preset = str(preset_id)
+        with self._write(lease) as tx:
+            row = tx.one(sql.CREATE_SOURCE, (preset,))
             if row is None:
                 raise PresetNotFoundError(preset_id)
             template_id, version_id, raw_parameters, active, deleted, deprecated = row
-            if version_id != active or deleted or deprecated:
-                return None
-            instance_id, build_id = uuid4(), uuid4()
-            instance, build = str(instance_id), str(build_id)
-            preset = str(preset_id)
-            values = (instance, preset, template_id, version_id, name, now_us, now_us)
-            tx.execute(sql.INSERT_INSTANCE, (*values, build, now_us))
-            tx.execute(
-                sql.INSERT_BUILD,
-                (build, instance, preset, version_id, "start", 1, now_us),
+            if version_id != active or deleted or deprecated or not names:
+                return []
+            ids = [(uuid4(), uuid4()) for _ in names]
+            texts = [(str(i), str(b)) for i, b in ids]  # each formatted once
+            tx.executemany(
+                sql.INSERT_INSTANCE,
+                [
+                    (
+                        i,
+                        preset,
+                        template_id,
+                        version_id,
+                        name,
+                        now_us,
+                        now_us,
+                        b,
+                        now_us,
+                    )
+                    for (i, b), name in zip(texts, names, strict=True)
+                ],
             )
+            if submitted:
+                tx.executemany(
+                    sql.INSERT_BUILD,
+                    [(b, i, preset, version_id, "start", 1, now_us) for i, b in texts],
+                )
+            else:
+                tx.executemany(
+                    sql.INSERT_UNSUBMITTED,
+                    [(b, i, preset, version_id, now_us) for i, b in texts],
+                )
             # Built before the commit: a row that cannot be read back rolls
             # the creation back instead of leaving it behind.
             with codecs.decoding("preset"):
-                return build_request(
-                    build_id=build_id,
-                    instance_id=instance_id,
+                first = build_request(
+                    build_id=ids[0][1],
+                    instance_id=ids[0][0],
                     preset_id=preset_id,
                     template_id=UUID(template_id),
                     template_version_id=UUID(version_id),
-                    transition="start",
-                    name=name,
+                    transition=Transition.START,
+                    name=names[0],
                     parameters=raw_parameters,
                 )
+            # The rest share the first's decoded fields.
+            return [first] + [
+                unchecked_evolve(first, build_id=b, instance_id=i, name=name)
+                for (i, b), name in zip(ids[1:], names[1:], strict=True)
+            ]
 
     def delete_prebuild(
         self, instance_id: UUID, *, now: datetime, lease: Lease | None = None
@@ -455,14 +540,29 @@ class SQLiteStore:
                 return []
             tx.execute(sql.FAIL_STUCK_INSTANCES, params)
             tx.execute(
-                sql.FAIL_STUCK_BUILDS, {**params, "now": now_us, "error": _STUCK_ERROR}
+                sql.FAIL_STUCK_BUILDS,
+                {
+                    **params,
+                    "now": now_us,
+                    "error": _STUCK_ERROR,
+                    "never": NOT_SUBMITTED_ERROR,
+                },
             )
+            finished_at = now.astimezone(timezone.utc)
             with codecs.decoding("build"):
                 return [
                     attrs.evolve(
-                        codecs.build_from_row(row),
+                        codecs.build_from_row(row[:-1]),
+                        status=BuildStatus.CANCELED,
+                        finished_at=finished_at,
+                        error_kind=NOT_SUBMITTED_KIND,
+                        error=NOT_SUBMITTED_ERROR,
+                    )
+                    if row[-1]
+                    else attrs.evolve(
+                        codecs.build_from_row(row[:-1]),
                         status=BuildStatus.FAILED,
-                        finished_at=now.astimezone(timezone.utc),
+                        finished_at=finished_at,
                         error_kind="timeout",
                         error=_STUCK_ERROR,
                     )
