@@ -11,9 +11,14 @@ SQLite claims next to their ceiling (issue 12's goal: at least 0.5 of it).
   RETURNING id``, ``COMMIT``, on the same kind of file (WAL, ``synchronous
   = NORMAL``, as the store sets), same presets, same random choice.
 
-Each round runs the ceiling, then the library (fresh files each), and the
-ratio is the median of the rounds' own ratios; the rates quoted are the
-medians of the rounds.
+Each round prepares both (fresh files), then runs them interleaved: batches
+of :data:`BATCH` claims, the ceiling's and the library's in turn (which
+goes first alternates), so that both meet the same load on a shared
+machine. A round's rate is its claims over the wall time of its batches
+(every batch, WAL checkpoints included), its ratio the library's rate over
+the ceiling's; the ratio quoted is the median of the rounds' ratios, the
+rates the medians of the rounds. The CPU time of each side (its batches'
+``time.process_time()``) is quoted too: less sensitive to other processes.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import uuid
 
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prebuilds import (
     NoClaimablePrebuildsError,
@@ -41,8 +46,15 @@ from prebuilds import (
 from prebuilds.stores import SQLiteStore
 
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
 PRESETS = 200
 GOAL = 0.5
+#: Claims per batch: short enough that the load seldom changes within one
+#: pair of batches, long enough that the clocks' resolution does not count.
+BATCH = 100
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 _CEILING_SCHEMA = """
@@ -65,8 +77,38 @@ def _targets(presets: list[Any], claims: int, seed: int) -> list[Any]:
     return [rng.choice(presets) for _ in range(claims)]
 
 
-def _ceiling(path: Path, claims: int, per_preset: int, seed: int) -> dict[str, Any]:
-    """The bare loop: *claims* claims of a random preset, one transaction each."""
+class _Side:
+    """One side of the race: its claims, its clocks, what it missed."""
+
+    def __init__(
+        self,
+        claim: Callable[[Any], bool],
+        targets: list[Any],
+        close: Callable[[], None],
+    ) -> None:
+        self.claim = claim
+        self.close = close
+        self.targets = targets
+        self.wall = 0.0
+        self.cpu = 0.0
+        self.misses = 0
+        self.latencies: list[float] = []
+
+    def run(self, start: int, stop: int, *, latencies: bool) -> None:
+        """Claims *start* to *stop* of the targets, timed as one batch."""
+        claim, wall, cpu = self.claim, time.perf_counter(), time.process_time()
+        for target in self.targets[start:stop]:
+            began = time.perf_counter()
+            if not claim(target):
+                self.misses += 1
+            if latencies:
+                self.latencies.append(time.perf_counter() - began)
+        self.wall += time.perf_counter() - wall
+        self.cpu += time.process_time() - cpu
+
+
+def _ceiling(path: Path, claims: int, per_preset: int, seed: int) -> _Side:
+    """The bare loop: a claim of a random preset, one transaction each."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
@@ -87,18 +129,15 @@ def _ceiling(path: Path, claims: int, per_preset: int, seed: int) -> dict[str, A
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(_CEILING_CLAIM, ("warm", preset)).fetchone()
         conn.execute("COMMIT")
-    targets = _targets(presets, claims, seed)
     user = str(uuid.uuid4())
-    misses = 0
-    started = time.perf_counter()
-    for preset in targets:
+
+    def claim(preset: str) -> bool:
         conn.execute("BEGIN IMMEDIATE")
-        if conn.execute(_CEILING_CLAIM, (user, preset)).fetchone() is None:
-            misses += 1
+        hit = conn.execute(_CEILING_CLAIM, (user, preset)).fetchone() is not None
         conn.execute("COMMIT")
-    wall = time.perf_counter() - started
-    conn.close()
-    return {"claims_per_second": claims / wall, "misses": misses}
+        return hit
+
+    return _Side(claim, _targets(presets, claims, seed), conn.close)
 
 
 def _store(path: Path, per_preset: int) -> tuple[SQLiteStore, list[uuid.UUID]]:
@@ -130,82 +169,95 @@ def _store(path: Path, per_preset: int) -> tuple[SQLiteStore, list[uuid.UUID]]:
     return store, ids
 
 
-def _library(
-    path: Path, claims: int, per_preset: int, seed: int, *, profile: bool = False
-) -> dict[str, Any]:
-    """StoreClaimer: *claims* claims of a random preset, one thread."""
+def _library(path: Path, claims: int, per_preset: int, seed: int) -> _Side:
+    """StoreClaimer: a claim of a random preset, one thread."""
     store, ids = _store(path, per_preset)
     claimer = StoreClaimer(store)
     now = T0 + timedelta(minutes=1)
     for preset_id in ids:  # a host's claimer has seen its presets before
         claimer.claim(now=now, user_id=uuid.uuid4(), name="warm", preset_id=preset_id)
-    targets = _targets(ids, claims, seed)
     user = uuid.uuid4()
-    misses = 0
-    latencies = []
-    profiler = cProfile.Profile() if profile else None
-    started = time.perf_counter()
-    if profiler is not None:
-        profiler.enable()
-    for preset_id in targets:
-        began = time.perf_counter()
+
+    def claim(preset_id: uuid.UUID) -> bool:
         try:
             claimer.claim(now=now, user_id=user, name="u", preset_id=preset_id)
         except NoClaimablePrebuildsError:
-            misses += 1
-        latencies.append(time.perf_counter() - began)
-    if profiler is not None:
-        profiler.disable()
-    wall = time.perf_counter() - started
-    store.close()
-    result: dict[str, Any] = {
-        "claims_per_second": claims / wall,
-        "misses": misses,
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": sorted(latencies)[int(0.99 * len(latencies))] * 1000,
+            return False
+        return True
+
+    return _Side(claim, _targets(ids, claims, seed), store.close)
+
+
+def _round(tmp: Path, n: int, claims: int, per_preset: int) -> dict[str, Any]:
+    """One round: both sides prepared, then run in interleaved batches."""
+    ceiling = _ceiling(tmp / f"ceiling-{n}.db", claims, per_preset, n)
+    library = _library(tmp / f"store-{n}.db", claims, per_preset, n)
+    for batch, start in enumerate(range(0, claims, BATCH)):
+        stop = min(start + BATCH, claims)
+        first, second = (ceiling, library) if batch % 2 == 0 else (library, ceiling)
+        first.run(start, stop, latencies=first is library)
+        second.run(start, stop, latencies=second is library)
+    ceiling.close()
+    library.close()
+    latencies = sorted(library.latencies)
+    return {
+        "ceiling_claims_per_second": claims / ceiling.wall,
+        "library_claims_per_second": claims / library.wall,
+        "ratio": ceiling.wall / library.wall,
+        "ceiling_cpu_us": ceiling.cpu / claims * 1e6,
+        "library_cpu_us": library.cpu / claims * 1e6,
+        "cpu_ratio": ceiling.cpu / library.cpu,
+        "ceiling_misses": ceiling.misses,
+        "library_misses": library.misses,
+        "library_p50_ms": statistics.median(latencies) * 1000,
+        "library_p99_ms": latencies[int(0.99 * len(latencies))] * 1000,
     }
-    if profiler is not None:
-        out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(15)
-        result["profile_top"] = out.getvalue()
-    return result
+
+
+def _profile(path: Path, claims: int, per_preset: int, seed: int) -> str:
+    """The library's claims under cProfile: the top of the profile."""
+    library = _library(path, claims, per_preset, seed)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    library.run(0, claims, latencies=False)
+    profiler.disable()
+    library.close()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(15)
+    return out.getvalue()
 
 
 def run(*, quick: bool = False) -> dict[str, Any]:
-    """Measure, side by side, medians of three rounds (one with ``quick``)."""
-    claims, rounds = (1000, 1) if quick else (3000, 3)
+    """Measure, side by side, medians of five rounds (one with ``quick``)."""
+    claims, rounds = (1000, 1) if quick else (3000, 5)
     per_preset = 2 * claims // PRESETS + 3
-    ceilings, libraries, ratios = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for n in range(rounds):
-            ceiling = _ceiling(Path(tmp) / f"ceiling-{n}.db", claims, per_preset, n)
-            library = _library(Path(tmp) / f"store-{n}.db", claims, per_preset, n)
-            ceilings.append(ceiling)
-            libraries.append(library)
-            ratios.append(library["claims_per_second"] / ceiling["claims_per_second"])
-        profiled = _library(
-            Path(tmp) / "profiled.db", claims, per_preset, rounds, profile=True
-        )
-    ratio = statistics.median(ratios)
+        results = [_round(Path(tmp), n, claims, per_preset) for n in range(rounds)]
+        profile = _profile(Path(tmp) / "profiled.db", claims, per_preset, rounds)
+
+    def median(key: str) -> float:
+        return float(statistics.median(r[key] for r in results))
+
+    ratio = median("ratio")
     return {
         "presets": PRESETS,
         "claims_per_round": claims,
         "rounds": rounds,
+        "batch": BATCH,
         "goal": f"StoreClaimer >= {GOAL}x a bare sqlite3 claim loop, 1 thread",
-        "ceiling_claims_per_second": statistics.median(
-            c["claims_per_second"] for c in ceilings
-        ),
-        "library_claims_per_second": statistics.median(
-            r["claims_per_second"] for r in libraries
-        ),
-        "library_p50_ms": statistics.median(r["p50_ms"] for r in libraries),
-        "library_p99_ms": statistics.median(r["p99_ms"] for r in libraries),
+        "ceiling_claims_per_second": median("ceiling_claims_per_second"),
+        "library_claims_per_second": median("library_claims_per_second"),
+        "library_p50_ms": median("library_p50_ms"),
+        "library_p99_ms": median("library_p99_ms"),
+        "ceiling_cpu_us": median("ceiling_cpu_us"),
+        "library_cpu_us": median("library_cpu_us"),
         "ratio": ratio,
-        "rounds_ratio": ratios,
-        "rounds_ceiling": ceilings,
-        "rounds_library": libraries,
+        "cpu_ratio": median("cpu_ratio"),
+        "rounds_ratio": [r["ratio"] for r in results],
+        "rounds_cpu_ratio": [r["cpu_ratio"] for r in results],
+        "rounds_detail": results,
         "goal_met": ratio >= GOAL,
-        "profile_top": profiled["profile_top"],
+        "profile_top": profile,
     }
 
 
@@ -213,8 +265,8 @@ def summarize(results: dict[str, Any]) -> str:
     """A human summary of :func:`run`'s results."""
     head = (
         f"claims_sqlite: {results['presets']} presets,"
-        f" {results['claims_per_round']} claims x {results['rounds']} rounds,"
-        " 1 thread"
+        f" {results['claims_per_round']} claims x {len(results['rounds_ratio'])}"
+        f" rounds, 1 thread, interleaved batches of {results['batch']}"
     )
     library = (
         f"  StoreClaimer       {results['library_claims_per_second']:8.0f}/s"
@@ -222,12 +274,17 @@ def summarize(results: dict[str, Any]) -> str:
         f" p99 {results['library_p99_ms']:.3f} ms)"
     )
     ratios = ", ".join(f"{r:.2f}" for r in results["rounds_ratio"])
+    cpu = ", ".join(f"{r:.2f}" for r in results["rounds_cpu_ratio"])
     met = "met" if results["goal_met"] else "NOT met"
     return "\n".join(
         [
             head,
-            f"  bare sqlite3 loop  {results['ceiling_claims_per_second']:8.0f}/s",
-            library,
+            (
+                f"  bare sqlite3 loop  {results['ceiling_claims_per_second']:8.0f}/s"
+                f" ({results['ceiling_cpu_us']:.1f} us CPU a claim)"
+            ),
+            library + f" ({results['library_cpu_us']:.1f} us CPU a claim)",
             f"  ratio {results['ratio']:.2f} (rounds {ratios}); goal >= {GOAL}: {met}",
+            f"  CPU ratio {results['cpu_ratio']:.2f} (rounds {cpu})",
         ]
     )

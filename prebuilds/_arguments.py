@@ -14,13 +14,18 @@ here only their type is checked.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from datetime import datetime, timezone
+from uuid import UUID
 
 from prebuilds._model import PresetStatus
 from prebuilds._records import PREBUILDS_OWNER_ID, Lifecycle
 from prebuilds._validate import (
+    MAX_COUNT,
+    MAX_DATETIME,
     MAX_INSTANCES,
+    MAX_NAME_LENGTH,
     MAX_TEXT_LENGTH,
+    MIN_DATETIME,
     check_aware,
     check_bool,
     check_delta,
@@ -38,8 +43,8 @@ from prebuilds._validate import (
 from prebuilds.exceptions import InvalidInputError
 
 
-if TYPE_CHECKING:
-    from uuid import UUID
+_UTC = timezone.utc
+_OWNER = PREBUILDS_OWNER_ID.int
 
 
 def check_user(user_id: object) -> UUID:
@@ -201,18 +206,15 @@ def check_claim_id_if_unchanged(  # noqa: PLR0917 - the claim's arguments, in or
     not_before: object,
 ) -> None:
     """``LeanClaims.claim_id_if_unchanged``: the stamp, then as ``StoreClaimer.claim``."""
-    check_int("stamp", stamp)
-    check_claim(
-        now=now,
-        user_id=user_id,
-        name=name,
-        preset_id=preset_id,
-        autostart_schedule=autostart_schedule,
-        next_start_at=next_start_at,
-        ttl=ttl,
+    if not (type(stamp) is int and 0 <= stamp <= MAX_COUNT):
+        check_int("stamp", stamp)
+    check_claim_args(
+        now, user_id, name, preset_id, autostart_schedule, next_start_at, ttl
     )
-    check_uuid("version_id", version_id)
-    check_optional_aware("not_before", not_before)
+    if type(version_id) is not UUID:
+        check_uuid("version_id", version_id)
+    if not_before is not None and not _plain_now(not_before):
+        check_aware("not_before", not_before)
 
 
 def check_list_instances(
@@ -238,13 +240,58 @@ def check_claim(
     ttl: object,
 ) -> None:
     """``StoreClaimer.claim``: every argument, before the store is asked."""
-    check_aware("now", now)
-    check_user(user_id)
-    check_str("name", name, required=True)
-    check_uuid("preset_id", preset_id)
-    check_optional_str("autostart_schedule", autostart_schedule)
-    check_optional_aware("next_start_at", next_start_at)
-    check_optional_delta("ttl", ttl)
+    check_claim_args(
+        now, user_id, name, preset_id, autostart_schedule, next_start_at, ttl
+    )
+
+
+def check_claim_args(  # noqa: PLR0917 - check_claim's arguments, in order
+    now: object,
+    user_id: object,
+    name: object,
+    preset_id: object,
+    autostart_schedule: object,
+    next_start_at: object,
+    ttl: object,
+) -> None:
+    """
+    :func:`check_claim`, positional. Every claim is checked twice (by the
+    claimer, then by the store), so the usual arguments are accepted by one
+    expression that implies every check below; anything else (and every
+    refusal) goes through the checks, in order, which name the argument.
+    """
+    if not (
+        _plain_now(now)
+        and type(user_id) is UUID
+        and user_id.int != _OWNER
+        and type(name) is str
+        and 0 < len(name) <= MAX_NAME_LENGTH
+        and name.isascii()
+        and "\x00" not in name
+        and type(preset_id) is UUID
+    ):
+        check_aware("now", now)
+        check_user(user_id)
+        check_str("name", name, required=True)
+        check_uuid("preset_id", preset_id)
+    if autostart_schedule is not None:
+        check_str("autostart_schedule", autostart_schedule)
+    if next_start_at is not None and not _plain_now(next_start_at):
+        check_aware("next_start_at", next_start_at)
+    if ttl is not None:
+        check_delta("ttl", ttl)
+
+
+def _plain_now(value: object) -> bool:
+    """
+    Whether *value* is a UTC datetime :func:`check_aware` accepts, by the
+    cheapest test (False says nothing: check it).
+    """
+    return (
+        type(value) is datetime
+        and value.tzinfo is _UTC
+        and MIN_DATETIME <= value <= MAX_DATETIME
+    )
 
 
 #: What StoreReconciler calls on its store.

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-from prebuilds._arguments import check_claim
+from prebuilds._arguments import check_claim_args
 from prebuilds._model import expiry_cutoff
 from prebuilds._records import PREBUILDS_OWNER_ID, Event, EventKind, Lifecycle
 from prebuilds._validate import check_int
@@ -87,7 +87,7 @@ class StoreClaimer:
         self._stamped = isinstance(store, StampedClaims)
         self._lean = self._stamped and isinstance(store, LeanClaims)
         self._lock = threading.Lock()
-        self._cache: dict[UUID, PresetFacts] = {}
+        self._cache: dict[int, PresetFacts] = {}  # by UUID.int: hashed in C
 
     def claim(
         self,
@@ -125,15 +125,16 @@ class StoreClaimer:
                 from 0 to 36,500 days (see :doc:`/limits`).
         """
         started = time.perf_counter()
-        check_claim(
-            now=now,
-            user_id=user_id,
-            name=name,
-            preset_id=preset_id,
-            autostart_schedule=autostart_schedule,
-            next_start_at=next_start_at,
-            ttl=ttl,
+        check_claim_args(
+            now, user_id, name, preset_id, autostart_schedule, next_start_at, ttl
         )
+        if self._lean:
+            # The common path, spelled out: no _Claim, no argument dict.
+            instance_id, facts = self._claim_lean(
+                preset_id, user_id, name, now, autostart_schedule, next_start_at, ttl
+            )
+            if instance_id is not None and self._events is None:
+                return instance_id
         claim = _Claim(
             preset_id=preset_id,
             user_id=user_id,
@@ -143,9 +144,10 @@ class StoreClaimer:
             next_start_at=next_start_at,
             ttl=ttl,
         )
-        instance_id, facts = (
-            self._claim_stamped(claim) if self._stamped else self._claim(claim)
-        )
+        if not self._lean:
+            instance_id, facts = (
+                self._claim_stamped(claim) if self._stamped else self._claim(claim)
+            )
         if instance_id is None:
             self._emit(EventKind.CLAIM_MISSED, claim, None, facts, started)
             raise NoClaimablePrebuildsError(preset_id)
@@ -168,40 +170,95 @@ class StoreClaimer:
         preset_id = claim.preset_id
         changed = False
         for attempt in range(self._retries + 1):
-            # A lone dict read needs no lock (it is atomic); the lock keeps
-            # a read-then-write of the cache whole. After a refusal the
-            # facts are read from the store, never from the cache: another
-            # thread's read that began before the change may have put stale
-            # facts back meanwhile.
-            facts = None if changed else self._cache.get(preset_id)
-            if facts is None or not facts.preset.is_active:
-                facts = self._read(preset_id)
+            facts = self._facts(preset_id, changed=changed)
             stamp = facts.stamp
             if stamp is None:  # the store keeps no stamp for it
                 return _id(self._store.claim(**claim.arguments(facts))), facts
             try:
-                if self._lean:
-                    return self._claim_lean(claim, facts, stamp), facts
                 return _id(
                     store.claim_if_unchanged(stamp=stamp, **claim.arguments(facts))
                 ), facts
             except PresetChangedError:
                 changed = True
-                with self._lock:
-                    if self._cache.get(preset_id) is facts:
-                        del self._cache[preset_id]
+                self._forget(preset_id, facts)
                 if attempt == self._retries:
                     raise
         raise AssertionError  # pragma: no cover - the loop returns or raises
 
-    def _claim_lean(self, claim: _Claim, facts: PresetFacts, stamp: int) -> UUID | None:
+    def _claim_lean(  # noqa: PLR0917 - a claim's arguments, in claim's order
+        self,
+        preset_id: UUID,
+        user_id: UUID,
+        name: str,
+        now: datetime,
+        autostart_schedule: str | None,
+        next_start_at: datetime | None,
+        ttl: timedelta | None,
+    ) -> tuple[UUID | None, PresetFacts]:
         """
-        ``claim_id_if_unchanged``: the lifecycle by its fields, only the ID
-        back (no Lifecycle nor Instance built per claim).
+        :meth:`_claim_stamped` with ``claim_id_if_unchanged``: the lifecycle
+        by its fields, only the ID back (no Lifecycle nor Instance built per
+        claim). What it asks is what :meth:`_Claim.fields` gives, written
+        out (it is most of a claim's Python time).
         """
-        return cast("LeanClaims", self._store).claim_id_if_unchanged(
-            stamp=stamp, **claim.fields(facts)
-        )
+        store = cast("LeanClaims", self._store)
+        changed = False
+        for attempt in range(self._retries + 1):
+            facts = self._facts(preset_id, changed=changed)
+            stamp = facts.stamp
+            if stamp is None:  # the store keeps no stamp for it
+                claim = _Claim(
+                    preset_id,
+                    user_id,
+                    name,
+                    now,
+                    autostart_schedule,
+                    next_start_at,
+                    ttl,
+                )
+                return _id(self._store.claim(**claim.arguments(facts))), facts
+            if not facts.preset.is_active:
+                raise PresetInactiveError(preset_id)
+            try:
+                return store.claim_id_if_unchanged(
+                    stamp=stamp,
+                    preset_id=preset_id,
+                    user_id=user_id,
+                    name=name,
+                    now=now,
+                    autostart_schedule=autostart_schedule,
+                    next_start_at=next_start_at,
+                    ttl=ttl if ttl is not None else facts.template.default_ttl,
+                    version_id=facts.config.template_version_id,
+                    not_before=_not_before(facts, now),
+                ), facts
+            except PresetChangedError:
+                changed = True
+                self._forget(preset_id, facts)
+                if attempt == self._retries:
+                    raise
+        raise AssertionError  # pragma: no cover - the loop returns or raises
+
+    def _facts(self, preset_id: UUID, *, changed: bool) -> PresetFacts:
+        """
+        The preset's cached facts, or a fresh read: after a refusal
+        (*changed*), and for facts that look inactive.
+        """
+        # A lone dict read needs no lock (it is atomic); the lock keeps a
+        # read-then-write of the cache whole. After a refusal the facts are
+        # read from the store, never from the cache: another thread's read
+        # that began before the change may have put stale facts back
+        # meanwhile.
+        facts = None if changed else self._cache.get(preset_id.int)
+        if facts is None or not facts.preset.is_active:
+            facts = self._read(preset_id)
+        return facts
+
+    def _forget(self, preset_id: UUID, facts: PresetFacts) -> None:
+        """Drop *facts* from the cache (a claim found them changed)."""
+        with self._lock:
+            if self._cache.get(preset_id.int) is facts:
+                del self._cache[preset_id.int]
 
     def _read(self, preset_id: UUID) -> PresetFacts:
         """The preset's facts from the store, cached when stamped."""
@@ -211,9 +268,9 @@ class StoreClaimer:
             with self._lock:
                 # Stamps only grow: a read that began before a change must
                 # not replace what a later read cached.
-                cached = self._cache.get(preset_id)
+                cached = self._cache.get(preset_id.int)
                 if cached is None or cached.stamp is None or cached.stamp <= stamp:
-                    self._cache[preset_id] = facts
+                    self._cache[preset_id.int] = facts
         return facts
 
     def _emit(

@@ -359,7 +359,7 @@ class TestRoundTrips:
                     return super().claim_if_unchanged(**kwargs)
                 except PresetChangedError:
                     # The other thread's read, begun before the change, ends now.
-                    claimer._cache[preset.id] = stale
+                    claimer._cache[preset.id.int] = stale
                     raise
 
         racing = Racing(inner)
@@ -379,7 +379,7 @@ class TestRoundTrips:
         claimer._read(preset.id)
         racing.inner = _Returning(inner, stale)
         claimer._read(preset.id)
-        assert fresh.stamp == claimer._cache[preset.id].stamp
+        assert fresh.stamp == claimer._cache[preset.id.int].stamp
 
 
 class _Returning(DelegatingStore):

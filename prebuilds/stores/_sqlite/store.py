@@ -149,8 +149,9 @@ class SQLiteStore:
         )
         self._pool = codecs.PoolDecoder()
         # The text of preset and version IDs claims name again and again
-        # (str(UUID) is a tenth of a claim's Python time).
-        self._texts: dict[UUID, str] = {}
+        # (str(UUID) is a tenth of a claim's Python time), by the UUID's
+        # int: a UUID's hash is a Python method, an int's is not.
+        self._texts: dict[int, str] = {}
         #: The last pool read: its key, its facts and the rows they came from.
         self._last_pool: (
             tuple[tuple[Any, ...], PoolFacts, tuple[list[Any], list[Any]]] | None
@@ -736,19 +737,20 @@ class SQLiteStore:
             version_id,
             not_before,
         )
-        preset = self._text(preset_id)
+        texts = self._texts
+        preset = texts.get(preset_id.int) or self._text(preset_id)
         now_us = (now - _EPOCH) // _US
         # Encoded inline, as _claim_params does: every value was checked.
         params = (
             str(user_id),
             name,
             autostart_schedule,
-            _us(next_start_at),
+            None if next_start_at is None else (next_start_at - _EPOCH) // _US,
             None if ttl is None else ttl // _US,
             now_us,
             now_us,
             preset,
-            self._text(version_id),
+            texts.get(version_id.int) or self._text(version_id),
             codecs.NO_CUTOFF if not_before is None else (not_before - _EPOCH) // _US,
             preset,
             stamp,
@@ -767,11 +769,11 @@ class SQLiteStore:
 
     def _text(self, value: UUID) -> str:
         """``str(value)``, remembered (a few thousand at most)."""
-        text = self._texts.get(value)
+        text = self._texts.get(value.int)
         if text is None:
             if len(self._texts) >= _TEXTS:
                 self._texts.clear()
-            text = self._texts[value] = str(value)
+            text = self._texts[value.int] = str(value)
         return text
 
     # -- reads -------------------------------------------------------------------------------
