@@ -1372,6 +1372,150 @@ class TestStamps:
         assert before == store.statement_count()
 
 
+def lean_claim(
+    store: PostgresStore,
+    facts: PresetFacts,
+    *,
+    now: datetime = T0,
+    ttl: timedelta | None = None,
+    autostart_schedule: str | None = None,
+    next_start_at: datetime | None = None,
+    not_before: datetime | None = None,
+) -> uuid.UUID | None:
+    """A lean claim (claim_id_if_unchanged) against *facts*."""
+    assert facts.stamp is not None
+    return store.claim_id_if_unchanged(
+        stamp=facts.stamp,
+        preset_id=facts.config.id,
+        user_id=uuid.uuid4(),
+        name="mine",
+        now=now,
+        autostart_schedule=autostart_schedule,
+        next_start_at=next_start_at,
+        ttl=ttl,
+        version_id=facts.config.template_version_id,
+        not_before=not_before,
+    )
+
+
+class TestLeanClaim:
+    """claim_id_if_unchanged, sent through libpq with its own binary codecs."""
+
+    @pytest.mark.parametrize("source", ["pool", "connect"])
+    def test_what_a_lean_claim_binds_is_what_the_row_holds(
+        self,
+        postgres_dsn: str,
+        make_postgres_store: PostgresStoreFactory,
+        source: str,
+    ) -> None:
+        """
+        Each bound field reads back exact (an instant given in another
+        offset, an interval of days, seconds and microseconds), from a pooled
+        connection (a prepared statement) or a connection per call.
+        """
+        schema = fresh_schema_name()
+        make_postgres_store(schema=schema, migrate=source == "connect").close()
+        store = (
+            PostgresStore(postgres_dsn, schema=schema)
+            if source == "pool"
+            else PostgresStore(
+                connect=lambda: psycopg.connect(postgres_dsn), schema=schema
+            )
+        )
+        with store:
+            _, config = seed(store)
+            bulk_ready(store, 2)
+            facts = store.read_preset(config.id)
+            east = timezone(timedelta(hours=5, minutes=30))
+            now = datetime(2024, 3, 1, 12, 0, 0, 123456, tzinfo=east)
+            ttl = timedelta(days=2, seconds=7, microseconds=9)
+            starts = datetime(2024, 3, 2, 9, tzinfo=timezone.utc)
+            claimed = lean_claim(
+                store,
+                facts,
+                now=now,
+                ttl=ttl,
+                autostart_schedule="0 9 * * 1-5",
+                next_start_at=starts,
+                not_before=T0 - timedelta(days=1),
+            )
+            assert claimed is not None
+            instance = store.get_instance(claimed)
+
+        assert "mine" == instance.name
+        assert now == instance.claimed_at
+        assert (
+            Lifecycle(
+                autostart_schedule="0 9 * * 1-5",
+                next_start_at=starts,
+                ttl=ttl,
+                last_used_at=now,
+            )
+            == instance.lifecycle
+        )
+
+    def test_a_deallocated_statement_is_prepared_again(
+        self, one_connection: tuple[PostgresStore, psycopg_pool.ConnectionPool[Any]]
+    ) -> None:
+        """
+        A host that deallocates its connection's statements (``DISCARD
+        ALL``) between claims costs the next claim a new ``PREPARE``, not an
+        error.
+        """
+        store, pool = one_connection
+        _, config = seed(store)
+        bulk_ready(store, 2)
+        facts = store.read_preset(config.id)
+        first = lean_claim(store, facts)
+        with pool.connection() as conn:  # the store's only connection
+            conn.autocommit = True
+            conn.execute("DISCARD ALL")
+
+        second = lean_claim(store, facts)
+
+        assert first is not None
+        assert second is not None
+        assert first != second
+        assert lean_claim(store, facts) is None
+
+    def test_a_failed_lean_claim_gives_its_connection_back(
+        self, one_connection: tuple[PostgresStore, psycopg_pool.ConnectionPool[Any]]
+    ) -> None:
+        """
+        A lean claim the server refuses raises StoreError (its cause the
+        driver's error) and leaves the pool's only connection usable.
+        """
+        store, _ = one_connection
+        _, config = seed(store)
+        bulk_ready(store, 2)
+        facts = store.read_preset(config.id)
+        assert lean_claim(store, facts) is not None
+        raw(store, "ALTER TABLE {s}.instances RENAME TO moved")
+
+        with pytest.raises(StoreError) as e:
+            lean_claim(store, facts)
+
+        assert isinstance(e.value.__cause__, psycopg.Error)
+        raw(store, 'ALTER TABLE {s}.moved RENAME TO "instances"')
+        assert lean_claim(store, facts) is not None
+        assert lean_claim(store, facts) is None
+
+    def test_a_changed_preset_is_refused(self, store: PostgresStore) -> None:
+        """A stale stamp, or a preset that is gone, is PresetChangedError."""
+        _, config = seed(store)
+        bulk_ready(store, 1)
+        facts = store.read_preset(config.id)
+        store.put_preset(config)
+
+        with pytest.raises(PresetChangedError):
+            lean_claim(store, facts)
+        with pytest.raises(PresetChangedError):
+            lean_claim(
+                store, attrs.evolve(facts, config=attrs.evolve(config, id=uuid.uuid4()))
+            )
+        assert lean_claim(store, store.read_preset(config.id)) is not None
+
+
 class TestRoundTrips:
     @pytest.mark.parametrize(
         "ttl",
