@@ -1506,6 +1506,35 @@ class TestLeanClaim:
             == instance.lifecycle
         )
 
+    def test_a_name_is_sent_in_the_connection_encoding(
+        self, postgres_dsn: str, make_postgres_store: PostgresStoreFactory
+    ) -> None:
+        """A name outside ASCII reads back the same over a LATIN1 connection."""
+        schema = fresh_schema_name()
+        make_postgres_store(schema=schema).close()
+        with PostgresStore(
+            connect=lambda: psycopg.connect(postgres_dsn, client_encoding="LATIN1"),
+            schema=schema,
+        ) as store:
+            _, config = seed(store)
+            bulk_ready(store, 1)
+            facts = store.read_preset(config.id)
+            assert facts.stamp is not None
+            claimed = store.claim_id_if_unchanged(
+                stamp=facts.stamp,
+                preset_id=config.id,
+                user_id=uuid.uuid4(),
+                name="café",
+                now=T0,
+                autostart_schedule=None,
+                next_start_at=None,
+                ttl=None,
+                version_id=config.template_version_id,
+                not_before=None,
+            )
+            assert claimed is not None
+            assert "café" == store.get_instance(claimed).name
+
     def test_a_deallocated_statement_is_prepared_again(
         self, one_connection: tuple[PostgresStore, psycopg_pool.ConnectionPool[Any]]
     ) -> None:

@@ -314,7 +314,9 @@ def _exec_prepared(
         psycopg.Error: the server or the connection failed.
     """
     pgconn = conn.pgconn
-    encoding = conn.info.encoding
+    # conn.info.encoding maps the server's name for it each time (~1.5 µs).
+    utf8 = pgconn.parameter_status(b"client_encoding") == b"UTF8"
+    encoding = "utf-8" if utf8 else conn.info.encoding
     params = list(values)
     for i in _TEXT:
         if params[i] is not None:
