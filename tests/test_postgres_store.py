@@ -1559,6 +1559,41 @@ class TestLeanClaim:
         assert first != second
         assert lean_claim(store, facts) is None
 
+    def test_statements_dropped_again_and_again_go_unnamed(
+        self, one_connection: tuple[PostgresStore, psycopg_pool.ConnectionPool[Any]]
+    ) -> None:
+        """
+        On a connection whose statements a host keeps deallocating, the claim
+        stops preparing (after the second time) and is sent unnamed: one
+        round trip, not a failed execute and a new PREPARE every time.
+        """
+        store, pool = one_connection
+        _, config = seed(store)
+        bulk_ready(store, 5)
+        facts = store.read_preset(config.id)
+
+        def prepared() -> list[str]:
+            with pool.connection() as conn:  # the store's only connection
+                conn.autocommit = True
+                rows = conn.execute(
+                    "SELECT name FROM pg_prepared_statements"
+                    " WHERE name LIKE 'prebuilds%'"
+                ).fetchall()
+                conn.execute("DISCARD ALL")
+            return [row[0] for row in rows]
+
+        claimed = [lean_claim(store, facts)]
+        assert len(prepared()) == 1  # then dropped
+        claimed.append(lean_claim(store, facts))
+        assert len(prepared()) == 1  # prepared again, dropped again
+        claimed.append(lean_claim(store, facts))  # found dropped a second time
+        assert len(prepared()) == 1
+        claimed.append(lean_claim(store, facts))
+
+        assert [] == prepared()
+        assert None not in claimed
+        assert len(set(claimed)) == 4
+
     def test_a_failed_lean_claim_gives_its_connection_back(
         self, one_connection: tuple[PostgresStore, psycopg_pool.ConnectionPool[Any]]
     ) -> None:

@@ -246,6 +246,8 @@ _INTERVAL = struct.Struct(">qii")
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
 _NO_SUCH_STATEMENT = b"26000"  # invalid_sql_statement_name: deallocated
+_DUPLICATE_STATEMENT = b"42P05"  # duplicate_prepared_statement
+_UNNAMED_AFTER = 2  # times a connection's statements were found dropped
 _names: dict[str, bytes] = {}
 
 
@@ -308,7 +310,8 @@ def _exec_prepared(
     sent the statement unnamed, one round trip either way).
 
     A statement deallocated behind the store's back (a host's
-    ``DISCARD ALL``) is prepared again.
+    ``DISCARD ALL``) is prepared again, and on a connection where that
+    keeps happening the statement is sent unnamed (:class:`_Prepared`).
 
     Raises:
         psycopg.Error: the server or the connection failed.
@@ -321,7 +324,12 @@ def _exec_prepared(
     for i in _TEXT:
         if params[i] is not None:
             params[i] = params[i].encode(encoding)
-    if not pooled:
+    state: _Prepared | None = getattr(conn, _PREPARED, None) if pooled else None
+    if state is None and pooled:
+        state = _Prepared()
+        with suppress(AttributeError):  # a connection class without __dict__
+            setattr(conn, _PREPARED, state)
+    if state is None or state.dropped >= _UNNAMED_AFTER:
         return _checked(
             conn,
             pgconn.exec_params(
@@ -329,25 +337,41 @@ def _exec_prepared(
             ),
         )
     name = _statement_name(sql)
-    prepared: set[bytes] | None = getattr(conn, _PREPARED, None)
-    if prepared is None:
-        prepared = set()
-        with suppress(AttributeError):  # a connection class without __dict__
-            setattr(conn, _PREPARED, prepared)
     for attempt in range(2):
-        if name not in prepared:
-            _checked(conn, pgconn.prepare(name, sql.encode(), _LEAN_TYPES))
-            prepared.add(name)
+        if name not in state.names:
+            result = pgconn.prepare(name, sql.encode(), _LEAN_TYPES)
+            if _sqlstate(result) != _DUPLICATE_STATEMENT:
+                _checked(conn, result)
+            state.names.add(name)
         result = pgconn.exec_prepared(name, params, _LEAN_FORMATS, result_format=1)
-        if (
-            attempt == 0
-            and result.status == pq.ExecStatus.FATAL_ERROR
-            and result.error_field(pq.DiagnosticField.SQLSTATE) == _NO_SUCH_STATEMENT
-        ):
-            prepared.discard(name)
+        if attempt == 0 and _sqlstate(result) == _NO_SUCH_STATEMENT:
+            state.names.clear()
+            state.dropped += 1
             continue
         break
     return _checked(conn, result)
+
+
+class _Prepared:
+    """
+    What was prepared on one connection: the statements' names, and how
+    many times they were found dropped (a host whose pool resets its
+    connections with ``DISCARD ALL`` would cost every claim three round
+    trips: after the second time, that connection's claims go unnamed).
+    """
+
+    __slots__ = ("dropped", "names")
+
+    def __init__(self) -> None:
+        self.names: set[bytes] = set()
+        self.dropped = 0
+
+
+def _sqlstate(result: pq.abc.PGresult) -> bytes | None:
+    """*result*'s SQLSTATE if it is an error, else None."""
+    if result.status != pq.ExecStatus.FATAL_ERROR:
+        return None
+    return result.error_field(pq.DiagnosticField.SQLSTATE)
 
 
 def _checked(conn: Connection, result: pq.abc.PGresult) -> pq.abc.PGresult:
