@@ -10,7 +10,7 @@ import time
 
 from collections import Counter
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -45,6 +45,7 @@ from prebuilds.exceptions import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Set as AbstractSet
     from uuid import UUID
 
     from prebuilds._model import GlobalSnapshot
@@ -228,6 +229,15 @@ def _until(
     # the look-back stays out): counting it would make the plan stale at
     # once, and worked out again on every pass.
     return min((end for end in ends if end >= at), default=None)
+
+
+#: Failed pooled instances, their count per preset, their failed builds
+#: ((instance ID, transition) -> preset ID).
+_Failed = tuple[
+    list["PooledInstance"], dict["UUID", int], dict[tuple["UUID", Transition], "UUID"]
+]
+#: Ready pooled instances, and the same by their IDs' ints.
+_Ready = tuple[list["PooledInstance"], dict[int, "PooledInstance"]]
 
 
 @attrs.frozen
@@ -427,6 +437,9 @@ class StoreReconciler:
             None
         )
         self._pool: Workers | None = None
+        #: The last read's failed instances (with their count per preset and
+        #: their failed builds) and ready ones (by their IDs' ints).
+        self._tallies: tuple[_Failed, _Ready] = (([], {}, {}), ([], {}))
         self._last_errors: dict[UUID, str] = {}
         self._fresh_errors: set[UUID] = set()  # met since the last pass ended
         self._names: dict[UUID, tuple[str, str, UUID | None]] = {}
@@ -434,7 +447,14 @@ class StoreReconciler:
         self._memory_lock = threading.Lock()
         # Failed builds already reported (None: learn them silently on the
         # next leading pass, so a new leader does not report them again).
-        self._failed_seen: set[tuple[UUID, Transition]] | None = None
+        self._failed_seen: AbstractSet[tuple[UUID, Transition]] | None = None
+        # The last view's failed builds, and their keys as a set.
+        self._failed_keys: (
+            tuple[
+                dict[tuple[UUID, Transition], UUID], frozenset[tuple[UUID, Transition]]
+            ]
+            | None
+        ) = None
         self._failed_reported: set[tuple[UUID, Transition]] = set()
 
     # -- loop ------------------------------------------------------------------
@@ -537,34 +557,37 @@ class StoreReconciler:
         ``stats.presets_failed``.
         """
         started = time.perf_counter()
-        stats = ReconcileStats()
+        # The stats' fields, made into ReconcileStats once at the end.
+        fields: dict[str, Any] = {}
         now = self._clock.now()
         try:
             with self._store.leader() as lease:
-                stats = attrs.evolve(stats, leader=bool(lease))
+                fields["leader"] = bool(lease)
                 if lease:
-                    stats = self._pass(stats, _Pass(now, lease))
+                    self._pass(fields, _Pass(now, lease))
         except LeadershipLostError as e:  # another replica leads now
             self.pass_errors += 1
             log.warning("prebuilds reconciliation pass stopped: %s", e)
             self._emit(EventKind.LEADERSHIP_LOST, at=now, detail=repr(e))
-            stats = attrs.evolve(stats, error=repr(e))
+            fields["error"] = repr(e)
         except Exception as e:  # the loop must survive anything
             self.pass_errors += 1
             log.exception("prebuilds reconciliation pass failed")
             self._emit(EventKind.PASS_ERROR, at=now, detail=repr(e))
-            stats = attrs.evolve(stats, error=repr(e))
-        stats = attrs.evolve(
-            stats, elapsed=timedelta(seconds=time.perf_counter() - started)
+            fields["error"] = repr(e)
+        stats = ReconcileStats(
+            elapsed=timedelta(seconds=time.perf_counter() - started), **fields
         )
         self._pass_finished(stats)
         return stats
 
-    def _pass(self, stats: ReconcileStats, run: _Pass) -> ReconcileStats:
+    def _pass(self, fields: dict[str, Any], run: _Pass) -> None:
+        """One leading pass; what it did goes into *fields* (ReconcileStats')."""
         now = run.now
         if self._store.is_paused():
             self._observe(self._read(now), now, paused=True)
-            return attrs.evolve(stats, paused=True)
+            fields["paused"] = True
+            return
         # The facts come first: a store may read them through a transaction
         # opened with the leader scope (PostgreSQL), which would not see the
         # stuck builds failed below. They are replaced from the next pass on,
@@ -601,16 +624,14 @@ class StoreReconciler:
         else:
             results = self._in_parallel(busy, run)
         self._observe(view, now, paused=False)
-        return attrs.evolve(
-            stats,
-            presets_total=len(view.plans) + len(view.invalid_presets),
-            presets_reconciled=len(todo),
-            presets_failed=sum(r.failed for r in results),
-            presets_invalid=len(view.invalid_presets),
-            created=sum(r.created for r in results),
-            deleted=sum(r.deleted for r in results),
-            canceled=sum(r.canceled for r in results),
-        )
+        fields["presets_total"] = len(view.plans) + len(view.invalid_presets)
+        fields["presets_reconciled"] = len(todo)
+        fields["presets_invalid"] = len(view.invalid_presets)
+        if results:
+            fields["presets_failed"] = sum(r.failed for r in results)
+            fields["created"] = sum(r.created for r in results)
+            fields["deleted"] = sum(r.deleted for r in results)
+            fields["canceled"] = sum(r.canceled for r in results)
 
     def _in_parallel(self, plans: tuple[_Plan, ...], run: _Pass) -> list[_PresetResult]:
         """
@@ -705,29 +726,7 @@ class StoreReconciler:
             if until is None or now < until:
                 return last[3]
         templates = {f.template.id: f.template for f in facts.presets}
-        # Keyed by the IDs' ints: a UUID hashes in Python, an int in C, and
-        # this runs for every pooled instance whenever anything changed.
-        by_preset: dict[int, list[PooledInstance]] = {}
-        failed_kept: Counter[UUID] = Counter()
-        failed: dict[tuple[UUID, Transition], UUID] = {}
-        ready: dict[int, PooledInstance] = {}
-        for instance in facts.instances:
-            preset_key = instance.preset_id.int
-            mine = by_preset.get(preset_key)
-            if mine is None:
-                by_preset[preset_key] = [instance]
-            else:
-                mine.append(instance)
-            status = instance.latest_status
-            if status is BuildStatus.FAILED:
-                failed_kept[instance.preset_id] += 1
-                failed[instance.id, instance.latest_transition] = instance.preset_id
-            elif (
-                instance.ready
-                and status is BuildStatus.SUCCEEDED
-                and instance.latest_transition is Transition.START
-            ):
-                ready[instance.id.int] = instance
+        by_preset, (_, failed_kept, failed), (_, ready) = self._tally(facts)
         known, plans = self._plans, {}
         for preset_facts in sorted(facts.presets, key=lambda f: f.config.id.int):
             preset_id = preset_facts.config.id
@@ -748,13 +747,55 @@ class StoreReconciler:
             plans=tuple(plans.values()),
             invalid_presets=facts.invalid_presets,
             template_names={t.id: t.name for t in templates.values()},
-            failed_kept=dict(failed_kept),
+            failed_kept=failed_kept,
             failed=failed,
             ready=ready,
         )
         ends = [plan.until for plan in view.plans if plan.until is not None]
         self._last_read = (facts, now, min(ends, default=None), view)
         return view
+
+    def _tally(
+        self, facts: PoolFacts
+    ) -> tuple[dict[int, list[PooledInstance]], _Failed, _Ready]:
+        """
+        The pooled instances of *facts* by their preset's ID's int, the
+        failed ones and the ready ones; the last read's tallies again if the
+        same instances fail or are ready (a store reuses the records of
+        unchanged rows), which later steps recognise by identity.
+        """
+        # Keyed by the IDs' ints: a UUID hashes in Python, an int in C, and
+        # this runs for every pooled instance whenever anything changed.
+        by_preset: dict[int, list[PooledInstance]] = {}
+        failed_list: list[PooledInstance] = []
+        ready_list: list[PooledInstance] = []
+        for instance in facts.instances:
+            preset_key = instance.preset_id.int
+            mine = by_preset.get(preset_key)
+            if mine is None:
+                by_preset[preset_key] = [instance]
+            else:
+                mine.append(instance)
+            status = instance.latest_status
+            if status is BuildStatus.FAILED:
+                failed_list.append(instance)
+            elif (
+                instance.ready
+                and status is BuildStatus.SUCCEEDED
+                and instance.latest_transition is Transition.START
+            ):
+                ready_list.append(instance)
+        # The same instances (a store reuses the records of unchanged rows)
+        # as the last read's: the same tallies, which later steps recognise.
+        last_failed, last_ready = self._tallies
+        if failed_list != last_failed[0]:
+            failed_kept = Counter(i.preset_id for i in failed_list)
+            failed = {(i.id, i.latest_transition): i.preset_id for i in failed_list}
+            last_failed = (failed_list, dict(failed_kept), failed)
+        if ready_list != last_ready[0]:
+            last_ready = (ready_list, {i.id.int: i for i in ready_list})
+        self._tallies = (last_failed, last_ready)
+        return by_preset, last_failed, last_ready
 
     def _plan(
         self,
@@ -827,12 +868,18 @@ class StoreReconciler:
         End of a leading pass: keep its statuses, and report the builds
         that failed since the last pass.
         """
+        failed = view.failed
+        known = self._failed_keys
+        if known is None or known[0] is not failed:  # not the last pass's view
+            known = self._failed_keys = (failed, frozenset(failed))
         with self._memory_lock:
             reported, self._failed_reported = self._failed_reported, set()
             seen = self._failed_seen
-            self._failed_seen = set(view.failed) | reported
-        if seen is not None:  # the first leading pass learns them silently
-            for key in sorted(view.failed.keys() - seen - reported):
+            self._failed_seen = known[1] | reported if reported else known[1]
+        # The first leading pass learns them silently; the same view as the
+        # last pass's, with nothing reported since, has nothing new.
+        if seen is not None and seen is not known[1]:
+            for key in sorted(failed.keys() - seen - reported):
                 instance_id, transition = key
                 self._emit(
                     EventKind.FAILED,

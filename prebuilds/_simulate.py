@@ -190,8 +190,8 @@ def simulate(
             created += stats.created
             deleted += stats.deleted
             now = clock.now()
-            for preset in presets:
-                if rng.random() < _demand(preset, now):
+            for preset, chance in zip(presets, _demands(presets, now), strict=True):
+                if rng.random() < chance:
                     try:
                         claimer.claim(
                             now=now,
@@ -221,11 +221,12 @@ def simulate(
     )
 
 
-def _demand(preset: PresetConfig, now: datetime) -> float:
-    """Chance per step that a user asks for *preset*: busy in office hours."""
+def _demands(presets: list[PresetConfig], now: datetime) -> list[float]:
+    """Chance per step that a user asks for each preset: busy in office hours."""
     local_hour = (now + timedelta(hours=2)).hour
     busy = 8 <= local_hour < 18  # noqa: PLR2004
-    return (0.6 if busy else 0.02) if preset.name.startswith("small") else 0.03
+    small = 0.6 if busy else 0.02
+    return [small if p.name.startswith("small") else 0.03 for p in presets]
 
 
 def _sample(

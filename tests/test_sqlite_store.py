@@ -40,6 +40,7 @@ from prebuilds import (
     InvalidInputError,
     LeadershipLostError,
     Lifecycle,
+    NoClaimablePrebuildsError,
     PrebuildSchedule,
     PresetChangedError,
     PresetConfig,
@@ -743,12 +744,15 @@ class TestReadPool:
             facts = store.read_pool()
             assert len(facts.presets) == presets + 1
             assert len(facts.instances) == 3
-            store.set_paused(False)  # a write: the next read reads the rows again
+            # A write to the pool's tables: the next read reads the rows again.
+            store.invalidate_preset(facts.presets[0].config.id, at=T0)
             counts.append(self.statements_per_read(store))
             counts.append(self.statements_per_read(store))
-        # data_version, BEGIN, presets with templates, instances, COMMIT; with
-        # nothing committed since: data_version alone.
-        assert counts == [5, 1, 5, 1]
+            store.set_paused(False)  # a commit that leaves the pool alone
+            counts.append(self.statements_per_read(store))
+        # The key, BEGIN, presets with templates, instances, COMMIT; with
+        # the pool's tables unchanged since: the key alone.
+        assert counts == [5, 1, 1, 5, 1, 1]
 
     def test_a_read_sees_every_commit_since_the_last(
         self, open_store: OpenStore, tmp_path: Path
@@ -804,10 +808,88 @@ class TestReadPool:
             i for i in ids if i != claimed
         ]
 
+    @pytest.mark.parametrize("where", ["file", "memory"])
+    def test_a_connections_first_read_costs_the_same(
+        self, open_store: OpenStore, tmp_path: Path, where: str
+    ) -> None:
+        """Setting a connection's triggers up is not counted, as its pragmas are not."""
+        store = open_store(tmp_path / "pool.sqlite3" if where == "file" else ":memory:")
+        ready_pool(store, 2)
+        assert self.statements_per_read(store) == 5
+        counts: list[int] = []
+        worker = threading.Thread(  # on a file, another connection
+            target=lambda: counts.append(self.statements_per_read(store))
+        )
+        worker.start()
+        worker.join(WAIT)
+        assert counts == [5 if where == "file" else 1]
+
+    @pytest.mark.parametrize("where", ["file", "memory"])
+    def test_commits_that_leave_the_pool_alone_do_not_read_it_again(
+        self, open_store: OpenStore, tmp_path: Path, where: str
+    ) -> None:
+        """
+        The leader lease, pausing and claims that found nothing commit on
+        the reading connection without touching the pool's tables: the
+        next read is the key alone, with the same facts; a claim that took
+        an instance is read.
+        """
+        store = open_store(tmp_path / "pool.sqlite3" if where == "file" else ":memory:")
+        preset_id, _ = ready_pool(store, 1)
+        first = store.read_pool()
+        claimer = StoreClaimer(store)
+        at = T0 + timedelta(minutes=10)
+        claimer.claim(now=at, user_id=uuid.uuid4(), name="a", preset_id=preset_id)
+        second = store.read_pool()
+        assert len(first.instances) == 1
+        assert second.instances == ()
+        with store.leader() as lease:
+            assert lease
+        store.set_paused(True)
+        with pytest.raises(NoClaimablePrebuildsError):
+            claimer.claim(now=at, user_id=uuid.uuid4(), name="b", preset_id=preset_id)
+        assert claim_one(store, preset_id, uuid.uuid4()) is None
+        assert self.statements_per_read(store) == 1
+        assert store.read_pool() is second
+
+    def test_a_write_of_another_thread_in_memory_is_read(
+        self, open_store: OpenStore
+    ) -> None:
+        """In memory every thread shares the one connection: its triggers count them all."""
+        store = open_store(":memory:")
+        preset_id, ids = ready_pool(store, 2)
+        assert len(store.read_pool().instances) == 2
+        worker = threading.Thread(
+            target=lambda: claim_one(store, preset_id, uuid.uuid4())
+        )
+        worker.start()
+        worker.join(WAIT)
+        assert [i.id for i in store.read_pool().instances] == ids[1:]
+
+    def test_triggers_lost_are_made_again(
+        self, open_store: OpenStore, path: Path
+    ) -> None:
+        """
+        A pool table that another connection dropped and made again takes
+        this connection's triggers with it: the read after that commit sets
+        them up again, and later writes are read as before.
+        """
+        store, other = open_store(path), open_store(path)
+        preset_id, ids = ready_pool(store, 2)
+        first = store.read_pool()
+        conn = store._db.handle().conn
+        conn.execute("DROP TRIGGER temp.prebuilds_instances_update_watch")
+        other.set_paused(False)  # stands for the other connection's DDL
+        assert store.read_pool().instances == first.instances
+        assert claim_one(store, preset_id, uuid.uuid4()) is not None
+        assert [i.id for i in store.read_pool().instances] == ids[1:]
+
     def test_read_pool_is_one_read_transaction(self, open_store: OpenStore) -> None:
         """Every query of a pool read runs between one BEGIN and its COMMIT, after the data_version that keys it."""
         store = open_store()
-        ready_pool(store, 2)
+        preset_id, _ = ready_pool(store, 2)
+        store.read_pool()  # the connection's first read also sets its triggers up
+        store.invalidate_preset(preset_id, at=T0)
         seen: list[str] = []
         conn = store._db.handle().conn
         conn.set_trace_callback(seen.append)
@@ -815,7 +897,10 @@ class TestReadPool:
             store.read_pool()
         finally:
             conn.set_trace_callback(None)
-        assert seen[:2] == ["PRAGMA data_version", "BEGIN"]
+        # SQLite traces the pragma the key reads as a sub-statement ("--").
+        seen = [s for s in seen if not s.startswith("--")]
+        assert seen[0].split() == sql.POOL_KEY.split()
+        assert seen[1] == "BEGIN"
         assert seen[-1] == "COMMIT"
         assert not any(s.startswith(("BEGIN", "COMMIT")) for s in seen[2:-1])
         assert len(seen) == 5

@@ -29,7 +29,7 @@ from prebuilds.exceptions import InvalidInputError, LeadershipLostError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-    from datetime import datetime, timedelta
+    from datetime import datetime
     from uuid import UUID
 
     from prebuilds._records import Template
@@ -107,42 +107,26 @@ def decode_enum(kind: type[_E], field: str, raw: object) -> _E:
 
 def preset_facts(
     *,
-    id: UUID,  # noqa: A002
-    template_id: UUID,
-    template_version_id: UUID,
-    desired_instances: int,
-    name: str,
-    ttl: timedelta | None,
-    scheduling_timezone: str,
-    schedules: Any,
-    parameters: Any,
     template: Template,
     status: object,
     last_invalidated_at: datetime | None,
     stamp: int | None,
+    schedules: Any,
+    parameters: Any,
+    **config: Any,
 ) -> PresetFacts:
     """
-    A stored preset's facts, from its columns (the JSON ones as text, decoded
-    JSON or records) and its template; the calculator's view is built too, so
-    a preset it could not take is refused here.
+    A stored preset's facts, from its columns (*config*: the other fields of
+    ``PresetConfig``; the JSON ones as text, decoded JSON or
+    records) and its template; the calculator's view is built too, so a preset
+    it could not take is refused here.
     """
     if isinstance(schedules, (str, bytes, list)):
         schedules = decode_schedules(schedules)
     if isinstance(parameters, (str, bytes, list)):
         parameters = decode_parameters(parameters)
-    config = PresetConfig(
-        id=id,
-        template_id=template_id,
-        template_version_id=template_version_id,
-        desired_instances=desired_instances,
-        name=name,
-        ttl=ttl,
-        scheduling_timezone=scheduling_timezone,
-        schedules=schedules,
-        parameters=parameters,
-    )
     facts = PresetFacts(
-        config=config,
+        config=PresetConfig(schedules=schedules, parameters=parameters, **config),
         template=template,
         status=decode_enum(PresetStatus, "status", status),
         last_invalidated_at=last_invalidated_at,
@@ -163,34 +147,17 @@ def invalid_preset(preset_id: UUID, error: InvalidInputError) -> InvalidPreset:
 
 
 def pooled_instance(
-    *,
-    id: UUID,  # noqa: A002
-    preset_id: UUID,
-    template_id: UUID,
-    template_version_id: UUID,
-    name: str,
-    created_at: datetime,
-    ready: object,
-    latest_build_id: UUID,
-    latest_transition: object,
-    latest_status: object,
-    latest_number: int,
-    latest_created_at: datetime,
+    *, ready: object, latest_transition: object, latest_status: object, **fields: Any
 ) -> PooledInstance:
-    """A pooled instance with its latest build (*ready*: a bool or 0/1)."""
+    """
+    A pooled instance with its latest build (*fields*: the other fields of
+    ``PooledInstance``; *ready*: a bool or 0/1).
+    """
     return PooledInstance(
-        id=id,
-        preset_id=preset_id,
-        template_id=template_id,
-        template_version_id=template_version_id,
-        name=name,
-        created_at=created_at,
         ready=bool(ready),
-        latest_build_id=latest_build_id,
         latest_transition=decode_enum(Transition, "transition", latest_transition),
         latest_status=decode_enum(BuildStatus, "status", latest_status),
-        latest_number=latest_number,
-        latest_created_at=latest_created_at,
+        **fields,
     )
 
 
@@ -228,30 +195,18 @@ def claimed_instance(
 
 
 def build_request(
-    *,
-    build_id: UUID,
-    instance_id: UUID,
-    preset_id: UUID,
-    template_id: UUID,
-    template_version_id: UUID,
-    transition: object,
-    name: str,
-    parameters: Any = (),
-    orphan: bool = False,
+    *, transition: object, parameters: Any = (), **fields: Any
 ) -> BuildRequest:
-    """What the provisioner is asked to do (*parameters*: JSON column or pairs)."""
+    """
+    What the provisioner is asked to do (*fields*: the other fields of
+    ``BuildRequest``; *parameters*: the JSON column or pairs).
+    """
     if isinstance(parameters, (str, bytes, list)):
         parameters = decode_parameters(parameters)
     return BuildRequest(
-        build_id=build_id,
-        instance_id=instance_id,
-        preset_id=preset_id,
-        template_id=template_id,
-        template_version_id=template_version_id,
         transition=decode_enum(Transition, "transition", transition),
-        name=name,
         parameters=parameters,
-        orphan=orphan,
+        **fields,
     )
 
 

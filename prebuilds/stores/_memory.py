@@ -27,7 +27,7 @@ from prebuilds._arguments import (
 )
 from prebuilds._clock import SystemClock
 from prebuilds._model import PresetStatus, Transition
-from prebuilds._pool import PoolFacts, PresetFacts
+from prebuilds._pool import PooledInstance, PoolFacts, PresetFacts
 from prebuilds._records import (
     PREBUILDS_OWNER_ID,
     Build,
@@ -41,6 +41,7 @@ from prebuilds._records import (
 )
 from prebuilds._validate import (
     check_bool,
+    check_delta,
     check_instance,
     check_optional_uuid,
     check_uuid,
@@ -59,7 +60,6 @@ from prebuilds.stores._common import (
     invalid_preset,
     lost,
     parameters_json,
-    pooled_instance,
     preset_facts,
     schedules_json,
 )
@@ -70,10 +70,14 @@ if TYPE_CHECKING:
     from uuid import UUID
 
     from prebuilds._model import InvalidPreset
-    from prebuilds._pool import PooledInstance
     from prebuilds.interfaces import Clock
 
 _UTC = timezone.utc
+#: What a pooled instance's facts take from the instance (the rest: its latest build).
+_POOLED_FIELDS = (
+    *("id", "preset_id", "template_id", "template_version_id", "name", "created_at"),
+    "ready",
+)
 
 
 @attrs.define
@@ -111,10 +115,7 @@ class MemoryStore:
         self, *, clock: Clock | None = None, lease_ttl: timedelta | None = None
     ) -> None:
         if lease_ttl is not None:
-            if not isinstance(lease_ttl, timedelta):
-                raise InvalidInputError("lease_ttl", lease_ttl, "must be a timedelta")
-            if lease_ttl <= timedelta(0):
-                raise InvalidInputError("lease_ttl", lease_ttl, "must be > 0")
+            check_delta("lease_ttl", lease_ttl, positive=True)
         self._lock = threading.RLock()
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._lease_ttl = lease_ttl
@@ -628,14 +629,8 @@ class MemoryStore:
 
     def _pooled(self, instance: Instance) -> PooledInstance:
         latest = self._builds[self._builds_of[instance.id][-1]]
-        return pooled_instance(
-            id=instance.id,
-            preset_id=instance.preset_id,
-            template_id=instance.template_id,
-            template_version_id=instance.template_version_id,
-            name=instance.name,
-            created_at=instance.created_at,
-            ready=instance.ready,
+        return PooledInstance(
+            **{name: getattr(instance, name) for name in _POOLED_FIELDS},
             latest_build_id=latest.id,
             latest_transition=latest.transition,
             latest_status=latest.status,

@@ -6,11 +6,20 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any, Generic, TypeVar
 
+import attrs
+
 from psycopg.types.json import Jsonb
 
 from prebuilds._model import InvalidPreset, Transition
 from prebuilds._pool import PooledInstance, PresetFacts
-from prebuilds._records import Build, BuildStatus, Instance, Lifecycle, Template
+from prebuilds._records import (
+    Build,
+    BuildStatus,
+    Instance,
+    Lifecycle,
+    PresetConfig,
+    Template,
+)
 from prebuilds.exceptions import InvalidInputError
 from prebuilds.stores import _common as common
 from prebuilds.stores._postgres import sql
@@ -18,6 +27,13 @@ from prebuilds.stores._postgres import sql
 
 _UTC = timezone.utc
 _T = TypeVar("_T")
+#: The columns of ``sql._PRESET_COLUMNS`` before the template's, and of
+#: ``POOL_INSTANCES``: named as the fields they are read into.
+_PRESET = (
+    *(f.name for f in attrs.fields(PresetConfig)),
+    *("status", "last_invalidated_at", "stamp"),
+)
+_POOL = tuple(f.name for f in attrs.fields(PooledInstance))
 
 
 def utc(value: datetime) -> datetime:
@@ -25,14 +41,12 @@ def utc(value: datetime) -> datetime:
     return value.astimezone(_UTC)
 
 
-def utc_opt(value: Any) -> Any:
-    """A datetime in UTC; any other value (None included) as it is."""
-    return value.astimezone(_UTC) if isinstance(value, datetime) else value
-
-
 def _named(columns: tuple[str, ...], row: Sequence[Any]) -> dict[str, Any]:
     """*row*'s values by column name, datetimes in UTC."""
-    return {name: utc_opt(value) for name, value in zip(columns, row, strict=True)}
+    return {
+        name: value.astimezone(_UTC) if isinstance(value, datetime) else value
+        for name, value in zip(columns, row, strict=True)
+    }
 
 
 def jsonb(value: list[list[Any]]) -> Jsonb:
@@ -52,20 +66,9 @@ def preset_facts(row: Sequence[Any]) -> PresetFacts:
     Raises:
         InvalidInputError: the stored preset is not valid.
     """
+    split = len(_PRESET)
     return common.preset_facts(
-        id=row[0],
-        template_id=row[1],
-        template_version_id=row[2],
-        desired_instances=row[3],
-        name=row[4],
-        ttl=row[5],
-        scheduling_timezone=row[6],
-        schedules=row[7],
-        parameters=row[8],
-        status=row[9],
-        last_invalidated_at=utc_opt(row[10]),
-        stamp=row[11],
-        template=template(row[12:]),
+        **_named(_PRESET, row[:split]), template=template(row[split:])
     )
 
 
@@ -79,20 +82,7 @@ def preset_or_invalid(row: Sequence[Any]) -> PresetFacts | InvalidPreset:
 
 def pooled(row: Sequence[Any]) -> PooledInstance:
     """A row of ``POOL_INSTANCES``."""
-    return common.pooled_instance(
-        id=row[0],
-        preset_id=row[1],
-        template_id=row[2],
-        template_version_id=row[3],
-        name=row[4],
-        created_at=utc(row[5]),
-        ready=row[6],
-        latest_build_id=row[7],
-        latest_transition=row[8],
-        latest_status=row[9],
-        latest_number=row[10],
-        latest_created_at=utc(row[11]),
-    )
+    return common.pooled_instance(**_named(_POOL, row))
 
 
 def instance(row: Sequence[Any]) -> Instance:

@@ -190,30 +190,32 @@ class Leases:
             InvalidInputError: *lease* is not a Lease.
             LeadershipLostError: the lease is not held, or lost.
         """
-        token = fence_token(lease)
+        token = self._token(lease)
         if token is None:
             rows, _, _ = self._connections.single(f"SELECT EXISTS ({query})", params)
             return bool(rows[0][0])
-        with self._renewal:
-            known_lost = token in self._lost
-        if not known_lost:
-            rows, _, _ = self._connections.single(
-                f"SELECT EXISTS ({query}), EXISTS ({sql.HOLDS})",
-                {
-                    **params,
-                    "name": sql.LEADER_NAME,
-                    "token": token,
-                    "wall": time.time_ns() // 1000,
-                },
-            )
-            found, held = rows[0]
-            if held:
-                return bool(found)
-        self._mark_lost(token)
-        raise lost(token)
+        now_us = time.time_ns() // 1000
+        rows, _, _ = self._connections.single(
+            f"SELECT EXISTS ({query}), EXISTS ({sql.HOLDS})",
+            {**params, "name": sql.LEADER_NAME, "token": token, "wall": now_us},
+        )
+        found, held = rows[0]
+        if not held:
+            self._mark_lost(token)
+            raise lost(token)
+        return bool(found)
+
+    def _token(self, lease: Lease | None) -> str | None:
+        """*lease*'s token (None: unfenced); LeadershipLostError if known lost."""
+        token = fence_token(lease)
+        if token is not None:
+            with self._renewal:
+                if token in self._lost:
+                    raise lost(token)
+        return token
 
     def wrote(self) -> None:
-        """Count an unfenced write made without :meth:`write` (after it ends)."""
+        """Count a write transaction, after it ends (:meth:`write` counts its own)."""
         with self._writes_lock:
             self.writes += 1
 
@@ -228,12 +230,7 @@ class Leases:
             InvalidInputError: *lease* is not a Lease.
             LeadershipLostError: the lease is not held, or lost.
         """
-        token = fence_token(lease)
-        if token is not None:
-            with self._renewal:
-                known_lost = token in self._lost
-            if known_lost:
-                raise lost(token)
+        token = self._token(lease)
         try:
             with self._connections.transaction(write=True) as tx:
                 if token is not None and not self._fence_row(tx, token):
@@ -241,6 +238,4 @@ class Leases:
                     raise lost(token)
                 yield tx
         finally:
-            # After the commit: a read that saw the old count reads again.
-            with self._writes_lock:
-                self.writes += 1
+            self.wrote()  # after the commit: a read that saw the old count reads again

@@ -102,6 +102,43 @@ POOL_INSTANCES = f"""
     ORDER BY id
 """  # noqa: S608 - constants only
 GET_INSTANCE = f"SELECT {INSTANCE_COLUMNS} FROM prebuilds_instances WHERE id = ?"  # noqa: S608
+#: The tables a pool read reads.
+POOL_TABLES = ("prebuilds_templates", "prebuilds_presets", "prebuilds_instances")
+#: A connection's own writes to the pool's tables, counted in its temp schema
+#: (a temp trigger fires only for the statements of the connection that made
+#: it; another connection's commits show in ``data_version``). Row triggers:
+#: a statement that changes no row (a claim that found nothing) counts none.
+WATCH_POOL = (
+    "CREATE TEMP TABLE IF NOT EXISTS prebuilds_pool_writes (n INTEGER NOT NULL)",
+    """
+    INSERT INTO temp.prebuilds_pool_writes (n)
+    SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM temp.prebuilds_pool_writes)
+    """,
+    *(
+        f"""
+        CREATE TEMP TRIGGER IF NOT EXISTS {table}_{event.lower()}_watch
+        AFTER {event} ON main.{table}
+        BEGIN UPDATE prebuilds_pool_writes SET n = n + 1; END
+        """  # noqa: S608 - constants only
+        for table in POOL_TABLES
+        for event in ("INSERT", "UPDATE", "DELETE")
+    ),
+)
+#: The key of a pool read: other connections' commits, and this
+#: connection's writes to the pool's tables.
+POOL_KEY = """
+    SELECT data_version, (SELECT n FROM temp.prebuilds_pool_writes)
+    FROM pragma_data_version
+"""
+#: What :data:`POOL_KEY` answers on a connection that does not watch (a
+#: read-only store, which never writes).
+POOL_KEY_UNWATCHED = "SELECT data_version, 0 FROM pragma_data_version"
+#: How many of the watching triggers the connection has (a pool table that
+#: another connection dropped and made again took its triggers with it).
+WATCHING = f"""
+    SELECT count(*) = {3 * len(POOL_TABLES)} FROM temp.sqlite_master
+    WHERE type = 'trigger' AND name LIKE 'prebuilds%watch'
+"""  # noqa: S608 - constants only
 LIST_INSTANCES = f"""
     SELECT {INSTANCE_COLUMNS} FROM prebuilds_instances
     WHERE (:preset IS NULL OR preset_id = :preset)

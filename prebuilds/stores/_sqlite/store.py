@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -144,7 +145,13 @@ class SQLiteStore:
         # The text of preset and version IDs claims name again and again
         # (str(UUID) is a tenth of a claim's Python time).
         self._texts: dict[UUID, str] = {}
-        self._last_pool: tuple[tuple[object, int, int], PoolFacts] | None = None
+        #: The last pool read: its key, its facts and the rows they came from.
+        self._last_pool: (
+            tuple[tuple[Any, ...], PoolFacts, tuple[list[Any], list[Any]]] | None
+        ) = None
+        #: The open connections that count their writes to the pool
+        #: (sql.WATCH_POOL).
+        self._watched: set[sqlite3.Connection] = set()
         try:
             handle = self._db.first()
             with handle.lock:
@@ -279,31 +286,78 @@ class SQLiteStore:
 
     def read_pool(self) -> PoolFacts:
         """
-        ``PRAGMA data_version``, then ``BEGIN``, two queries and ``COMMIT``
-        whatever the pool's size; rows equal to the last read's are not
-        decoded again. While nothing was committed since the last read on
-        this connection (``data_version`` counts other connections' commits,
-        the store's write count its own), the last read's facts, in that
-        one statement.
+        One statement that keys the read, then ``BEGIN``, two queries and
+        ``COMMIT`` whatever the pool's size; rows equal to the last read's
+        are not decoded again, and if every row is, the last read's facts
+        (the same object) are returned. While the pool's tables did not
+        change since the last read on this connection (``data_version``
+        counts other connections' commits, temp triggers this connection's
+        writes to the pool's tables), the last read's facts, in that one
+        statement: a commit elsewhere (the leader lease, pausing, a claim
+        that found nothing) does not make the pool read again.
         """
-        writes = self._leases.writes
-        rows, _, conn = self._db.single("PRAGMA data_version")
+        conn = self._db.handle().conn
+        if conn not in self._watched:
+            self._watch(conn)
         # A commit after this point changes the key of the next read.
-        key = (conn, rows[0][0], writes)
+        read_only = self._db.read_only
+        rows, _, conn = self._db.single(
+            sql.POOL_KEY_UNWATCHED if read_only else sql.POOL_KEY
+        )
+        key = (conn, *rows[0])
         last = self._last_pool
         if last is not None and last[0] == key:
             return last[1]
+        if not read_only and (last is None or last[0][:2] != key[:2]):
+            # Another connection committed: if it dropped a pool table and
+            # made it again, this connection's triggers went with it.
+            handle = self._db.handle()
+            with handle.lock:
+                watching = handle.conn.execute(sql.WATCHING).fetchone()[0]
+            if not watching:
+                self._watch(conn)
+                key = (conn, key[1], None)  # read, and read again next time
         with self._read() as tx:
             preset_rows = tx.all(sql.POOL_PRESETS)
             instance_rows = tx.all(sql.POOL_INSTANCES)
+        read = (preset_rows, instance_rows)
+        if last is not None and last[2] == read:
+            # Commits that left the pool as it was (another connection's:
+            # the lease renewed, a claim that found nothing): the same facts
+            # object, which a caller recognises by identity and reuses all
+            # it derived from.
+            self._last_pool = (key, last[1], last[2])
+            return last[1]
         with codecs.decoding("pool"):
             presets, invalid = self._pool.presets(preset_rows)
             instances = self._pool.instances(instance_rows)
             facts = PoolFacts(
                 presets=presets, instances=instances, invalid_presets=invalid
             )
-        self._last_pool = (key, facts)
+        self._last_pool = (key, facts, read)
         return facts
+
+    def _watch(self, conn: sqlite3.Connection) -> None:
+        """
+        Have this thread's connection *conn* count its writes to the pool's
+        tables (sql.WATCH_POOL): set up once, like the connection's pragmas,
+        and not counted in :meth:`statement_count`.
+
+        Raises:
+            StoreError: SQLite refused.
+        """
+        if not self._db.read_only:
+            handle = self._db.handle()
+            with handle.lock:
+                try:
+                    for statement in sql.WATCH_POOL:
+                        handle.conn.execute(statement)
+                except sqlite3.Error as e:
+                    msg = f"SQLite: cannot watch the pool's tables: {e}"
+                    raise StoreError(msg) from e
+        # Not the connections of threads that ended (closed since).
+        open_ = {handle.conn for handle in self._db.handles}
+        self._watched = {c for c in self._watched if c in open_} | {conn}
 
     def create_prebuild(
         self,
