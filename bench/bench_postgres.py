@@ -409,8 +409,9 @@ def _pgbench(cluster: Any, dsn: str, clients: int, claims: int) -> dict[str, Any
 
 def _server_time(dsn: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """
-    *measure*'s result, with the server's mean execution time of the
-    statement it ran most (``pg_stat_statements``): the claim's.
+    *measure*'s result, with the server's mean execution time and shared
+    buffers hit of the statement it ran most (``pg_stat_statements``): the
+    claim's.
     """
     import psycopg  # noqa: PLC0415
 
@@ -418,11 +419,13 @@ def _server_time(dsn: str, measure: Callable[[], dict[str, Any]]) -> dict[str, A
         conn.execute("SELECT pg_stat_statements_reset()")
         result = measure()
         row = conn.execute(
-            "SELECT calls, total_exec_time / calls FROM pg_stat_statements"
-            " ORDER BY calls DESC LIMIT 1"
+            "SELECT calls, total_exec_time / calls, shared_blks_hit::float8 / calls"
+            " FROM pg_stat_statements ORDER BY calls DESC LIMIT 1"
         ).fetchone()
     if row is not None:
         result["server_exec_us_per_claim"] = float(row[1]) * 1000
+        # Steadier than the time on a shared machine: the work, not the wait.
+        result["server_buffers_per_claim"] = float(row[2])
     return result
 
 
@@ -577,23 +580,25 @@ def summarize(results: dict[str, Any]) -> str:
     ]
     lines.append(
         f"  claims/s via StoreClaimer, {results['presets']} presets"
-        " (p50/p99 ms) [server statement / client CPU per claim]   pgbench"
-        + "".join(f"{n:>36}" for n in names)
+        " (p50/p99 ms) [server statement, buffers / client CPU per claim]   pgbench"
+        + "".join(f"{n:>44}" for n in names)
         + "   ratios"
     )
     for key, row in results["claims"].items():
         ceiling = row["pgbench"]
         server = ceiling.get("server_exec_us_per_claim", 0)
+        buffers = ceiling.get("server_buffers_per_claim", 0)
         cells = [
             (
                 f"{ceiling['claims_per_second']:7.0f} ({ceiling['p50_ms']:.2f}/"
-                f"{ceiling['p99_ms']:.2f}) [{server:.0f} us]"
+                f"{ceiling['p99_ms']:.2f}) [{server:.0f} us, {buffers:.1f}]"
             )
         ]
         cells += [
             f"{row[n]['claims_per_second']:7.0f} ({row[n]['p50_ms']:.2f}/"
             f"{row[n]['p99_ms']:.2f}) [{row[n].get('server_exec_us_per_claim', 0):.0f}"
-            f"/{row[n]['client_cpu_us_per_claim']:.0f} us]"
+            f" us, {row[n].get('server_buffers_per_claim', 0):.1f}"
+            f" / {row[n]['client_cpu_us_per_claim']:.0f} us]"
             for n in names
         ]
         ratios = " / ".join(
@@ -603,7 +608,7 @@ def summarize(results: dict[str, Any]) -> str:
         if "after_over_before" in row:
             ratios += f"; after/before {row['after_over_before']:.2f}"
         lines.append(
-            f"  {key:<12}" + "".join(f"{c:>36}" for c in cells) + f"   {ratios}"
+            f"  {key:<12}" + "".join(f"{c:>44}" for c in cells) + f"   {ratios}"
         )
     for name in names:
         counts = results["statements_per_read"][name]

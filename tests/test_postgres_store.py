@@ -458,7 +458,7 @@ class TestMigrations:
 
         store.migrate()
 
-        assert store.schema_version() == SCHEMA_VERSION == 7
+        assert store.schema_version() == SCHEMA_VERSION == 8
         assert raw(
             store,
             "SELECT latest_transition, latest_status FROM {s}.instances"
@@ -527,7 +527,7 @@ class TestMigrations:
 
         store.migrate()
 
-        assert store.schema_version() == SCHEMA_VERSION == 7
+        assert store.schema_version() == SCHEMA_VERSION == 8
         assert raw(store, "SELECT token, epoch FROM {s}.leader") == [(None, 0)]
         with store.leader() as lease:
             assert lease
@@ -586,7 +586,7 @@ class TestMigrations:
 
         store.migrate()
 
-        assert store.schema_version() == SCHEMA_VERSION == 7
+        assert store.schema_version() == SCHEMA_VERSION == 8
         assert store.read_preset(good.id) == PresetFacts(
             config=good, template=store.get_template(good.template_id), stamp=0
         )
@@ -602,6 +602,58 @@ class TestMigrations:
             pooled.latest_build_id,
             pooled.latest_created_at,
         )
+
+    def test_upgrade_to_version_8_reads_the_stamp_by_the_primary_key(
+        self, store: PostgresStore
+    ) -> None:
+        """
+        With 200 presets packed as version 7 left them, the claim's generic
+        plan reads the stamp by a sequential scan of presets; migration 8
+        spreads the rows (fillfactor 10) and the plan reads presets_pkey.
+        """
+        template, config = seed(store)
+        bulk_presets(store, template, 199)
+        bulk_ready(store, 2)
+        # Back to version 7: the presets table at the default fill.
+        raw(store, "ALTER TABLE {s}.presets RESET (fillfactor)")
+        raw(store, "CLUSTER {s}.presets USING presets_pkey")
+        raw(store, "ANALYZE {s}.presets")
+        raw(store, "UPDATE {s}.schema_version SET version = 7")
+
+        def stamp_plan() -> str:
+            sql = claim_sql.CLAIM_ID_IF_UNCHANGED.replace(
+                "{pool}", str(PREBUILDS_OWNER_ID)
+            )
+            return " ".join(
+                row[0]
+                for row in raw(
+                    store,
+                    "EXPLAIN "
+                    + re.sub(
+                        r"\$(\d+)",
+                        lambda m: _PLAN_PARAMETERS.get(m[1], "NULL"),
+                        sql,
+                    ),
+                    {"preset": config.id, "version": template.active_version_id},
+                )
+            )
+
+        assert "Seq Scan on presets" in stamp_plan()
+
+        store.migrate()
+
+        assert store.schema_version() == SCHEMA_VERSION == 8
+        [(options,)] = raw(
+            store,
+            "SELECT reloptions FROM pg_class WHERE oid = %(t)s::regclass",
+            {"t": f'"{store.schema}".presets'},
+        )
+        assert ["fillfactor=10"] == options
+        plan = stamp_plan()
+        assert "Seq Scan on presets" not in plan
+        assert "presets_pkey" in plan
+        facts = store.read_preset(config.id)
+        assert lean_claim(store, facts) is not None
 
     def test_upgrade_to_version_6_keys_the_claim_index_on_the_version(
         self, store: PostgresStore
@@ -630,7 +682,7 @@ class TestMigrations:
 
         store.migrate()
 
-        assert store.schema_version() == SCHEMA_VERSION == 7
+        assert store.schema_version() == SCHEMA_VERSION == 8
         [(definition,)] = raw(
             store,
             "SELECT indexdef FROM pg_indexes"
@@ -680,7 +732,7 @@ class TestMigrations:
 
         store.migrate()
 
-        assert store.schema_version() == SCHEMA_VERSION == 7
+        assert store.schema_version() == SCHEMA_VERSION == 8
         assert raw(store, "SELECT submitted FROM {s}.builds") == [(True,)]
         handed, never = store.create_prebuilds(config.id, now=T0, names=["a", "b"])
         store.record_submits([handed.build_id], now=T0)
@@ -1406,6 +1458,214 @@ class TestStamps:
 
         assert field == e.value.field
         assert before == store.statement_count()
+
+
+def lean_claim(
+    store: PostgresStore,
+    facts: PresetFacts,
+    *,
+    now: datetime = T0,
+    ttl: timedelta | None = None,
+    autostart_schedule: str | None = None,
+    next_start_at: datetime | None = None,
+    not_before: datetime | None = None,
+) -> uuid.UUID | None:
+    """A lean claim (claim_id_if_unchanged) against *facts*."""
+    assert facts.stamp is not None
+    return store.claim_id_if_unchanged(
+        stamp=facts.stamp,
+        preset_id=facts.config.id,
+        user_id=uuid.uuid4(),
+        name="mine",
+        now=now,
+        autostart_schedule=autostart_schedule,
+        next_start_at=next_start_at,
+        ttl=ttl,
+        version_id=facts.config.template_version_id,
+        not_before=not_before,
+    )
+
+
+class TestLeanClaim:
+    """claim_id_if_unchanged, sent through libpq with its own binary codecs."""
+
+    @pytest.mark.parametrize("source", ["pool", "connect"])
+    def test_what_a_lean_claim_binds_is_what_the_row_holds(
+        self,
+        postgres_dsn: str,
+        make_postgres_store: PostgresStoreFactory,
+        source: str,
+    ) -> None:
+        """
+        Each bound field reads back exact (an instant given in another
+        offset, an interval of days, seconds and microseconds), from a pooled
+        connection (a prepared statement) or a connection per call.
+        """
+        schema = fresh_schema_name()
+        make_postgres_store(schema=schema, migrate=source == "connect").close()
+        store = (
+            PostgresStore(postgres_dsn, schema=schema)
+            if source == "pool"
+            else PostgresStore(
+                connect=lambda: psycopg.connect(postgres_dsn), schema=schema
+            )
+        )
+        with store:
+            _, config = seed(store)
+            bulk_ready(store, 2)
+            facts = store.read_preset(config.id)
+            east = timezone(timedelta(hours=5, minutes=30))
+            now = datetime(2024, 3, 1, 12, 0, 0, 123456, tzinfo=east)
+            ttl = timedelta(days=2, seconds=7, microseconds=9)
+            starts = datetime(2024, 3, 2, 9, tzinfo=timezone.utc)
+            claimed = lean_claim(
+                store,
+                facts,
+                now=now,
+                ttl=ttl,
+                autostart_schedule="0 9 * * 1-5",
+                next_start_at=starts,
+                not_before=T0 - timedelta(days=1),
+            )
+            assert claimed is not None
+            instance = store.get_instance(claimed)
+
+        assert "mine" == instance.name
+        assert now == instance.claimed_at
+        assert (
+            Lifecycle(
+                autostart_schedule="0 9 * * 1-5",
+                next_start_at=starts,
+                ttl=ttl,
+                last_used_at=now,
+            )
+            == instance.lifecycle
+        )
+
+    def test_a_name_is_sent_in_the_connection_encoding(
+        self, postgres_dsn: str, make_postgres_store: PostgresStoreFactory
+    ) -> None:
+        """A name outside ASCII reads back the same over a LATIN1 connection."""
+        schema = fresh_schema_name()
+        make_postgres_store(schema=schema).close()
+        with PostgresStore(
+            connect=lambda: psycopg.connect(postgres_dsn, client_encoding="LATIN1"),
+            schema=schema,
+        ) as store:
+            _, config = seed(store)
+            bulk_ready(store, 1)
+            facts = store.read_preset(config.id)
+            assert facts.stamp is not None
+            claimed = store.claim_id_if_unchanged(
+                stamp=facts.stamp,
+                preset_id=config.id,
+                user_id=uuid.uuid4(),
+                name="café",
+                now=T0,
+                autostart_schedule=None,
+                next_start_at=None,
+                ttl=None,
+                version_id=config.template_version_id,
+                not_before=None,
+            )
+            assert claimed is not None
+            assert "café" == store.get_instance(claimed).name
+
+    def test_a_deallocated_statement_is_prepared_again(
+        self, one_connection: tuple[PostgresStore, psycopg_pool.ConnectionPool[Any]]
+    ) -> None:
+        """
+        A host that deallocates its connection's statements (``DISCARD
+        ALL``) between claims costs the next claim a new ``PREPARE``, not an
+        error.
+        """
+        store, pool = one_connection
+        _, config = seed(store)
+        bulk_ready(store, 2)
+        facts = store.read_preset(config.id)
+        first = lean_claim(store, facts)
+        with pool.connection() as conn:  # the store's only connection
+            conn.autocommit = True
+            conn.execute("DISCARD ALL")
+
+        second = lean_claim(store, facts)
+
+        assert first is not None
+        assert second is not None
+        assert first != second
+        assert lean_claim(store, facts) is None
+
+    def test_statements_dropped_again_and_again_go_unnamed(
+        self, one_connection: tuple[PostgresStore, psycopg_pool.ConnectionPool[Any]]
+    ) -> None:
+        """
+        On a connection whose statements a host keeps deallocating, the claim
+        stops preparing (after the second time) and is sent unnamed: one
+        round trip, not a failed execute and a new PREPARE every time.
+        """
+        store, pool = one_connection
+        _, config = seed(store)
+        bulk_ready(store, 5)
+        facts = store.read_preset(config.id)
+
+        def prepared() -> list[str]:
+            with pool.connection() as conn:  # the store's only connection
+                conn.autocommit = True
+                rows = conn.execute(
+                    "SELECT name FROM pg_prepared_statements"
+                    " WHERE name LIKE 'prebuilds%'"
+                ).fetchall()
+                conn.execute("DISCARD ALL")
+            return [row[0] for row in rows]
+
+        claimed = [lean_claim(store, facts)]
+        assert len(prepared()) == 1  # then dropped
+        claimed.append(lean_claim(store, facts))
+        assert len(prepared()) == 1  # prepared again, dropped again
+        claimed.append(lean_claim(store, facts))  # found dropped a second time
+        assert len(prepared()) == 1
+        claimed.append(lean_claim(store, facts))
+
+        assert [] == prepared()
+        assert None not in claimed
+        assert len(set(claimed)) == 4
+
+    def test_a_failed_lean_claim_gives_its_connection_back(
+        self, one_connection: tuple[PostgresStore, psycopg_pool.ConnectionPool[Any]]
+    ) -> None:
+        """
+        A lean claim the server refuses raises StoreError (its cause the
+        driver's error) and leaves the pool's only connection usable.
+        """
+        store, _ = one_connection
+        _, config = seed(store)
+        bulk_ready(store, 2)
+        facts = store.read_preset(config.id)
+        assert lean_claim(store, facts) is not None
+        raw(store, "ALTER TABLE {s}.instances RENAME TO moved")
+
+        with pytest.raises(StoreError) as e:
+            lean_claim(store, facts)
+
+        assert isinstance(e.value.__cause__, psycopg.Error)
+        raw(store, 'ALTER TABLE {s}.moved RENAME TO "instances"')
+        assert lean_claim(store, facts) is not None
+        assert lean_claim(store, facts) is None
+
+    def test_a_changed_preset_is_refused(self, store: PostgresStore) -> None:
+        """A stale stamp, or a preset that is gone, is PresetChangedError."""
+        _, config = seed(store)
+        bulk_ready(store, 1)
+        facts = store.read_preset(config.id)
+        store.put_preset(config)
+
+        with pytest.raises(PresetChangedError):
+            lean_claim(store, facts)
+        with pytest.raises(PresetChangedError):
+            lean_claim(
+                store, attrs.evolve(facts, config=attrs.evolve(config, id=uuid.uuid4()))
+            )
+        assert lean_claim(store, store.read_preset(config.id)) is not None
 
 
 class TestRoundTrips:

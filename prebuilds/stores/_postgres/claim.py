@@ -7,7 +7,11 @@ stamped claim gates the sub-select on the preset's stamp and returns the
 stamp it read, telling a changed preset from an empty pool in one round trip.
 
 Kept lean: a raw cursor kept on the connection, positional parameters,
-binary results, three columns returned, no context managers.
+binary results, three columns returned, no context managers. The lean claim
+(:func:`claim_id`, StoreClaimer's) goes further: it skips psycopg's cursor
+and talks to libpq (``PGconn.exec_prepared``, which lets go of the GIL while
+it waits), its statement prepared once per connection, its parameters encoded
+and its two result columns decoded here, in binary.
 """
 
 # Assembled from this module's constants only.
@@ -15,15 +19,20 @@ binary results, three columns returned, no context managers.
 
 from __future__ import annotations
 
+import hashlib
 import operator
+import struct
 
 from contextlib import suppress
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import attrs
 import psycopg
+import psycopg.errors
+
+from psycopg import pq
 
 from prebuilds._records import Instance, Lifecycle
 from prebuilds.exceptions import PresetChangedError, StoreError
@@ -121,28 +130,31 @@ def claim_id(  # noqa: PLR0917 - the claim's arguments, in order
     """
     Claim with :data:`CLAIM_ID_IF_UNCHANGED`: the claimed instance's ID.
 
+    Sent through libpq itself (:func:`_exec_lean`): parameters encoded here
+    in binary, results decoded here, the statement prepared once per
+    connection. psycopg's cursor spent about 40 µs of client CPU on a claim
+    adapting, preparing and fetching; this about a tenth of that.
+
     Raises:
         PresetChangedError: the stamp is not *stamp* (or no such preset).
         StoreError: the driver failed.
     """
-    params = (
-        preset_id,
-        version_id,
-        not_before,
-        user_id,
+    values = (
+        preset_id.bytes,
+        version_id.bytes,
+        None if not_before is None else _timestamptz(not_before),
+        user_id.bytes,
         name,
-        now,
+        _timestamptz(now),
         autostart_schedule,
-        next_start_at,
-        ttl,
-        stamp,
+        None if next_start_at is None else _timestamptz(next_start_at),
+        None if ttl is None else _interval(ttl),
+        _INT8.pack(stamp),
     )
-    sql = db.q(CLAIM_ID_IF_UNCHANGED)
-    row = _one_row(db, sql, params)
+    row = _exec_lean(db, db.q(CLAIM_ID_IF_UNCHANGED), values)
     if row is None or row[0] != stamp:
         raise PresetChangedError(preset_id)
-    claimed: UUID | None = row[1]
-    return claimed
+    return row[1]
 
 
 def claim(  # noqa: PLR0917 - the claim's arguments, in order
@@ -216,3 +228,154 @@ def _one_row(db: Connections, sql: str, params: tuple[Any, ...]) -> Any:
         raise
     db.release(conn, switched=switched)
     return row
+
+
+# -- the lean claim, through libpq -------------------------------------------------------
+
+#: The attribute of a connection holding the names of the statements
+#: prepared on it here.
+_PREPARED = "_prebuilds_prepared"
+#: The parameters' types (OIDs) of CLAIM_ID_IF_UNCHANGED, $1 to $10: uuid,
+#: uuid, timestamptz, uuid, text, timestamptz, text, timestamptz, interval,
+#: int8. All sent in binary; text is the client encoding's bytes either way.
+_LEAN_TYPES = (2950, 2950, 1184, 2950, 25, 1184, 25, 1184, 1186, 20)
+_LEAN_FORMATS = (1,) * len(_LEAN_TYPES)
+_TEXT = (4, 6)  # the text parameters' places
+_INT8 = struct.Struct(">q")
+_INTERVAL = struct.Struct(">qii")
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+_NO_SUCH_STATEMENT = b"26000"  # invalid_sql_statement_name: deallocated
+_DUPLICATE_STATEMENT = b"42P05"  # duplicate_prepared_statement
+_UNNAMED_AFTER = 2  # times a connection's statements were found dropped
+_names: dict[str, bytes] = {}
+
+
+def _timestamptz(at: datetime) -> bytes:
+    """*at* (aware) as a binary timestamptz: microseconds since 2000 UTC."""
+    return _INT8.pack((at - _PG_EPOCH) // _MICROSECOND)
+
+
+def _interval(duration: timedelta) -> bytes:
+    """*duration* as a binary interval, as psycopg sends it (days kept apart)."""
+    return _INTERVAL.pack(
+        duration.seconds * 1_000_000 + duration.microseconds, duration.days, 0
+    )
+
+
+def _statement_name(sql: str) -> bytes:
+    """The name *sql* is prepared under: its digest (the schema is in it)."""
+    name = _names.get(sql)
+    if name is None:
+        digest = hashlib.sha256(sql.encode()).hexdigest()[:24]
+        name = _names.setdefault(sql, f"prebuilds_{digest}".encode())
+    return name
+
+
+def _exec_lean(
+    db: Connections, sql: str, values: tuple[Any, ...]
+) -> tuple[int, UUID | None] | None:
+    """
+    Run the lean claim *sql* with *values* (binary, text still str) on a
+    pooled connection: its row (the stamp read, the claimed ID or None), or
+    None when there was no row.
+    """
+    conn, switched = db.acquire()
+    try:
+        db.count()
+        try:
+            result = _exec_prepared(conn, sql, values, pooled=db.pool is not None)
+        except psycopg.Error as e:
+            raise StoreError(f"PostgreSQL error: {e}") from e
+    except BaseException:
+        db.abandon(conn, switched=switched)
+        raise
+    db.release(conn, switched=switched)
+    if result.ntuples == 0:
+        return None
+    stamp = result.get_value(0, 0)
+    claimed = result.get_value(0, 1)
+    return (
+        -1 if stamp is None else _INT8.unpack(stamp)[0],
+        None if claimed is None else UUID(bytes=bytes(claimed)),
+    )
+
+
+def _exec_prepared(
+    conn: Connection, sql: str, values: tuple[Any, ...], *, pooled: bool
+) -> pq.abc.PGresult:
+    """
+    *sql* with *values* on *conn*, through libpq: prepared once per
+    connection when *conn* is pooled (a connection of its own per call is
+    sent the statement unnamed, one round trip either way).
+
+    A statement deallocated behind the store's back (a host's
+    ``DISCARD ALL``) is prepared again, and on a connection where that
+    keeps happening the statement is sent unnamed (:class:`_Prepared`).
+
+    Raises:
+        psycopg.Error: the server or the connection failed.
+    """
+    pgconn = conn.pgconn
+    # conn.info.encoding maps the server's name for it each time (~1.5 µs).
+    utf8 = pgconn.parameter_status(b"client_encoding") == b"UTF8"
+    encoding = "utf-8" if utf8 else conn.info.encoding
+    params = list(values)
+    for i in _TEXT:
+        if params[i] is not None:
+            params[i] = params[i].encode(encoding)
+    state: _Prepared | None = getattr(conn, _PREPARED, None) if pooled else None
+    if state is None and pooled:
+        state = _Prepared()
+        with suppress(AttributeError):  # a connection class without __dict__
+            setattr(conn, _PREPARED, state)
+    if state is None or state.dropped >= _UNNAMED_AFTER:
+        return _checked(
+            conn,
+            pgconn.exec_params(
+                sql.encode(), params, _LEAN_TYPES, _LEAN_FORMATS, result_format=1
+            ),
+        )
+    name = _statement_name(sql)
+    for attempt in range(2):
+        if name not in state.names:
+            result = pgconn.prepare(name, sql.encode(), _LEAN_TYPES)
+            if _sqlstate(result) != _DUPLICATE_STATEMENT:
+                _checked(conn, result)
+            state.names.add(name)
+        result = pgconn.exec_prepared(name, params, _LEAN_FORMATS, result_format=1)
+        if attempt == 0 and _sqlstate(result) == _NO_SUCH_STATEMENT:
+            state.names.clear()
+            state.dropped += 1
+            continue
+        break
+    return _checked(conn, result)
+
+
+class _Prepared:
+    """
+    What was prepared on one connection: the statements' names, and how
+    many times they were found dropped (a host whose pool resets its
+    connections with ``DISCARD ALL`` would cost every claim three round
+    trips: after the second time, that connection's claims go unnamed).
+    """
+
+    __slots__ = ("dropped", "names")
+
+    def __init__(self) -> None:
+        self.names: set[bytes] = set()
+        self.dropped = 0
+
+
+def _sqlstate(result: pq.abc.PGresult) -> bytes | None:
+    """*result*'s SQLSTATE if it is an error, else None."""
+    if result.status != pq.ExecStatus.FATAL_ERROR:
+        return None
+    return result.error_field(pq.DiagnosticField.SQLSTATE)
+
+
+def _checked(conn: Connection, result: pq.abc.PGresult) -> pq.abc.PGresult:
+    """*result*, unless it is an error (raised as psycopg's error)."""
+    if result.status in {pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK}:
+        return result
+    raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
