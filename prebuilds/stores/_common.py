@@ -23,12 +23,13 @@ from prebuilds._records import (
     Lease,
     Lifecycle,
     PresetConfig,
+    unchecked_evolve,
 )
 from prebuilds.exceptions import InvalidInputError, LeadershipLostError
 
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
     from datetime import datetime
     from uuid import UUID
 
@@ -208,6 +209,28 @@ def build_request(
         parameters=parameters,
         **fields,
     )
+
+
+def start_requests(
+    ids: Sequence[tuple[UUID, UUID]], names: Sequence[str], **fields: Any
+) -> list[BuildRequest]:
+    """
+    The start requests of a batch: one per (instance ID, build ID) of *ids*
+    and name of *names*, the first built from *fields* (as
+    :func:`build_request`), the rest sharing its decoded fields.
+    """
+    (instance_id, build_id), *rest = ids
+    first = build_request(
+        build_id=build_id,
+        instance_id=instance_id,
+        transition=Transition.START,
+        name=names[0],
+        **fields,
+    )
+    return [first] + [
+        unchecked_evolve(first, build_id=b, instance_id=i, name=name)
+        for (i, b), name in zip(rest, names[1:], strict=True)
+    ]
 
 
 # -- fencing ---------------------------------------------------------------------------

@@ -176,19 +176,21 @@ GIVE_UP_LEAD = """
 """
 
 # -- the reconciler's transitions ----------------------------------------------------
+# The preset's source columns for its new instances, and whether it is active.
+_SOURCE = """source AS MATERIALIZED (
+        SELECT p.template_id, p.template_version_id, p.parameters::text,
+            p.template_version_id = t.active_version_id
+                AND NOT t.deleted AND NOT t.deprecated AS active
+        FROM {s}.presets p
+        JOIN {s}.templates t ON t.id = p.template_id
+        WHERE p.id = %(preset_id)s
+    )"""
 # A pooled instance and its pending start build, if the preset is active,
 # and what the build request needs; always one row, the fence first, the
 # preset's columns NULL when there is no such preset.
 CREATE_PREBUILD = f"""
     WITH {FENCE},
-    source AS MATERIALIZED (
-        SELECT p.template_id, p.template_version_id, p.parameters::text,
-            p.template_version_id = t.active_version_id
-                AND NOT t.deleted AND NOT t.deprecated AS active
-        FROM {{s}}.presets p
-        JOIN {{s}}.templates t ON t.id = p.template_id
-        WHERE p.id = %(preset_id)s
-    ),
+    {_SOURCE},
     made AS (
         INSERT INTO {{s}}.instances
             (id, preset_id, template_id, template_version_id, owner_id, name,
@@ -211,14 +213,7 @@ CREATE_PREBUILD = f"""
 # the same length, in one statement.
 CREATE_PREBUILDS = f"""
     WITH {FENCE},
-    source AS MATERIALIZED (
-        SELECT p.template_id, p.template_version_id, p.parameters::text,
-            p.template_version_id = t.active_version_id
-                AND NOT t.deleted AND NOT t.deprecated AS active
-        FROM {{s}}.presets p
-        JOIN {{s}}.templates t ON t.id = p.template_id
-        WHERE p.id = %(preset_id)s
-    ),
+    {_SOURCE},
     wanted AS MATERIALIZED (
         SELECT * FROM unnest(
             %(instance_ids)s::uuid[], %(build_ids)s::uuid[], %(names)s::text[]

@@ -46,7 +46,6 @@ from prebuilds._records import (
     Lifecycle,
     PresetConfig,
     Template,
-    unchecked_evolve,
 )
 from prebuilds._validate import (
     check_bool,
@@ -68,6 +67,7 @@ from prebuilds.stores._common import (
     lost,
     parameters_json,
     schedules_json,
+    start_requests,
 )
 from prebuilds.stores._postgres import claim as _claim
 from prebuilds.stores._postgres import codecs, sql
@@ -428,20 +428,14 @@ class PostgresStore:
             _, template_id, version_id, raw_parameters, active = row
             if not active or not ids:
                 return []
-            first = build_request(
-                build_id=ids[0][1],
-                instance_id=ids[0][0],
+            return start_requests(
+                ids,
+                checked,
                 preset_id=preset_id,
                 template_id=template_id,
                 template_version_id=version_id,
-                transition=Transition.START,
-                name=checked[0],
                 parameters=raw_parameters,
             )
-            return [first] + [
-                unchecked_evolve(first, build_id=b, instance_id=i, name=name)
-                for (i, b), name in zip(ids[1:], checked[1:], strict=True)
-            ]
 
     def record_submits(
         self,

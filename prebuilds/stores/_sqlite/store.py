@@ -40,7 +40,6 @@ from prebuilds._records import (
     Lifecycle,
     PresetConfig,
     Template,
-    unchecked_evolve,
 )
 from prebuilds._validate import (
     check_bool,
@@ -62,6 +61,7 @@ from prebuilds.stores._common import (
     dumps,
     parameters_json,
     schedules_json,
+    start_requests,
 )
 from prebuilds.stores._sqlite import codecs, schema, sql
 from prebuilds.stores._sqlite.connections import Connections
@@ -470,21 +470,14 @@ class SQLiteStore:
             # Built before the commit: a row that cannot be read back rolls
             # the creation back instead of leaving it behind.
             with codecs.decoding("preset"):
-                first = build_request(
-                    build_id=ids[0][1],
-                    instance_id=ids[0][0],
+                return start_requests(
+                    ids,
+                    names,
                     preset_id=preset_id,
                     template_id=UUID(template_id),
                     template_version_id=UUID(version_id),
-                    transition=Transition.START,
-                    name=names[0],
                     parameters=raw_parameters,
                 )
-            # The rest share the first's decoded fields.
-            return [first] + [
-                unchecked_evolve(first, build_id=b, instance_id=i, name=name)
-                for (i, b), name in zip(ids[1:], names[1:], strict=True)
-            ]
 
     def delete_prebuild(
         self, instance_id: UUID, *, now: datetime, lease: Lease | None = None
