@@ -9,7 +9,7 @@ PostgresStore on a throw-away cluster (``tests.postgres_cluster``).
   claim, next to the C ceiling: ``pgbench`` running the bare
   ``UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED)`` claim on a plain
   table, same cluster, same run (its p50 and p99 from pgbench's
-  per-transaction log). Three rounds; each ratio is the median of the
+  per-transaction log). Five rounds; each ratio is the median of the
   rounds' own ratios, library over the pgbench round just before it. Issue
   12's goals, written to the JSON as ``goals`` (figure, ceiling, ratio,
   met): claims/s at least 0.5 of pgbench's at 1 and at 16 clients, and a
@@ -481,7 +481,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
 
     from tests.postgres_cluster import PostgresCluster  # noqa: PLC0415
 
-    claims, rounds = (1000, 1) if quick else (4000, 3)
+    claims, rounds = (1000, 1) if quick else (4000, 5)
     sizes, repeats = ((200, 1000), 3) if quick else ((1000, 10000), 7)
     before = os.environ.get("PREBUILDS_BENCH_BEFORE")
     with tempfile.TemporaryDirectory() as tmp:
