@@ -40,9 +40,6 @@ class Leases:
         self._connections = connections
         self._ttl_us = lease_ttl_us
         self._busy_timeout = busy_timeout
-        #: Write transactions committed (or tried) through :meth:`write`.
-        self.writes = 0
-        self._writes_lock = threading.Lock()
         self.forget()
 
     def forget(self) -> None:
@@ -214,11 +211,6 @@ class Leases:
                     raise lost(token)
         return token
 
-    def wrote(self) -> None:
-        """Count a write transaction, after it ends (:meth:`write` counts its own)."""
-        with self._writes_lock:
-            self.writes += 1
-
     @contextmanager
     def write(self, lease: Lease | None) -> Iterator[Tx]:
         """
@@ -231,11 +223,8 @@ class Leases:
             LeadershipLostError: the lease is not held, or lost.
         """
         token = self._token(lease)
-        try:
-            with self._connections.transaction(write=True) as tx:
-                if token is not None and not self._fence_row(tx, token):
-                    self._mark_lost(token)
-                    raise lost(token)
-                yield tx
-        finally:
-            self.wrote()  # after the commit: a read that saw the old count reads again
+        with self._connections.transaction(write=True) as tx:
+            if token is not None and not self._fence_row(tx, token):
+                self._mark_lost(token)
+                raise lost(token)
+            yield tx

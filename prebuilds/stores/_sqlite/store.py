@@ -748,12 +748,9 @@ class SQLiteStore:
             preset,
             stamp,
         )
-        try:
-            claimed, current = self._db.write_first(
-                sql.CLAIM_ID_IF_STAMP, params, _claimed_id, sql.STAMP, (preset,)
-            )
-        finally:
-            self._leases.wrote()
+        claimed, current = self._db.write_first(
+            sql.CLAIM_ID_IF_STAMP, params, _claimed_id, sql.STAMP, (preset,)
+        )
         if claimed is not None:
             return claimed
         if current is None or current[0] != stamp:
