@@ -657,22 +657,9 @@ class StoreReconciler:
         # stuck builds failed below. They are replaced from the next pass on,
         # the same on every store.
         view = self._read(now)
+        withdrawn = 0
         if self._build_timeout is not None:
-            for build in self._store.fail_stuck_builds(
-                older_than=now - self._build_timeout, now=now, lease=run.lease
-            ):
-                self._emit(
-                    EventKind.STUCK,
-                    at=now,
-                    preset_id=build.preset_id,
-                    instance_id=build.instance_id,
-                    build_id=build.id,
-                    detail=(
-                        f"{build.transition.value} build never submitted: canceled"
-                        if build.status is BuildStatus.CANCELED
-                        else f"{build.transition.value} build timed out"
-                    ),
-                )
+            withdrawn = self._fail_stuck(run, now - self._build_timeout)
         invalid_now = frozenset(view.invalid_presets)
         for invalid in view.invalid_presets:
             if invalid not in self._invalid_seen:  # report each problem once
@@ -700,6 +687,55 @@ class StoreReconciler:
             fields["created"] = sum(r.created for r in results)
             fields["deleted"] = sum(r.deleted for r in results)
             fields["canceled"] = sum(r.canceled for r in results)
+        if withdrawn:
+            fields["deleted"] = fields.get("deleted", 0) + withdrawn
+
+    def _fail_stuck(self, run: _Pass, older_than: datetime) -> int:
+        """
+        Fail the builds in progress since before *older_than* (a ``STUCK`` event
+        each), and withdraw the instances whose first build the store
+        cancels as never submitted (a leader died mid-batch): an orphan
+        delete each, since the provisioner may or may not have been handed
+        the build before the crash. Returns how many deletes were submitted.
+        """
+        now, lease = run.now, run.lease
+        withdrawn = 0
+        for build in self._store.fail_stuck_builds(
+            older_than=older_than, now=now, lease=lease
+        ):
+            never = build.status is BuildStatus.CANCELED
+            self._emit(
+                EventKind.STUCK,
+                at=now,
+                preset_id=build.preset_id,
+                instance_id=build.instance_id,
+                build_id=build.id,
+                detail=(
+                    f"{build.transition.value} build never submitted: canceled"
+                    if never
+                    else f"{build.transition.value} build timed out"
+                ),
+            )
+            if not never or build.transition is not Transition.START:
+                continue
+            run.check()
+            deletion = self._store.delete_prebuild(
+                build.instance_id, now=now, lease=lease
+            )
+            if deletion is None:  # claimed or going meanwhile
+                continue
+            deletion = unchecked_evolve(deletion, orphan=True)
+            withdrawn += 1
+            self._emit(
+                EventKind.DELETED,
+                at=now,
+                preset_id=build.preset_id,
+                instance_id=build.instance_id,
+                build_id=deletion.build_id,
+                detail="never-submitted instance withdrawn (orphan delete)",
+            )
+            self._submit(deletion, now, lease)
+        return withdrawn
 
     def _in_parallel(self, plans: tuple[_Plan, ...], run: _Pass) -> list[_PresetResult]:
         """

@@ -36,6 +36,7 @@ from prebuilds import (
     PresetStatus,
     StoreReconciler,
     Template,
+    Transition,
 )
 from prebuilds.stores import SQLiteStore
 from prebuilds.testing import FakeClock
@@ -69,6 +70,16 @@ class BlockingProvisioner:
         self.report(("submit", self.calls, str(request.build_id)))
         if self.calls == self.block_at:
             threading.Event().wait()  # until the process is killed
+
+
+class Recording:
+    """Keeps every request it is handed."""
+
+    def __init__(self, handed: list[BuildRequest]) -> None:
+        self.handed = handed
+
+    def submit(self, request: BuildRequest) -> None:
+        self.handed.append(request)
 
 
 def reconciler(
@@ -164,11 +175,23 @@ def test_a_leader_killed_mid_batch_neither_backs_off_nor_hard_limits(
         let_the_lease_expire(path)
         clock = FakeClock()
         clock.advance(BUILD_TIMEOUT * 2)
-        ours = reconciler(store, BlockingProvisioner(lambda item: None, 0), clock)
+        handed: list[BuildRequest] = []
+        ours = reconciler(store, Recording(handed), clock)
         stats = ours.reconcile_all()
 
         # It saw the batch's builds still in progress: one instance short.
-        assert (None, 1) == (stats.error, stats.created)
+        # The five never handed over as far as the store knows are withdrawn:
+        # an orphan delete each (the provisioner may have had the second and
+        # the third before the crash).
+        assert (None, 1, 5) == (stats.error, stats.created, stats.deleted)
+        others = {b.instance_id for b in builds if b.id != first}
+        deletes = [r for r in handed if r.transition is Transition.DELETE]
+        assert (others, [True] * 5) == (
+            {r.instance_id for r in deletes},
+            [r.orphan for r in deletes],
+        )
+        for request in deletes:
+            store.build_finished(request.build_id, now=clock.now(), succeeded=True)
         refill = ours.reconcile_all()
 
         # Not backed off, not hard-limited: the next pass refills the pool.
@@ -188,3 +211,9 @@ def test_a_leader_killed_mid_batch_neither_backs_off_nor_hard_limits(
         assert [(BuildStatus.CANCELED, "not_submitted")] * 5 == [
             ended[b.id] for b in builds if b.id != first
         ]
+        # Withdrawn: none of the five is left in the pool.
+        pooled = {i.id for i in store.list_instances(preset_id=preset_id)}
+        assert (set(), DESIRED) == (
+            others & pooled,
+            len(pooled - {claimed.id}),
+        )

@@ -1491,6 +1491,37 @@ class TestBatchCreation:
             (b.status, b.error_kind) for b in stuck
         ]
 
+    def test_a_batch_never_marked_is_withdrawn_and_refilled(
+        self, store_factory: StoreFactory
+    ) -> None:
+        """
+        A leader that died between a batch and its marks: once stuck, the
+        builds are canceled (not failures), each instance gets an orphan
+        delete (the provisioner may have had it), and the pool refills.
+        """
+        store = store_factory()
+        preset = new_preset(store, new_template(store), desired=3)
+        world = make_world(store, build_timeout=timedelta(minutes=10))
+        lost = store.create_prebuilds(  # type: ignore[attr-defined]
+            preset.id, now=world.clock.now(), names=["a", "b", "c"]
+        )
+        world.clock.advance(timedelta(minutes=11))
+
+        stats = world.cycle()
+
+        assert (0, 3, None) == (stats.created, stats.deleted, stats.error)
+        deletes = world.provisioner.submitted
+        assert sorted(
+            (r.instance_id.int, Transition.DELETE, True) for r in lost
+        ) == sorted((r.instance_id.int, r.transition, r.orphan) for r in deletes)
+        assert [BuildStatus.CANCELED] * 3 == [
+            store.get_build(r.build_id).status for r in lost
+        ]
+        assert [] == world.of_kind(EventKind.BACKOFF)
+        world.settle()
+        pooled = {i.id for i in store.read_pool().instances}
+        assert (3, set()) == (len(pooled), pooled & {r.instance_id for r in lost})
+
     def test_a_hung_submit_in_a_batch(self, store_factory: StoreFactory) -> None:
         """A batch's submit past submit_timeout fails as alone; the rest are withdrawn."""
         store = store_factory()
