@@ -175,7 +175,8 @@ class _Submits:
     batches after it, so a hung submit holds up no later one. Without a
     timeout, a batch is submitted in the thread that created it.
 
-    Once the pass lost its lease (*lost*), no further submit starts.
+    A batch handed over is submitted even if the pass loses its lease
+    meanwhile (its creation was committed before).
     """
 
     def __init__(
@@ -184,13 +185,11 @@ class _Submits:
         timeout: float | None,
         workers: Callable[[], Workers],
         threads: int,
-        lost: threading.Event,
     ) -> None:
         self._submit = submit
         self._timeout = timeout
         self._workers = workers
         self._max = threads
-        self._lost = lost
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # submitters wait here
         self._done = threading.Condition(self._lock)  # finish() waits here
@@ -263,9 +262,10 @@ class _Submits:
     def _run(self, batch: _Batch) -> bool:
         """Submit *batch*; False if it was given up on meanwhile."""
         for request in batch.requests:
+            # Submitted even once the lease is lost: the creation was
+            # committed before, and a build never handed over would hold
+            # its place in the pool until the build timeout.
             with self._lock:
-                if self._lost.is_set():
-                    break  # no further submit once the lease is lost
                 batch.started = time.monotonic()
             failure: BaseException | None = None
             try:
@@ -944,7 +944,6 @@ class StoreReconciler:
             self._submit_timeout,
             self._workers,
             self._max_workers,
-            run.lost,
         )
         try:
             results = self._run_presets(busy, run) if busy else []

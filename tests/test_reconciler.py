@@ -967,6 +967,45 @@ class TestLeadershipLost:
         assert (again.leader, again.error) == (True, None)
         assert len(inner.list_instances()) == 6 * 2
 
+    @pytest.mark.parametrize("workers", [1, 2])
+    def test_batches_handed_over_before_the_loss_are_submitted(
+        self, workers: int
+    ) -> None:
+        """
+        Batch creations with submits on threads (pipelined to the end of
+        the pass): the lease taken over at the second submit stops the pass
+        at its next write; every creation committed before is still
+        submitted (its build would otherwise hold its place until the build
+        timeout) and reported, nothing is marked, and the next pass fills.
+        """
+        lease_clock = FakeClock()
+        store = MemoryStore(clock=lease_clock, lease_ttl=timedelta(minutes=1))
+        template = new_template(store)
+        for _ in range(6):
+            new_preset(store, template, desired=2)
+        provisioner = TakeOverOnSubmit(store, lease_clock, at=2)
+        world = make_world(
+            store, provisioner=provisioner, max_workers=workers, submit_timeout=60.0
+        )
+
+        stats = world.reconciler.reconcile_all()
+        provisioner.give_back()
+
+        created = len(store.list_instances())
+        assert 2 <= created < 6 * 2
+        assert "LeadershipLostError" in (stats.error or "")
+        assert provisioner.submits == created  # each creation submitted, no other
+        assert len(world.of_kind(EventKind.CREATED)) == created
+        assert [EventKind.LEADERSHIP_LOST] == [
+            e.kind
+            for e in world.events.events
+            if e.kind in {EventKind.LEADERSHIP_LOST, EventKind.PASS_ERROR}
+        ]
+        again = world.reconciler.reconcile_all()  # the next pass leads and fills
+        assert (again.leader, again.error) == (True, None)
+        assert len(store.list_instances()) == 6 * 2
+        world.reconciler.stop()
+
 
 class TestStoreFaults:
     def test_snapshot_fails(self, store_factory: StoreFactory) -> None:
