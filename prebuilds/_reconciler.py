@@ -93,7 +93,7 @@ def _call_with_timeout(
     """
     Call ``submit(request)`` on a thread of *workers* and wait up to
     *timeout* s; *on_wait* is called if it is not done within
-    ``_PATIENCE``.
+    ``_WAITED``.
 
     On a thread of its own (a daemon, kept for the next submit), so that a
     submit hung in the host's code neither holds up later submits nor keeps
@@ -117,7 +117,7 @@ def _call_with_timeout(
     workers.start(target)
     # A short wait first: a quick submit is done by then; a slow one has
     # the pass start a helper on the next presets, then wait on.
-    patience = min(timeout, _PATIENCE)
+    patience = min(timeout, _WAITED)
     if not done.wait(patience):
         on_wait()
         late = not done.wait(timeout - patience)
@@ -130,14 +130,17 @@ def _call_with_timeout(
         raise failure[0]
 
 
-#: How long a pass waits on a submit handed to another thread before it
-#: starts a helper on the next presets (a provisioner this slow is worth
-#: waiting for in parallel).
+#: How often at most a pass wakes its submitters (waking a thread costs
+#: more than a quick submit), and how long it waits for them before it
+#: looks again.
 _PATIENCE = 0.005
 
 #: A preset that waited this long (wall time beyond its thread's CPU time:
-#: on the store, on a submit) starts a helper on the next presets.
-_WAITED = 0.01
+#: on the store, on a submit) starts a helper on the next presets, as does
+#: a submit of a deletion not done by then. Long enough that a thread
+#: preempted on a busy machine does not count as waiting: on SQLite
+#: helpers only contend for the GIL and the write lock.
+_WAITED = 0.05
 
 
 @attrs.define(eq=False)
@@ -533,7 +536,7 @@ class _Presets:
     thread, and on helpers of the workers (at most *max_workers* threads in
     all) once a preset waited: on the store or a provisioner (at least
     ``_WAITED`` of wall time beyond its CPU time), or on a submit handed to
-    a thread (``_PATIENCE``). A pass that only computes and writes to a
+    a thread (as long). A pass that only computes and writes to a
     local store (SQLite) runs in its own thread alone: more threads there
     would only contend for the GIL and the store's write lock.
     """
