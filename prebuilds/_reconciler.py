@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from prebuilds._arguments import check_reconciler
+from prebuilds._arguments import check_create_prebuilds, check_reconciler
 from prebuilds._calculate import (
     backoff_until,
     calculate_actions,
@@ -39,14 +39,15 @@ from prebuilds._records import (
     unchecked_evolve,
 )
 from prebuilds._status import PoolStatus, explain, explain_all
-from prebuilds._validate import check_delta, clean_text
+from prebuilds._validate import MAX_INSTANCES, check_delta, clean_text
 from prebuilds._workers import Workers
 from prebuilds.exceptions import (
     LeadershipLostError,
+    PresetNotFoundError,
     ProvisionerValidationError,
     StoreError,
 )
-from prebuilds.interfaces import BatchCreates
+from prebuilds.interfaces import BatchCreates, GroupedCreates
 
 
 if TYPE_CHECKING:
@@ -141,6 +142,10 @@ _PATIENCE = 0.005
 #: preempted on a busy machine does not count as waiting: on SQLite
 #: helpers only contend for the GIL and the write lock.
 _WAITED = 0.05
+
+#: A pass's creations go to a GroupedCreates store once this many
+#: instances wait (and at the end): one commit for a few presets.
+_GROUP = 256
 
 
 @attrs.define(eq=False)
@@ -352,6 +357,13 @@ class _Pass:
     lost: threading.Event = attrs.field(factory=threading.Event)
     submits: _Submits | None = None
     help: Callable[[], None] = _nothing
+    #: Creations waiting for one create_prebuilds_grouped: (preset ID,
+    #: names, its result), and how many instances in all.
+    creates: list[tuple[UUID, tuple[str, ...], _PresetResult]] = attrs.field(
+        factory=list
+    )
+    pending: int = 0
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     def check(self) -> None:
         """
@@ -580,7 +592,7 @@ class _Presets:
             with self._lock:
                 index = self._next
                 if index >= len(self._plans):
-                    return
+                    break
                 self._next = index + 1
             wall, cpu = time.perf_counter(), time.thread_time()
             try:
@@ -590,6 +602,16 @@ class _Presets:
             waited = time.perf_counter() - wall - (time.thread_time() - cpu)
             if self._parallel and waited >= _WAITED:
                 self._help()
+        self._flush()
+
+    def _flush(self) -> None:
+        """The creations this thread queued last: to the store (the pass's end)."""
+        try:
+            self._reconciler.flush_creates(self._run)
+        except BaseException as e:  # noqa: BLE001 - raised by run(), after the presets'
+            if isinstance(e, LeadershipLostError):
+                self._run.lost.set()  # the other threads stop before their next write
+            self._errors[len(self._plans)] = e
 
     def _helper(self) -> None:
         try:
@@ -716,6 +738,7 @@ class StoreReconciler:
         self._store = store
         # Whether creations go in batches: asked once (a runtime protocol check is slow).
         self._batches = store if isinstance(store, BatchCreates) else None
+        self._grouped = store if isinstance(store, GroupedCreates) else None
         self._provisioner = provisioner
         self._clock: Clock = clock or SystemClock()
         self._events: EventSink = events or LoggingEventSink()
@@ -1013,9 +1036,15 @@ class StoreReconciler:
         if lost:
             return  # no further write: the builds are the next leader's
         assert self._batches is not None  # noqa: S101 - batches come from it
-        self._batches.record_submits(
-            handed, not_submitted=dropped, now=now, lease=run.lease
-        )
+        # At most MAX_INSTANCES IDs of each kind a call: one call for most passes.
+        for start in range(0, max(len(handed), len(dropped)), MAX_INSTANCES):
+            end = start + MAX_INSTANCES
+            self._batches.record_submits(
+                handed[start:end],
+                not_submitted=dropped[start:end],
+                now=now,
+                lease=run.lease,
+            )
 
     # -- status ------------------------------------------------------------------
     def status(self) -> list[PoolStatus]:
@@ -1437,6 +1466,9 @@ class StoreReconciler:
         provisioner stops the submits there, and the backoff decides.
         """
         preset_id, now = ps.preset.id, run.now
+        if self._grouped is not None:
+            self._create_grouped(preset_id, count, result, run)
+            return
         if self._batches is not None:
             self._create_batch(self._batches, preset_id, count, result, run)
             return
@@ -1480,6 +1512,69 @@ class StoreReconciler:
             return
         assert run.submits is not None  # noqa: S101 - set by the pass
         run.submits.hand(_Batch(requests=requests, result=result))
+
+    def _create_grouped(
+        self, preset_id: UUID, count: int, result: _PresetResult, run: _Pass
+    ) -> None:
+        """
+        *count* instances of the preset, queued for the pass's next
+        ``create_prebuilds_grouped`` (:meth:`flush_creates`), which runs once
+        ``_GROUP`` instances wait: a commit costs more than a few presets'
+        inserts. The names are drawn and checked here, so that a bad one is
+        this preset's error.
+        """
+        run.check()
+        names = check_create_prebuilds(
+            preset_id, run.now, [self._name_factory() for _ in range(count)]
+        )
+        with run.lock:
+            run.creates.append((preset_id, names, result))
+            run.pending += count
+            full = run.pending >= _GROUP
+        if full:
+            self.flush_creates(run)
+
+    def flush_creates(self, run: _Pass) -> None:
+        """
+        The pass's queued creations in one ``create_prebuilds_grouped``,
+        their batches handed to the pass's submits. On a
+        :class:`PresetNotFoundError` (nothing written), one preset at a
+        time, so that the error is the missing preset's.
+
+        Raises:
+            StoreError: the store failed (LeadershipLostError: the lease is
+                lost); nothing of the group is written.
+        """
+        with run.lock:
+            creates, run.creates, run.pending = run.creates, [], 0
+        if not creates:
+            return
+        run.check()
+        submits, grouped = run.submits, self._grouped
+        assert submits is not None  # noqa: S101 - set by the pass
+        assert grouped is not None  # noqa: S101 - queued for it
+        try:
+            made = grouped.create_prebuilds_grouped(
+                [(preset_id, names) for preset_id, names, _ in creates],
+                now=run.now,
+                lease=run.lease,
+            )
+        except PresetNotFoundError:
+            made = []
+            for preset_id, names, result in creates:
+                try:
+                    requests = grouped.create_prebuilds(
+                        preset_id, now=run.now, names=names, lease=run.lease
+                    )
+                except StoreError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - this preset's error
+                    self._preset_error(preset_id, e, result, run.now)
+                    requests = []
+                made.append(requests)
+        for (_, _, result), requests in zip(creates, made, strict=True):
+            if requests:  # else the preset became inactive meanwhile
+                submits.hand(_Batch(requests=requests, result=result))
 
     def _created_all(self, requests: Sequence[BuildRequest], now: datetime) -> None:
         """

@@ -87,12 +87,13 @@ def test_workers_are_kept_between_passes_and_end_on_stop(
 
 
 class _Recording(MemoryStore):
-    """A MemoryStore that records the threads its creations run in and its marks."""
+    """A MemoryStore that records the threads its creations run in, its groups and marks."""
 
     def __init__(self) -> None:
         super().__init__()
         self.creating_threads: set[int] = set()
         self.marks: list[tuple[int, int]] = []
+        self.groups: list[int] = []
 
     def create_prebuilds(
         self,
@@ -104,6 +105,17 @@ class _Recording(MemoryStore):
     ) -> list[BuildRequest]:
         self.creating_threads.add(threading.get_ident())
         return super().create_prebuilds(preset_id, now=now, names=names, lease=lease)
+
+    def create_prebuilds_grouped(
+        self,
+        groups: Sequence[tuple[uuid.UUID, Sequence[str]]],
+        *,
+        now: datetime,
+        lease: Lease | None = None,
+    ) -> list[list[BuildRequest]]:
+        self.creating_threads.add(threading.get_ident())
+        self.groups.append(len(groups))
+        return super().create_prebuilds_grouped(groups, now=now, lease=lease)
 
     def record_submits(
         self,
@@ -124,8 +136,9 @@ def test_a_quick_fill_creates_in_the_calling_thread_and_marks_once(
 ) -> None:
     """
     Default settings, a provisioner that returns at once: every preset's
-    creation runs in the pass's own thread (no preset worker), the submits
-    on other threads, and one record_submits marks the whole pass's builds.
+    creation runs in the pass's own thread (no preset worker), all of them
+    in one create_prebuilds_grouped, the submits on other threads, and one
+    record_submits marks the whole pass's builds.
     """
     # A preset preempted by another process for this long would ask for a
     # helper: not this test's subject.
@@ -147,6 +160,7 @@ def test_a_quick_fill_creates_in_the_calling_thread_and_marks_once(
 
     assert (24, None) == (stats.created, stats.error)
     assert {threading.get_ident()} == store.creating_threads
+    assert [8] == store.groups
     assert submitting
     assert threading.get_ident() not in submitting
     assert [(24, 0)] == store.marks

@@ -969,15 +969,17 @@ class TestLeadershipLost:
 
     @pytest.mark.parametrize("workers", [1, 2])
     def test_batches_handed_over_before_the_loss_are_submitted(
-        self, workers: int
+        self, workers: int, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """
-        Batch creations with submits on threads (pipelined to the end of
+        Grouped creations with submits on threads (pipelined to the end of
         the pass): the lease taken over at the second submit stops the pass
-        at its next write; every creation committed before is still
+        at its next write (a group's creation, or at the latest the mark of
+        the submitted builds); every creation committed before is still
         submitted (its build would otherwise hold its place until the build
-        timeout) and reported, nothing is marked, and the next pass fills.
+        timeout) and reported, and the next pass fills.
         """
+        monkeypatch.setattr(prebuilds._reconciler, "_GROUP", 2)  # a group per preset
         lease_clock = FakeClock()
         store = MemoryStore(clock=lease_clock, lease_ttl=timedelta(minutes=1))
         template = new_template(store)
@@ -992,7 +994,7 @@ class TestLeadershipLost:
         provisioner.give_back()
 
         created = len(store.list_instances())
-        assert 2 <= created < 6 * 2
+        assert created >= 2  # how many more: how far the pass got meanwhile
         assert "LeadershipLostError" in (stats.error or "")
         assert provisioner.submits == created  # each creation submitted, no other
         assert len(world.of_kind(EventKind.CREATED)) == created
