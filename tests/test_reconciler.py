@@ -6,6 +6,7 @@ import re
 import threading
 import uuid
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -26,6 +27,7 @@ from prebuilds import (
     Lease,
     PoolFacts,
     PrebuildSchedule,
+    PresetNotFoundError,
     PresetStatus,
     ProvisionerError,
     ResourceReplacement,
@@ -654,7 +656,64 @@ class CreateFails(DelegatingStore):
         return super().create_prebuild(preset_id, now=now, name=name, lease=lease)
 
 
+class VanishingPreset(MemoryStore):
+    """A MemoryStore on which one preset is gone by the time it is created."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gone: uuid.UUID | None = None
+        self.groups = 0
+
+    def create_prebuilds(
+        self,
+        preset_id: uuid.UUID,
+        *,
+        now: datetime,
+        names: Sequence[str],
+        lease: Lease | None = None,
+    ) -> list[BuildRequest]:
+        if preset_id == self.gone:
+            raise PresetNotFoundError(preset_id)
+        return super().create_prebuilds(preset_id, now=now, names=names, lease=lease)
+
+    def create_prebuilds_grouped(
+        self,
+        groups: Sequence[tuple[uuid.UUID, Sequence[str]]],
+        *,
+        now: datetime,
+        lease: Lease | None = None,
+    ) -> list[list[BuildRequest]]:
+        self.groups += 1
+        for preset_id, _ in groups:
+            if preset_id == self.gone:
+                raise PresetNotFoundError(preset_id)
+        return super().create_prebuilds_grouped(groups, now=now, lease=lease)
+
+
 class TestPresetIsolation:
+    def test_a_preset_gone_from_a_group_is_its_own_error(self) -> None:
+        """
+        A group of creations that names a preset gone since the read is
+        created one preset at a time: that preset's error, the rest fill.
+        """
+        store = VanishingPreset()
+        template = new_template(store)
+        presets = [new_preset(store, template, desired=2) for _ in range(3)]
+        store.gone = presets[1].id
+        world = make_world(store, submit_timeout=60.0, max_workers=3)
+
+        stats = world.cycle()
+
+        assert (1, 4, None) == (stats.presets_failed, stats.created, stats.error)
+        assert 1 == store.groups
+        assert [presets[1].id] == [
+            e.preset_id for e in world.of_kind(EventKind.PRESET_ERROR)
+        ]
+        assert {p.id for p in presets} - {presets[1].id} == {
+            i.preset_id for i in store.list_instances()
+        }
+        world.reconciler.stop()
+
     @pytest.mark.parametrize("workers", [1, 3])
     def test_a_failing_preset_does_not_stop_the_others(
         self, store_factory: StoreFactory, workers: int
