@@ -644,8 +644,14 @@ class StoreReconciler:
     store's leader lock (skip the pass if another replica holds it); stop if
     paused; read the store's facts once (``read_pool``) and derive every
     pool's state from them (:func:`~prebuilds.derive`); fail stuck builds
-    (they are replaced from the next pass on); for each preset, in parallel
-    on at most *max_workers* threads, calculate and execute its actions. A preset that raises is logged, counted and
+    (they are replaced from the next pass on); for each preset with
+    something to do, execute its actions, in the pass's own thread, with
+    helpers (at most *max_workers* threads in all) once a preset waited on
+    the store or the provisioner (``_Presets``). Creations are queued
+    and written a few presets at a time when the store offers
+    :class:`~prebuilds.interfaces.GroupedCreates`; their submits are
+    pipelined on submitter threads and recorded once, at the end of the
+    pass (``_Submits``). A preset that raises is logged, counted and
     skipped; the pass goes on. A store failure (:class:`StoreError`) ends
     the pass (logged, counted); the next pass starts clean.
 
@@ -677,8 +683,10 @@ class StoreReconciler:
             they are replaced (``None`` disables).
         submit_timeout: Give up waiting for ``provisioner.submit`` after this
             many seconds and record the build as failed (``None``: wait).
-        max_workers: Presets reconciled in parallel (1: in order, in the
-            calling thread).
+        max_workers: Threads that reconcile presets (1: in order, in the
+            calling thread): a pass starts helpers only while its presets
+            wait on the store or the provisioner; also the most submitter
+            threads of a pass's creations.
         name_factory: Names for new pooled instances.
         event_cooldown: Emit at most one event per preset and kind in this
             time for the kinds that repeat every pass while their cause
@@ -965,16 +973,18 @@ class StoreReconciler:
         # helpers only while there is something to wait on (_run_presets).
         # The creations' submits are pipelined and recorded once at the end.
         todo, busy = view.todo, view.busy
-        run.submits = _Submits(
-            self._provisioner.submit,
-            self._submit_timeout,
-            self._workers,
-            self._max_workers,
-        )
-        try:
-            results = self._run_presets(busy, run) if busy else []
-        finally:
-            self._record_batches(run)
+        results: list[_PresetResult] = []
+        if busy:  # most passes have nothing to do
+            run.submits = _Submits(
+                self._provisioner.submit,
+                self._submit_timeout,
+                self._workers,
+                self._max_workers,
+            )
+            try:
+                results = self._run_presets(busy, run)
+            finally:
+                self._record_batches(run)
         self._observe(view, now, paused=False)
         fields["presets_total"] = len(view.plans) + len(view.invalid_presets)
         fields["presets_reconciled"] = len(todo)
