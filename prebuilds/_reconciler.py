@@ -607,7 +607,7 @@ class _Presets:
     def _flush(self) -> None:
         """The creations this thread queued last: to the store (the pass's end)."""
         try:
-            self._reconciler.flush_creates(self._run)
+            self._reconciler._flush_creates(self._run)  # noqa: SLF001 - its helper
         except BaseException as e:  # noqa: BLE001 - raised by run(), after the presets'
             if isinstance(e, LeadershipLostError):
                 self._run.lost.set()  # the other threads stop before their next write
@@ -1528,7 +1528,7 @@ class StoreReconciler:
     ) -> None:
         """
         *count* instances of the preset, queued for the pass's next
-        ``create_prebuilds_grouped`` (:meth:`flush_creates`), which runs once
+        ``create_prebuilds_grouped`` (:meth:`_flush_creates`), which runs once
         ``_GROUP`` instances wait: a commit costs more than a few presets'
         inserts. The names are drawn and checked here, so that a bad one is
         this preset's error.
@@ -1542,9 +1542,9 @@ class StoreReconciler:
             run.pending += count
             full = run.pending >= _GROUP
         if full:
-            self.flush_creates(run)
+            self._flush_creates(run)
 
-    def flush_creates(self, run: _Pass) -> None:
+    def _flush_creates(self, run: _Pass) -> None:
         """
         The pass's queued creations in one ``create_prebuilds_grouped``,
         their batches handed to the pass's submits. On a
