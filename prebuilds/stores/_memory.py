@@ -102,8 +102,9 @@ def _utc(value: datetime) -> datetime:
 class MemoryStore:
     """
     A :class:`~prebuilds.interfaces.Store` with
-    :class:`~prebuilds.interfaces.StampedClaims` and
-    :class:`~prebuilds.interfaces.BatchCreates` in process memory: one lock,
+    :class:`~prebuilds.interfaces.StampedClaims`,
+    :class:`~prebuilds.interfaces.BatchCreates` and
+    :class:`~prebuilds.interfaces.GroupedCreates` in process memory: one lock,
     every method atomic, nothing kept past the process.
 
     :meth:`leader` grants one lease at a time; with *lease_ttl* a lease also

@@ -92,8 +92,9 @@ _LOG = logging.getLogger("prebuilds.stores.postgres")
 class PostgresStore:
     """
     A :class:`~prebuilds.interfaces.Store` on PostgreSQL, shared by many
-    replicas; it offers :class:`~prebuilds.interfaces.StampedClaims` and
-    :class:`~prebuilds.interfaces.BatchCreates`.
+    replicas; it offers :class:`~prebuilds.interfaces.StampedClaims`,
+    :class:`~prebuilds.interfaces.BatchCreates` and
+    :class:`~prebuilds.interfaces.GroupedCreates`.
 
     Give exactly one source of connections: *conninfo* (the store opens its
     own :class:`psycopg_pool.ConnectionPool` and closes it in :meth:`close`),

@@ -89,8 +89,9 @@ _TEXTS = 4096
 class SQLiteStore:
     """
     The embedded default :class:`~prebuilds.interfaces.Store` (with
-    :class:`~prebuilds.interfaces.StampedClaims` and
-    :class:`~prebuilds.interfaces.BatchCreates`), on :mod:`sqlite3`; see
+    :class:`~prebuilds.interfaces.StampedClaims`,
+    :class:`~prebuilds.interfaces.BatchCreates` and
+    :class:`~prebuilds.interfaces.GroupedCreates`), on :mod:`sqlite3`; see
     :doc:`/stores`.
 
     Args:
