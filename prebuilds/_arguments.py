@@ -104,6 +104,44 @@ def check_create_prebuilds(
     return tuple(names)
 
 
+def check_create_prebuilds_grouped(
+    groups: object, now: object
+) -> tuple[tuple[UUID, tuple[str, ...]], ...]:
+    """
+    ``create_prebuilds_grouped`` (:class:`~prebuilds.interfaces.GroupedCreates`):
+    *groups* a list or tuple of (preset ID, names) pairs, each as
+    ``create_prebuilds``' (the fields named ``groups[i].preset_id``,
+    ``groups[i].names[j]``), at most ``MAX_INSTANCES`` names in all.
+    Returns them as tuples.
+    """
+    check_aware("now", now)
+    if not isinstance(groups, (list, tuple)):
+        raise InvalidInputError(
+            "groups", groups, "must be a list or tuple of (preset ID, names) pairs"
+        )
+    checked: list[tuple[UUID, tuple[str, ...]]] = []
+    total = 0
+    for index, group in enumerate(groups):
+        field = f"groups[{index}]"
+        if not isinstance(group, (list, tuple)) or len(group) != 2:  # noqa: PLR2004 - a pair
+            raise InvalidInputError(field, group, "must be a (preset ID, names) pair")
+        preset_id, names = group
+        preset_id = check_uuid(f"{field}.preset_id", preset_id)
+        if not isinstance(names, (list, tuple)):
+            raise InvalidInputError(
+                f"{field}.names", names, "must be a list or tuple of names"
+            )
+        total += len(names)
+        if total > MAX_INSTANCES:
+            raise InvalidInputError(
+                "groups", total, f"must hold at most {MAX_INSTANCES} names in all"
+            )
+        for position, name in enumerate(names):
+            check_str(f"{field}.names[{position}]", name, required=True)
+        checked.append((preset_id, tuple(names)))
+    return tuple(checked)
+
+
 def check_record_submits(
     submitted: object, now: object, not_submitted: object
 ) -> tuple[tuple[UUID, ...], tuple[UUID, ...]]:

@@ -7,13 +7,13 @@ import secrets
 import threading
 import time
 
-from collections import Counter
+from collections import Counter, deque
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from prebuilds._arguments import check_reconciler
+from prebuilds._arguments import check_create_prebuilds, check_reconciler
 from prebuilds._calculate import (
     backoff_until,
     calculate_actions,
@@ -39,14 +39,15 @@ from prebuilds._records import (
     unchecked_evolve,
 )
 from prebuilds._status import PoolStatus, explain, explain_all
-from prebuilds._validate import check_delta, clean_text
+from prebuilds._validate import MAX_INSTANCES, check_delta, clean_text
 from prebuilds._workers import Workers
 from prebuilds.exceptions import (
     LeadershipLostError,
+    PresetNotFoundError,
     ProvisionerValidationError,
     StoreError,
 )
-from prebuilds.interfaces import BatchCreates
+from prebuilds.interfaces import BatchCreates, GroupedCreates
 
 
 if TYPE_CHECKING:
@@ -88,10 +89,12 @@ def _call_with_timeout(
     submit: Callable[[BuildRequest], None],
     request: BuildRequest,
     timeout: float,
+    on_wait: Callable[[], None] = lambda: None,
 ) -> None:
     """
     Call ``submit(request)`` on a thread of *workers* and wait up to
-    *timeout* s.
+    *timeout* s; *on_wait* is called if it is not done within
+    ``_WAITED``.
 
     On a thread of its own (a daemon, kept for the next submit), so that a
     submit hung in the host's code neither holds up later submits nor keeps
@@ -113,74 +116,254 @@ def _call_with_timeout(
             done.set()
 
     workers.start(target)
-    if not done.wait(timeout):
+    # A short wait first: a quick submit is done by then; a slow one has
+    # the pass start a helper on the next presets, then wait on.
+    patience = min(timeout, _WAITED)
+    if not done.wait(patience):
+        on_wait()
+        late = not done.wait(timeout - patience)
+    else:
+        late = False
+    if late:
         msg = f"provisioner.submit did not return within {timeout}s"
         raise _SubmitTimeoutError(msg)
     if failure:
         raise failure[0]
 
 
-def _call_all_with_timeout(
-    workers: Workers,
-    submit: Callable[[BuildRequest], None],
-    requests: Sequence[BuildRequest],
-    timeout: float,
-) -> tuple[int, BaseException | None]:
+#: How often at most a pass wakes its submitters (waking a thread costs
+#: more than a quick submit), and how long it waits for them before it
+#: looks again.
+_PATIENCE = 0.005
+
+#: A preset that waited this long (wall time beyond its thread's CPU time:
+#: on the store, on a submit) starts a helper on the next presets, as does
+#: a submit of a deletion not done by then. Long enough that a thread
+#: preempted on a busy machine does not count as waiting: on SQLite
+#: helpers only contend for the GIL and the write lock.
+_WAITED = 0.05
+
+#: A pass's creations go to a GroupedCreates store once this many
+#: instances wait (and at the end): one commit for a few presets.
+_GROUP = 256
+
+
+@attrs.define(eq=False)
+class _Batch:
     """
-    Call ``submit`` on each of *requests* in order, on one thread of
-    *workers*, waiting up to *timeout* s for each; stop at the first that
-    raises or is late (the ones after it are not submitted).
+    One preset's creations of a pass, their submits and what came of them.
 
-    One hand-off to a thread for the lot, not one per request: when the
-    submits are quick, the caller finds them done without waiting.
-
-    Returns:
-        How many were submitted, and what the next one raised
-        (:class:`_SubmitTimeoutError` if it was late), or None.
+    *submitted* count from the first in order; *failure* is what the next
+    one raised (:class:`_SubmitTimeoutError` if it was late), the ones
+    after it are not submitted.
     """
-    outcomes: list[BaseException | None] = []
-    changed = threading.Condition()
-    stop = threading.Event()
 
-    def target() -> None:
-        for request in requests:
-            if stop.is_set():
-                return
-            outcome: BaseException | None = None
+    requests: Sequence[BuildRequest]
+    result: _PresetResult
+    submitted: int = 0
+    failure: BaseException | None = None
+    #: When the submit in progress started (monotonic), or None.
+    started: float | None = None
+    finished: bool = False
+    #: Given up on (a submit was late): its thread stops with it.
+    abandoned: bool = False
+
+
+class _Submits:
+    """
+    The submits of one pass's creations, pipelined: a preset hands its
+    batch over and goes on with the store, and the pass waits for them all
+    once, at its end (:meth:`finish`).
+
+    With a *timeout*, the batches are submitted on threads of the workers:
+    one while it keeps up, another (up to *threads*) whenever more batches
+    wait than threads are idle (a slow provisioner is called in parallel).
+    A submit late by *timeout* is given up on at the end of the pass (its
+    thread left to the host's code; a daemon); a new thread takes the
+    batches after it, so a hung submit holds up no later one. Without a
+    timeout, a batch is submitted in the thread that created it.
+
+    A batch handed over is submitted even if the pass loses its lease
+    meanwhile (its creation was committed before).
+    """
+
+    def __init__(
+        self,
+        submit: Callable[[BuildRequest], None],
+        timeout: float | None,
+        workers: Callable[[], Workers],
+        threads: int,
+    ) -> None:
+        self._submit = submit
+        self._timeout = timeout
+        self._workers = workers
+        self._max = threads
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # submitters wait here
+        self._done = threading.Condition(self._lock)  # finish() waits here
+        self._queue: deque[_Batch] = deque()
+        #: Every batch of the pass, in the order handed over.
+        self.batches: list[_Batch] = []
+        self._threads = 0  # submitters, not counting the ones given up on
+        self._idle = 0
+        self._closed = False
+        self._waiting = False
+        self._taken = False  # a batch taken since the last _wake
+        self._unfinished = 0  # batches queued or being submitted
+        self._next_wake = 0.0  # monotonic: no wake before
+
+    def hand(self, batch: _Batch) -> None:
+        """Submit *batch*'s requests in order, stopping at the first that fails."""
+        if self._timeout is None:
+            with self._lock:
+                self.batches.append(batch)
+                self._unfinished += 1
+            self._run(batch)
+            return
+        with self._lock:
+            self.batches.append(batch)
+            self._queue.append(batch)
+            self._unfinished += 1
+            # Waking a thread costs more than a quick submit: at most once
+            # per _PATIENCE, so that a quick provisioner's batches are taken
+            # a few at a time.
+            now = time.monotonic()
+            start = now >= self._next_wake and self._wake()
+            if start or now >= self._next_wake:
+                self._next_wake = now + _PATIENCE
+        if start:
+            self._workers().start(self._loop)
+
+    def _wake(self) -> bool:
+        """
+        Have the queue taken (the lock held): wake an idle submitter, or
+        whether to start one (none yet, or the ones there took nothing
+        since the last call: a slow provisioner, worth another thread).
+        """
+        stalled, self._taken = not self._taken, False
+        if self._idle:
+            self._work.notify()
+            return False
+        if self._threads and not stalled:
+            return False  # they keep up
+        if self._threads >= self._max:
+            return False
+        self._threads += 1
+        return True
+
+    def _loop(self) -> None:
+        """A submitter: batches from the queue until the pass ends."""
+        while True:
+            with self._lock:
+                while not self._queue:
+                    if self._closed:
+                        self._threads -= 1
+                        return
+                    self._idle += 1
+                    self._work.wait()
+                    self._idle -= 1
+                batch = self._queue.popleft()
+                self._taken = True
+            if not self._run(batch):
+                return  # given up on: the pass has a new thread
+
+    def _run(self, batch: _Batch) -> bool:
+        """Submit *batch*; False if it was given up on meanwhile."""
+        for request in batch.requests:
+            # Submitted even once the lease is lost: the creation was
+            # committed before, and a build never handed over would hold
+            # its place in the pool until the build timeout.
+            with self._lock:
+                batch.started = time.monotonic()
+            failure: BaseException | None = None
             try:
-                submit(request)
-            except BaseException as e:  # noqa: BLE001 - handed to the caller
-                outcome = e
-            with changed:
-                outcomes.append(outcome)
-                changed.notify()
-            if outcome is not None:
-                return
+                self._submit(request)
+            except BaseException as e:  # noqa: BLE001 - recorded with the batch
+                failure = e
+            with self._lock:
+                if batch.abandoned:
+                    return False
+                batch.started = None
+                if failure is not None:
+                    batch.failure = failure
+                    break
+                batch.submitted += 1
+        with self._lock:
+            batch.finished = True
+            self._unfinished -= 1
+            if self._waiting and not self._unfinished:
+                self._done.notify()
+        return True
 
-    workers.start(target)
-    for index in range(len(requests)):
-        with changed:
-            if not changed.wait_for(lambda: len(outcomes) > index, timeout):  # noqa: B023 - waited for here
-                stop.set()
-                msg = f"provisioner.submit did not return within {timeout}s"
-                return index, _SubmitTimeoutError(msg)
-            outcome = outcomes[index]
-        if outcome is not None:
-            return index, outcome
-    return len(requests), None
+    def finish(self) -> list[_Batch]:
+        """
+        Wait until every batch is submitted, failed or late; the batches.
+
+        Raises:
+            Nothing: a submit's failure is in its batch.
+        """
+        timeout = self._timeout
+        with self._lock:
+            self._closed = True
+            self._waiting = True
+            self._work.notify_all()
+            while self._unfinished:
+                assert timeout is not None  # noqa: S101 - inline batches are finished
+                now = time.monotonic()
+                # A submit that starts from now on is late at now + timeout
+                # at the earliest: look again then at the latest.
+                wait = timeout
+                for batch in self.batches:
+                    if batch.finished or batch.started is None:
+                        continue
+                    late_at = batch.started + timeout
+                    if now < late_at:
+                        wait = min(wait, late_at - now)
+                        continue
+                    msg = f"provisioner.submit did not return within {timeout}s"
+                    batch.failure = _SubmitTimeoutError(msg)
+                    batch.abandoned = batch.finished = True
+                    batch.started = None
+                    self._unfinished -= 1
+                    self._threads -= 1
+                if not self._unfinished:
+                    break
+                # Batches waiting: every thread given up on, or the ones
+                # there slow: one more, then look again after _PATIENCE.
+                if self._queue:
+                    if self._wake():
+                        self._workers().start(self._loop)
+                    wait = min(wait, _PATIENCE)
+                self._done.wait(wait)
+            self._waiting = False
+            return self.batches
 
 
-@attrs.frozen
+def _nothing() -> None:
+    """Do nothing."""
+
+
+@attrs.define(eq=False)
 class _Pass:
     """
     One pass: its instant (the clock is read once per pass), the lease every
-    write of the pass is fenced by, and whether a write found it lost (then
-    the pass stops everywhere).
+    write of the pass is fenced by, whether a write found it lost (then
+    the pass stops everywhere), its creations' submits, and how a preset
+    that waits asks for a helper on the next presets.
     """
 
     now: datetime
     lease: Lease
     lost: threading.Event = attrs.field(factory=threading.Event)
+    submits: _Submits | None = None
+    help: Callable[[], None] = _nothing
+    #: Creations waiting for one create_prebuilds_grouped: (preset ID,
+    #: names, its result), and how many instances in all.
+    creates: list[tuple[UUID, tuple[str, ...], _PresetResult]] = attrs.field(
+        factory=list
+    )
+    pending: int = 0
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     def check(self) -> None:
         """
@@ -359,6 +542,98 @@ class _PresetResult:
     failed: bool = False
 
 
+class _Presets:
+    """
+    One pass's presets with something to do, reconciled in the pass's
+    thread, and on helpers of the workers (at most *max_workers* threads in
+    all) once a preset waited: on the store or a provisioner (at least
+    ``_WAITED`` of wall time beyond its CPU time), or on a submit handed to
+    a thread (as long). A pass that only computes and writes to a
+    local store (SQLite) runs in its own thread alone: more threads there
+    would only contend for the GIL and the store's write lock.
+    """
+
+    def __init__(
+        self, reconciler: StoreReconciler, plans: tuple[_Plan, ...], run: _Pass
+    ) -> None:
+        self._reconciler = reconciler
+        self._plans = plans
+        self._run = run
+        self._results = [_PresetResult() for _ in plans]
+        self._errors: dict[int, BaseException] = {}
+        self._lock = threading.Lock()
+        self._next = 0  # the next plan's index
+        self._working = 1  # threads working, this one included
+        self._helpers = 0  # helpers started
+        self._finished = threading.Event()
+        self._parallel = reconciler._max_workers > 1  # noqa: SLF001 - its helper
+
+    def run(self) -> list[_PresetResult]:
+        """Every plan reconciled; their results in order."""
+        run = self._run
+        if self._parallel:
+            run.help = self._help
+        try:
+            self._work()
+        finally:
+            run.help = _nothing
+            with self._lock:
+                self._working -= 1
+                last = not self._working
+            if not last:
+                self._finished.wait()
+        if self._errors:
+            raise self._errors[min(self._errors)]
+        return self._results
+
+    def _work(self) -> None:
+        reconcile = self._reconciler._reconcile_preset  # noqa: SLF001 - its helper
+        while True:
+            with self._lock:
+                index = self._next
+                if index >= len(self._plans):
+                    break
+                self._next = index + 1
+            wall, cpu = time.perf_counter(), time.thread_time()
+            try:
+                self._results[index] = reconcile(self._plans[index], self._run)
+            except BaseException as e:  # noqa: BLE001 - raised by run()
+                self._errors[index] = e
+            waited = time.perf_counter() - wall - (time.thread_time() - cpu)
+            if self._parallel and waited >= _WAITED:
+                self._help()
+        self._flush()
+
+    def _flush(self) -> None:
+        """The creations this thread queued last: to the store (the pass's end)."""
+        try:
+            self._reconciler._flush_creates(self._run)  # noqa: SLF001 - its helper
+        except BaseException as e:  # noqa: BLE001 - raised by run(), after the presets'
+            if isinstance(e, LeadershipLostError):
+                self._run.lost.set()  # the other threads stop before their next write
+            self._errors[len(self._plans)] = e
+
+    def _helper(self) -> None:
+        try:
+            self._work()
+        finally:
+            with self._lock:
+                self._working -= 1
+                if not self._working:
+                    self._finished.set()
+
+    def _help(self) -> None:
+        """Start a helper, if presets are left and the workers allow one."""
+        limit = self._reconciler._max_workers - 1  # noqa: SLF001 - its helper
+        with self._lock:
+            start = self._next < len(self._plans) and self._helpers < limit
+            if start:
+                self._working += 1
+                self._helpers += 1
+        if start:
+            self._reconciler._workers().start(self._helper)  # noqa: SLF001 - its helper
+
+
 class StoreReconciler:
     """
     Keep every pool of a :class:`~prebuilds.interfaces.Store` at its desired
@@ -369,8 +644,14 @@ class StoreReconciler:
     store's leader lock (skip the pass if another replica holds it); stop if
     paused; read the store's facts once (``read_pool``) and derive every
     pool's state from them (:func:`~prebuilds.derive`); fail stuck builds
-    (they are replaced from the next pass on); for each preset, in parallel
-    on at most *max_workers* threads, calculate and execute its actions. A preset that raises is logged, counted and
+    (they are replaced from the next pass on); for each preset with
+    something to do, execute its actions, in the pass's own thread, with
+    helpers (at most *max_workers* threads in all) once a preset waited on
+    the store or the provisioner (``_Presets``). Creations are queued
+    and written a few presets at a time when the store offers
+    :class:`~prebuilds.interfaces.GroupedCreates`; their submits are
+    pipelined on submitter threads and recorded once, at the end of the
+    pass (``_Submits``). A preset that raises is logged, counted and
     skipped; the pass goes on. A store failure (:class:`StoreError`) ends
     the pass (logged, counted); the next pass starts clean.
 
@@ -402,8 +683,10 @@ class StoreReconciler:
             they are replaced (``None`` disables).
         submit_timeout: Give up waiting for ``provisioner.submit`` after this
             many seconds and record the build as failed (``None``: wait).
-        max_workers: Presets reconciled in parallel (1: in order, in the
-            calling thread).
+        max_workers: Threads that reconcile presets (1: in order, in the
+            calling thread): a pass starts helpers only while its presets
+            wait on the store or the provisioner; also the most submitter
+            threads of a pass's creations.
         name_factory: Names for new pooled instances.
         event_cooldown: Emit at most one event per preset and kind in this
             time for the kinds that repeat every pass while their cause
@@ -463,6 +746,7 @@ class StoreReconciler:
         self._store = store
         # Whether creations go in batches: asked once (a runtime protocol check is slow).
         self._batches = store if isinstance(store, BatchCreates) else None
+        self._grouped = store if isinstance(store, GroupedCreates) else None
         self._provisioner = provisioner
         self._clock: Clock = clock or SystemClock()
         self._events: EventSink = events or LoggingEventSink()
@@ -672,12 +956,22 @@ class StoreReconciler:
         self._invalid_seen = invalid_now
         self._report_ready(view, now)
         # The actions are worked out here (most presets have none); only the
-        # presets with something to do go to the workers.
+        # presets with something to do are reconciled, in this thread, with
+        # helpers only while there is something to wait on (_run_presets).
+        # The creations' submits are pipelined and recorded once at the end.
         todo, busy = view.todo, view.busy
-        if self._max_workers == 1 or len(busy) <= 1:
-            results = [self._reconcile_preset(plan, run) for plan in busy]
-        else:
-            results = self._in_parallel(busy, run)
+        results: list[_PresetResult] = []
+        if busy:  # most passes have nothing to do
+            run.submits = _Submits(
+                self._provisioner.submit,
+                self._submit_timeout,
+                self._workers,
+                self._max_workers,
+            )
+            try:
+                results = self._run_presets(busy, run)
+            finally:
+                self._record_batches(run)
         self._observe(view, now, paused=False)
         fields["presets_total"] = len(view.plans) + len(view.invalid_presets)
         fields["presets_reconciled"] = len(todo)
@@ -737,47 +1031,66 @@ class StoreReconciler:
             self._submit(deletion, now, lease)
         return withdrawn
 
-    def _in_parallel(self, plans: tuple[_Plan, ...], run: _Pass) -> list[_PresetResult]:
+    def _run_presets(self, plans: tuple[_Plan, ...], run: _Pass) -> list[_PresetResult]:
         """
-        Reconcile *plans* on at most *max_workers* threads of the workers.
+        Reconcile *plans* in this thread, with helpers once a preset waited
+        (:class:`_Presets`).
 
         Raises:
             Exception: the first (in *plans*' order) a preset raised, once
                 every preset is done.
         """
-        results: list[_PresetResult] = [_PresetResult() for _ in plans]
-        errors: dict[int, BaseException] = {}
-        items = iter(enumerate(plans))
-        lock = threading.Lock()
-        threads = min(self._max_workers, len(plans))
-        left = [threads]
-        finished = threading.Event()
+        return _Presets(self, plans, run).run()
 
-        def work() -> None:
-            try:
-                while True:
-                    with lock:
-                        item = next(items, None)
-                    if item is None:
-                        return
-                    index, plan = item
-                    try:
-                        results[index] = self._reconcile_preset(plan, run)
-                    except BaseException as e:  # noqa: BLE001 - raised below
-                        errors[index] = e
-            finally:
-                with lock:
-                    left[0] -= 1
-                    if not left[0]:
-                        finished.set()
-
-        workers = self._workers()
-        for _ in range(threads):
-            workers.start(work)
-        finished.wait()
-        if errors:
-            raise errors[min(errors)]
-        return results
+    def _record_batches(self, run: _Pass) -> None:
+        """
+        The end of a pass's creations: wait for their submits, then per
+        batch (in the order handed over) the ``CREATED`` events of the ones
+        handed over and the failed submit recorded, then one
+        ``record_submits`` for the whole pass: the submitted builds marked,
+        the ones after a failed submit canceled (never handed over: not
+        reported, not counted). Once the lease is lost, nothing is written.
+        """
+        submits = run.submits
+        if submits is None:
+            return
+        batches = submits.finish()
+        if not batches:
+            return
+        for batch in batches:
+            failure = batch.failure
+            if failure is not None and not isinstance(failure, Exception):
+                raise failure  # KeyboardInterrupt and the like
+        now, lost = run.now, run.lost.is_set()
+        handed: list[UUID] = []
+        dropped: list[UUID] = []
+        for batch in batches:
+            requests, submitted, failure = (
+                batch.requests,
+                batch.submitted,
+                batch.failure,
+            )
+            kept = submitted + (failure is not None)
+            if kept:
+                batch.result.created += kept
+                self._created_all(requests[:kept], now)
+            handed.extend(r.build_id for r in requests[:submitted])
+            dropped.extend(r.build_id for r in requests[kept:])
+            if failure is not None and not lost:
+                assert isinstance(failure, Exception)  # noqa: S101 - raised above
+                self._submit_failed(requests[submitted], failure, now, run.lease)
+        if lost:
+            return  # no further write: the builds are the next leader's
+        assert self._batches is not None  # noqa: S101 - batches come from it
+        # At most MAX_INSTANCES IDs of each kind a call: one call for most passes.
+        for start in range(0, max(len(handed), len(dropped)), MAX_INSTANCES):
+            end = start + MAX_INSTANCES
+            self._batches.record_submits(
+                handed[start:end],
+                not_submitted=dropped[start:end],
+                now=now,
+                lease=run.lease,
+            )
 
     # -- status ------------------------------------------------------------------
     def status(self) -> list[PoolStatus]:
@@ -1163,7 +1476,7 @@ class StoreReconciler:
                     instance_id=request.instance_id,
                     build_id=request.build_id,
                 )
-                self._submit(request, now, lease)
+                self._submit(request, now, lease, run)
         elif action.action_type is ActionType.DELETE:
             for instance_id in action.delete_ids:
                 run.check()
@@ -1183,7 +1496,7 @@ class StoreReconciler:
                     instance_id=instance_id,
                     build_id=deletion.build_id,
                 )
-                self._submit(deletion, now, lease)
+                self._submit(deletion, now, lease, run)
         else:
             self._create(ps, action.create, result, run)
 
@@ -1199,6 +1512,9 @@ class StoreReconciler:
         provisioner stops the submits there, and the backoff decides.
         """
         preset_id, now = ps.preset.id, run.now
+        if self._grouped is not None:
+            self._create_grouped(preset_id, count, result, run)
+            return
         if self._batches is not None:
             self._create_batch(self._batches, preset_id, count, result, run)
             return
@@ -1211,7 +1527,7 @@ class StoreReconciler:
                 return
             result.created += 1
             self._created(request, now)
-            if not self._submit(request, now, run.lease):
+            if not self._submit(request, now, run.lease, run):
                 return  # the provisioner is failing: let the backoff decide
 
     def _create_batch(
@@ -1224,12 +1540,13 @@ class StoreReconciler:
     ) -> None:
         """
         *count* instances in one ``create_prebuilds`` (their builds not
-        submitted), then their submits in order, stopping at the first that
-        fails (a failing provisioner stops the creation there, as one at a
-        time), then one ``record_submits``: the submitted ones marked, the
-        ones after a failed submit canceled and withdrawn (never handed over:
-        not reported, not counted). A crash before the mark leaves builds
-        that ``fail_stuck_builds`` cancels (not a provisioning failure).
+        submitted), handed to the pass's submits (:class:`_Submits`): in
+        order, stopping at the first that fails (a failing provisioner stops
+        the creation there, as one at a time). The pass goes on meanwhile and
+        records them all at its end (:meth:`_record_batches`: one
+        ``record_submits``). A crash before that mark leaves builds that
+        ``fail_stuck_builds`` cancels (not a provisioning failure) unless
+        the provisioner reported them.
         """
         now = run.now
         run.check()
@@ -1239,41 +1556,71 @@ class StoreReconciler:
         )
         if not requests:  # the preset became inactive meanwhile
             return
-        failure: BaseException | None = None
-        if self._submit_timeout is None:
-            submitted = len(requests)
-            for index, request in enumerate(requests):
-                try:
-                    self._provisioner.submit(request)
-                except Exception as e:  # noqa: BLE001 - recorded below
-                    submitted, failure = index, e
-                    break
-        else:
-            submitted, failure = _call_all_with_timeout(
-                self._workers(),
-                self._provisioner.submit,
-                requests,
-                self._submit_timeout,
-            )
-        if failure is None:
-            result.created += len(requests)
-            self._created_all(requests, now)
-            batch.record_submits(
-                [r.build_id for r in requests], now=now, lease=run.lease
-            )
-            return
-        if not isinstance(failure, Exception):  # KeyboardInterrupt and the like
-            raise failure
-        kept = requests[: submitted + 1]
-        result.created += len(kept)
-        self._created_all(kept, now)
-        self._submit_failed(requests[submitted], failure, now, run.lease)
-        batch.record_submits(
-            [r.build_id for r in requests[:submitted]],
-            not_submitted=[r.build_id for r in requests[submitted + 1 :]],
-            now=now,
-            lease=run.lease,
+        assert run.submits is not None  # noqa: S101 - set by the pass
+        run.submits.hand(_Batch(requests=requests, result=result))
+
+    def _create_grouped(
+        self, preset_id: UUID, count: int, result: _PresetResult, run: _Pass
+    ) -> None:
+        """
+        *count* instances of the preset, queued for the pass's next
+        ``create_prebuilds_grouped`` (:meth:`_flush_creates`), which runs once
+        ``_GROUP`` instances wait: a commit costs more than a few presets'
+        inserts. The names are drawn and checked here, so that a bad one is
+        this preset's error.
+        """
+        run.check()
+        names = check_create_prebuilds(
+            preset_id, run.now, [self._name_factory() for _ in range(count)]
         )
+        with run.lock:
+            run.creates.append((preset_id, names, result))
+            run.pending += count
+            full = run.pending >= _GROUP
+        if full:
+            self._flush_creates(run)
+
+    def _flush_creates(self, run: _Pass) -> None:
+        """
+        The pass's queued creations in one ``create_prebuilds_grouped``,
+        their batches handed to the pass's submits. On a
+        :class:`PresetNotFoundError` (nothing written), one preset at a
+        time, so that the error is the missing preset's.
+
+        Raises:
+            StoreError: the store failed (LeadershipLostError: the lease is
+                lost); nothing of the group is written.
+        """
+        with run.lock:
+            creates, run.creates, run.pending = run.creates, [], 0
+        if not creates:
+            return
+        run.check()
+        submits, grouped = run.submits, self._grouped
+        assert submits is not None  # noqa: S101 - set by the pass
+        assert grouped is not None  # noqa: S101 - queued for it
+        try:
+            made = grouped.create_prebuilds_grouped(
+                [(preset_id, names) for preset_id, names, _ in creates],
+                now=run.now,
+                lease=run.lease,
+            )
+        except PresetNotFoundError:
+            made = []
+            for preset_id, names, result in creates:
+                try:
+                    requests = grouped.create_prebuilds(
+                        preset_id, now=run.now, names=names, lease=run.lease
+                    )
+                except StoreError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - this preset's error
+                    self._preset_error(preset_id, e, result, run.now)
+                    requests = []
+                made.append(requests)
+        for (_, _, result), requests in zip(creates, made, strict=True):
+            if requests:  # else the preset became inactive meanwhile
+                submits.hand(_Batch(requests=requests, result=result))
 
     def _created_all(self, requests: Sequence[BuildRequest], now: datetime) -> None:
         """
@@ -1314,11 +1661,16 @@ class StoreReconciler:
         )
 
     def _submit(
-        self, request: BuildRequest, now: datetime, lease: Lease | None
+        self,
+        request: BuildRequest,
+        now: datetime,
+        lease: Lease | None,
+        run: _Pass | None = None,
     ) -> bool:
         """
         Hand *request* to the provisioner; record a failure as a failed
         build, fenced by *lease* (a pass's) or not (``None``: the host's call).
+        A slow submit of a pass (*run*) has it start a helper meanwhile.
         """
         try:
             if self._submit_timeout is None:
@@ -1329,6 +1681,7 @@ class StoreReconciler:
                     self._provisioner.submit,
                     request,
                     self._submit_timeout,
+                    _nothing if run is None else run.help,
                 )
         except Exception as e:  # noqa: BLE001 - any provisioner failure
             self._submit_failed(request, e, now, lease)

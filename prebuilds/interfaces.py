@@ -51,6 +51,7 @@ __all__ = [
     "Claimer",
     "Clock",
     "EventSink",
+    "GroupedCreates",
     "LeanClaims",
     "PassObserver",
     "Provisioner",
@@ -434,6 +435,45 @@ class BatchCreates(Protocol):
         already finished stays as it is); a bad argument raises
         :class:`~prebuilds.exceptions.InvalidInputError` naming it.
         """
+
+
+@runtime_checkable
+class GroupedCreates(BatchCreates, Protocol):
+    """
+    **Protocol (optional):** a :class:`BatchCreates` store that creates
+    several presets' new instances in one transaction.
+
+    ``create_prebuilds_grouped`` is ``create_prebuilds(preset_id, now=now,
+    names=names, lease=lease)`` for each (preset ID, names) pair of
+    *groups*, in order, all in one (fenced) write transaction, all or
+    nothing: every argument is checked before anything is read or written
+    (a bad one raises :class:`~prebuilds.exceptions.InvalidInputError`
+    naming ``groups[i].preset_id`` or ``groups[i].names[j]``; at most
+    10,000 names in all), a lost lease raises
+    :class:`~prebuilds.exceptions.LeadershipLostError` and an unknown
+    preset :class:`~prebuilds.exceptions.PresetNotFoundError`, with nothing
+    written. It returns one list of :class:`~prebuilds.BuildRequest` per
+    pair, in order: empty for a preset no longer active (nothing written
+    for it). The builds are not submitted, as ``create_prebuilds``' are.
+
+    The reconciler uses it when its store offers it (with
+    :class:`BatchCreates`): a pass's creations go to the store a few
+    presets at a time, one commit for them all (a commit is most of a
+    creation's cost on SQLite). On a
+    :class:`~prebuilds.exceptions.PresetNotFoundError` it creates the
+    group's presets one at a time, so the error is the missing preset's.
+
+    .. versionadded:: 0.2.0
+    """
+
+    def create_prebuilds_grouped(
+        self,
+        groups: Sequence[tuple[UUID, Sequence[str]]],
+        *,
+        now: datetime,
+        lease: Lease | None = None,
+    ) -> list[list[BuildRequest]]:
+        """``create_prebuilds`` per pair of *groups*, in one transaction."""
 
 
 @runtime_checkable

@@ -6,6 +6,7 @@ import re
 import threading
 import uuid
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -26,6 +27,7 @@ from prebuilds import (
     Lease,
     PoolFacts,
     PrebuildSchedule,
+    PresetNotFoundError,
     PresetStatus,
     ProvisionerError,
     ResourceReplacement,
@@ -654,7 +656,64 @@ class CreateFails(DelegatingStore):
         return super().create_prebuild(preset_id, now=now, name=name, lease=lease)
 
 
+class VanishingPreset(MemoryStore):
+    """A MemoryStore on which one preset is gone by the time it is created."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gone: uuid.UUID | None = None
+        self.groups = 0
+
+    def create_prebuilds(
+        self,
+        preset_id: uuid.UUID,
+        *,
+        now: datetime,
+        names: Sequence[str],
+        lease: Lease | None = None,
+    ) -> list[BuildRequest]:
+        if preset_id == self.gone:
+            raise PresetNotFoundError(preset_id)
+        return super().create_prebuilds(preset_id, now=now, names=names, lease=lease)
+
+    def create_prebuilds_grouped(
+        self,
+        groups: Sequence[tuple[uuid.UUID, Sequence[str]]],
+        *,
+        now: datetime,
+        lease: Lease | None = None,
+    ) -> list[list[BuildRequest]]:
+        self.groups += 1
+        for preset_id, _ in groups:
+            if preset_id == self.gone:
+                raise PresetNotFoundError(preset_id)
+        return super().create_prebuilds_grouped(groups, now=now, lease=lease)
+
+
 class TestPresetIsolation:
+    def test_a_preset_gone_from_a_group_is_its_own_error(self) -> None:
+        """
+        A group of creations that names a preset gone since the read is
+        created one preset at a time: that preset's error, the rest fill.
+        """
+        store = VanishingPreset()
+        template = new_template(store)
+        presets = [new_preset(store, template, desired=2) for _ in range(3)]
+        store.gone = presets[1].id
+        world = make_world(store, submit_timeout=60.0, max_workers=3)
+
+        stats = world.cycle()
+
+        assert (1, 4, None) == (stats.presets_failed, stats.created, stats.error)
+        assert 1 == store.groups
+        assert [presets[1].id] == [
+            e.preset_id for e in world.of_kind(EventKind.PRESET_ERROR)
+        ]
+        assert {p.id for p in presets} - {presets[1].id} == {
+            i.preset_id for i in store.list_instances()
+        }
+        world.reconciler.stop()
+
     @pytest.mark.parametrize("workers", [1, 3])
     def test_a_failing_preset_does_not_stop_the_others(
         self, store_factory: StoreFactory, workers: int
@@ -966,6 +1025,47 @@ class TestLeadershipLost:
         again = world.reconciler.reconcile_all()  # the next pass leads and fills
         assert (again.leader, again.error) == (True, None)
         assert len(inner.list_instances()) == 6 * 2
+
+    @pytest.mark.parametrize("workers", [1, 2])
+    def test_batches_handed_over_before_the_loss_are_submitted(
+        self, workers: int, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """
+        Grouped creations with submits on threads (pipelined to the end of
+        the pass): the lease taken over at the second submit stops the pass
+        at its next write (a group's creation, or at the latest the mark of
+        the submitted builds); every creation committed before is still
+        submitted (its build would otherwise hold its place until the build
+        timeout) and reported, and the next pass fills.
+        """
+        monkeypatch.setattr(prebuilds._reconciler, "_GROUP", 2)  # a group per preset
+        lease_clock = FakeClock()
+        store = MemoryStore(clock=lease_clock, lease_ttl=timedelta(minutes=1))
+        template = new_template(store)
+        for _ in range(6):
+            new_preset(store, template, desired=2)
+        provisioner = TakeOverOnSubmit(store, lease_clock, at=2)
+        world = make_world(
+            store, provisioner=provisioner, max_workers=workers, submit_timeout=60.0
+        )
+
+        stats = world.reconciler.reconcile_all()
+        provisioner.give_back()
+
+        created = len(store.list_instances())
+        assert created >= 2  # how many more: how far the pass got meanwhile
+        assert "LeadershipLostError" in (stats.error or "")
+        assert provisioner.submits == created  # each creation submitted, no other
+        assert len(world.of_kind(EventKind.CREATED)) == created
+        assert [EventKind.LEADERSHIP_LOST] == [
+            e.kind
+            for e in world.events.events
+            if e.kind in {EventKind.LEADERSHIP_LOST, EventKind.PASS_ERROR}
+        ]
+        again = world.reconciler.reconcile_all()  # the next pass leads and fills
+        assert (again.leader, again.error) == (True, None)
+        assert len(store.list_instances()) == 6 * 2
+        world.reconciler.stop()
 
 
 class TestStoreFaults:

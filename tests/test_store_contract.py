@@ -37,7 +37,7 @@ from prebuilds import (
     derive,
     expiry_cutoff,
 )
-from prebuilds.interfaces import StampedClaims, Store
+from prebuilds.interfaces import GroupedCreates, StampedClaims, Store
 from prebuilds.stores import MemoryStore
 from prebuilds.testing import FakeClock
 
@@ -274,6 +274,72 @@ class TestCreateAndReport:
             build.error_kind,
             build.error,
         )
+
+
+def _grouped(store: Store) -> GroupedCreates:
+    """*store* as a GroupedCreates (every reference store is one)."""
+    assert isinstance(store, GroupedCreates)
+    return store
+
+
+class TestGroupedCreates:
+    """create_prebuilds_grouped: create_prebuilds per pair, in one transaction."""
+
+    def test_each_group_in_order_an_inactive_one_empty(self, store):
+        """Requests per pair, in order; a preset no longer active gets none."""
+        from attrs import evolve
+
+        grouped = _grouped(store)
+        _, first = seed(store)
+        second = evolve(first, id=uuid.uuid4(), name="q")
+        store.put_preset(second)
+        other = Template(id=uuid.uuid4(), active_version_id=uuid.uuid4(), name="o")
+        store.put_template(other)
+        gone = PresetConfig(
+            id=uuid.uuid4(),
+            template_id=other.id,
+            template_version_id=other.active_version_id,
+            desired_instances=1,
+        )
+        store.put_preset(gone)
+        store.put_template(evolve(other, deprecated=True))
+
+        made = grouped.create_prebuilds_grouped(
+            [
+                (first.id, ["a", "b"]),
+                (gone.id, ["x"]),
+                (second.id, ["c"]),
+                (first.id, []),
+            ],
+            now=T0,
+        )
+
+        assert [["a", "b"], [], ["c"], []] == [[r.name for r in m] for m in made]
+        assert [first.id, first.id, second.id] == [
+            r.preset_id for r in made[0] + made[2]
+        ]
+        assert {"a", "b", "c"} == {i.name for i in store.list_instances()}
+        builds = [store.get_build(r.build_id) for r in made[0] + made[2]]
+        assert [BuildStatus.PENDING] * 3 == [b.status for b in builds]
+
+    def test_an_unknown_preset_or_a_bad_name_writes_nothing(self, store):
+        """PresetNotFoundError and InvalidInputError (naming the field): nothing written."""
+        grouped = _grouped(store)
+        _, config = seed(store)
+        unknown = uuid.uuid4()
+
+        with pytest.raises(PresetNotFoundError):
+            grouped.create_prebuilds_grouped(
+                [(config.id, ["a"]), (unknown, ["b"])], now=T0
+            )
+        with pytest.raises(InvalidInputError, match=r"groups\[1\]\.names\[0\]"):
+            grouped.create_prebuilds_grouped(
+                [(config.id, ["a"]), (config.id, [""])], now=T0
+            )
+        with pytest.raises(InvalidInputError, match=r"groups\[0\]"):
+            grouped.create_prebuilds_grouped([config.id], now=T0)
+
+        assert [] == store.list_instances()
 
 
 class TestReadPool:

@@ -18,6 +18,7 @@ from prebuilds._arguments import (
     check_claim_if_unchanged,
     check_create_prebuild,
     check_create_prebuilds,
+    check_create_prebuilds_grouped,
     check_fail_stuck_builds,
     check_id_at,
     check_list_instances,
@@ -101,8 +102,9 @@ def _utc(value: datetime) -> datetime:
 class MemoryStore:
     """
     A :class:`~prebuilds.interfaces.Store` with
-    :class:`~prebuilds.interfaces.StampedClaims` and
-    :class:`~prebuilds.interfaces.BatchCreates` in process memory: one lock,
+    :class:`~prebuilds.interfaces.StampedClaims`,
+    :class:`~prebuilds.interfaces.BatchCreates` and
+    :class:`~prebuilds.interfaces.GroupedCreates` in process memory: one lock,
     every method atomic, nothing kept past the process.
 
     :meth:`leader` grants one lease at a time; with *lease_ttl* a lease also
@@ -288,6 +290,24 @@ class MemoryStore:
         """:meth:`create_prebuild` per name, all or nothing, not submitted; [] if inactive."""
         checked = check_create_prebuilds(preset_id, now, names)
         return self._create(preset_id, _utc(now), checked, lease, submitted=False)
+
+    def create_prebuilds_grouped(
+        self,
+        groups: Sequence[tuple[UUID, Sequence[str]]],
+        *,
+        now: datetime,
+        lease: Lease | None = None,
+    ) -> list[list[BuildRequest]]:
+        """:meth:`create_prebuilds` per (preset ID, names) pair, all or nothing."""
+        checked = check_create_prebuilds_grouped(groups, now)
+        now = _utc(now)
+        with self._fenced(lease):
+            for preset_id, _ in checked:
+                self._row(preset_id)  # every preset known before any write
+            return [
+                self._create(preset_id, now, names, None, submitted=False)
+                for preset_id, names in checked
+            ]
 
     def record_submits(
         self,

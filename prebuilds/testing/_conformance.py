@@ -30,7 +30,12 @@ from prebuilds._records import (
     Template,
 )
 from prebuilds.exceptions import LeadershipLostError, StoreError
-from prebuilds.interfaces import BatchCreates, LeanClaims, StampedClaims
+from prebuilds.interfaces import (
+    BatchCreates,
+    GroupedCreates,
+    LeanClaims,
+    StampedClaims,
+)
 from prebuilds.stores import MemoryStore
 from prebuilds.testing._fakes import DEFAULT_START
 from prebuilds.testing._machine import PoolMachine, RunCounter
@@ -582,6 +587,18 @@ class _LeaderTargets:
                         ),
                     )
                 )
+        if isinstance(store, GroupedCreates):
+            grouped = store
+            writes.append(
+                (
+                    "create_prebuilds_grouped",
+                    lambda lease: grouped.create_prebuilds_grouped(
+                        [(self.preset, ["fenced"]), (self.preset, ["fenced"])],
+                        now=_AT,
+                        lease=lease,
+                    ),
+                )
+            )
         return writes
 
     def _writes(self, store: Store) -> list[tuple[str, Callable[[Lease], object]]]:

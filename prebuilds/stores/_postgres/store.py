@@ -25,6 +25,7 @@ from prebuilds._arguments import (
     check_claim_if_unchanged,
     check_create_prebuild,
     check_create_prebuilds,
+    check_create_prebuilds_grouped,
     check_fail_stuck_builds,
     check_id_at,
     check_list_instances,
@@ -91,8 +92,9 @@ _LOG = logging.getLogger("prebuilds.stores.postgres")
 class PostgresStore:
     """
     A :class:`~prebuilds.interfaces.Store` on PostgreSQL, shared by many
-    replicas; it offers :class:`~prebuilds.interfaces.StampedClaims` and
-    :class:`~prebuilds.interfaces.BatchCreates`.
+    replicas; it offers :class:`~prebuilds.interfaces.StampedClaims`,
+    :class:`~prebuilds.interfaces.BatchCreates` and
+    :class:`~prebuilds.interfaces.GroupedCreates`.
 
     Give exactly one source of connections: *conninfo* (the store opens its
     own :class:`psycopg_pool.ConnectionPool` and closes it in :meth:`close`),
@@ -436,6 +438,51 @@ class PostgresStore:
                 template_version_id=version_id,
                 parameters=raw_parameters,
             )
+
+    def create_prebuilds_grouped(
+        self,
+        groups: Sequence[tuple[UUID, Sequence[str]]],
+        *,
+        now: datetime,
+        lease: Lease | None = None,
+    ) -> list[list[BuildRequest]]:
+        """
+        :meth:`create_prebuilds`' statement per (preset ID, names) pair, in
+        one transaction (one commit); any error rolls them all back.
+        """
+        checked = check_create_prebuilds_grouped(groups, now)
+        token = fence_token(lease)
+        made: list[list[BuildRequest]] = []
+        with self._db.transaction() as cur:
+            for preset_id, names in checked:
+                ids = [(uuid.uuid4(), uuid.uuid4()) for _ in names]
+                params = {
+                    "preset_id": preset_id,
+                    "instance_ids": [i for i, _ in ids],
+                    "build_ids": [b for _, b in ids],
+                    "names": list(names),
+                    "now": now,
+                    "lease": token,
+                }
+                row = self._db.fetchone(cur, sql.CREATE_PREBUILDS, params)
+                if row is None or (token is not None and not row[0]):
+                    raise lost(token or "")
+                if row[1] is None:
+                    raise PresetNotFoundError(preset_id)
+                _, template_id, version_id, raw_parameters, active = row
+                made.append(
+                    start_requests(
+                        ids,
+                        names,
+                        preset_id=preset_id,
+                        template_id=template_id,
+                        template_version_id=version_id,
+                        parameters=raw_parameters,
+                    )
+                    if active and ids
+                    else []
+                )
+        return made
 
     def record_submits(
         self,
