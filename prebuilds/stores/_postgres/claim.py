@@ -280,17 +280,16 @@ def _exec_lean(
     pooled connection: its row (the stamp read, the claimed ID or None), or
     None when there was no row.
     """
-    conn, switched = db.acquire()
+    conn, switched, since = db.acquire_claim()
     try:
-        db.count()
         try:
             result = _exec_prepared(conn, sql, values, pooled=db.pool is not None)
         except psycopg.Error as e:
             raise StoreError(f"PostgreSQL error: {e}") from e
     except BaseException:
-        db.abandon(conn, switched=switched)
+        db.abandon_claim(conn, switched=switched)
         raise
-    db.release(conn, switched=switched)
+    db.release_claim(conn, since)
     if result.ntuples == 0:
         return None
     stamp = result.get_value(0, 0)
