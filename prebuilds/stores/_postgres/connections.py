@@ -272,9 +272,11 @@ class Connections:
 
     def _take_kept(self) -> Connection | None:
         """A connection kept for claims, if there is one."""
+        if not self._kept:
+            return None
         try:
             return self._kept.pop()[0]
-        except IndexError:
+        except IndexError:  # another thread took the last one
             return None
 
     def _give_back_kept(self) -> None:
