@@ -1671,7 +1671,8 @@ class TestLeanClaim:
 class TestClaimConnections:
     """
     Claims on the own pool pass their idle connections to each other while
-    any claim is in flight; the last one out gives them all back.
+    any claim is in flight; the last one out gives them all back but its
+    own, which the next call takes.
     """
 
     @staticmethod
@@ -1693,7 +1694,8 @@ class TestClaimConnections:
         """
         With a claim in flight, a finished claim's connection serves the
         next claim without the pool; when the last claim is out, every
-        connection is back in the pool.
+        connection but its own is back in the pool, and a lone claimer's
+        claims keep using that one.
         """
         _, config = seed(store)
         bulk_ready(store, 4)
@@ -1707,19 +1709,26 @@ class TestClaimConnections:
         claimed = [lean_claim(store, facts), lean_claim(store, facts)]
 
         assert self.requests(store) == before  # both on the kept connection
-        assert self.available(store)[1] < self.available(store)[0]
+        assert len(db._kept) == 1
         db.release_claim(in_flight, since)
         size, available = self.available(store)
-        assert available == size
+        assert [conn for conn, _ in db._kept] == [in_flight]  # the last one out's
+        assert available == size - 1
         assert None not in [first, *claimed]
         assert len({first, *claimed}) == 3
-        assert lean_claim(store, facts) is not None
-        assert self.available(store)[1] == size  # alone: given back at once
+        before = self.requests(store)
+        assert lean_claim(store, facts) is not None  # alone, on the same one
+        assert self.requests(store) == before
+        assert [conn for conn, _ in db._kept] == [in_flight]
+        assert self.available(store) == (size, size - 1)
 
     def test_a_connection_goes_back_to_the_pool_after_its_lease(
         self, store: PostgresStore, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """A kept connection out for longer than CLAIM_LEASE is not reused."""
+        """
+        A kept connection out for longer than CLAIM_LEASE goes back to the
+        pool at its next use, by a claim or by any other call.
+        """
         _, config = seed(store)
         bulk_ready(store, 4)
         facts = store.read_preset(config.id)
@@ -1734,7 +1743,9 @@ class TestClaimConnections:
         assert self.requests(store) == before + 2  # a fresh lease each time
         db.release_claim(in_flight, since)
         size, available = self.available(store)
-        assert available == size
+        assert (len(db._kept), available) == (1, size - 1)
+        store.read_preset(config.id)  # not on the kept one: its lease is over
+        assert (db._kept, self.available(store)[1]) == ([], size)
 
     def test_a_failed_claim_keeps_no_connection(self, store: PostgresStore) -> None:
         """A claim the server refuses gives its connection to the pool."""
@@ -1752,7 +1763,7 @@ class TestClaimConnections:
         raw(store, 'ALTER TABLE {s}.moved RENAME TO "instances"')
         db.release_claim(in_flight, since)
         size, available = self.available(store)
-        assert available == size
+        assert available == size - 1  # the last one out's, kept
         assert lean_claim(store, facts) is not None
 
     def test_a_hosts_pool_gets_every_connection_back(

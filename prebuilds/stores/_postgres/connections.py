@@ -51,7 +51,11 @@ class Connections:
     is in flight (:meth:`acquire_claim`, :meth:`release_claim`): with 16
     threads the pool's ``getconn`` and ``putconn`` per claim cost about a
     third of a claim's client CPU and doubled its p99. The last claim out
-    gives them all back, so an idle store holds none.
+    gives them all back but its own, which the next call takes: one
+    claimer's claims keep one warm connection (the pool hands its idle
+    connections out in turn, which cost a lone claimer about a third of its
+    rate). A connection out of the pool for :data:`CLAIM_LEASE` seconds goes
+    back at its next use.
 
     Raises:
         StoreError: the own pool could not open a connection (naming why).
@@ -263,27 +267,37 @@ class Connections:
             self._claim_done()
 
     def _claim_done(self) -> None:
-        """One claim less in flight; the last one out gives back the kept."""
+        """
+        One claim less in flight; the last one out gives back the kept
+        connections but the newest (all of them once the store is closed).
+        """
         with self._count_lock:
             self._in_flight -= 1
             idle = self._in_flight == 0
-        if idle or self.closed:
+        if self.closed:
             self._give_back_kept()
+        elif idle:
+            self._give_back_kept(keep=1)
 
     def _take_kept(self) -> Connection | None:
-        """A connection kept for claims, if there is one."""
+        """A connection kept for claims and still within its lease, if any."""
         if not self._kept:
             return None
         try:
-            return self._kept.pop()[0]
+            conn, since = self._kept.pop()
         except IndexError:  # another thread took the last one
             return None
+        if time.monotonic() - since < CLAIM_LEASE:
+            return conn
+        with suppress(StoreError):
+            self.release(conn, switched=False)
+        return None
 
-    def _give_back_kept(self) -> None:
-        """Give every kept connection back to the pool."""
-        while self._kept:
+    def _give_back_kept(self, *, keep: int = 0) -> None:
+        """Give the kept connections back to the pool, oldest first, but *keep*."""
+        while len(self._kept) > keep:
             try:
-                conn, _ = self._kept.pop()
+                conn, _ = self._kept.pop(0)
             except IndexError:
                 break
             with suppress(StoreError):
@@ -351,8 +365,10 @@ class Connections:
         with suppress(StoreError):
             self.release(conn, switched=switched)
         # A check of the idle connections, a round trip each: a restarted
-        # server costs the calls in flight, not one failed call per idle one.
+        # server costs the calls in flight, not one failed call per idle one
+        # (those kept for claims go back to be checked too).
         if broken and self.pool is not None and not self.closed:
+            self._give_back_kept()
             with suppress(psycopg.Error):
                 self.pool.check()
 
