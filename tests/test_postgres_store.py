@@ -48,7 +48,7 @@ from prebuilds import (
     derive,
 )
 from prebuilds._validate import MAX_DURATION
-from prebuilds.stores._postgres import SCHEMA_VERSION, PostgresStore
+from prebuilds.stores._postgres import SCHEMA_VERSION, PostgresStore, connections
 from prebuilds.stores._postgres import claim as claim_sql
 from prebuilds.stores._postgres.schema import lock_key
 from prebuilds.testing import check_store
@@ -1666,6 +1666,154 @@ class TestLeanClaim:
                 store, attrs.evolve(facts, config=attrs.evolve(config, id=uuid.uuid4()))
             )
         assert lean_claim(store, store.read_preset(config.id)) is not None
+
+
+class TestClaimConnections:
+    """
+    Claims on the own pool pass their idle connections to each other while
+    any claim is in flight; the last one out gives them all back but its
+    own, which the next call takes.
+    """
+
+    @staticmethod
+    def requests(store: PostgresStore) -> int:
+        """How many connections the store's own pool has handed out."""
+        assert store._db.pool is not None
+        return int(store._db.pool.get_stats().get("requests_num", 0))
+
+    @staticmethod
+    def available(store: PostgresStore) -> tuple[int, int]:
+        """The own pool's size and how many of its connections are in it."""
+        assert store._db.pool is not None
+        stats = store._db.pool.get_stats()
+        return stats["pool_size"], stats["pool_available"]
+
+    def test_claims_pass_a_connection_while_one_is_in_flight(
+        self, store: PostgresStore
+    ) -> None:
+        """
+        With a claim in flight, a finished claim's connection serves the
+        next claim without the pool; when the last claim is out, every
+        connection but its own is back in the pool, and a lone claimer's
+        claims keep using that one.
+        """
+        _, config = seed(store)
+        bulk_ready(store, 4)
+        facts = store.read_preset(config.id)
+        db = store._db
+        in_flight, switched, since = db.acquire_claim()  # a claim under way
+        assert (switched, since is not None) == (False, True)
+        first = lean_claim(store, facts)
+        before = self.requests(store)
+
+        claimed = [lean_claim(store, facts), lean_claim(store, facts)]
+
+        assert self.requests(store) == before  # both on the kept connection
+        assert len(db._kept) == 1
+        db.release_claim(in_flight, since)
+        size, available = self.available(store)
+        assert [conn for conn, _ in db._kept] == [in_flight]  # the last one out's
+        assert available == size - 1
+        assert None not in [first, *claimed]
+        assert len({first, *claimed}) == 3
+        before = self.requests(store)
+        assert lean_claim(store, facts) is not None  # alone, on the same one
+        assert self.requests(store) == before
+        assert [conn for conn, _ in db._kept] == [in_flight]
+        assert self.available(store) == (size, size - 1)
+
+    def test_a_connection_goes_back_to_the_pool_after_its_lease(
+        self, store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """
+        A kept connection out for longer than CLAIM_LEASE goes back to the
+        pool at its next use, by a claim or by any other call.
+        """
+        _, config = seed(store)
+        bulk_ready(store, 4)
+        facts = store.read_preset(config.id)
+        db = store._db
+        in_flight, _, since = db.acquire_claim()
+        monkeypatch.setattr(connections, "CLAIM_LEASE", 0.0)
+        before = self.requests(store)
+
+        assert lean_claim(store, facts) is not None
+        assert lean_claim(store, facts) is not None
+
+        assert self.requests(store) == before + 2  # a fresh lease each time
+        db.release_claim(in_flight, since)
+        size, available = self.available(store)
+        assert (len(db._kept), available) == (1, size - 1)
+        store.read_preset(config.id)  # not on the kept one: its lease is over
+        assert (db._kept, self.available(store)[1]) == ([], size)
+
+    def test_a_failed_claim_keeps_no_connection(self, store: PostgresStore) -> None:
+        """A claim the server refuses gives its connection to the pool."""
+        _, config = seed(store)
+        bulk_ready(store, 2)
+        facts = store.read_preset(config.id)
+        db = store._db
+        in_flight, _, since = db.acquire_claim()
+        raw(store, "ALTER TABLE {s}.instances RENAME TO moved")
+
+        with pytest.raises(StoreError):
+            lean_claim(store, facts)
+
+        assert db._kept == []
+        raw(store, 'ALTER TABLE {s}.moved RENAME TO "instances"')
+        db.release_claim(in_flight, since)
+        size, available = self.available(store)
+        assert available == size - 1  # the last one out's, kept
+        assert lean_claim(store, facts) is not None
+
+    def test_a_hosts_pool_gets_every_connection_back(
+        self, one_connection: tuple[PostgresStore, psycopg_pool.ConnectionPool[Any]]
+    ) -> None:
+        """
+        On a host's pool nothing is kept: a claim's connection goes back to
+        it even while another claim is in flight.
+        """
+        store, pool = one_connection
+        _, config = seed(store)
+        bulk_ready(store, 3)
+        facts = store.read_preset(config.id)
+        db = store._db
+
+        with ThreadPoolExecutor(1) as other:
+            conn, _, since = db.acquire_claim()  # the only connection
+            assert since is None
+            waiting = other.submit(lean_claim, store, facts)
+            db.release_claim(conn, since)
+            assert waiting.result(timeout=30) is not None
+
+        assert lean_claim(store, facts) is not None
+        assert pool.get_stats()["pool_available"] == 1
+
+    def test_closing_gives_back_the_kept_connections(
+        self, store: PostgresStore
+    ) -> None:
+        """
+        A store closed with claims in flight keeps nothing: what was kept
+        goes back before its pool closes, and a claim that ends afterwards
+        gives its connection to the closed pool (which closes it).
+        """
+        _, config = seed(store)
+        bulk_ready(store, 2)
+        facts = store.read_preset(config.id)
+        db = store._db
+        in_flight, _, since = db.acquire_claim()
+        assert lean_claim(store, facts) is not None
+        kept = [conn for conn, _ in db._kept]
+        assert len(kept) == 1
+
+        store.close()
+
+        assert db._kept == []
+        db.release_claim(in_flight, since)
+        assert db._kept == []
+        assert all(conn.closed for conn in [*kept, in_flight])
+        with pytest.raises(StoreError, match="closed"):
+            lean_claim(store, facts)
 
 
 class TestRoundTrips:

@@ -23,6 +23,7 @@ import hashlib
 import operator
 import struct
 
+from collections.abc import Callable
 from contextlib import suppress
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,8 @@ from prebuilds.stores._postgres.sql import ONE_ROW
 
 
 if TYPE_CHECKING:
+    from psycopg.abc import Buffer
+
     from prebuilds.stores._postgres.connections import Connection, Connections
 
 #: The attribute of a connection holding its claim cursor.
@@ -139,7 +142,7 @@ def claim_id(  # noqa: PLR0917 - the claim's arguments, in order
         PresetChangedError: the stamp is not *stamp* (or no such preset).
         StoreError: the driver failed.
     """
-    values = (
+    values = [
         preset_id.bytes,
         version_id.bytes,
         None if not_before is None else _timestamptz(not_before),
@@ -150,7 +153,7 @@ def claim_id(  # noqa: PLR0917 - the claim's arguments, in order
         None if next_start_at is None else _timestamptz(next_start_at),
         None if ttl is None else _interval(ttl),
         _INT8.pack(stamp),
-    )
+    ]
     row = _exec_lean(db, db.q(CLAIM_ID_IF_UNCHANGED), values)
     if row is None or row[0] != stamp:
         raise PresetChangedError(preset_id)
@@ -273,39 +276,39 @@ def _statement_name(sql: str) -> bytes:
 
 
 def _exec_lean(
-    db: Connections, sql: str, values: tuple[Any, ...]
+    db: Connections, sql: str, values: list[Any]
 ) -> tuple[int, UUID | None] | None:
     """
-    Run the lean claim *sql* with *values* (binary, text still str) on a
-    pooled connection: its row (the stamp read, the claimed ID or None), or
-    None when there was no row.
+    Run the lean claim *sql* with *values* (binary, text still str; encoded
+    in place) on a pooled connection: its row (the stamp read, the claimed
+    ID or None), or None when there was no row.
     """
-    conn, switched = db.acquire()
+    conn, switched, since = db.acquire_claim()
     try:
-        db.count()
         try:
             result = _exec_prepared(conn, sql, values, pooled=db.pool is not None)
         except psycopg.Error as e:
             raise StoreError(f"PostgreSQL error: {e}") from e
     except BaseException:
-        db.abandon(conn, switched=switched)
+        db.abandon_claim(conn, switched=switched)
         raise
-    db.release(conn, switched=switched)
+    db.release_claim(conn, since)
     if result.ntuples == 0:
         return None
     stamp = result.get_value(0, 0)
     claimed = result.get_value(0, 1)
     return (
         -1 if stamp is None else _INT8.unpack(stamp)[0],
-        None if claimed is None else UUID(bytes=bytes(claimed)),
+        None if claimed is None else _load_uuid(claimed),
     )
 
 
 def _exec_prepared(
-    conn: Connection, sql: str, values: tuple[Any, ...], *, pooled: bool
+    conn: Connection, sql: str, params: list[Any], *, pooled: bool
 ) -> pq.abc.PGresult:
     """
-    *sql* with *values* on *conn*, through libpq: prepared once per
+    *sql* with *params* on *conn* (its text encoded here, in place),
+    through libpq: prepared once per
     connection when *conn* is pooled (a connection of its own per call is
     sent the statement unnamed, one round trip either way).
 
@@ -320,7 +323,6 @@ def _exec_prepared(
     # conn.info.encoding maps the server's name for it each time (~1.5 µs).
     utf8 = pgconn.parameter_status(b"client_encoding") == b"UTF8"
     encoding = "utf-8" if utf8 else conn.info.encoding
-    params = list(values)
     for i in _TEXT:
         if params[i] is not None:
             params[i] = params[i].encode(encoding)
@@ -367,15 +369,41 @@ class _Prepared:
         self.dropped = 0
 
 
+# Statuses as plain ints: an enum member's lookup and hash are Python code.
+_FATAL_ERROR = int(pq.ExecStatus.FATAL_ERROR)
+_OK = frozenset((int(pq.ExecStatus.COMMAND_OK), int(pq.ExecStatus.TUPLES_OK)))
+
+
 def _sqlstate(result: pq.abc.PGresult) -> bytes | None:
     """*result*'s SQLSTATE if it is an error, else None."""
-    if result.status != pq.ExecStatus.FATAL_ERROR:
+    if result.status != _FATAL_ERROR:
         return None
     return result.error_field(pq.DiagnosticField.SQLSTATE)
 
 
 def _checked(conn: Connection, result: pq.abc.PGresult) -> pq.abc.PGresult:
     """*result*, unless it is an error (raised as psycopg's error)."""
-    if result.status in {pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK}:
+    if result.status in _OK:
         return result
     raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+
+
+def _uuid_loader() -> Callable[[Buffer], UUID]:
+    """
+    A binary uuid's decoder: psycopg's loader (C in ``psycopg[binary]``,
+    about a tenth of ``UUID(bytes=...)``) when it gives back the same UUID,
+    else ``UUID(bytes=...)`` (a host may have registered a loader of its own).
+    """
+    sample = UUID("0123a567-89ab-4def-8123-456789abcdef")
+    with suppress(Exception):
+        loader = psycopg.adapters.get_loader(_UUID_OID, pq.Format.BINARY)
+        if loader is not None:
+            load: Callable[[Buffer], Any] = loader(_UUID_OID).load
+            loaded = load(sample.bytes)
+            if type(loaded) is UUID and loaded == sample:
+                return load
+    return lambda data: UUID(bytes=bytes(data))
+
+
+_UUID_OID = 2950
+_load_uuid = _uuid_loader()
