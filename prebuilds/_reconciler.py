@@ -1013,23 +1013,46 @@ class StoreReconciler:
             if not never or build.transition is not Transition.START:
                 continue
             run.check()
-            deletion = self._store.delete_prebuild(
-                build.instance_id, now=now, lease=lease
+            withdrawn += self._clean_up(
+                build.preset_id,
+                build.instance_id,
+                now,
+                lease,
+                "never-submitted instance withdrawn (orphan delete)",
+                orphan=True,
             )
-            if deletion is None:  # claimed or going meanwhile
-                continue
-            deletion = unchecked_evolve(deletion, orphan=True)
-            withdrawn += 1
-            self._emit(
-                EventKind.DELETED,
-                at=now,
-                preset_id=build.preset_id,
-                instance_id=build.instance_id,
-                build_id=deletion.build_id,
-                detail="never-submitted instance withdrawn (orphan delete)",
-            )
-            self._submit(deletion, now, lease)
         return withdrawn
+
+    def _clean_up(
+        self,
+        preset_id: UUID,
+        instance_id: UUID,
+        now: datetime,
+        lease: Lease | None,
+        detail: str,
+        *,
+        orphan: bool = False,
+    ) -> bool:
+        """
+        Delete a pooled instance outside the calculator's actions (a failed
+        one, or one withdrawn: an *orphan* delete), report it and submit it;
+        False if it was claimed or going meanwhile.
+        """
+        deletion = self._store.delete_prebuild(instance_id, now=now, lease=lease)
+        if deletion is None:
+            return False
+        if orphan:
+            deletion = unchecked_evolve(deletion, orphan=True)
+        self._emit(
+            EventKind.DELETED,
+            at=now,
+            preset_id=preset_id,
+            instance_id=instance_id,
+            build_id=deletion.build_id,
+            detail=detail,
+        )
+        self._submit(deletion, now, lease)
+        return True
 
     def _run_presets(self, plans: tuple[_Plan, ...], run: _Pass) -> list[_PresetResult]:
         """
@@ -1761,19 +1784,13 @@ class StoreReconciler:
         ):
             if instance.latest_status is not BuildStatus.FAILED:
                 continue
-            request = self._store.delete_prebuild(instance.id, now=now)
-            if request is None:  # claimed or deleted meanwhile
-                continue
-            deleted += 1
-            self._emit(
-                EventKind.DELETED,
-                at=now,
-                preset_id=instance.preset_id,
-                instance_id=instance.id,
-                build_id=request.build_id,
-                detail="failed instance cleaned up",
+            deleted += self._clean_up(
+                instance.preset_id,
+                instance.id,
+                now,
+                None,
+                "failed instance cleaned up",
             )
-            self._submit(request, now, None)
         return deleted
 
     # -- replacements ------------------------------------------------------------

@@ -412,32 +412,8 @@ class PostgresStore:
         """:meth:`create_prebuild` per name: one statement, its fence included."""
         checked = check_create_prebuilds(preset_id, now, names)
         token = fence_token(lease)
-        ids = [(uuid.uuid4(), uuid.uuid4()) for _ in checked]
-        params = {
-            "preset_id": preset_id,
-            "instance_ids": [i for i, _ in ids],
-            "build_ids": [b for _, b in ids],
-            "names": list(checked),
-            "now": now,
-            "lease": token,
-        }
         with self._db.transaction() as cur:
-            row = self._db.fetchone(cur, sql.CREATE_PREBUILDS, params)
-            if row is None or (token is not None and not row[0]):
-                raise lost(token or "")
-            if row[1] is None:
-                raise PresetNotFoundError(preset_id)
-            _, template_id, version_id, raw_parameters, active = row
-            if not active or not ids:
-                return []
-            return start_requests(
-                ids,
-                checked,
-                preset_id=preset_id,
-                template_id=template_id,
-                template_version_id=version_id,
-                parameters=raw_parameters,
-            )
+            return self._create(cur, preset_id, checked, now, token)
 
     def create_prebuilds_grouped(
         self,
@@ -452,37 +428,46 @@ class PostgresStore:
         """
         checked = check_create_prebuilds_grouped(groups, now)
         token = fence_token(lease)
-        made: list[list[BuildRequest]] = []
         with self._db.transaction() as cur:
-            for preset_id, names in checked:
-                ids = [(uuid.uuid4(), uuid.uuid4()) for _ in names]
-                params = {
-                    "preset_id": preset_id,
-                    "instance_ids": [i for i, _ in ids],
-                    "build_ids": [b for _, b in ids],
-                    "names": list(names),
-                    "now": now,
-                    "lease": token,
-                }
-                row = self._db.fetchone(cur, sql.CREATE_PREBUILDS, params)
-                if row is None or (token is not None and not row[0]):
-                    raise lost(token or "")
-                if row[1] is None:
-                    raise PresetNotFoundError(preset_id)
-                _, template_id, version_id, raw_parameters, active = row
-                made.append(
-                    start_requests(
-                        ids,
-                        names,
-                        preset_id=preset_id,
-                        template_id=template_id,
-                        template_version_id=version_id,
-                        parameters=raw_parameters,
-                    )
-                    if active and ids
-                    else []
-                )
-        return made
+            return [
+                self._create(cur, preset_id, names, now, token)
+                for preset_id, names in checked
+            ]
+
+    def _create(
+        self,
+        cur: Cursor,
+        preset_id: UUID,
+        names: Sequence[str],
+        now: datetime,
+        token: str | None,
+    ) -> list[BuildRequest]:
+        """``CREATE_PREBUILDS`` on *cur*: the preset's requests (none if inactive)."""
+        ids = [(uuid.uuid4(), uuid.uuid4()) for _ in names]
+        params = {
+            "preset_id": preset_id,
+            "instance_ids": [i for i, _ in ids],
+            "build_ids": [b for _, b in ids],
+            "names": list(names),
+            "now": now,
+            "lease": token,
+        }
+        row = self._db.fetchone(cur, sql.CREATE_PREBUILDS, params)
+        if row is None or (token is not None and not row[0]):
+            raise lost(token or "")
+        if row[1] is None:
+            raise PresetNotFoundError(preset_id)
+        _, template_id, version_id, raw_parameters, active = row
+        if not active or not ids:
+            return []
+        return start_requests(
+            ids,
+            names,
+            preset_id=preset_id,
+            template_id=template_id,
+            template_version_id=version_id,
+            parameters=raw_parameters,
+        )
 
     def record_submits(
         self,

@@ -378,8 +378,8 @@ class SQLiteStore:
     ) -> BuildRequest | None:
         """The instance and its start build in one fenced write transaction."""
         check_create_prebuild(preset_id, now, name)
-        requests = self._create(
-            preset_id, codecs.to_us("now", now), (name,), lease, submitted=True
+        (requests,) = self._create(
+            ((preset_id, (name,)),), codecs.to_us("now", now), lease, submitted=True
         )
         return requests[0] if requests else None
 
@@ -396,9 +396,10 @@ class SQLiteStore:
         write transaction: one source read, then two ``executemany`` inserts.
         """
         checked = check_create_prebuilds(preset_id, now, names)
-        return self._create(
-            preset_id, codecs.to_us("now", now), checked, lease, submitted=False
+        (requests,) = self._create(
+            ((preset_id, checked),), codecs.to_us("now", now), lease, submitted=False
         )
+        return requests
 
     def create_prebuilds_grouped(
         self,
@@ -413,56 +414,7 @@ class SQLiteStore:
         read per preset, then two ``executemany`` inserts for them all.
         """
         checked = check_create_prebuilds_grouped(groups, now)
-        now_us = codecs.to_us("now", now)
-        instances: list[tuple[object, ...]] = []
-        builds: list[tuple[object, ...]] = []
-        made: list[tuple[UUID, Any, list[tuple[UUID, UUID]], tuple[str, ...]]] = []
-        with self._write(lease) as tx:
-            for preset_id, names in checked:
-                preset = str(preset_id)
-                row = tx.one(sql.CREATE_SOURCE, (preset,))
-                if row is None:
-                    raise PresetNotFoundError(preset_id)
-                template_id, version_id, _, active, deleted, deprecated = row
-                if version_id != active or deleted or deprecated or not names:
-                    made.append((preset_id, None, [], ()))
-                    continue
-                ids = [(uuid4(), uuid4()) for _ in names]
-                for (i, b), name in zip(ids, names, strict=True):
-                    instance, build = str(i), str(b)  # each formatted once
-                    instances.append(
-                        (
-                            instance,
-                            preset,
-                            template_id,
-                            version_id,
-                            name,
-                            now_us,
-                            now_us,
-                            build,
-                            now_us,
-                        )
-                    )
-                    builds.append((build, instance, preset, version_id, now_us))
-                made.append((preset_id, row, ids, names))
-            if instances:
-                tx.executemany(sql.INSERT_INSTANCE, instances)
-                tx.executemany(sql.INSERT_UNSUBMITTED, builds)
-            # Built before the commit, as create_prebuilds'.
-            with codecs.decoding("preset"):
-                return [
-                    start_requests(
-                        ids,
-                        names,
-                        preset_id=preset_id,
-                        template_id=UUID(row[0]),
-                        template_version_id=UUID(row[1]),
-                        parameters=row[2],
-                    )
-                    if ids
-                    else []
-                    for preset_id, row, ids, names in made
-                ]
+        return self._create(checked, codecs.to_us("now", now), lease, submitted=False)
 
     def record_submits(
         self,
@@ -489,61 +441,74 @@ class SQLiteStore:
 
     def _create(
         self,
-        preset_id: UUID,
+        groups: Sequence[tuple[UUID, Sequence[str]]],
         now_us: int,
-        names: Sequence[str],
         lease: Lease | None,
         *,
         submitted: bool,
-    ) -> list[BuildRequest]:
-        preset = str(preset_id)
+    ) -> list[list[BuildRequest]]:
+        """
+        Each (preset ID, names) pair's instances and start builds in one
+        fenced write transaction (one commit: most of a creation's cost):
+        one source read per preset, then two ``executemany`` inserts for
+        them all; per pair its requests (none for an inactive preset).
+        """
+        instances: list[tuple[object, ...]] = []
+        builds: list[tuple[object, ...]] = []
+        made: list[tuple[UUID, Any, list[tuple[UUID, UUID]], Sequence[str]]] = []
         with self._write(lease) as tx:
-            row = tx.one(sql.CREATE_SOURCE, (preset,))
-            if row is None:
-                raise PresetNotFoundError(preset_id)
-            template_id, version_id, raw_parameters, active, deleted, deprecated = row
-            if version_id != active or deleted or deprecated or not names:
-                return []
-            ids = [(uuid4(), uuid4()) for _ in names]
-            texts = [(str(i), str(b)) for i, b in ids]  # each formatted once
-            tx.executemany(
-                sql.INSERT_INSTANCE,
-                [
-                    (
-                        i,
-                        preset,
-                        template_id,
-                        version_id,
-                        name,
-                        now_us,
-                        now_us,
-                        b,
-                        now_us,
+            for preset_id, names in groups:
+                preset = str(preset_id)
+                row = tx.one(sql.CREATE_SOURCE, (preset,))
+                if row is None:
+                    raise PresetNotFoundError(preset_id)
+                template_id, version_id, _, active, deleted, deprecated = row
+                if version_id != active or deleted or deprecated or not names:
+                    made.append((preset_id, None, [], ()))
+                    continue
+                ids = [(uuid4(), uuid4()) for _ in names]
+                for (i, b), name in zip(ids, names, strict=True):
+                    instance, build = str(i), str(b)  # each formatted once
+                    instances.append(
+                        (
+                            instance,
+                            preset,
+                            template_id,
+                            version_id,
+                            name,
+                            now_us,
+                            now_us,
+                            build,
+                            now_us,
+                        )
                     )
-                    for (i, b), name in zip(texts, names, strict=True)
-                ],
-            )
-            if submitted:
+                    builds.append(
+                        (build, instance, preset, version_id, "start", 1, now_us)
+                        if submitted
+                        else (build, instance, preset, version_id, now_us)
+                    )
+                made.append((preset_id, row, ids, names))
+            if instances:
+                tx.executemany(sql.INSERT_INSTANCE, instances)
                 tx.executemany(
-                    sql.INSERT_BUILD,
-                    [(b, i, preset, version_id, "start", 1, now_us) for i, b in texts],
-                )
-            else:
-                tx.executemany(
-                    sql.INSERT_UNSUBMITTED,
-                    [(b, i, preset, version_id, now_us) for i, b in texts],
+                    sql.INSERT_BUILD if submitted else sql.INSERT_UNSUBMITTED, builds
                 )
             # Built before the commit: a row that cannot be read back rolls
             # the creation back instead of leaving it behind.
             with codecs.decoding("preset"):
-                return start_requests(
-                    ids,
-                    names,
-                    preset_id=preset_id,
-                    template_id=UUID(template_id),
-                    template_version_id=UUID(version_id),
-                    parameters=raw_parameters,
-                )
+                return [
+                    start_requests(
+                        ids,
+                        names,
+                        preset_id=preset_id,
+                        template_id=UUID(row[0]),
+                        template_version_id=UUID(row[1]),
+                        parameters=row[2],
+                    )
+                    if ids
+                    else []
+                    for preset_id, row, ids, names in made
+                ]
 
     def delete_prebuild(
         self, instance_id: UUID, *, now: datetime, lease: Lease | None = None
