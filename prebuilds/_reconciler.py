@@ -1013,30 +1013,33 @@ class StoreReconciler:
             if not never or build.transition is not Transition.START:
                 continue
             run.check()
-            withdrawn += self._clean_up(
+            withdrawn += self._delete(
                 build.preset_id,
                 build.instance_id,
                 now,
                 lease,
-                "never-submitted instance withdrawn (orphan delete)",
+                detail="never-submitted instance withdrawn (orphan delete)",
                 orphan=True,
             )
         return withdrawn
 
-    def _clean_up(
+    def _delete(
         self,
         preset_id: UUID,
         instance_id: UUID,
         now: datetime,
         lease: Lease | None,
-        detail: str,
         *,
+        kind: EventKind = EventKind.DELETED,
+        detail: str = "",
         orphan: bool = False,
+        run: _Pass | None = None,
     ) -> bool:
         """
-        Delete a pooled instance outside the calculator's actions (a failed
-        one, or one withdrawn: an *orphan* delete), report it and submit it;
-        False if it was claimed or going meanwhile.
+        Delete a pooled instance (an *orphan* delete: one the provisioner
+        may never have built), report it as *kind* and submit it (see
+        :meth:`_submit` for *lease* and *run*); False if it was claimed or
+        going meanwhile.
         """
         deletion = self._store.delete_prebuild(instance_id, now=now, lease=lease)
         if deletion is None:
@@ -1044,14 +1047,14 @@ class StoreReconciler:
         if orphan:
             deletion = unchecked_evolve(deletion, orphan=True)
         self._emit(
-            EventKind.DELETED,
+            kind,
             at=now,
             preset_id=preset_id,
             instance_id=instance_id,
             build_id=deletion.build_id,
             detail=detail,
         )
-        self._submit(deletion, now, lease)
+        self._submit(deletion, now, lease, run)
         return True
 
     def _run_presets(self, plans: tuple[_Plan, ...], run: _Pass) -> list[_PresetResult]:
@@ -1503,23 +1506,18 @@ class StoreReconciler:
         elif action.action_type is ActionType.DELETE:
             for instance_id in action.delete_ids:
                 run.check()
-                deletion = self._store.delete_prebuild(
-                    instance_id, now=now, lease=lease
+                result.deleted += self._delete(
+                    preset_id,
+                    instance_id,
+                    now,
+                    lease,
+                    kind=(
+                        EventKind.EXPIRED
+                        if instance_id in expired
+                        else EventKind.DELETED
+                    ),
+                    run=run,
                 )
-                if deletion is None:  # claimed or already going meanwhile
-                    continue
-                result.deleted += 1
-                kind = (
-                    EventKind.EXPIRED if instance_id in expired else EventKind.DELETED
-                )
-                self._emit(
-                    kind,
-                    at=now,
-                    preset_id=preset_id,
-                    instance_id=instance_id,
-                    build_id=deletion.build_id,
-                )
-                self._submit(deletion, now, lease, run)
         else:
             self._create(ps, action.create, result, run)
 
@@ -1529,10 +1527,12 @@ class StoreReconciler:
         """
         Create *count* instances of the preset, each submitted once created.
 
-        When the store offers ``create_prebuilds``, all of them in one
-        transaction, then their submits (see :meth:`_create_batch`); else one
+        When the store offers ``create_prebuilds_grouped``, queued for one
+        transaction with other presets' (:meth:`_create_grouped`); else with
+        ``create_prebuilds``, all of them in one transaction
+        (:meth:`_create_batch`), their submits handed to the pass; else one
         at a time, each submitted before the next. Either way a failing
-        provisioner stops the submits there, and the backoff decides.
+        provisioner stops the preset's submits there, and the backoff decides.
         """
         preset_id, now = ps.preset.id, run.now
         if self._grouped is not None:
@@ -1549,7 +1549,7 @@ class StoreReconciler:
             if request is None:  # the preset became inactive meanwhile
                 return
             result.created += 1
-            self._created(request, now)
+            self._created_all((request,), now)
             if not self._submit(request, now, run.lease, run):
                 return  # the provisioner is failing: let the backoff decide
 
@@ -1674,15 +1674,6 @@ class StoreReconciler:
             except Exception:  # a broken sink must not break a pass
                 log.warning("prebuilds event sink failed", exc_info=True)
 
-    def _created(self, request: BuildRequest, now: datetime) -> None:
-        self._emit(
-            EventKind.CREATED,
-            at=now,
-            preset_id=request.preset_id,
-            instance_id=request.instance_id,
-            build_id=request.build_id,
-        )
-
     def _submit(
         self,
         request: BuildRequest,
@@ -1784,12 +1775,12 @@ class StoreReconciler:
         ):
             if instance.latest_status is not BuildStatus.FAILED:
                 continue
-            deleted += self._clean_up(
+            deleted += self._delete(
                 instance.preset_id,
                 instance.id,
                 now,
                 None,
-                "failed instance cleaned up",
+                detail="failed instance cleaned up",
             )
         return deleted
 
