@@ -382,12 +382,9 @@ class PostgresStore:
         # commit, so that a preset whose parameters do not decode (written
         # by hand) rolls the creation back.
         with self._db.transaction() as cur:
-            row = self._db.fetchone(cur, sql.CREATE_PREBUILD, params)
-            if row is None or (token is not None and not row[0]):
-                raise lost(token or "")
-            if row[1] is None:
-                raise PresetNotFoundError(preset_id)
-            _, template_id, version_id, raw_parameters, active = row
+            template_id, version_id, raw_parameters, active = self._created(
+                cur, sql.CREATE_PREBUILD, params, token
+            )
             if not active:
                 return None
             return build_request(
@@ -452,12 +449,9 @@ class PostgresStore:
             "now": now,
             "lease": token,
         }
-        row = self._db.fetchone(cur, sql.CREATE_PREBUILDS, params)
-        if row is None or (token is not None and not row[0]):
-            raise lost(token or "")
-        if row[1] is None:
-            raise PresetNotFoundError(preset_id)
-        _, template_id, version_id, raw_parameters, active = row
+        template_id, version_id, raw_parameters, active = self._created(
+            cur, sql.CREATE_PREBUILDS, params, token
+        )
         if not active or not ids:
             return []
         return start_requests(
@@ -468,6 +462,25 @@ class PostgresStore:
             template_version_id=version_id,
             parameters=raw_parameters,
         )
+
+    def _created(
+        self, cur: Cursor, statement: str, params: dict[str, Any], token: str | None
+    ) -> tuple[Any, Any, Any, bool]:
+        """
+        Run a create *statement* (its fence included) on *cur*: the preset's
+        template ID, version ID, raw parameters and whether it is active.
+
+        Raises:
+            LeadershipLostError: the fence refused the write.
+            PresetNotFoundError: no preset ``params["preset_id"]``.
+        """
+        row = self._db.fetchone(cur, statement, params)
+        if row is None or (token is not None and not row[0]):
+            raise lost(token or "")
+        if row[1] is None:
+            raise PresetNotFoundError(params["preset_id"])
+        _, template_id, version_id, raw_parameters, active = row
+        return template_id, version_id, raw_parameters, bool(active)
 
     def record_submits(
         self,
